@@ -179,6 +179,18 @@ class AuditEvent(Body):
     at: float = Field(default_factory=time.time)
 
 
+class Reputation(Body):
+    """An agent's track record, retained on `foa/reputation/{agent_id}`; routers multiply it into α."""
+
+    KIND: ClassVar[str] = "reputation"
+
+    agent_id: str
+    score: float = Field(ge=0, le=1, description="smoothed quality of past contributions; 0.5 = unknown")
+    jobs: int = Field(default=0, ge=0)
+    by_area: dict[str, float] = Field(default_factory=dict)
+    at: float = Field(default_factory=time.time)
+
+
 # --- jobs ---------------------------------------------------------------------------------
 
 
@@ -267,6 +279,7 @@ ALL_BODIES: list[type[Body]] = [
     AssignQuery,
     AssignResponse,
     AuditEvent,
+    Reputation,
     JobSubmit,
     JobEvent,
     JobResult,

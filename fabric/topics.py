@@ -9,6 +9,7 @@ AGENT_STATUS_WILDCARD = f"{ROOT}/agents/+/status"
 JOBS_SUBMIT = f"{ROOT}/jobs/submit"
 ROUTER_QUERY = f"{ROOT}/router/query"
 POLICY_ENFORCEMENT = f"{ROOT}/policies/enforcement"
+REPUTATION_WILDCARD = f"{ROOT}/reputation/+"
 
 SHARE_GROUP_AGENT = "agent"
 SHARE_GROUP_ROUTER = "routers"
@@ -29,6 +30,11 @@ def agent_tasks(agent_id: str) -> str:
 
 def agent_prefix(agent_id: str) -> str:
     return f"{ROOT}/agents/{agent_id}/"
+
+
+def reputation(agent_id: str) -> str:
+    """Retained per-agent reputation, written by orchestrators and read by routers."""
+    return f"{ROOT}/reputation/{agent_id}"
 
 
 def job_events(job_id: str) -> str:

@@ -1,0 +1,83 @@
+"""The YAML agent spec: everything needed to build an agent's VCV and run it as a worker."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fabric.topics import validate_id
+from fabric.vcv import Resources
+
+
+class LLMConfig(BaseModel):
+    """Which model serves this agent. Unset fields fall back to the FOA_LLM_* settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = settings / embedded")
+    model: str | None = None
+    api_key_env: str | None = Field(default=None, description="name of the env var holding the API key")
+    temperature: float = Field(default=0.3, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, ge=8)
+
+
+class AgentSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    name: str = ""
+    description: str = Field(min_length=1, description="what the agent can do; embedded into c")
+    skills: list[str] = Field(default_factory=list)
+    policies: list[str] = Field(default_factory=list)
+    resources: Resources = Field(default_factory=Resources)
+    spec: str = Field(default="", description="behaviour spec (system prompt); embedded into e")
+    llm: LLMConfig = Field(default_factory=LLMConfig)
+    replicas: int = Field(default=1, ge=1, le=64)
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        return validate_id(value, "agent id")
+
+    @property
+    def spec_text(self) -> str:
+        return self.spec or self.description
+
+
+class SpecError(ValueError):
+    pass
+
+
+def load_spec(path: str | Path) -> AgentSpec:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise SpecError(f"cannot read agent spec {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"agent spec {path} is not a YAML mapping")
+    try:
+        return AgentSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(f"invalid agent spec {path}: {exc}") from exc
+
+
+def load_specs(folder: str | Path) -> list[AgentSpec]:
+    folder = Path(folder)
+    files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+    if not files:
+        raise SpecError(f"no agent specs (*.yaml) in {folder}")
+    specs = [load_spec(f) for f in files]
+    ids = [s.id for s in specs]
+    dupes = {i for i in ids if ids.count(i) > 1}
+    if dupes:
+        raise SpecError(f"duplicate agent ids in {folder}: {sorted(dupes)}")
+    return specs
+
+
+def default_specs_dir() -> Path:
+    """The ready-made agents shipped with the package."""
+    return Path(__file__).parent / "specs"

@@ -1,0 +1,65 @@
+"""The `foa` command. Each subcommand group lives in its own module with a `register(sub)`.
+
+A module adds its parsers and sets `func=` on them; `main` dispatches. Modules import their
+heavy dependencies inside the handler, so `foa --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from fabric.logs import setup_logging
+from fabric.settings import Settings
+
+#: subcommand modules, in help order
+MODULES = [
+    "fabric.cli.federation",  # up, run, submit, jobs, job, orchestrator
+    "fabric.cli.agents",  # agents, agent run, schema
+    "fabric.cli.routing",  # route, router
+    "fabric.cli.security",  # creds, acl, keys
+    "fabric.cli.status",  # status
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="foa", description="Federation of Agents: a semantic fabric over MQTT v5")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.add_argument("--log-format", choices=["text", "json"], default=None)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    settings = Settings()
+    if args.log_format:
+        settings.log_format = args.log_format
+    setup_logging(settings, level=logging.DEBUG if args.verbose else None)
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - a CLI prints a clear error, not a traceback
+        if args.verbose:
+            raise
+        print(f"foa: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
