@@ -106,7 +106,7 @@ class EmbeddedBroker:
 
 
 MOSQUITTO_CONF = """\
-listener {port} {host}
+{user}listener {port} {host}
 allow_anonymous {anonymous}
 set_tcp_nodelay true
 persistence {persistence}
@@ -159,6 +159,9 @@ class Mosquitto:
                 data_dir=self.data_dir,
                 max_packet=max_packet,
                 extra=extra_conf,
+                # started as root, mosquitto drops to user 'mosquitto' and then cannot write
+                # its persistence file or log in our data dir: stay who we are
+                user="user root\n" if hasattr(os, "geteuid") and os.geteuid() == 0 else "",
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None

@@ -70,6 +70,18 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
 
+    # --- security and observability (issue 5: fabric/security.py, metrics.py, telemetry.py)
+    trust_store: Path | None = Field(
+        default=None,
+        description="agent public keys (a directory of {agent_id}.pub or a JSON file); routers verify VCV "
+        "signatures against it; unset = accept unsigned VCVs (logged once)",
+    )
+    agent_key_dir: Path | None = Field(default=None, description="where an agent finds its {agent_id}.key to sign its VCV")
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+    metrics_host: str = Field(default="0.0.0.0", description="address the /metrics endpoint binds")
+    otel_exporter: Literal["none", "console", "otlp"] = Field(default="none", description="OpenTelemetry spans")
+    otel_endpoint: str | None = Field(default=None, description="OTLP endpoint (default: the exporter's own)")
+
     @property
     def job_store_path(self) -> Path:
         return self.data_dir / "jobs.sqlite3"
