@@ -23,6 +23,7 @@ What the agent does on the bus:
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import inspect
 import logging
@@ -103,6 +104,9 @@ class Agent:
         self.served = 0
         self.failed = 0
         self._stopped = asyncio.Event()
+        # task_id -> result (or a future while running): a re-sent task is answered, not re-run
+        self._results: collections.OrderedDict[str, asyncio.Future[TaskResult]] = collections.OrderedDict()
+        self._results_kept = 2048
 
     @property
     def agent_id(self) -> str:
@@ -242,8 +246,17 @@ class Agent:
             log.warning("dropping expired task", extra={"agent_id": self.agent_id, "task_id": task.task_id})
             await self._answer(env, TaskResult(task_id=task.task_id, agent_id=self.agent_id, ok=False, error="deadline passed before the task started"))
             return
+        known = self._results.get(task.task_id)
+        if known is not None:  # a re-send: answer once the first run is done, never run twice
+            await self._answer(env, await asyncio.shield(known))
+            return
+        fut: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
+        self._results[task.task_id] = fut
+        while len(self._results) > self._results_kept:
+            self._results.popitem(last=False)
         async with self._slots:
             result = await self._execute(task)
+        fut.set_result(result)
         await self._answer(env, result)
 
     async def _execute(self, task: TaskRequest) -> TaskResult:

@@ -93,7 +93,8 @@ def summarise(scores: Sequence[DagScore], rng: np.random.Generator) -> dict[str,
         return {}
     cols = {"node_f1": [s.node_f1 for s in scores], "edge_f1": [s.edge_f1 for s in scores],
             "valid": [float(s.valid) for s in scores]}
-    out: dict[str, Any] = {k: {"mean": float(np.mean(v)), "sd": bootstrap_sd(v, rng)} for k, v in cols.items()}
+    out: dict[str, Any] = {k: {"mean": round(float(np.mean(v)), 6), "sd": round(bootstrap_sd(v, rng), 6)}
+                           for k, v in cols.items()}
     matched, n_pred, n_gold = (sum(getattr(s, a) for s in scores) for a in ("matched", "n_pred", "n_gold"))
     tp, pe, ge = (sum(getattr(s, a) for s in scores) for a in ("edge_tp", "pred_edges", "gold_edges"))
     out["node_f1_micro"] = 2 * matched / (n_pred + n_gold) if n_pred + n_gold else 1.0

@@ -13,7 +13,6 @@ the calibrated abstention threshold means the same thing for every query).
 
 from __future__ import annotations
 
-import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -100,17 +99,16 @@ class LexicalIndex:
                 new = np.zeros(grow, dtype=old.dtype)
                 new[: self.pool_used] = old[: self.pool_used]
                 setattr(self, name, new)
-        ids = np.fromiter((self._token_id(t) for t, _ in items), dtype=np.int32, count=n)
-        tfs = np.fromiter((min(c, 255) for _, c in items), dtype=np.uint8, count=n)
+        ids = [self._token_id(t) for t, _ in items]
         s = self.pool_used
         self.pool_ids[s : s + n] = ids
-        self.pool_tf[s : s + n] = tfs
+        self.pool_tf[s : s + n] = [min(c, 255) for _, c in items]
         self.pool_used += n
         self.start[row] = s
         self.length[row] = n
         dl = float(sum(c for _, c in items))
         self.doclen[row] = dl
-        np.add.at(self.df, ids, 1)
+        self.df[ids] += 1  # ids are unique within a row
         self.docs += 1
         self.total_len += dl
 
@@ -119,7 +117,7 @@ class LexicalIndex:
         if n == 0 and self.doclen[row] == 0:
             return
         s = int(self.start[row])
-        np.subtract.at(self.df, self.pool_ids[s : s + n], 1)
+        self.df[self.pool_ids[s : s + n]] -= 1
         self.docs -= 1
         self.total_len -= float(self.doclen[row])
         self.length[row] = 0
@@ -212,7 +210,3 @@ class LexicalIndex:
         lex.docs = int(meta["docs"])  # type: ignore[call-overload]
         lex.total_len = float(meta["total_len"])  # type: ignore[arg-type]
         return lex
-
-
-def idf_weight(n_docs: int, df: int) -> float:
-    return math.log1p((n_docs - df + 0.5) / (df + 0.5))

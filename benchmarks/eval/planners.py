@@ -46,7 +46,8 @@ def planner_prompt(task: str, agents: list[str], subtasks_min: int, subtasks_max
         f"Break the task into {subtasks_min} to {subtasks_max} subtasks. Each subtask is done by one "
         f"of the agents below; name that agent in the subtask text. A subtask that needs another "
         f"subtask's output lists that subtask's id in depends_on.\n\nAgents:\n{listing}\n\nTask: {task}\n\n"
-        'Answer with JSON: {"subtasks": [{"id": "s1", "text": "...", "depends_on": []}, ...]}'
+        'Answer with one JSON object {"subtasks": [...]}; each subtask has "id", "text" and '
+        '"depends_on" (a list of ids).'
     )
 
 

@@ -52,7 +52,7 @@ def bootstrap_sd(values: Sequence[float], rng: np.random.Generator, n_boot: int 
 
 
 def stat(values: Sequence[float], rng: np.random.Generator) -> Stat:
-    return Stat(mean=clipped_mean(values), sd=bootstrap_sd(values, rng), n=len(values))
+    return Stat(mean=round(clipped_mean(values), 6), sd=round(bootstrap_sd(values, rng), 6), n=len(values))
 
 
 def aggregate(grades: Sequence[ExampleGrade], rng: np.random.Generator) -> SystemScores:

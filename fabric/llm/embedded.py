@@ -22,6 +22,7 @@ Set FOA_LLM_THREADS to use every core on an otherwise idle machine.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import importlib.util
 import os
@@ -89,8 +90,17 @@ class _ModelCache:
                 self._models[key] = loaded
             return loaded
 
+    def close(self) -> None:
+        """Free the models before interpreter teardown (llama_cpp's __del__ fails after it)."""
+        with self._lock:
+            for loaded in self._models.values():
+                with loaded.lock:
+                    loaded.llama.close()
+            self._models.clear()
+
 
 _CACHE = _ModelCache()
+atexit.register(_CACHE.close)
 
 
 def _load(path: Path, n_ctx: int, n_threads: int) -> Any:

@@ -8,7 +8,7 @@ Why it looks like this:
 - Structured output degrades per backend instance: `response_format` json_schema (vLLM,
   SGLang, llama.cpp server accept it) → json_object with a schema (llama-cpp-python's server)
   → plain json_object → schema described in the prompt, stepping down only when the server
-  rejects a mode with 400/422, and remembering what worked (a success, never a guess) so
+  rejects a mode (400/422, or any status whose error names the feature), and remembering what worked (a success, never a guess) so
   later calls do not pay the failed attempts again.
 - Usage is read from the response, for streams from the final chunk
   (`stream_options.include_usage`); servers that reject stream_options are remembered too.
@@ -45,6 +45,7 @@ JsonMode = Literal["json_schema", "json_object_schema", "json_object", "prompt"]
 #: llama-cpp-python's server and Anyscale-style APIs accept instead of json_schema.
 _MODES: tuple[JsonMode, ...] = ("json_schema", "json_object_schema", "json_object", "prompt")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+_FEATURE_WORDS = ("response_format", "json_schema", "stream_options")
 _RETRY_EXC = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ReadError,
               httpx.WriteError, httpx.RemoteProtocolError)
 
@@ -52,9 +53,10 @@ _RETRY_EXC = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx
 def normalise_base_url(base_url: str) -> str:
     """`http://host:8000` → `http://host:8000/v1`; a URL with a path is taken as given."""
     url = base_url.strip().rstrip("/")
-    if not urlsplit(url).scheme:
-        raise ValueError(f"LLM base URL {base_url!r} needs a scheme, e.g. http://127.0.0.1:8000/v1")
-    if urlsplit(url).path in ("", "/"):
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"LLM base URL {base_url!r} needs http:// or https:// and a host, e.g. http://127.0.0.1:8000/v1")
+    if parts.path in ("", "/"):
         url += "/v1"
     return url
 
@@ -288,11 +290,13 @@ class OpenAICompatBackend:
     def _raise_for_final_status(self, resp: httpx.Response, feature_in_play: bool) -> None:
         """Raise for statuses that retrying cannot fix; return for retryable ones."""
         status = resp.status_code
+        msg = _server_message(resp)
+        if feature_in_play and (status in (400, 422) or any(k in msg for k in _FEATURE_WORDS)):
+            # Some servers (llama-cpp-python) answer an unknown response_format with a 500
+            # carrying the validation error: that is a rejection, not an outage.
+            raise _Rejected(msg)
         if status in _RETRY_STATUS or status >= 500:
             return
-        msg = _server_message(resp)
-        if status in (400, 422) and feature_in_play:
-            raise _Rejected(msg)
         if status in (401, 403):
             raise LLMUnavailable(
                 f"{self.name} refused the credentials ({status}: {msg}); set FOA_LLM_API_KEY or the "
@@ -418,8 +422,11 @@ class OpenAICompatBackend:
             raise LLMUnavailable(f"{self.name}: stream broke off ({type(exc).__name__}: {exc})") from exc
         finally:
             await resp.aclose()
-            if out.usage.calls == 0:  # server sent no usage: count one token per delta
-                out.usage = Usage(output_tokens=completion_chunks, calls=1)
+            if out.usage.calls == 0:
+                # The server sent no usage (llama-cpp-python ignores include_usage): one token
+                # per delta, and ~4 characters per prompt token, so budgets are not blind.
+                prompt_chars = sum(len(m["content"]) for m in payload["messages"])
+                out.usage = Usage(input_tokens=prompt_chars // 4, output_tokens=completion_chunks, calls=1)
             out.latency_ms = (time.perf_counter() - started) * 1000
 
 

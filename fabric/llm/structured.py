@@ -97,14 +97,13 @@ def extract_json(text: str, *, repair: bool = True) -> dict[str, Any]:
 # --- repair -------------------------------------------------------------------------------
 
 
-def _normalise(text: str) -> tuple[str, list[str], bool, list[int]]:
+def _normalise(text: str) -> tuple[str, list[str], bool]:
     """One string-aware pass: single-quoted strings → double-quoted, Python literals → JSON,
     bare keys quoted, raw newlines in strings escaped, trailing commas dropped. Returns the
-    text, the closers still open, whether a string is open, and comma positions (for trimming)."""
+    text, the closers still open and whether a string is left open."""
     text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"}))
     out: list[str] = []
     stack: list[str] = []
-    commas: list[int] = []
     quote: str | None = None
     i, n = 0, len(text)
     while i < n:
@@ -133,15 +132,12 @@ def _normalise(text: str) -> tuple[str, list[str], bool, list[int]]:
             stack.append("}" if c == "{" else "]")
             out.append(c)
         elif c in "}]":
-            _drop_trailing_comma(out, commas)
+            _drop_trailing_comma(out)
             if stack:
                 stack.pop()
             out.append(c)
             if not stack:
                 break  # the object is complete: whatever follows is prose
-        elif c == ",":
-            commas.append(len(out))
-            out.append(c)
         elif c.isalpha() or c == "_":
             j = i
             while j < n and (text[j].isalnum() or text[j] == "_"):
@@ -159,17 +155,35 @@ def _normalise(text: str) -> tuple[str, list[str], bool, list[int]]:
         else:
             out.append(c)
         i += 1
-    return "".join(out), stack, quote is not None, commas
+    return "".join(out), stack, quote is not None
 
 
-def _drop_trailing_comma(out: list[str], commas: list[int]) -> None:
+def _drop_trailing_comma(out: list[str]) -> None:
     k = len(out) - 1
     while k >= 0 and out[k].isspace():
         k -= 1
     if k >= 0 and out[k] == ",":
         del out[k]
-        if commas and commas[-1] == k:
-            commas.pop()
+
+
+def _commas(text: str) -> list[int]:
+    """Positions of commas outside strings in normalised (double-quoted) JSON text."""
+    found: list[int] = []
+    in_string = False
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if in_string:
+            if c == "\\":
+                i += 1
+            elif c == '"':
+                in_string = False
+        elif c == '"':
+            in_string = True
+        elif c == ",":
+            found.append(i)
+        i += 1
+    return found
 
 
 def _close(text: str, stack: list[str]) -> str:
@@ -184,7 +198,7 @@ def _close(text: str, stack: list[str]) -> str:
 
 def repair_json(text: str) -> str:
     """Best-effort fix of common defects; the result may still be invalid (json.loads decides)."""
-    fixed, stack, open_string, _ = _normalise(text)
+    fixed, stack, open_string = _normalise(text)
     if open_string:
         fixed += '"'
     return _close(fixed, stack) if stack else fixed
@@ -193,10 +207,11 @@ def repair_json(text: str) -> str:
 def _parse_repaired(text: str) -> Any:
     """Repair, then if the output was truncated mid-value, cut back to earlier commas until the
     object parses (losing the last, incomplete member rather than the whole answer)."""
-    fixed, stack, open_string, commas = _normalise(text)
-    attempts = [(fixed + ('"' if open_string else ""), stack)]
-    for pos in reversed(commas[-_MAX_TRIMS:]):
-        _, cut_stack, _, _ = _normalise(fixed[:pos])
+    fixed, stack, open_string = _normalise(text)
+    fixed += '"' if open_string else ""
+    attempts = [(fixed, stack)]
+    for pos in reversed(_commas(fixed)[-_MAX_TRIMS:]):
+        _, cut_stack, _ = _normalise(fixed[:pos])
         attempts.append((fixed[:pos], cut_stack))
     for body, closers in attempts:
         try:

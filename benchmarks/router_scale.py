@@ -1,0 +1,254 @@
+"""Router at scale: latency, recall against exact α, upsert rate, memory, restore time.
+
+Synthetic but embedding-like VCVs: capability vectors are a mixture of gaussian clusters on the
+384-d sphere (agent-to-centre cosine ~0.75, like MiniLM neighbours), spec vectors sit near the
+capability vector, descriptions and skills come from per-cluster topic vocabularies, policies,
+costs and latencies are random. Queries come from the same clusters, with policy, skill, budget
+and deadline requirements on a share of them.
+
+Measured per run (one process, queries on one thread, index build on all cores):
+  p50_ms / p99_ms        a full routed query (RouterEngine.route: search, gates, α, merge)
+  recall_at_10           overlap of its top 10 with the exact α top 10 by brute force
+  brute_force_p50_ms     that brute force (α over every agent) per query
+  upserts_per_s          N upserts of new agents including the batch inserts into HNSW
+  bytes_per_agent        RSS growth of a fresh process that restores the snapshot, / N
+  restore_s              time of that restore (hnswlib load_index + np.load, no re-insert)
+
+Usage: benchmarks/router_scale.py --agents 100000 --json [--scheme hash|centroid] [--shards 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import emit, percentile_ms, progress  # noqa: E402
+from fabric.bloom import BloomFilter  # noqa: E402
+from fabric.messages import RouteQuery  # noqa: E402
+from fabric.vcv import VCV, Resources  # noqa: E402
+from router.engine import RouterEngine  # noqa: E402
+from router.index import CapabilityIndex, IndexConfig  # noqa: E402
+from router.scoring import score  # noqa: E402
+
+DIM = 384
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+POLICIES = ["hipaa", "gdpr", "pii", "code-exec", "internet", "eu-residency"]
+
+
+class Population:
+    """Clustered synthetic federation; deterministic for a seed."""
+
+    def __init__(self, n: int, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.n = n
+        self.clusters = max(64, n // 500)
+        self.centres = _unit(self.rng.standard_normal((self.clusters, DIM)).astype(np.float32))
+        self.topic_words = self.rng.integers(0, 20_000, size=(self.clusters, 12))
+        self.topic_skills = self.rng.integers(0, 5_000, size=(self.clusters, 8))
+        self.cluster_of = self.rng.integers(0, self.clusters, size=n)
+
+    def vectors(self, idx: np.ndarray, spread: float = 0.9) -> np.ndarray:
+        noise = self.rng.standard_normal((len(idx), DIM)).astype(np.float32) / np.sqrt(DIM)
+        return _unit(self.centres[self.cluster_of[idx]] + spread * noise)
+
+    def vcvs(self, start: int, stop: int) -> tuple[list[VCV], np.ndarray]:
+        idx = np.arange(start, stop)
+        caps = self.vectors(idx)
+        specs = _unit(caps + 0.6 * self.rng.standard_normal(caps.shape).astype(np.float32) / np.sqrt(DIM))
+        out = []
+        for j, i in enumerate(idx.tolist()):
+            c = self.cluster_of[i]
+            words = [f"w{w}" for w in self.rng.choice(self.topic_words[c], 6, replace=False)]
+            words += [f"w{w}" for w in self.rng.integers(0, 20_000, 3)]
+            skills = [f"s{s}" for s in self.rng.choice(self.topic_skills[c], 3, replace=False)]
+            policies = [p for p in POLICIES if self.rng.random() < 0.3]
+            res = Resources.model_construct(
+                latency_ms=float(self.rng.lognormal(6.5, 0.7)),
+                tokens_per_s=float(self.rng.uniform(10, 120)),
+                context_window=int(self.rng.choice([4096, 8192, 32768])),
+                cost_per_1k_input=float(self.rng.lognormal(-6, 1)),
+                cost_per_1k_output=float(self.rng.lognormal(-5, 1)),
+                max_concurrency=int(self.rng.integers(1, 8)),
+                gpu_memory_gb=0.0,
+            )
+            out.append(
+                VCV.model_construct(
+                    agent_id=f"agent-{i}",
+                    version=1,
+                    name=f"agent {i}",
+                    description=" ".join(words),
+                    capability=caps[j],
+                    skills=skills,
+                    skills_bloom=BloomFilter.of(skills).to_b64(),
+                    bloom_bits=1024,
+                    bloom_hashes=7,
+                    resources=res,
+                    policies=policies,
+                    spec_embedding=specs[j],
+                    embedding_model=MODEL,
+                )
+            )
+        return out, caps
+
+    def queries(self, count: int) -> list[tuple[RouteQuery, np.ndarray]]:
+        out = []
+        for _ in range(count):
+            i = int(self.rng.integers(0, self.n))
+            c = self.cluster_of[i]
+            vec = self.vectors(np.array([i]), spread=1.1)[0]
+            words = [f"w{w}" for w in self.rng.choice(self.topic_words[c], 3, replace=False)]
+            u = self.rng.random(4)
+            q = RouteQuery(
+                text=" ".join(words),
+                top_k=10,
+                policies=[str(self.rng.choice(POLICIES))] if u[0] < 0.3 else [],
+                skills=[f"s{self.rng.choice(self.topic_skills[c])}"] if u[1] < 0.1 else [],
+                max_cost=0.005 if u[2] < 0.2 else None,
+                deadline_ms=10_000.0 if u[3] < 0.1 else None,
+                abstain=False,
+            )
+            out.append((q, vec))
+        return out
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def restore_child(path: str) -> None:
+    """Run in a fresh process: restore the snapshot, report time and RSS growth."""
+    import hnswlib  # noqa: F401 - count the libraries in the baseline, not in the index
+
+    before = rss_bytes()
+    t0 = time.perf_counter()
+    index = CapabilityIndex.restore(path)
+    took = time.perf_counter() - t0
+    print(json.dumps({"restore_s": took, "rss_delta": rss_bytes() - before, "agents": len(index),
+                      "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--agents", type=int, default=10_000)
+    ap.add_argument("--queries", type=int, default=1000, help="timed queries")
+    ap.add_argument("--recall-queries", type=int, default=200, help="queries checked against brute force")
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--scheme", choices=["hash", "centroid"], default="hash")
+    ap.add_argument("--probe", type=int, default=2)
+    ap.add_argument("--ef", type=int, default=64)
+    ap.add_argument("--M", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=100)
+    ap.add_argument("--max-fetch", type=int, default=1024)
+    ap.add_argument("--no-bound", action="store_true", help="fixed over-fetch, no α bound check")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--restore-child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.restore_child:
+        restore_child(args.restore_child)
+        return 0
+
+    pop = Population(args.agents, args.seed)
+    config = IndexConfig(dim=DIM, embedding_model=MODEL, shards=args.shards, scheme=args.scheme, probe=args.probe,
+                         M=args.M, ef_construction=args.ef_construction, ef_search=args.ef)
+    index = CapabilityIndex(config)
+    engine = RouterEngine(index, max_fetch=args.max_fetch, bound_check=not args.no_bound)
+    all_caps = np.zeros((args.agents, DIM), dtype=np.float32)
+    batch = 20_000
+    upsert_s = 0.0
+    for start in range(0, args.agents, batch):
+        stop = min(start + batch, args.agents)
+        vcvs, caps = pop.vcvs(start, stop)  # generation is not timed
+        all_caps[start:stop] = caps
+        t0 = time.perf_counter()
+        for v in vcvs:
+            index.upsert(v)
+        upsert_s += time.perf_counter() - t0
+        progress(f"upserted {stop}/{args.agents} ({stop / upsert_s:.0f}/s so far)")
+    t0 = time.perf_counter()
+    index.flush()
+    upsert_s += time.perf_counter() - t0
+    progress(f"built: {args.agents / upsert_s:.0f} upserts/s; shards {index.stats_now().shard_sizes}")
+
+    queries = pop.queries(max(args.queries, args.recall_queries))
+    for q, v in queries[:50]:  # warm-up
+        engine.route(q, v)
+    lat, fetched = [], []
+    for q, v in queries[: args.queries]:
+        t0 = time.perf_counter()
+        out = engine.route(q, v)
+        lat.append(time.perf_counter() - t0)
+        fetched.append(out.fetched)
+    progress(f"routed {args.queries}: p50 {percentile_ms(lat, 50):.3f} ms p99 {percentile_ms(lat, 99):.3f} ms")
+
+    rows_all = np.array([index.rows[f"agent-{i}"] for i in range(args.agents)], dtype=np.int64)
+    caps_by_row = np.zeros_like(all_caps)
+    caps_by_row[rows_all] = all_caps
+    recalls, bf_lat, dot_lat = [], [], []
+    all_rows = np.arange(len(index.ids), dtype=np.int64)
+    for q, v in queries[: args.recall_queries]:
+        got = [m.agent_id for m in engine.route(q, v).response.matches]
+        t0 = time.perf_counter()
+        sims = caps_by_row @ v
+        dot_lat.append(time.perf_counter() - t0)
+        ctx = engine.context(q, v)
+        scored = score(index, ctx, all_rows, sims)
+        passed = scored.passed()
+        idx = np.flatnonzero(passed)
+        best = idx[np.argsort(-scored.alpha[idx], kind="stable")][: q.top_k]
+        bf_lat.append(time.perf_counter() - t0)
+        truth = {index.ids[int(scored.rows[i])] for i in best}
+        if truth:
+            recalls.append(len(truth & set(got)) / len(truth))
+    progress(f"recall@10 {np.mean(recalls):.4f} over {len(recalls)} queries")
+
+    with tempfile.TemporaryDirectory(dir=args.snapshot_dir) as tmp:
+        snap = Path(tmp) / "index"
+        t0 = time.perf_counter()
+        index.snapshot(snap)
+        snapshot_s = time.perf_counter() - t0
+        disk = sum(p.stat().st_size for p in snap.iterdir())
+        child = subprocess.run([sys.executable, __file__, "--restore-child", str(snap)], capture_output=True, text=True, check=True)
+        restored = json.loads(child.stdout.strip().splitlines()[-1])
+    memory = index.memory_bytes()
+    result = {
+        "agents": args.agents,
+        "p50_ms": percentile_ms(lat, 50),
+        "p99_ms": percentile_ms(lat, 99),
+        "recall_at_10": float(np.mean(recalls)),
+        "brute_force_p50_ms": percentile_ms(bf_lat, 50),
+        "brute_force_dot_p50_ms": percentile_ms(dot_lat, 50),
+        "upserts_per_s": args.agents / upsert_s,
+        "bytes_per_agent": restored["rss_delta"] / args.agents,
+        "restore_s": restored["restore_s"],
+        "snapshot_s": snapshot_s,
+        "snapshot_bytes_per_agent": disk / args.agents,
+        "accounted_bytes_per_agent": {k: v / args.agents for k, v in memory.items()},
+        "fetched_mean": float(np.mean(fetched)),
+        "config": {"shards": args.shards, "scheme": args.scheme, "probe": args.probe, "M": args.M, "ef": args.ef,
+                   "ef_construction": args.ef_construction, "max_fetch": args.max_fetch, "bound_check": not args.no_bound,
+                   "build_threads": os.cpu_count(), "query_threads": 1},
+    }
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

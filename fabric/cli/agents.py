@@ -1,0 +1,86 @@
+"""`foa agents`, `foa agent run SPEC.yaml`, `foa schema`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import uuid
+from typing import Any
+
+from fabric.settings import Settings
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("agents", help="list the federation's live agents")
+    p.add_argument("--json", action="store_true", help="print a JSON array")
+    p.add_argument("--all", action="store_true", help="include offline agents")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the retained snapshot")
+    p.set_defaults(func=cmd_agents)
+
+    p = sub.add_parser("agent", help="run one agent")
+    agent_sub = p.add_subparsers(dest="agent_command", metavar="ACTION")
+    run = agent_sub.add_parser("run", help="run an LLM worker from a YAML spec until interrupted")
+    run.add_argument("spec", help="path to the agent's YAML spec")
+    run.add_argument("--replica-id", default=None, help="stable id of this replica (default: random)")
+    run.set_defaults(func=cmd_agent_run)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of every message")
+    p.add_argument("--kind", default=None, help="only this message kind")
+    p.set_defaults(func=cmd_schema)
+
+
+async def fetch_agents(settings: Settings, wait: float) -> list[dict[str, Any]]:
+    from fabric.bus import Bus
+    from fabric.registry import Registry
+    from fabric.runtime import resolve_broker
+
+    registry = Registry()
+    async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False) as bus:
+        await registry.attach(bus)
+        await registry.settle(quiet_s=0.4, max_s=wait)
+    return [e.summary() for e in sorted(registry.live(), key=lambda e: e.vcv.agent_id if e.vcv else "")]
+
+
+def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
+    rows = asyncio.run(fetch_agents(settings, args.wait))
+    if not args.all:
+        rows = [r for r in rows if r["status"] != "offline"]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no live agents")
+        return 0
+    print(f"{'AGENT':<22} {'VER':>4} {'STATUS':<8} {'$/1k in/out':<16} SKILLS")
+    for r in rows:
+        cost = f"{r['cost_per_1k_input']:.4f}/{r['cost_per_1k_output']:.4f}"
+        skills = ", ".join(r["skills"])
+        print(f"{r['agent_id']:<22} {r['version']:>4} {r['status']:<8} {cost:<16} {skills[:60]}")
+    return 0
+
+
+def cmd_agent_run(args: argparse.Namespace, settings: Settings) -> int:
+    from agents.spec import load_spec
+    from agents.worker import run_worker
+
+    spec = load_spec(args.spec)
+    asyncio.run(run_worker(spec, settings, replica_id=args.replica_id))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.envelope import Envelope
+    from fabric.messages import ALL_BODIES
+
+    schemas: dict[str, Any] = {"envelope": Envelope[dict[str, Any]].model_json_schema(by_alias=True)}  # type: ignore[misc]
+    for body in ALL_BODIES:
+        schemas[body.KIND] = body.model_json_schema()
+    if args.kind:
+        if args.kind not in schemas:
+            print(f"unknown kind {args.kind!r}; known: {', '.join(schemas)}", file=sys.stderr)
+            return 2
+        schemas = {args.kind: schemas[args.kind]}
+    print(json.dumps(schemas, indent=2))
+    return 0

@@ -1,0 +1,84 @@
+"""Submitting a job to a federation and following it: what `foa run` and `foa submit` use.
+
+Submission is at-least-once from the client's side: the job is re-sent (same job id) until the
+orchestrator shows a sign of life for it (an event or the result), and orchestrators run a job
+id once, so a submission lost to a broker restart is not a lost job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+
+from fabric import topics
+from fabric.bus import Bus, Incoming
+from fabric.envelope import make
+from fabric.messages import JobEvent, JobOptions, JobResult, JobSubmit, Budget
+
+
+class JobFailed(RuntimeError):
+    pass
+
+
+def new_job_id() -> str:
+    return f"job-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+async def submit_and_follow(
+    bus: Bus,
+    question: str,
+    *,
+    job_id: str | None = None,
+    options: JobOptions | None = None,
+    budget: Budget | None = None,
+    policies: list[str] | None = None,
+    on_event: Callable[[JobEvent], None] | None = None,
+    timeout: float = 900.0,
+    resend_every: float = 5.0,
+) -> JobResult:
+    submit = JobSubmit(
+        job_id=job_id or new_job_id(),
+        question=question,
+        options=options or JobOptions(),
+        budget=budget or Budget(),
+        policies=policies or [],
+    )
+    result: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+    alive = asyncio.Event()
+    seen: set[int] = set()
+
+    def on_evt(msg: Incoming) -> None:
+        assert msg.envelope is not None
+        event: JobEvent = msg.envelope.body
+        alive.set()
+        if event.seq in seen:
+            return
+        seen.add(event.seq)
+        if on_event is not None:
+            on_event(event)
+
+    def on_result(msg: Incoming) -> None:
+        assert msg.envelope is not None
+        alive.set()
+        if not result.done():
+            result.set_result(msg.envelope.body)
+
+    await bus.subscribe(topics.job_events(submit.job_id), on_evt, body_types=JobEvent)
+    await bus.subscribe(topics.job_result(submit.job_id), on_result, body_types=JobResult)
+    deadline = time.monotonic() + timeout
+    try:
+        while not alive.is_set():
+            await bus.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=bus.client_id))
+            try:
+                await asyncio.wait_for(alive.wait(), resend_every)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise JobFailed(f"no orchestrator picked up job {submit.job_id}: is `foa orchestrator` (or `foa up`) running?") from None
+        return await asyncio.wait_for(result, max(1.0, deadline - time.monotonic()))
+    except TimeoutError:
+        raise JobFailed(f"job {submit.job_id} did not finish within {timeout:.0f}s") from None
+    finally:
+        await bus.unsubscribe(topics.job_events(submit.job_id))
+        await bus.unsubscribe(topics.job_result(submit.job_id))

@@ -1,0 +1,56 @@
+"""LLM backends behind one interface (`LLMBackend`): an OpenAI-compatible server when one is
+configured, else the embedded CPU model; `ScriptedLLM` exists for unit tests only."""
+
+from __future__ import annotations
+
+import os
+
+from fabric.llm.base import (
+    ChatMessage,
+    Completion,
+    LLMBackend,
+    LLMError,
+    LLMOutputError,
+    LLMTimeout,
+    LLMUnavailable,
+    TextStream,
+)
+from fabric.llm.structured import complete_json, extract_json, repair_json
+from fabric.settings import Settings
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from agents.spec import LLMConfig
+
+__all__ = [
+    "ChatMessage", "Completion", "LLMBackend", "LLMError", "LLMOutputError", "LLMTimeout",
+    "LLMUnavailable", "TextStream", "backend_for", "complete_json", "extract_json", "repair_json",
+]
+
+
+def backend_for(settings: Settings, llm_config: "LLMConfig | None" = None) -> LLMBackend:
+    """The backend an agent should use: its own endpoint (spec `llm.base_url`), else the
+    federation's (FOA_LLM_BASE_URL), else the embedded model. Build it once per agent and
+    reuse it (it pools connections / shares the loaded model); `aclose()` at shutdown."""
+    base_url = (llm_config.base_url if llm_config else None) or settings.llm_base_url
+    if base_url:
+        from fabric.llm.openai_compat import OpenAICompatBackend
+
+        api_key = settings.llm_api_key
+        if llm_config is not None and llm_config.api_key_env:
+            api_key = os.environ.get(llm_config.api_key_env)
+            if not api_key:
+                raise LLMUnavailable(
+                    f"the agent's llm.api_key_env names {llm_config.api_key_env}, which is not set "
+                    "in the environment"
+                )
+        return OpenAICompatBackend(
+            base_url,
+            (llm_config.model if llm_config else None) or settings.llm_model,
+            api_key=api_key,
+            timeout_s=settings.llm_timeout_s,
+            max_retries=settings.llm_max_retries,
+        )
+    from fabric.llm.embedded import EmbeddedBackend
+
+    return EmbeddedBackend(settings.llm_gguf_path, n_ctx=settings.llm_context, n_threads=settings.llm_threads)

@@ -1,0 +1,185 @@
+"""The job's subtask DAG: merging agents' proposals into one graph and keeping it acyclic.
+
+Merge rule (paper App. C): subtasks from different proposals are the same node when their
+embeddings have cosine ≥ `merge_similarity` (0.5). Subtasks of one proposal are never merged
+with each other (their author meant them as distinct). A node's text is the member closest to
+the node's mean embedding; its support is the number of proposals that contributed to it.
+When there are more nodes than `subtasks_max`, the best-supported ones are kept (ties: earlier
+proposals first). Cycles are broken by dropping, in each cycle found, the edge with the least
+support (ties: the edge that closes the cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import networkx as nx
+import numpy as np
+from pydantic import BaseModel, Field
+
+from fabric.orchestrator.tasks import Plan
+
+EmbedFn = Callable[[Sequence[str]], np.ndarray]
+
+
+class DagNode(BaseModel):
+    node_id: str
+    text: str
+    depends_on: list[str] = Field(default_factory=list)
+    proposers: list[str] = Field(default_factory=list)
+    support: int = 1
+
+
+class Dag(BaseModel):
+    nodes: list[DagNode]
+    dropped_edges: list[tuple[str, str]] = Field(default_factory=list, description="edges removed to break cycles")
+
+    def graph(self) -> nx.DiGraph:
+        g = nx.DiGraph()
+        for node in self.nodes:
+            g.add_node(node.node_id)
+        for node in self.nodes:
+            for dep in node.depends_on:
+                g.add_edge(dep, node.node_id)
+        return g
+
+    def node(self, node_id: str) -> DagNode:
+        return next(n for n in self.nodes if n.node_id == node_id)
+
+    @property
+    def edges(self) -> list[tuple[str, str]]:
+        return [(dep, n.node_id) for n in self.nodes for dep in n.depends_on]
+
+    def topological(self) -> list[DagNode]:
+        order = list(nx.lexicographical_topological_sort(self.graph()))
+        return [self.node(i) for i in order]
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "nodes": [{"id": n.node_id, "text": n.text, "support": n.support, "proposers": n.proposers} for n in self.nodes],
+            "edges": [list(e) for e in self.edges],
+        }
+
+    @classmethod
+    def single(cls, question: str) -> "Dag":
+        """The fallback plan: the whole question as one node."""
+        return cls(nodes=[DagNode(node_id="n1", text=question, proposers=[], support=0)])
+
+
+@dataclass
+class _Item:
+    proposal: int
+    local_id: str
+    text: str
+    deps: list[str]
+    proposer: str
+    vec: np.ndarray
+
+
+@dataclass
+class _Group:
+    items: list[_Item] = field(default_factory=list)
+
+    @property
+    def proposals(self) -> set[int]:
+        return {i.proposal for i in self.items}
+
+    def centroid(self) -> np.ndarray:
+        mean = np.mean([i.vec for i in self.items], axis=0)
+        return mean / (np.linalg.norm(mean) or 1.0)
+
+
+def clean_plan(plan: Plan, subtasks_max: int) -> Plan:
+    """Unique ids, known dependencies only, no self-dependencies, at most `subtasks_max` subtasks."""
+    seen: set[str] = set()
+    kept = []
+    for sub in plan.subtasks:
+        if sub.id in seen or len(kept) >= subtasks_max:
+            continue
+        seen.add(sub.id)
+        kept.append(sub)
+    ids = {s.id for s in kept}
+    fixed = [s.model_copy(update={"depends_on": [d for d in dict.fromkeys(s.depends_on) if d in ids and d != s.id]}) for s in kept]
+    return Plan(subtasks=fixed)
+
+
+def merge_proposals(
+    proposals: Sequence[tuple[str, Plan]],
+    embed: EmbedFn,
+    *,
+    merge_similarity: float = 0.5,
+    subtasks_max: int = 4,
+) -> Dag:
+    """SYNTH_PROPOSALS + VALIDATE_DAG of the paper's Algorithm 1."""
+    items: list[_Item] = []
+    texts = [sub.text for _, plan in proposals for sub in plan.subtasks]
+    if not texts:
+        raise ValueError("no subtasks to merge")
+    vecs = embed(texts)
+    k = 0
+    for p_idx, (proposer, plan) in enumerate(proposals):
+        for sub in plan.subtasks:
+            items.append(_Item(p_idx, sub.id, sub.text, list(sub.depends_on), proposer, vecs[k]))
+            k += 1
+
+    groups: list[_Group] = []
+    for item in items:
+        best, best_sim = None, merge_similarity
+        for group in groups:
+            if item.proposal in group.proposals:
+                continue
+            sim = float(group.centroid() @ item.vec)
+            if sim >= best_sim:
+                best, best_sim = group, sim
+        if best is None:
+            groups.append(_Group([item]))
+        else:
+            best.items.append(item)
+
+    # keep the best-supported groups (stable: earlier groups win ties)
+    ranked = sorted(range(len(groups)), key=lambda g: (-len(groups[g].proposals), g))
+    keep = sorted(ranked[:subtasks_max])
+    where = {(it.proposal, it.local_id): new for new, g in enumerate(keep) for it in groups[g].items}
+
+    edge_support: dict[tuple[int, int], int] = {}
+    for item in items:
+        dst = where.get((item.proposal, item.local_id))
+        if dst is None:
+            continue
+        for dep in item.deps:
+            src = where.get((item.proposal, dep))
+            if src is not None and src != dst:
+                edge_support[(src, dst)] = edge_support.get((src, dst), 0) + 1
+
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(keep)))
+    for (src, dst), support in edge_support.items():
+        g.add_edge(src, dst, support=support)
+    dropped: list[tuple[int, int]] = []
+    while True:
+        try:
+            cycle = nx.find_cycle(g)
+        except nx.NetworkXNoCycle:
+            break
+        weakest = min(reversed(cycle), key=lambda e: g.edges[e[0], e[1]]["support"])
+        g.remove_edge(weakest[0], weakest[1])
+        dropped.append((weakest[0], weakest[1]))
+
+    order = list(nx.lexicographical_topological_sort(g))
+    name = {old: f"n{i + 1}" for i, old in enumerate(order)}
+    nodes = []
+    for old in order:
+        group = groups[keep[old]]
+        centre = group.centroid()
+        text = max(group.items, key=lambda it: float(it.vec @ centre)).text
+        nodes.append(
+            DagNode(
+                node_id=name[old],
+                text=text,
+                depends_on=sorted((name[src] for src in g.predecessors(old)), key=lambda n: int(n[1:])),
+                proposers=sorted({it.proposer for it in group.items}),
+                support=len(group.proposals),
+            )
+        )
+    return Dag(nodes=nodes, dropped_edges=[(name[a], name[b]) for a, b in dropped])

@@ -1,0 +1,425 @@
+"""One job, top to bottom: job in → DAG → assignments → drafts → channels → answer out.
+
+`JobRunner.run()` is the whole data path of the paper (Algorithms 1–5). It talks to the
+federation only through `Ports` (route, assign, call an agent, embed, publish), so the same code
+runs over MQTT in production and over in-process stand-ins in unit tests. Every phase writes a
+checkpoint to the job store before moving on; `run()` on a job with checkpoints resumes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from fabric.messages import (
+    AssignQuery,
+    AssignResponse,
+    ChannelMessage,
+    JobEvent,
+    JobResult,
+    JobSubmit,
+    Match,
+    Reputation,
+    RouteQuery,
+    RouteResponse,
+    SubtaskQuery,
+    TaskResult,
+    Usage,
+)
+from fabric.orchestrator.budget import BudgetTracker
+from fabric.orchestrator.clusters import Member, cluster_members
+from fabric.orchestrator.consensus import ClusterOutcome, RoundRecord, pick_node_answer, refine_cluster, summarise_rounds
+from fabric.orchestrator.dag import Dag, clean_plan, merge_proposals
+from fabric.orchestrator.reputation import ReputationBook
+from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.synthesis import predecessor_context, synthesise
+from fabric.orchestrator.tasks import DecomposeInput, DraftInput, DraftOutput, Plan, RefineInput, RefineOutput
+from fabric.settings import Settings
+from fabric.vcv import VCV
+
+log = logging.getLogger("foa.orchestrator")
+
+
+class Ports(Protocol):
+    """What a job needs from the federation."""
+
+    async def route(self, query: RouteQuery) -> RouteResponse: ...
+    async def assign(self, query: AssignQuery) -> AssignResponse: ...
+    async def call(
+        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float, max_tokens: int | None
+    ) -> TaskResult: ...
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+    def vcv(self, agent_id: str) -> VCV | None: ...
+    def live_agents(self) -> list[VCV]: ...
+    async def emit(self, event: JobEvent) -> None: ...
+    async def channel(self, message: ChannelMessage) -> None: ...
+    async def publish_reputation(self, record: Reputation) -> None: ...
+
+
+class NodeFailed(RuntimeError):
+    pass
+
+
+class JobRunner:
+    def __init__(
+        self,
+        submit: JobSubmit,
+        ports: Ports,
+        settings: Settings,
+        store: JobStore,
+        reputation: ReputationBook,
+    ) -> None:
+        self.job = submit
+        self.ports = ports
+        self.settings = settings
+        self.store = store
+        self.reputation = reputation
+        opts = submit.options
+        self.max_proposers = opts.max_proposers or settings.max_proposers
+        self.subtasks_max = opts.subtasks_max or settings.subtasks_max
+        self.agents_per_node = opts.agents_per_node or settings.agents_per_node
+        self.rounds = settings.refine_rounds if opts.refine_rounds is None else opts.refine_rounds
+        self.synth_mode = opts.synth_mode or settings.synth_mode
+        self.max_tokens = opts.max_tokens_per_call or settings.llm_max_tokens
+        saved = store.checkpoints(submit.job_id)
+        self.saved = saved
+        self.budget = BudgetTracker(
+            submit.budget,
+            started_at=saved.get("started_at"),
+            used=Usage.model_validate(saved["usage"]) if "usage" in saved else None,
+        )
+        self.timings: dict[str, float] = dict(saved.get("timings", {}))
+        self._seq = store.next_seq(submit.job_id)
+        self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
+        self._failures: list[str] = []
+        self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
+
+    # ---- the data path -------------------------------------------------------------------
+
+    async def run(self) -> JobResult:
+        job = self.job
+        self.store.set_state(job.job_id, "running", "start")
+        self.store.checkpoint(job.job_id, "started_at", self.budget.started_at)
+        try:
+            dag = await self._phase("decompose", self.decompose)
+            assignments = await self._phase("assign", lambda: self.assign(dag))
+            node_results = await self._phase("execute", lambda: self.execute(dag, assignments))
+            answer, synth_mode = await self._phase("synthesise", lambda: self.synthesise(dag, node_results))
+        except Exception as exc:  # noqa: BLE001 - every job ends with an explicit reason
+            log.exception("job failed", extra={"job_id": job.job_id})
+            return await self._finish(JobResult(job_id=job.job_id, status="failed", failure_reason=f"{type(exc).__name__}: {exc}"))
+        await self._update_reputations(node_results)
+        result = JobResult(
+            job_id=job.job_id,
+            status="completed",
+            answer=answer,
+            dag=dag.summary(),
+            assignments={n: [m.model_dump() for m in ms] for n, ms in assignments.items()},
+            clusters={n: [o["members"] for o in r["clusters"].values()] for n, r in node_results.items()},
+            rounds={n: r["clusters"] for n, r in node_results.items()},
+            usage={"tokens": self.budget.used.tokens, "input_tokens": self.budget.used.input_tokens,
+                   "output_tokens": self.budget.used.output_tokens, "cost": round(self.budget.used.cost, 6),
+                   "calls": self.budget.used.calls, "synth_mode": synth_mode, "failures": self._failures},
+            timings=self.timings,
+        )
+        return await self._finish(result)
+
+    async def _phase(self, name: str, fn: Any) -> Any:
+        self.store.set_state(self.job.job_id, "running", name)
+        started = time.perf_counter()
+        out = await fn()
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 4)
+        self.store.checkpoint(self.job.job_id, "timings", self.timings)
+        return out
+
+    # ---- phase 1: compatible agents propose, proposals merge into a DAG ---------------------
+
+    async def decompose(self) -> Dag:
+        job = self.job
+        if "dag" in self.saved:
+            dag = Dag.model_validate(self.saved["dag"])
+            await self.emit("decompose", f"resumed with a {len(dag.nodes)}-node plan", {"dag": dag.summary()})
+            return dag
+        route = await self.ports.route(
+            RouteQuery(text=job.question, top_k=max(self.settings.compat_top_k, self.max_proposers * 2), policies=job.policies, abstain=False)
+        )
+        compatible = [m for m in route.matches if m.score >= self.settings.compat_threshold]
+        if not compatible:  # the paper's fallback: top-K by similarity
+            compatible = route.matches[: self.settings.compat_top_k]
+        proposers = compatible[: self.max_proposers]
+        if len(proposers) > 1 and not self.budget.allows(tokens=len(proposers) * 2 * self.max_tokens):
+            proposers = proposers[:1]
+        await self.emit(
+            "decompose",
+            f"{len(proposers)} of {len(route.matches)} candidate agents propose a plan",
+            {"proposers": [{"agent_id": m.agent_id, "score": round(m.score, 3)} for m in proposers]},
+        )
+        payload = DecomposeInput(question=job.question, subtasks_min=self.settings.subtasks_min, subtasks_max=self.subtasks_max)
+
+        async def propose(match: Match) -> tuple[str, Plan] | None:
+            try:
+                res = await self._call(match.agent_id, "decompose", payload, None)
+                return match.agent_id, clean_plan(Plan.model_validate(res.output), self.subtasks_max)
+            except Exception as exc:  # noqa: BLE001 - a bad proposal is skipped, not fatal
+                self._failures.append(f"decompose by {match.agent_id}: {exc}")
+                return None
+
+        proposals = [p for p in await asyncio.gather(*(propose(m) for m in proposers)) if p]
+        if proposals:
+            dag = merge_proposals(
+                proposals, self.ports.embed, merge_similarity=self.settings.merge_similarity, subtasks_max=self.subtasks_max
+            )
+        else:
+            dag = Dag.single(job.question)
+        self.store.checkpoint(job.job_id, "dag", dag.model_dump())
+        await self.emit("decompose", f"plan: {len(dag.nodes)} subtasks, {len(dag.edges)} dependencies", {"dag": dag.summary(), "proposals": len(proposals)})
+        return dag
+
+    # ---- assignment: 1..r_i agents per node, policy-gated and cost-biased -----------------------
+
+    async def assign(self, dag: Dag) -> dict[str, list[Match]]:
+        job = self.job
+        if "assignments" in self.saved:
+            return {n: [Match.model_validate(m) for m in ms] for n, ms in self.saved["assignments"].items()}
+        per_node_cost = self.budget.cost_left / max(1, len(dag.nodes)) if job.budget.max_cost is not None else None
+        if job.options.routing == "random":
+            assignments = self._random_assignment(dag)
+        else:
+            response = await self.ports.assign(
+                AssignQuery(
+                    subtasks=[
+                        SubtaskQuery(
+                            subtask_id=n.node_id,
+                            text=n.text,
+                            policies=job.policies,
+                            min_agents=1,
+                            max_agents=self.agents_per_node,
+                            max_cost=per_node_cost,
+                        )
+                        for n in dag.nodes
+                    ],
+                    candidates_per_subtask=max(10, self.agents_per_node * 3),
+                )
+            )
+            assignments = response.assignments
+            missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
+            if missing:
+                raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
+        self.store.checkpoint(job.job_id, "assignments", {n: [m.model_dump() for m in ms] for n, ms in assignments.items()})
+        await self.emit(
+            "assign",
+            "assigned " + ", ".join(f"{n}: {[m.agent_id for m in ms]}" for n, ms in assignments.items()),
+            {"assignments": {n: [{"agent_id": m.agent_id, "score": round(m.score, 3), "factors": m.factors} for m in ms] for n, ms in assignments.items()}},
+        )
+        return assignments
+
+    def _random_assignment(self, dag: Dag) -> dict[str, list[Match]]:
+        """The paper's random-assignment baseline: policy-eligible agents drawn uniformly."""
+        rng = random.Random(self.job.job_id)
+        eligible = [v for v in self.ports.live_agents() if set(self.job.policies) <= set(v.policies)]
+        if not eligible:
+            raise NodeFailed(f"no live agent holds policies {self.job.policies}")
+        return {
+            n.node_id: [
+                Match(agent_id=v.agent_id, version=v.version, score=0.0, factors={"random": 1.0})
+                for v in rng.sample(eligible, min(self.agents_per_node, len(eligible)))
+            ]
+            for n in dag.nodes
+        }
+
+    # ---- execution: nodes run when their predecessors are done; branches run concurrently ------
+
+    async def execute(self, dag: Dag, assignments: dict[str, list[Match]]) -> dict[str, dict[str, Any]]:
+        results: dict[str, dict[str, Any]] = {k[5:]: v for k, v in self.saved.items() if k.startswith("node:")}
+        done = {node_id: asyncio.Event() for node_id in (n.node_id for n in dag.nodes)}
+        for node_id in results:
+            done[node_id].set()
+
+        async def run_node(node_id: str) -> None:
+            node = dag.node(node_id)
+            for dep in node.depends_on:
+                await done[dep].wait()
+            if node_id not in results:
+                answers = {n: r["answer"] for n, r in results.items()}
+                try:
+                    results[node_id] = await asyncio.wait_for(
+                        self.run_node(dag, node_id, assignments[node_id], answers), self.settings.node_timeout_s
+                    )
+                except TimeoutError:
+                    results[node_id] = self._best_draft_after_timeout(node_id)
+                self.store.checkpoint(self.job.job_id, f"node:{node_id}", results[node_id])
+            done[node_id].set()
+
+        await asyncio.gather(*(run_node(n.node_id) for n in dag.nodes))
+        return results
+
+    async def run_node(self, dag: Dag, node_id: str, matches: list[Match], answers: dict[str, str]) -> dict[str, Any]:
+        node = dag.node(node_id)
+        job = self.job
+        context = predecessor_context(dag, node_id, answers)
+        draft_in = DraftInput(question=job.question, subtask=node.text, context=context, max_tokens=self.max_tokens)
+
+        # phase 2: first drafts, in parallel
+        drafts = self._drafts.setdefault(node_id, {})
+
+        async def draft(agent_id: str) -> None:
+            try:
+                res = await self._call(agent_id, "draft", draft_in, node_id)
+                out = DraftOutput.model_validate(res.output)
+                if out.answer.strip():
+                    drafts[agent_id] = (out.answer, out.confidence)
+            except Exception as exc:  # noqa: BLE001
+                self._failures.append(f"draft {node_id} by {agent_id}: {exc}")
+                self._contributions.append((agent_id, node_id, ""))
+
+        await asyncio.gather(*(draft(m.agent_id) for m in matches))
+        if not drafts:
+            replacement = await self._reassign(node, [m.agent_id for m in matches])
+            if replacement:
+                await draft(replacement)
+        if not drafts:
+            raise NodeFailed(f"subtask {node_id} ({node.text[:60]!r}): no agent produced a draft")
+        await self.emit("draft", f"{node_id}: {len(drafts)} drafts", {"node": node_id, "drafts": {a: d[0][:200] for a, d in drafts.items()}})
+
+        # phase 3: clusters of similar agents
+        if job.options.clustering and len(drafts) > 1:
+            clusters = self._clusters(list(drafts), drafts)
+        else:
+            clusters = [[a] for a in drafts]
+        await self.emit("cluster", f"{node_id}: clusters {clusters}", {"node": node_id, "clusters": clusters})
+
+        # phase 4: each cluster refines on its own channel for ≤ k rounds
+        outcomes = await asyncio.gather(
+            *(self._refine(node_id, node.text, f"{job.job_id[:12]}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters))
+        )
+        best = pick_node_answer(outcomes, self.reputation.weight)
+        for o in outcomes:
+            for agent_id, answer in o.final_answers.items():
+                self._contributions.append((agent_id, node_id, answer))
+        await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", {"node": node_id, "representative": best.representative})
+        return {"answer": best.answer, "by": best.representative, "cluster": best.cluster_id, "clusters": summarise_rounds(outcomes)}
+
+    def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:
+        draft_vecs = self.ports.embed([drafts[a][0] for a in agent_ids])
+        members = []
+        for agent_id, dvec in zip(agent_ids, draft_vecs):
+            vcv = self.ports.vcv(agent_id)
+            if vcv is None:  # left meanwhile: compare on the draft alone
+                members.append(Member(agent_id, dvec, np.ones(7), dvec, dvec))
+            else:
+                members.append(Member(agent_id, vcv.capability_array(), vcv.resources.as_vector(), dvec, vcv.spec_array()))
+        return cluster_members(members, threshold=self.settings.cluster_threshold, max_size=self.settings.cluster_max_size)
+
+    async def _refine(self, node_id: str, subtask: str, cluster_id: str, members: list[str], drafts: dict[str, tuple[str, float]]) -> ClusterOutcome:
+        async def call(agent_id: str, payload: RefineInput) -> tuple[RefineOutput, Usage]:
+            res = await self._call(agent_id, "refine", payload, node_id)
+            out = RefineOutput.model_validate(res.output)
+            await self.ports.channel(
+                ChannelMessage(cluster_id=cluster_id, node_id=node_id, round=payload.round, agent_id=agent_id,
+                               answer=out.answer, vote_done=out.done, confidence=out.confidence, provenance=[self.job.job_id, node_id])
+            )
+            return out, Usage()  # usage is charged in _call
+
+        async def on_round(record: RoundRecord) -> None:
+            await self.emit("refine", f"{cluster_id} round {record.round}: votes {record.votes}", {"node": node_id, "cluster": cluster_id, "round": record.round, "votes": record.votes})
+
+        def may_continue() -> bool:
+            # a round costs a call per member; keep a reserve for the rest of the job
+            return self.budget.allows(tokens=len(members) * 2 * self.max_tokens, seconds=5.0)
+
+        return await refine_cluster(
+            cluster_id=cluster_id, members=members, drafts=drafts, question=self.job.question, subtask=subtask,
+            rounds=self.rounds, call=call, embed=self.ports.embed, reputation=self.reputation.weight,
+            may_continue=may_continue, on_round=on_round, max_tokens=self.max_tokens,
+        )
+
+    async def _reassign(self, node: Any, failed: list[str]) -> str | None:
+        """A node whose agents all failed gets one more agent, if the router knows one."""
+        route = await self.ports.route(RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False))
+        if not route.matches:
+            return None
+        await self.emit("reassign", f"{node.node_id}: reassigned to {route.matches[0].agent_id}", {"node": node.node_id})
+        return route.matches[0].agent_id
+
+    def _best_draft_after_timeout(self, node_id: str) -> dict[str, Any]:
+        drafts = self._drafts.get(node_id) or {}
+        if not drafts:
+            raise NodeFailed(f"subtask {node_id} timed out after {self.settings.node_timeout_s}s without a draft")
+        agent_id, (answer, _) = max(drafts.items(), key=lambda kv: kv[1][1] * self.reputation.weight(kv[0]))
+        self._failures.append(f"{node_id}: timed out; kept the best draft ({agent_id})")
+        return {"answer": answer, "by": agent_id, "cluster": None, "clusters": {}}
+
+    # ---- phase 6: synthesis ---------------------------------------------------------------------
+
+    async def synthesise(self, dag: Dag, node_results: dict[str, dict[str, Any]]) -> tuple[str, str]:
+        answers = {n: r["answer"] for n, r in node_results.items()}
+        mode = self.synth_mode
+        if mode != "concat" and not self.budget.allows(tokens=3 * self.max_tokens):
+            mode = "concat"
+        call = None
+        if mode != "concat":
+            writer = await self._synthesiser()
+            if writer:
+                async def call(system: str, user: str, max_tokens: int) -> tuple[str, Usage]:
+                    payload = DraftInput(question=self.job.question, subtask=f"{system}\n\n{user}", max_tokens=max_tokens)
+                    res = await self._call(writer, "draft", payload, None)
+                    return DraftOutput.model_validate(res.output).answer, Usage()
+        answer, _, used_mode = await synthesise(dag, answers, question=self.job.question, mode=mode, call=call, max_tokens=self.max_tokens * 2)
+        await self.emit("synthesise", f"answer synthesised ({used_mode})", {"mode": used_mode, "chars": len(answer)})
+        return answer, used_mode
+
+    async def _synthesiser(self) -> str | None:
+        route = await self.ports.route(RouteQuery(text="merge several expert answers into one clear answer", top_k=1, policies=self.job.policies, abstain=False))
+        return route.matches[0].agent_id if route.matches else None
+
+    # ---- accounting, reputation, events ---------------------------------------------------------
+
+    async def _call(self, agent_id: str, kind: str, payload: BaseModel, node_id: str | None) -> TaskResult:
+        reason = self.budget.exhausted()
+        if reason:
+            raise NodeFailed(f"budget: {reason}")
+        timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
+        res = await self.ports.call(agent_id, kind, payload, job_id=self.job.job_id, node_id=node_id, timeout=timeout, max_tokens=self.max_tokens)
+        usage = res.usage.model_copy(update={"calls": max(1, res.usage.calls)})
+        self.budget.charge(usage)
+        self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump())
+        return res
+
+    async def _update_reputations(self, node_results: dict[str, dict[str, Any]]) -> None:
+        if not self._contributions:
+            return
+        texts = [a for _, _, a in self._contributions if a] + [r["answer"] for r in node_results.values()]
+        vecs = self.ports.embed(texts) if texts else np.zeros((0, 1))
+        index = {t: vecs[i] for i, t in enumerate(texts)}
+        for agent_id, node_id, answer in self._contributions:
+            node_answer = node_results.get(node_id, {}).get("answer")
+            quality = float(np.clip(index[answer] @ index[node_answer], 0, 1)) if answer and node_answer else 0.0
+            record = self.reputation.observe(agent_id, quality)
+            try:
+                await self.ports.publish_reputation(record)
+            except Exception:  # noqa: BLE001 - reputation is advisory
+                log.warning("could not publish reputation", extra={"agent_id": agent_id})
+
+    async def emit(self, phase: str, message: str, data: dict[str, Any] | None = None) -> None:
+        event = JobEvent(job_id=self.job.job_id, seq=self._seq, phase=phase, message=message, data=data or {})
+        self._seq += 1
+        self.store.add_event(event)
+        log.info(message, extra={"job_id": self.job.job_id, "phase": phase})
+        try:
+            await self.ports.emit(event)
+        except Exception:  # noqa: BLE001 - progress is best effort; the store has it
+            log.debug("could not publish event", exc_info=True)
+
+    async def _finish(self, result: JobResult) -> JobResult:
+        result.timings = result.timings or self.timings
+        result.timings["total"] = round(time.time() - self.budget.started_at, 3)
+        self.store.finish(result)
+        await self.emit("done", f"job {result.status}" + (f": {result.failure_reason}" if result.failure_reason else ""), {"status": result.status})
+        return result

@@ -1,0 +1,74 @@
+"""The typed inputs and outputs of the task kinds agents serve: decompose, draft, refine.
+
+The output models double as the JSON schemas that constrain the LLM (grammar-constrained on
+the embedded model, `response_format` on OpenAI-compatible servers).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class ProposedSubtask(BaseModel):
+    id: str = Field(description="short id such as s1")
+    text: str = Field(description="what this subtask must produce")
+    depends_on: list[str] = Field(default_factory=list, description="ids of subtasks whose results it needs")
+
+    @field_validator("text")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if len(value) < 3:
+            raise ValueError("subtask text is too short")
+        return value[:500]
+
+
+class Plan(BaseModel):
+    """A decomposition proposal: subtasks and their dependencies."""
+
+    subtasks: list[ProposedSubtask] = Field(min_length=1, max_length=8)
+
+
+class DecomposeInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    subtasks_min: int = 2
+    subtasks_max: int = 4
+
+
+class PeerAnswer(BaseModel):
+    agent_id: str
+    answer: str
+
+
+class DraftInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    subtask: str
+    context: list[PeerAnswer] = Field(default_factory=list, description="results of the subtasks this one depends on")
+    max_tokens: int | None = None
+
+
+class DraftOutput(BaseModel):
+    answer: str = Field(description="the answer to the subtask")
+    confidence: float = Field(default=0.5, ge=0, le=1)
+
+
+class RefineInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    subtask: str
+    cluster_id: str
+    round: int
+    own_answer: str
+    peers: list[PeerAnswer]
+    max_tokens: int | None = None
+
+
+class RefineOutput(BaseModel):
+    answer: str = Field(description="the revised answer")
+    done: bool = Field(description="true when the answer needs no further revision")
+    confidence: float = Field(default=0.5, ge=0, le=1)

@@ -1,0 +1,154 @@
+"""A full routed query: index search with over-fetch, gates, α re-score, merge, abstention.
+
+Over-fetch: the index is asked for `over_fetch · k` nearest agents (at least `min_fetch`); if
+gates or offline agents leave fewer than k, or if an unfetched agent could still beat the
+k-th α (every factor but sim is ≤ 1 and reputation ≤ REPUTATION_MAX, so an unfetched agent
+has α ≤ REPUTATION_MAX · lowest fetched sim), the fetch grows 4x, up to `max_fetch`. A gate
+therefore never loses a good agent that the index ranked low, within `max_fetch`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fabric.bloom import normalise_skill
+from fabric.messages import AuditEvent, Match, RouteQuery, RouteResponse
+from router.index import CapabilityIndex
+from router.scoring import REPUTATION_MAX, QueryContext, Scored, score
+
+THRESHOLD_KEY = "abstain_threshold"
+
+
+@dataclass
+class RouteOutcome:
+    response: RouteResponse
+    audits: list[AuditEvent] = field(default_factory=list)
+    fetched: int = 0
+
+
+@dataclass
+class RouterEngine:
+    index: CapabilityIndex
+    over_fetch: int = 4
+    min_fetch: int = 64
+    max_fetch: int = 1024
+    bound_check: bool = True
+
+    @property
+    def threshold(self) -> float | None:
+        value = self.index.meta.get(THRESHOLD_KEY)
+        return None if value is None else float(value)
+
+    def set_threshold(self, value: float | None, **info: object) -> None:
+        self.index.meta[THRESHOLD_KEY] = value
+        self.index.meta["calibration"] = info
+
+    def context(self, query: RouteQuery, qvec: np.ndarray) -> QueryContext:
+        mask, unknown = self.index.query_policy_mask([p.strip().lower() for p in query.policies])
+        rows = [self.index.rows[a] for a in query.exclude if a in self.index.rows]
+        return QueryContext(
+            qvec=np.asarray(qvec, dtype=np.float32),
+            top_k=query.top_k,
+            policy_mask=mask,
+            unknown_policies=unknown,
+            skills=[normalise_skill(s) for s in query.skills if s.strip()],
+            max_cost=query.max_cost,
+            deadline_ms=query.deadline_ms,
+            input_tokens=query.input_tokens,
+            output_tokens=query.output_tokens,
+            lexical=self.index.lexical.query(query.text),
+            exclude_rows=np.asarray(rows, dtype=np.int64),
+        )
+
+    def candidates(self, ctx: QueryContext) -> tuple[Scored, int]:
+        """Scored candidates after adaptive over-fetch; also returns how many were fetched."""
+        k = ctx.top_k
+        total = len(self.index)
+        fetch = min(max(self.over_fetch * k, self.min_fetch), max(total, 1))
+        while True:
+            rows, sims = self.index.search(ctx.qvec, fetch)
+            scored = score(self.index, ctx, rows, sims)
+            passed = scored.passed()
+            n_ok = int(passed.sum())
+            if fetch >= total or fetch >= self.max_fetch:
+                return scored, fetch
+            if n_ok >= k:
+                if not self.bound_check or len(sims) == 0:
+                    return scored, fetch
+                kth = np.partition(scored.alpha[passed], n_ok - k)[n_ok - k]
+                if kth >= REPUTATION_MAX * float(np.clip(sims.min(), 0, 1)):
+                    return scored, fetch
+            fetch = min(fetch * 4, self.max_fetch, total)
+
+    def route(self, query: RouteQuery, qvec: np.ndarray, *, query_id: str = "") -> RouteOutcome:
+        ctx = self.context(query, qvec)
+        scored, fetched = self.candidates(ctx)
+        return self.finish(query, ctx, scored, fetched, query_id)
+
+    def finish(self, query: RouteQuery, ctx: QueryContext, scored: Scored, fetched: int, query_id: str) -> RouteOutcome:
+        k = ctx.top_k
+        passed = scored.passed()
+        idx = np.flatnonzero(passed)
+        order = idx[np.argsort(-scored.alpha[idx], kind="stable")][:k]
+        kth = float(scored.alpha[order[-1]]) if len(order) == k else 0.0
+        audits = self._audits(query, ctx, scored, kth, query_id)
+        threshold = self.threshold
+        top = float(scored.alpha[order[0]]) if len(order) else 0.0
+        abstained = bool(query.abstain and threshold is not None and (len(order) == 0 or top < threshold))
+        matches = [] if abstained else [self._match(scored, int(i)) for i in order]
+        response = RouteResponse(
+            matches=matches,
+            abstained=abstained,
+            threshold=threshold,
+            candidates_considered=len(scored.rows),
+            blocked=int((scored.eligible & ~passed).sum()),
+        )
+        return RouteOutcome(response, audits, fetched)
+
+    def _match(self, scored: Scored, i: int) -> Match:
+        row = int(scored.rows[i])
+        factors = {name: round(float(arr[i]), 6) for name, arr in scored.factors.items()}
+        factors |= {name: float(ok[i]) for name, ok in scored.gates.items()}
+        return Match(
+            agent_id=self.index.ids[row] or "",
+            version=int(self.index.table.version[row]),
+            score=round(float(scored.alpha[i]), 6),
+            factors=factors,
+            expected_cost=float(scored.cost[i]),
+            expected_latency_ms=float(scored.latency[i]),
+        )
+
+    def _audits(self, query: RouteQuery, ctx: QueryContext, scored: Scored, kth: float, query_id: str) -> list[AuditEvent]:
+        """A gate that removed an eligible agent whose ungated α would have made the top k."""
+        blocked = scored.eligible & ~scored.passed() & (scored.ungated > kth)
+        idx = np.flatnonzero(blocked)
+        idx = idx[np.argsort(-scored.ungated[idx])][: ctx.top_k]
+        events = []
+        for i in idx.tolist():
+            row = int(scored.rows[i])
+            failed = [g for g, ok in scored.gates.items() if not ok[i]]
+            events.append(
+                AuditEvent(
+                    query_id=query_id,
+                    agent_id=self.index.ids[row] or "",
+                    gate=failed[0],  # type: ignore[arg-type]
+                    detail=self._detail(failed, query, ctx, scored, i),
+                    score_without_gate=round(float(scored.ungated[i]), 6),
+                )
+            )
+        return events
+
+    def _detail(self, failed: list[str], query: RouteQuery, ctx: QueryContext, scored: Scored, i: int) -> str:
+        parts = []
+        for gate in failed:
+            if gate == "policy":
+                parts.append(f"policy: requires {sorted(query.policies)}")
+            elif gate == "skills":
+                parts.append(f"skills: requires {ctx.skills}")
+            elif gate == "budget":
+                parts.append(f"budget: expected cost {float(scored.cost[i]):.6g} > max_cost {query.max_cost}")
+            elif gate == "deadline":
+                parts.append(f"deadline: expected latency {float(scored.latency[i]):.0f} ms > {query.deadline_ms} ms")
+        return "; ".join(parts)
