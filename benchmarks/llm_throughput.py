@@ -5,7 +5,8 @@ OpenAI-compatible server process (llama_cpp.server over HTTP), same threads and 
 
 Prints one JSON object on stdout; progress goes to stderr. Greedy decoding, so both paths
 generate the same tokens; tokens/s = completion tokens / wall time of the call (prompt
-evaluation included, as a worker experiences it). One warm-up call per path is not counted.
+evaluation included, as a worker experiences it). One warm-up call per path is not counted;
+runs alternate between the two paths so background load hits both alike.
 """
 
 from __future__ import annotations
@@ -38,38 +39,53 @@ def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-async def measure(llm: LLMBackend, runs: int, max_tokens: int) -> dict[str, Any]:
-    msgs = lambda i: [ChatMessage.user(PROMPTS[i % len(PROMPTS)])]  # noqa: E731
-    started = time.perf_counter()
-    await llm.complete(msgs(0), max_tokens=8, temperature=0.0)  # warm-up (page-in, graph setup)
-    warmup_ms = (time.perf_counter() - started) * 1000
-    rates, tokens = [], []
-    for i in range(runs):
+class Meter:
+    """Per-backend measurements; runs of the two backends are interleaved so that both see
+    the same background load on a shared machine."""
+
+    def __init__(self, llm: LLMBackend) -> None:
+        self.llm = llm
+        self.rates: list[float] = []
+        self.tokens: list[int] = []
+        self.warmup_ms = 0.0
+
+    async def warm_up(self) -> None:
+        started = time.perf_counter()
+        await self.llm.complete([ChatMessage.user(PROMPTS[0])], max_tokens=8, temperature=0.0)
+        self.warmup_ms = (time.perf_counter() - started) * 1000
+
+    async def run(self, i: int, max_tokens: int) -> None:
         t0 = time.perf_counter()
-        done = await llm.complete(msgs(i), max_tokens=max_tokens, temperature=0.0)
+        done = await self.llm.complete([ChatMessage.user(PROMPTS[i % len(PROMPTS)])], max_tokens=max_tokens, temperature=0.0)
         wall = time.perf_counter() - t0
-        rates.append(done.usage.output_tokens / wall)
-        tokens.append(done.usage.output_tokens)
-        progress(f"  {llm.name}: run {i + 1}/{runs}: {done.usage.output_tokens} tokens, {rates[-1]:.1f} tok/s")
-    return {
-        "tokens_per_s": round(statistics.median(rates), 1),
-        "tokens_per_s_runs": [round(r, 1) for r in rates],
-        "completion_tokens": tokens,
-        "warmup_ms": round(warmup_ms, 1),
-    }
+        self.rates.append(done.usage.output_tokens / wall)
+        self.tokens.append(done.usage.output_tokens)
+        progress(f"  {self.llm.name}: run {i + 1}: {done.usage.output_tokens} tokens, {self.rates[-1]:.1f} tok/s")
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "tokens_per_s": round(statistics.median(self.rates), 1),
+            "tokens_per_s_runs": [round(r, 1) for r in self.rates],
+            "completion_tokens": self.tokens,
+            "warmup_ms": round(self.warmup_ms, 1),
+        }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     threads = args.threads or default_threads()
     load_before = os.getloadavg()[0]
     embedded = EmbeddedBackend(n_ctx=2048, n_threads=threads)
-    progress(f"embedded model {embedded.path.name}, {threads} thread(s)")
-    emb = await measure(embedded, args.runs, args.max_tokens)
-    await embedded.aclose()
-    progress("starting llama_cpp.server on the same GGUF")
+    progress(f"{embedded.path.name}, {threads} thread(s); starting llama_cpp.server on the same GGUF")
     with LlamaServer(embedded.path, n_ctx=2048, n_threads=threads) as server:
         async with OpenAICompatBackend(server.base_url, "smollm2") as remote:
-            srv = await measure(remote, args.runs, args.max_tokens)
+            local, http = Meter(embedded), Meter(remote)
+            await local.warm_up()
+            await http.warm_up()
+            for i in range(args.runs):
+                for meter in (local, http) if i % 2 == 0 else (http, local):
+                    await meter.run(i, args.max_tokens)
+    await embedded.aclose()
+    emb, srv = local.summary(), http.summary()
     return {
         "benchmark": "llm_throughput",
         "model": embedded.path.name,

@@ -49,7 +49,15 @@ class Embedder:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         from sentence_transformers import SentenceTransformer
+
+        try:  # the weight-loading progress bar is noise in a CLI
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
 
         self.model_name = f"sentence-transformers/{DEFAULT_MODEL}" if model in _DEFAULT_ALIASES else model
         self._model = SentenceTransformer(resolve_model_path(model), device=device)

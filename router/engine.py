@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fabric.bloom import normalise_skill
-from fabric.messages import AuditEvent, Match, RouteQuery, RouteResponse
+from fabric.messages import AssignQuery, AssignResponse, AuditEvent, Match, RouteQuery, RouteResponse
+from router.assignment import AssignmentProblem, solve
 from router.index import CapabilityIndex
 from router.scoring import REPUTATION_MAX, QueryContext, Scored, score
 
@@ -152,3 +153,45 @@ class RouterEngine:
             elif gate == "deadline":
                 parts.append(f"deadline: expected latency {float(scored.latency[i]):.0f} ms > {query.deadline_ms} ms")
         return "; ".join(parts)
+
+
+def assign(engine: RouterEngine, query: AssignQuery, qvecs: np.ndarray, *, method: str = "auto") -> AssignResponse:
+    """Route every subtask (no abstention: a subtask needs someone), then solve Σα under
+    team sizes and agent capacity (router/assignment.py)."""
+    per_subtask: list[tuple[Scored, np.ndarray]] = []
+    for sub, vec in zip(query.subtasks, qvecs):
+        rq = RouteQuery(text=sub.text, top_k=query.candidates_per_subtask, policies=sub.policies, skills=sub.skills,
+                        max_cost=sub.max_cost, deadline_ms=sub.deadline_ms, exclude=query.exclude, abstain=False)
+        ctx = engine.context(rq, vec)
+        scored, _ = engine.candidates(ctx)
+        idx = np.flatnonzero(scored.passed())
+        idx = idx[np.argsort(-scored.alpha[idx], kind="stable")][: rq.top_k]
+        per_subtask.append((scored, idx))
+    agent_rows = sorted({int(s.rows[i]) for s, idx in per_subtask for i in idx})
+    col = {row: j for j, row in enumerate(agent_rows)}
+    alpha = np.zeros((len(query.subtasks), len(agent_rows)))
+    where: dict[tuple[int, int], tuple[Scored, int]] = {}
+    for i, (scored, idx) in enumerate(per_subtask):
+        for k in idx.tolist():
+            j = col[int(scored.rows[k])]
+            alpha[i, j] = max(float(scored.alpha[k]), 1e-9)
+            where[(i, j)] = (scored, k)
+    problem = AssignmentProblem(
+        alpha=alpha,
+        min_agents=np.array([s.min_agents for s in query.subtasks], dtype=np.int64),
+        max_agents=np.array([max(s.max_agents, s.min_agents) for s in query.subtasks], dtype=np.int64),
+        capacity=engine.index.table.concurrency[np.asarray(agent_rows, dtype=np.int64)].astype(np.int64)
+        if agent_rows else np.zeros(0, dtype=np.int64),
+    )
+    result = solve(problem, method)
+    assignments: dict[str, list[Match]] = {}
+    for i, sub in enumerate(query.subtasks):
+        chosen = [j for j in np.flatnonzero(result.x[i]).tolist()]
+        matches = [engine._match(*where[(i, j)]) for j in chosen]
+        assignments[sub.subtask_id] = sorted(matches, key=lambda m: -m.score)
+    return AssignResponse(
+        assignments=assignments,
+        objective=round(result.objective, 6),
+        solver=result.solver,
+        unassigned=[query.subtasks[i].subtask_id for i in result.unassigned],
+    )

@@ -1,0 +1,159 @@
+"""`foa route` (ask the running federation's router) and `foa router` (run a router replica)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from fabric.settings import Settings
+
+
+def register(sub: Any) -> None:
+    route = sub.add_parser(
+        "route",
+        help="rank the agents of the running federation for a task (or --calibrate abstention)",
+        description="Talks to a running federation through FOA_BROKER_URL.",
+    )
+    route.add_argument("text", nargs="?", help="the task to route")
+    route.add_argument("--top-k", type=int, default=5)
+    route.add_argument("--policy", action="append", default=[], metavar="FLAG", help="required clearance (repeatable)")
+    route.add_argument("--skill", action="append", default=[], metavar="S", help="required skill (repeatable)")
+    route.add_argument("--max-cost", type=float, default=None, help="remaining budget for this task")
+    route.add_argument("--deadline-ms", type=float, default=None, help="latest acceptable expected latency")
+    route.add_argument("--input-tokens", type=int, default=500)
+    route.add_argument("--output-tokens", type=int, default=300)
+    route.add_argument("--no-abstain", action="store_true", help="always return the best agents")
+    route.add_argument("--calibrate", action="store_true",
+                       help="compute the abstention threshold from probes built from the live agents' descriptions")
+    route.add_argument("--save", action="store_true",
+                       help="with --calibrate: write it to <data_dir>/router/calibration.json (routers load it)")
+    route.add_argument("--timeout", type=float, default=None, help="seconds to wait for the router")
+    route.add_argument("--json", action="store_true", help="print one JSON object")
+    route.set_defaults(func=_route)
+
+    router = sub.add_parser("router", help="run a router replica (index + scoring) until interrupted")
+    router.add_argument("--no-snapshot", action="store_true", help="neither restore nor write <data_dir>/router/index")
+    router.set_defaults(func=_router)
+
+
+def _need_broker(settings: Settings) -> None:
+    if not settings.broker_url:
+        raise SystemExit("foa route: FOA_BROKER_URL is not set; it must point at a running federation's broker "
+                         "(e.g. FOA_BROKER_URL=mqtt://127.0.0.1:1883)")
+
+
+def _route(args: argparse.Namespace, settings: Settings) -> int:
+    _need_broker(settings)
+    if args.calibrate:
+        return asyncio.run(_calibrate(args, settings))
+    if not args.text or not args.text.strip():
+        print("foa route: give the task text, e.g. foa route \"summarise this contract\"", file=sys.stderr)
+        return 2
+    return asyncio.run(_route_once(args, settings))
+
+
+async def _route_once(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.bus import Bus, RemoteError
+    from fabric.messages import RouteQuery
+    from router.client import RouterClient
+
+    try:
+        query = RouteQuery(text=args.text, top_k=args.top_k, policies=args.policy, skills=args.skill,
+                           max_cost=args.max_cost, deadline_ms=args.deadline_ms, input_tokens=args.input_tokens,
+                           output_tokens=args.output_tokens, abstain=not args.no_abstain)
+    except ValueError as exc:
+        print(f"foa route: {exc}", file=sys.stderr)
+        return 2
+    async with Bus(settings, f"cli-route-{os.urandom(4).hex()}", persistent=False) as bus:
+        try:
+            response = await RouterClient(bus, timeout=args.timeout).route(query)
+        except RemoteError as exc:
+            print(f"foa route: the router refused the query: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        print(json.dumps(response.model_dump(mode="json")))
+        return 0
+    if response.abstained:
+        print(f"no capable agent: best score below the calibrated threshold {response.threshold:.3f}")
+        return 0
+    if not response.matches:
+        print("no agent passes the gates" + (f" ({response.blocked} blocked)" if response.blocked else ""))
+        return 0
+    for rank, m in enumerate(response.matches, 1):
+        f = m.factors
+        print(f"{rank:>2}. {m.agent_id} v{m.version}  score {m.score:.4f}  "
+              f"sim {f.get('sim', 0):.3f} lexical {f.get('lexical', 0):.3f} resources {f.get('resources', 0):.3f} "
+              f"spec {f.get('spec', 0):.3f} reputation {f.get('reputation', 0):.2f}  "
+              f"cost {m.expected_cost:.4g} latency {m.expected_latency_ms:.0f} ms")
+    thr = "none" if response.threshold is None else f"{response.threshold:.3f}"
+    print(f"({response.candidates_considered} candidates re-scored, {response.blocked} blocked by gates, "
+          f"abstention threshold {thr})")
+    return 0
+
+
+async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric import topics
+    from fabric.bus import Bus, Incoming
+    from fabric.messages import RouteQuery
+    from fabric.vcv import VCV
+    from router.calibration import OFF_TOPIC, calibrate, relevant_probes
+    from router.client import RouterClient
+    from router.service import calibration_path
+
+    descriptions: dict[str, str] = {}
+    models: set[str] = set()
+    last = [time.monotonic()]
+
+    def on_vcv(msg: Incoming) -> None:
+        last[0] = time.monotonic()
+        if msg.envelope is not None:
+            vcv: VCV = msg.envelope.body
+            descriptions[vcv.agent_id] = vcv.description
+            models.add(vcv.embedding_model)
+
+    async with Bus(settings, f"cli-calibrate-{os.urandom(4).hex()}", persistent=False) as bus:
+        await bus.subscribe(topics.AGENT_VCV_WILDCARD, on_vcv, body_types=VCV)
+        while time.monotonic() - last[0] < 1.0:
+            await asyncio.sleep(0.2)
+        if not descriptions:
+            print("foa route --calibrate: no agent VCVs on the broker; start agents first", file=sys.stderr)
+            return 1
+        relevant = relevant_probes(list(descriptions.values())[:256])
+        client = RouterClient(bus, timeout=args.timeout)
+        tops = []
+        for text in relevant + list(OFF_TOPIC):
+            res = await client.route(RouteQuery(text=text, top_k=1, abstain=False))
+            tops.append(res.matches[0].score if res.matches else 0.0)
+    cal = calibrate(tops[: len(relevant)], tops[len(relevant):])
+    out = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
+    if args.save:
+        model = sorted(models)[0]
+        path = calibration_path(settings)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"threshold": cal.threshold, "embedding_model": model, "agents": len(descriptions),
+                                    "info": cal.info(), "written_at": time.time()}))
+        out["saved"] = str(path)
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"abstention threshold {cal.threshold:.4f} (F1 {cal.f1:.3f}, precision {cal.precision:.3f}, "
+              f"recall {cal.recall:.3f}; {cal.relevant} relevant / {cal.irrelevant} off-topic probes, "
+              f"{len(descriptions)} agents)" + (f"; saved to {out['saved']}" if args.save else ""))
+    return 0
+
+
+def _router(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.broker_url:
+        raise SystemExit("foa router: FOA_BROKER_URL is not set (foa up runs an embedded router with its own broker)")
+    from router.service import run_router
+
+    try:
+        asyncio.run(run_router(settings, snapshot=not args.no_snapshot))
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,359 @@
+"""The router service: VCV/status/reputation streams in, route and assign answers out.
+
+- VCVs: `foa/agents/+/vcv`, retained (the snapshot) then live (the deltas). An empty payload
+  means the agent left (tombstone). VCVs from another embedding model, whose agent id does not
+  match the topic, or that `verify_vcv` rejects (the signature hook) are counted and logged.
+- status: offline agents leave results at once; reputation: retained scores multiply into α.
+- queries: `$share/routers/foa/router/query`, so replicas split the load. A bad query gets an
+  ErrorReply (code + readable message), never a timeout, and never stops the service.
+- restart: the index is restored from its snapshot (no re-insert); the retained VCVs then
+  replay and are ignored as stale, and agents whose retained VCV is gone by the time the
+  replay settles are deleted.
+- abstention threshold: from the snapshot, or `<data_dir>/router/calibration.json` written by
+  `foa route --calibrate --save`, or, when neither exists, calibrated by the service itself from
+  probes built from the agents' descriptions once the retained snapshot has settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import ValidationError
+
+from fabric import topics
+from fabric.bus import Bus, Incoming
+from fabric.embeddings import Embedder, shared_embedder
+from fabric.envelope import Envelope
+from fabric.messages import AgentStatus, AssignQuery, ErrorReply, Reputation, RouteQuery
+from fabric.settings import Settings
+from fabric.vcv import KNOWN_POLICIES, VCV
+from router.calibration import OFF_TOPIC, calibrate, relevant_probes
+from router.engine import RouterEngine, assign
+from router.index import CapabilityIndex, IndexConfig
+
+log = logging.getLogger("foa.router")
+
+VerifyVCV = Callable[[VCV], str | None]
+RESERVOIR = 256  # descriptions kept for self-calibration probes
+MIN_AGENTS_TO_CALIBRATE = 3
+
+
+@dataclass
+class RouterCounters:
+    vcvs: int = 0
+    rejected_vcvs: int = 0
+    stale_vcvs: int = 0
+    tombstones: int = 0
+    queries: int = 0
+    errors: int = 0
+    audits: int = 0
+
+
+def calibration_path(settings: Settings) -> Path:
+    return settings.data_dir / "router" / "calibration.json"
+
+
+def snapshot_path(settings: Settings) -> Path:
+    return settings.data_dir / "router" / "index"
+
+
+class RouterService:
+    def __init__(
+        self,
+        settings: Settings,
+        bus: Bus,
+        embedder: Embedder,
+        *,
+        index: CapabilityIndex | None = None,
+        verify_vcv: VerifyVCV | None = None,
+        snapshot_dir: Path | None = None,
+        snapshot_every_s: float = 60.0,
+        settle_s: float = 1.0,
+        auto_calibrate: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.embedder = embedder
+        config = IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name)
+        self.index = index or CapabilityIndex(config)
+        if self.index.config.embedding_model != embedder.model_name or self.index.config.dim != embedder.dim:
+            raise ValueError(
+                f"index was built with {self.index.config.embedding_model} ({self.index.config.dim}-d), "
+                f"router embeds with {embedder.model_name} ({embedder.dim}-d)"
+            )
+        self.engine = RouterEngine(self.index)
+        self.verify_vcv = verify_vcv
+        self.snapshot_dir = snapshot_dir
+        self.snapshot_every_s = snapshot_every_s
+        self.settle_s = settle_s
+        self.auto_calibrate = auto_calibrate
+        self.counters = RouterCounters()
+        self.synced = asyncio.Event()
+        self._seen: set[str] = set()
+        self._last_vcv = time.monotonic()
+        self._dirty = False
+        self._descriptions: dict[str, str] = {}
+        self._rng = random.Random(0)
+        self._calibrated_at_agents = 0
+        self._calibration_mtime = 0.0
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._load_calibration_file()
+        await self.bus.subscribe(topics.AGENT_VCV_WILDCARD, self._on_vcv, body_types=VCV, accept_empty=True)
+        await self.bus.subscribe(topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus)
+        await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation)
+        await self.bus.subscribe(topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None)
+        self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
+        log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._tasks.clear()
+        if self.snapshot_dir is not None and self._dirty:
+            self.save()
+
+    def save(self) -> None:
+        if self.snapshot_dir is not None:
+            self.index.snapshot(self.snapshot_dir)
+            self._dirty = False
+
+    async def _maintain(self) -> None:
+        """Settle the retained snapshot, then flush / compact / calibrate / snapshot periodically."""
+        while time.monotonic() - self._last_vcv < self.settle_s:
+            await asyncio.sleep(self.settle_s / 4)
+        self._reconcile()
+        self.synced.set()
+        last_snapshot = time.monotonic()
+        while True:
+            self.index.flush()
+            self.index.compact()
+            self._load_calibration_file()
+            if self.auto_calibrate:
+                await self._maybe_calibrate()
+            if self.snapshot_dir is not None and self._dirty and time.monotonic() - last_snapshot > self.snapshot_every_s:
+                self.save()
+                last_snapshot = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def _reconcile(self) -> None:
+        """After a restore: agents whose retained VCV vanished while we were down are gone."""
+        gone = [a for a in list(self.index.rows) if a not in self._seen]
+        for agent_id in gone:
+            self.index.delete(agent_id)
+        if gone:
+            log.info("dropped agents absent from the retained snapshot", extra={"count": len(gone)})
+
+    # ---- streams --------------------------------------------------------------------------
+
+    def _on_vcv(self, msg: Incoming) -> None:
+        self._last_vcv = time.monotonic()
+        agent_id = topics.agent_id_of(msg.topic)
+        if msg.envelope is None:
+            if agent_id and self.index.delete(agent_id):
+                self.counters.tombstones += 1
+                self._descriptions.pop(agent_id, None)
+                self._dirty = True
+            return
+        vcv: VCV = msg.envelope.body
+        self.counters.vcvs += 1
+        reason = None
+        if agent_id != vcv.agent_id:
+            reason = f"VCV of {vcv.agent_id!r} published on the topic of {agent_id!r}"
+        elif self.verify_vcv is not None:
+            reason = self.verify_vcv(vcv)
+        if reason is None:
+            result = self.index.upsert(vcv)
+            self._seen.add(vcv.agent_id)
+            if result.accepted:
+                self._dirty = True
+                self._remember(vcv)
+                return
+            if result.reason.startswith("stale"):
+                self.counters.stale_vcvs += 1
+                return
+            reason = result.reason
+        self.counters.rejected_vcvs += 1
+        log.warning("rejected VCV", extra={"agent_id": vcv.agent_id, "reason": reason})
+
+    def _remember(self, vcv: VCV) -> None:
+        """Reservoir of descriptions for self-calibration probes."""
+        if vcv.agent_id in self._descriptions or len(self._descriptions) < RESERVOIR:
+            self._descriptions[vcv.agent_id] = vcv.description
+        elif self._rng.random() < RESERVOIR / max(len(self.index), 1):
+            self._descriptions.pop(self._rng.choice(list(self._descriptions)))
+            self._descriptions[vcv.agent_id] = vcv.description
+
+    def _on_status(self, msg: Incoming) -> None:
+        assert msg.envelope is not None
+        status: AgentStatus = msg.envelope.body
+        if topics.agent_id_of(msg.topic) != status.agent_id:
+            log.warning("status on another agent's topic", extra={"topic": msg.topic, "agent_id": status.agent_id})
+            return
+        self.index.set_online(status.agent_id, status.status == "online")
+
+    def _on_reputation(self, msg: Incoming) -> None:
+        assert msg.envelope is not None
+        rep: Reputation = msg.envelope.body
+        self.index.set_reputation(rep.agent_id, rep.score)
+
+    # ---- queries --------------------------------------------------------------------------
+
+    async def _on_query(self, msg: Incoming) -> None:
+        env = msg.envelope
+        assert env is not None
+        self.counters.queries += 1
+        try:
+            reply = await self._answer(env)
+        except Exception as exc:  # noqa: BLE001 - a bad query must not stop the service
+            log.exception("route query failed", extra={"id": env.id})
+            reply = ErrorReply(code="internal", message=f"router failed on this query: {exc}")
+        if isinstance(reply, ErrorReply):
+            self.counters.errors += 1
+        if env.reply_to:
+            await self.bus.reply(env, reply)
+
+    async def _answer(self, env: Envelope[Any]) -> Any:
+        try:
+            if env.kind == RouteQuery.KIND:
+                query: RouteQuery | AssignQuery = RouteQuery.model_validate(env.body)
+            elif env.kind == AssignQuery.KIND:
+                query = AssignQuery.model_validate(env.body)
+            else:
+                return ErrorReply(code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}")
+        except ValidationError as exc:
+            return ErrorReply(code="bad_request", message=_readable(exc))
+        flags = query.policies if isinstance(query, RouteQuery) else [p for s in query.subtasks for p in s.policies]
+        unknown = sorted({f.strip().lower() for f in flags} - set(KNOWN_POLICIES) - {f for f in flags if self.index.policy_known(f.strip().lower())})
+        if unknown:
+            return ErrorReply(
+                code="unknown_policy",
+                message=f"unknown policy flag(s) {unknown}: not a known flag ({', '.join(sorted(KNOWN_POLICIES))}) "
+                "and not advertised by any live agent",
+            )
+        if isinstance(query, RouteQuery):
+            vec = await asyncio.to_thread(self.embedder.embed_one, query.text)
+            outcome = self.engine.route(query, vec, query_id=env.id)
+            for event in outcome.audits:
+                await self.bus.publish(topics.POLICY_ENFORCEMENT, event, wait=False)
+            self.counters.audits += len(outcome.audits)
+            return outcome.response
+        empty = [s.subtask_id for s in query.subtasks if not s.text.strip()]
+        if empty:
+            return ErrorReply(code="bad_request", message=f"subtasks {empty} have empty text")
+        vecs = await asyncio.to_thread(self.embedder.embed, [s.text for s in query.subtasks])
+        return assign(self.engine, query, vecs)
+
+    # ---- calibration ----------------------------------------------------------------------
+
+    def _load_calibration_file(self) -> None:
+        """A threshold written by `foa route --calibrate --save` (re-read when the file changes)."""
+        path = calibration_path(self.settings)
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime <= self._calibration_mtime:
+            return
+        self._calibration_mtime = mtime
+        try:
+            data = json.loads(path.read_text())
+            if data.get("embedding_model") == self.embedder.model_name:
+                self.engine.set_threshold(float(data["threshold"]), source=str(path), **data.get("info", {}))
+                self._calibrated_at_agents = int(data.get("agents", 0))
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("ignoring unreadable calibration file", extra={"path": str(path), "error": str(exc)})
+
+    async def _maybe_calibrate(self) -> None:
+        """Self-calibrate when there is no threshold yet or the federation grew/shrank by 25%."""
+        n = len(self.index)
+        if n < MIN_AGENTS_TO_CALIBRATE:
+            return
+        if self.engine.threshold is not None and abs(n - self._calibrated_at_agents) < 0.25 * max(self._calibrated_at_agents, 1):
+            return
+        result = await self.calibrate_from_probes()
+        log.info("calibrated abstention threshold", extra={"threshold": result["threshold"], "agents": n})
+
+    async def calibrate_from_probes(self) -> dict[str, Any]:
+        relevant = relevant_probes(list(self._descriptions.values()), seed=len(self.index))
+        texts = relevant + list(OFF_TOPIC)
+        vecs = await asyncio.to_thread(self.embedder.embed, texts)
+        tops = []
+        for text, vec in zip(texts, vecs):
+            out = self.engine.route(RouteQuery(text=text, top_k=1, abstain=False), vec)
+            tops.append(out.response.matches[0].score if out.response.matches else 0.0)
+        cal = calibrate(tops[: len(relevant)], tops[len(relevant) :])
+        self.engine.set_threshold(cal.threshold, source="self", **cal.info())
+        self._calibrated_at_agents = len(self.index)
+        self._dirty = True
+        return {"threshold": cal.threshold, **cal.info()}
+
+
+def _readable(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "query"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+async def run_router(
+    settings: Settings,
+    *,
+    embedder: Embedder | None = None,
+    verify_vcv: VerifyVCV | None = None,
+    ready: asyncio.Event | None = None,
+    snapshot: bool = True,
+) -> None:
+    """`foa router`: restore the snapshot if there is one, serve until cancelled, snapshot on exit."""
+    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
+                                                   settings.embedding_device)
+    snap = snapshot_path(settings) if snapshot else None
+    index = None
+    if snap is not None and (snap / "meta.json").exists():
+        try:
+            index = await asyncio.to_thread(CapabilityIndex.restore, snap)
+            if index.config.embedding_model != embedder.model_name:
+                log.warning("snapshot is from another embedding model; starting empty", extra={"path": str(snap)})
+                index = None
+            else:
+                log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
+    client_id = f"router-{os.urandom(4).hex()}"
+    async with Bus(settings, client_id, persistent=False) as bus:
+        service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
+        await service.start()
+        if ready is not None:
+            ready.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await service.stop()
+
+
+def top_scores(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[float]:
+    """Best α per text with abstention off (calibration input)."""
+    out = []
+    for text, vec in zip(texts, vecs):
+        res = engine.route(RouteQuery(text=text, top_k=1, abstain=False), vec).response
+        out.append(res.matches[0].score if res.matches else 0.0)
+    return out
