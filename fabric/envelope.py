@@ -93,15 +93,22 @@ def decode(payload: bytes, body_type: type[BodyT] | None = None) -> Envelope[Any
         raise MessageError(f"unsupported schema {raw.schema_!r}, expected {SCHEMA_VERSION!r}")
     if body_type is None:
         return raw
+    return typed(raw, body_type)
+
+
+_HEADER = ("kind", "id", "job_id", "correlation_id", "reply_to", "sender", "sent_at", "traceparent")
+
+
+def typed(raw: Envelope[Any], body_type: type[BodyT]) -> Envelope[Any]:
+    """Validate an already-parsed envelope's body as `body_type` (no second JSON parse)."""
     if raw.kind != body_type.KIND:
         raise MessageError(f"expected kind {body_type.KIND!r}, got {raw.kind!r}")
     try:
         body = body_type.model_validate(raw.body)
     except ValidationError as exc:
         raise MessageError(f"invalid {raw.kind} body: {_short(exc)}") from None
-    return Envelope[body_type](  # type: ignore[valid-type]
-        **{k: getattr(raw, k) for k in ("kind", "id", "job_id", "correlation_id", "reply_to", "sender", "sent_at", "traceparent")},
-        body=body,
+    return Envelope[body_type].model_construct(  # type: ignore[valid-type]
+        **{k: getattr(raw, k) for k in _HEADER}, schema_=raw.schema_, body=body
     )
 
 
@@ -111,7 +118,7 @@ def decode_any(payload: bytes, body_types: dict[str, type[Body]]) -> Envelope[An
     body_type = body_types.get(raw.kind)
     if body_type is None:
         raise MessageError(f"unexpected kind {raw.kind!r}; expected one of {sorted(body_types)}")
-    return decode(payload, body_type)
+    return typed(raw, body_type)
 
 
 def _short(exc: ValidationError) -> str:

@@ -34,10 +34,24 @@ _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _WORD = re.compile(r"[a-z0-9]+")
 
 
+_SUFFIXES = (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""))
+
+
+def stem(word: str) -> str:
+    """A light suffix stripper (taxes→tax, queries→query, optimises/optimise→optimis)."""
+    for suffix, repl in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss" if suffix == "s" else "\0"):
+            word = word[: -len(suffix)] + repl
+            break
+    if word.endswith("e") and len(word) > 4:
+        word = word[:-1]
+    return word
+
+
 def tokenize(text: str) -> list[str]:
-    """Lower-case words; splits camelCase, snake_case and dotted names; drops stop words."""
+    """Lower-case stemmed words; splits camelCase, snake_case and dotted names; drops stop words."""
     text = _CAMEL.sub(r"\1 \2", text).lower()
-    return [w for w in _WORD.findall(text) if len(w) > 1 and w not in _STOP]
+    return [stem(w) for w in _WORD.findall(text) if len(w) > 1 and w not in _STOP]
 
 
 def agent_text(name: str, description: str, skills: Iterable[str]) -> str:

@@ -455,6 +455,16 @@ def test_compose_processes_run_together_outside_docker(
         assert all(s["up"] for s in report["services"]), report["services"]
         signed = {a["agent_id"]: a["signed"] for a in report["agents"]}
         assert signed.get("pharmacist") and signed.get("summariser"), f"agents did not sign their VCVs: {signed}"
+
+        # the CLI's `client` login asks the router (shared subscription, reply on its own topic)
+        route = subprocess.run(
+            [str(VENV_BIN / "foa"), "route", "what is the maximum daily dose of paracetamol", "--json"],
+            env={**os.environ, "FOA_BROKER_URL": client.broker_url or "", "FOA_BROKER_USERNAME": "client",
+                 "FOA_BROKER_PASSWORD": env["FOA_PW_CLIENT"]},
+            capture_output=True, text=True, timeout=60, cwd=ROOT,
+        )  # fmt: skip
+        assert route.returncode == 0, route.stderr
+        assert "pharmacist" in {m["agent_id"] for m in json.loads(route.stdout)["matches"]}
     finally:
         for proc in procs.values():
             proc.stop()

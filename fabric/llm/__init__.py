@@ -4,6 +4,7 @@ configured, else the embedded CPU model; `ScriptedLLM` exists for unit tests onl
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from fabric.llm.base import (
     ChatMessage,
@@ -18,8 +19,7 @@ from fabric.llm.base import (
 from fabric.llm.structured import complete_json, extract_json, repair_json
 from fabric.settings import Settings
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # agents imports fabric.llm: no runtime import the other way
     from agents.spec import LLMConfig
 
 __all__ = [

@@ -1,0 +1,247 @@
+"""Routing quality on BFCL (Berkeley Function Calling Leaderboard) data, which no one here wrote.
+
+Every function doc becomes an agent's VCV (description -> capability c, parameter names ->
+skills, "name: description + parameter descriptions" -> spec embedding e), every question a
+route query through the real router path (CapabilityIndex + RouterEngine: HNSW, α with the
+lexical and spec factors). A question is a hit at k when a gold function (possible_answer)
+is among the first k agents. Irrelevance questions must abstain. The baseline is plain cosine
+between question and description embeddings, in the same run, over the same agents.
+
+Development splits (the only ones used to choose weights): simple_python, multiple,
+parallel_multiple, irrelevance -> one federation of their functions. Held out: live_simple,
+live_multiple, live_parallel, live_parallel_multiple, live_irrelevance (+ live_relevance,
+which must not abstain) -> a second federation of the live functions, routed with the
+threshold calibrated on the dev questions.
+
+Abstention threshold: calibrated (router/calibration.py, max F1) on dev questions with 2-fold
+cross-fitting, so the dev abstention numbers are out-of-sample too; the live numbers use the
+threshold fitted on all dev questions.
+
+Note: in a pooled federation some irrelevance questions do have a fitting tool (e.g.
+"area of a triangle" is irrelevant to its own BFCL function list but the pool holds triangle
+tools), which caps abstention recall; `irrelevance_with_gold_like_match` is not computed.
+
+Usage: benchmarks/bfcl_routing.py --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from benchmarks._common import emit, progress  # noqa: E402
+from fabric.bloom import BloomFilter  # noqa: E402
+from fabric.embeddings import Embedder, shared_embedder  # noqa: E402
+from fabric.messages import RouteQuery  # noqa: E402
+from fabric.vcv import VCV  # noqa: E402
+from router import lexical, scoring  # noqa: E402
+from router.calibration import abstain_metrics, calibrate  # noqa: E402
+from router.engine import RouterEngine  # noqa: E402
+from router.index import CapabilityIndex, IndexConfig  # noqa: E402
+
+DEV = ["simple_python", "multiple", "parallel_multiple", "irrelevance"]
+LIVE = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]
+IRRELEVANT = {"irrelevance", "live_irrelevance"}
+
+
+def data_dir() -> Path:
+    import bfcl_eval
+
+    return Path(bfcl_eval.__file__).parent / "data"
+
+
+def load_split(split: str) -> list[dict[str, Any]]:
+    root = data_dir()
+    gold: dict[str, list[str]] = {}
+    answers = root / "possible_answer" / f"BFCL_v4_{split}.json"
+    if answers.exists():
+        for line in answers.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                gold[row["id"]] = [next(iter(g)) for g in row["ground_truth"]]
+    out = []
+    for line in (root / f"BFCL_v4_{split}.json").read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        turns = [m["content"] for turn in row["question"] for m in turn if m.get("role") == "user"]
+        out.append({"id": row["id"], "split": split, "text": " ".join(turns).strip(), "functions": row["function"],
+                    "gold": gold.get(row["id"], [])})
+    return out
+
+
+def params_of(fn: dict[str, Any]) -> dict[str, Any]:
+    props = (fn.get("parameters") or {}).get("properties") or {}
+    return props if isinstance(props, dict) else {}
+
+
+def spec_text(fn: dict[str, Any]) -> str:
+    parts = [f"{k}: {v.get('description', '')}" if isinstance(v, dict) else k for k, v in params_of(fn).items()]
+    return f"{fn['name']}: {fn.get('description', '')} " + "; ".join(parts)
+
+
+class Federation:
+    """The functions of some splits as agents in a real CapabilityIndex."""
+
+    def __init__(self, questions: list[dict[str, Any]], embedder: Embedder) -> None:
+        funcs: dict[tuple[str, str], dict[str, Any]] = {}
+        for q in questions:
+            for fn in q["functions"]:
+                funcs.setdefault((fn["name"], fn.get("description", "")), fn)
+        self.functions = list(funcs.values())
+        self.names = [fn["name"] for fn in self.functions]
+        descs = [fn.get("description") or fn["name"] for fn in self.functions]
+        self.desc_vecs = embedder.embed(descs)
+        spec_vecs = embedder.embed([spec_text(fn) for fn in self.functions])
+        self.index = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
+        used: dict[str, int] = defaultdict(int)
+        self.name_of: dict[str, str] = {}
+        for fn, desc, c, e in zip(self.functions, descs, self.desc_vecs, spec_vecs):
+            base = re.sub(r"[/+#$\x00\s]", "_", fn["name"])[:100] or "fn"
+            used[base] += 1
+            agent_id = base if used[base] == 1 else f"{base}~{used[base]}"
+            skills = [k for k in params_of(fn)][:40]
+            vcv = VCV(agent_id=agent_id, version=1, name=fn["name"], description=desc, capability=c.tolist(),
+                      skills=skills, skills_bloom=BloomFilter.of(skills).to_b64(), spec_embedding=e.tolist(),
+                      embedding_model=embedder.model_name)
+            result = self.index.upsert(vcv)
+            if not result.accepted:
+                raise RuntimeError(f"{agent_id}: {result.reason}")
+            self.name_of[agent_id] = fn["name"]
+        self.index.flush()
+        self.engine = RouterEngine(self.index)
+
+
+def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, top: int = 10) -> dict[str, Any]:
+    """Ranks of the first gold function and the best score, for FoA α and the baseline."""
+    foa_rank, foa_top, base_rank, base_top = [], [], [], []
+    base_scores = qvecs @ fed.desc_vecs.T
+    for q, vec, bs in zip(questions, qvecs, base_scores):
+        res = fed.engine.route(RouteQuery(text=q["text"][:4000] or "?", top_k=top, abstain=False), vec).response
+        names = [fed.name_of[m.agent_id] for m in res.matches]
+        foa_rank.append(next((i for i, n in enumerate(names) if n in q["gold"]), None))
+        foa_top.append(res.matches[0].score if res.matches else 0.0)
+        order = np.argsort(-bs)[:top]
+        bnames = [fed.names[j] for j in order]
+        base_rank.append(next((i for i, n in enumerate(bnames) if n in q["gold"]), None))
+        base_top.append(float(bs[order[0]]))
+    return {"foa": (foa_rank, np.array(foa_top)), "baseline": (base_rank, np.array(base_top))}
+
+
+def ranking_metrics(ranks: list[int | None]) -> dict[str, float]:
+    n = len(ranks)
+    if n == 0:
+        return {}
+    return {
+        "top1": sum(r == 0 for r in ranks) / n,
+        "top5": sum(r is not None and r < 5 for r in ranks) / n,
+        "mrr": sum(1.0 / (r + 1) for r in ranks if r is not None) / n,
+        "questions": n,
+    }
+
+
+def abstain_block(tops: np.ndarray, irrelevant: np.ndarray, threshold: float) -> dict[str, float]:
+    p, r, f = abstain_metrics(tops[~irrelevant], tops[irrelevant], threshold)
+    return {"abstain_precision": p, "abstain_recall": r, "abstain_f1": f, "threshold": threshold}
+
+
+def cross_fitted(tops: np.ndarray, irrelevant: np.ndarray, seed: int = 0) -> dict[str, float]:
+    """2-fold: fit the threshold on one half, measure on the other, pool the decisions."""
+    rng = np.random.default_rng(seed)
+    fold = rng.integers(0, 2, len(tops))
+    abstain = np.zeros(len(tops), dtype=bool)
+    for k in (0, 1):
+        fit, test = fold != k, fold == k
+        cut = calibrate(tops[fit & ~irrelevant], tops[fit & irrelevant]).threshold
+        abstain[test] = tops[test] < cut
+    tp = float((abstain & irrelevant).sum())
+    p = tp / abstain.sum() if abstain.sum() else 0.0
+    r = tp / irrelevant.sum() if irrelevant.sum() else 0.0
+    return {"abstain_precision": p, "abstain_recall": r, "abstain_f1": 2 * p * r / (p + r) if p + r else 0.0}
+
+
+def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds: dict[str, float] | None,
+           cross_fit: bool) -> dict[str, Any]:
+    irrelevant = np.array([q["split"] in IRRELEVANT for q in questions])
+    out: dict[str, Any] = {}
+    fitted: dict[str, float] = {}
+    for system, (ranks, tops) in results.items():
+        ranked = [r for r, q in zip(ranks, questions) if q["gold"]]
+        block: dict[str, Any] = ranking_metrics(ranked)
+        if thresholds is None:
+            cal = calibrate(tops[~irrelevant], tops[irrelevant])
+            fitted[system] = cal.threshold
+            block |= cross_fitted(tops, irrelevant) if cross_fit else {}
+            block["threshold"] = cal.threshold
+            block["in_sample"] = abstain_block(tops, irrelevant, cal.threshold)
+        else:
+            block |= abstain_block(tops, irrelevant, thresholds[system])
+        per_split = {}
+        for split in sorted({q["split"] for q in questions}):
+            sel = [i for i, q in enumerate(questions) if q["split"] == split]
+            entry: dict[str, Any] = ranking_metrics([ranks[i] for i in sel if questions[i]["gold"]])
+            thr = thresholds[system] if thresholds else fitted[system]
+            entry["abstain_rate"] = float(np.mean([tops[i] < thr for i in sel]))
+            per_split[split] = entry
+        block["per_split"] = per_split
+        out[system] = block
+    out["thresholds"] = fitted or thresholds
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--lexical-weight", type=float, default=None, help="override scoring.LEXICAL_WEIGHT (tuning on dev)")
+    ap.add_argument("--kappa", type=float, default=None, help="override lexical.KAPPA (tuning on dev)")
+    ap.add_argument("--dev-only", action="store_true", help="skip the held-out live splits")
+    args = ap.parse_args()
+    if args.lexical_weight is not None:
+        scoring.LEXICAL_WEIGHT = args.lexical_weight
+    if args.kappa is not None:
+        lexical.KAPPA = args.kappa
+    t0 = time.perf_counter()
+    embedder = shared_embedder()
+    dev_q = [q for s in DEV for q in load_split(s)]
+    dev = Federation(dev_q, embedder)
+    progress(f"dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
+    dev_vecs = embedder.embed([q["text"] or "?" for q in dev_q])
+    dev_res = evaluate(dev, dev_q, dev_vecs)
+    dev_report = report(dev_q, dev_res, None, cross_fit=True)
+    result: dict[str, Any] = {
+        **{k: dev_report["foa"][k] for k in ("top1", "top5", "mrr", "abstain_precision", "abstain_recall", "abstain_f1")},
+        "agents": len(dev.functions),
+        "questions": len(dev_q),
+        "foa": dev_report["foa"],
+        "baseline": dev_report["baseline"],
+        "scoring": {"lexical_weight": scoring.LEXICAL_WEIGHT, "kappa": lexical.KAPPA, "model": embedder.model_name},
+    }
+    if not args.dev_only:
+        live_q = [q for s in LIVE for q in load_split(s)]
+        live = Federation(live_q, embedder)
+        progress(f"live federation (held out): {len(live.functions)} agents, {len(live_q)} questions")
+        live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
+        live_res = evaluate(live, live_q, live_vecs)
+        live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
+        result["held_out_live"] = {"agents": len(live.functions), "questions": len(live_q),
+                                   "foa": live_report["foa"], "baseline": live_report["baseline"]}
+    result["seconds"] = time.perf_counter() - t0
+    emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
