@@ -66,8 +66,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grader-api-key-env", help="env var holding the grader's API key")
     p.add_argument("--max-tokens", type=int, help="answer length cap for every system (default FOA_LLM_MAX_TOKENS)")
     p.add_argument("--grader-max-tokens", type=int, default=256)
-    p.add_argument("--concurrency", type=int, default=4, help="examples answered at once")
-    p.add_argument("--grader-concurrency", type=int, default=8, help="grader calls at once")
+    p.add_argument("--job-timeout", type=float, default=900.0, help="seconds one federation job may take (failed after)")
+    p.add_argument("--concurrency", type=int, help="examples answered at once (default 4; 1 on the embedded model)")
+    p.add_argument("--grader-concurrency", type=int,
+                   help="grader calls at once (default 8; 1 on the embedded grader, so consecutive criteria "
+                        "of one answer reuse llama.cpp's prompt-prefix cache)")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default benchmarks/out/)")
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -123,6 +126,9 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     specs = load_agents(args)
     max_tokens = args.max_tokens or settings.llm_max_tokens
     fed_systems = [s for s in args.systems if s in FEDERATION_SYSTEMS]
+    embedded_grader = not (args.grader_base_url or settings.llm_base_url)
+    args.concurrency = args.concurrency or (1 if not settings.llm_base_url else 4)
+    args.grader_concurrency = args.grader_concurrency or (1 if embedded_grader else 8)
     log(f"{len(examples)} examples from {source}; agents {[s.id for s in specs]}; systems {args.systems}")
 
     grades: dict[str, list[ExampleGrade]] = {}
@@ -148,7 +154,9 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
                                 "run the agent baselines alone with --systems single,ensemble") from exc
             fed = await stack.enter_async_context(LocalFederation(settings, specs=specs))
             for name in fed_systems:
-                runners[name] = FederationSystem(fed, federation_options(name, args.max_tokens))
+                runners[name] = FederationSystem(
+                    fed, federation_options(name, args.max_tokens), timeout_s=args.job_timeout,
+                    on_event=lambda e, n=name: log(f"{n} {e.job_id[:8]} {e.phase}: {e.message}"))
         gsem = asyncio.Semaphore(args.grader_concurrency)
         for seed in range(args.seeds):
             for name, system in runners.items():
@@ -183,6 +191,7 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
         "models": models,
         "config": {
             "systems": ordered, "limit": args.limit, "max_tokens": max_tokens,
+            "concurrency": args.concurrency, "grader_concurrency": args.grader_concurrency,
             "job_options": {s: federation_options(s, args.max_tokens).model_dump(exclude_defaults=True) for s in fed_systems},
             "orchestrator": {k: getattr(settings, k) for k in (
                 "compat_threshold", "max_proposers", "subtasks_min", "subtasks_max", "merge_similarity",
@@ -202,6 +211,8 @@ def write_outputs(out: Path, result: dict[str, Any], grades: dict[str, list[Exam
     verdicts = out / "healthbench_grades.jsonl"
     with verdicts.open("w", encoding="utf-8") as fh:
         for name, gs in grades.items():
+            if name == "single" and any(k.startswith("single:") for k in grades):
+                continue  # an alias of the chosen single:<agent>, already written
             for g in gs:
                 fh.write(g.model_dump_json() + "\n")
     md, png = write_report(out, "healthbench", render_markdown(result, systems),

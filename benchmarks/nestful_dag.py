@@ -33,7 +33,7 @@ from benchmarks.eval.backends import BackendPool  # noqa: E402
 from benchmarks.eval.dag_metrics import DagScore, score_plan  # noqa: E402
 from benchmarks.eval.healthbench_data import DataError  # noqa: E402
 from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split  # noqa: E402
-from benchmarks.eval.planners import Planner, llm_planner, orchestrator_planner  # noqa: E402
+from benchmarks.eval.planners import Planner, foa_planner, llm_planner  # noqa: E402
 from benchmarks.eval.report import fmt, markdown_table, write_report  # noqa: E402
 from benchmarks.eval.stats import bootstrap_sd  # noqa: E402
 
@@ -49,9 +49,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--limit", type=int, help="first N samples, taken round-robin across the splits")
     p.add_argument("--splits", default=",".join(DEFAULT_SPLITS), help=f"comma list of {', '.join(SPLITS)}")
-    p.add_argument("--planner", choices=["orchestrator", "llm"],
-                   help="orchestrator = fabric.orchestrator.decompose.propose_plan (default when importable); "
-                        "llm = one structured LLM call (baseline)")
+    p.add_argument("--planner", choices=["foa", "llm"], default="foa",
+                   help="foa = FoA's decomposition (compatible agents propose via the worker, the orchestrator "
+                        "merges); llm = one structured LLM call that sees all agents (baseline)")
     p.add_argument("--base-url", help="planner's OpenAI-compatible endpoint (default FOA_LLM_BASE_URL or embedded)")
     p.add_argument("--model", help="planner's model name on that endpoint")
     p.add_argument("--api-key-env", help="env var holding the planner endpoint's API key")
@@ -102,6 +102,8 @@ def summarise(scores: Sequence[DagScore], rng: np.random.Generator) -> dict[str,
     out["named_match_share"] = sum(s.named_matches for s in scores) / matched if matched else 0.0
     out["mean_subtasks"] = n_pred / len(scores)
     out["mean_gold_calls"] = n_gold / len(scores)
+    raw = [s.proposals_valid for s in scores if s.proposals_valid is not None]
+    out["raw_proposals_valid"] = round(float(np.mean(raw)), 6) if raw else None
     out["n"] = len(scores)
     return out
 
@@ -124,17 +126,9 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
 
     async with BackendPool(settings) as backends:
         backend = backends.get(cfg)
-        planner: Planner | None = None
-        planner_name = args.planner or "orchestrator"
-        if planner_name == "orchestrator":
-            planner = orchestrator_planner(backend, smin, smax)
-            if planner is None:
-                if args.planner == "orchestrator":
-                    raise DataError("fabric.orchestrator.decompose.propose_plan is not importable")
-                planner_name = "llm"
-                log("fabric.orchestrator.decompose is not available: using the one-call LLM planner")
-        if planner is None:
-            planner = llm_planner(backend, smin, smax)
+        planner_name = args.planner
+        planner: Planner = (foa_planner(backend, settings, embedder.embed, smin, smax) if planner_name == "foa"
+                            else llm_planner(backend, smin, smax))
         sem = asyncio.Semaphore(args.concurrency)
         log(f"{len(samples)} samples from {args.splits}; planner {planner_name}; subtasks {smin}-{smax}")
 
@@ -191,9 +185,10 @@ def write_outputs(out: Path, result: dict[str, Any], rows: Sequence[tuple[str, D
               for name, s in result["scores"].items()}
     table = markdown_table(
         ["split", "n", "node F1", "edge F1", "valid DAG", "node F1 (micro)", "edge F1 (micro)",
-         "named matches", "subtasks / gold calls"],
+         "named matches", "subtasks / gold calls", "raw proposals valid"],
         [[name, s["n"], *(fmt(s[m]["mean"], s[m]["sd"]) for m in METRICS), fmt(s["node_f1_micro"]),
-          fmt(s["edge_f1_micro"]), fmt(s["named_match_share"]), f"{s['mean_subtasks']:.2f} / {s['mean_gold_calls']:.2f}"]
+          fmt(s["edge_f1_micro"]), fmt(s["named_match_share"]), f"{s['mean_subtasks']:.2f} / {s['mean_gold_calls']:.2f}",
+          fmt(s["raw_proposals_valid"])]
          for name, s in result["scores"].items()])
     c = result["config"]
     md_text = "\n".join([

@@ -43,6 +43,7 @@ from router.scoring import score  # noqa: E402
 
 DIM = 384
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+VOCAB = 20_000
 POLICIES = ["hipaa", "gdpr", "pii", "code-exec", "internet", "eu-residency"]
 
 
@@ -54,23 +55,30 @@ class Population:
         self.n = n
         self.clusters = max(64, n // 500)
         self.centres = _unit(self.rng.standard_normal((self.clusters, DIM)).astype(np.float32))
-        self.topic_words = self.rng.integers(0, 20_000, size=(self.clusters, 12))
+        self.word_vecs = _unit(self.rng.standard_normal((VOCAB, DIM)).astype(np.float32))
+        self.topic_words = self.rng.integers(0, VOCAB, size=(self.clusters, 12))
         self.topic_skills = self.rng.integers(0, 5_000, size=(self.clusters, 8))
         self.cluster_of = self.rng.integers(0, self.clusters, size=n)
 
-    def vectors(self, idx: np.ndarray, spread: float = 0.9) -> np.ndarray:
-        noise = self.rng.standard_normal((len(idx), DIM)).astype(np.float32) / np.sqrt(DIM)
-        return _unit(self.centres[self.cluster_of[idx]] + spread * noise)
+    def words(self, cluster: int, topic: int, other: int) -> np.ndarray:
+        return np.concatenate([self.rng.choice(self.topic_words[cluster], topic, replace=False),
+                               self.rng.integers(0, VOCAB, other)])
+
+    def embed(self, cluster: int, words: np.ndarray, noise: float) -> np.ndarray:
+        """Text embeddings are roughly compositional: topic centre + mean of word vectors + noise."""
+        v = self.centres[cluster] + 0.8 * self.word_vecs[words].mean(0)
+        v = v + noise * self.rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM)
+        return v / np.linalg.norm(v)
 
     def vcvs(self, start: int, stop: int) -> tuple[list[VCV], np.ndarray]:
         idx = np.arange(start, stop)
-        caps = self.vectors(idx)
-        specs = _unit(caps + 0.6 * self.rng.standard_normal(caps.shape).astype(np.float32) / np.sqrt(DIM))
+        caps = np.zeros((len(idx), DIM), dtype=np.float32)
         out = []
         for j, i in enumerate(idx.tolist()):
-            c = self.cluster_of[i]
-            words = [f"w{w}" for w in self.rng.choice(self.topic_words[c], 6, replace=False)]
-            words += [f"w{w}" for w in self.rng.integers(0, 20_000, 3)]
+            c = int(self.cluster_of[i])
+            words = self.words(c, 6, 3)
+            caps[j] = self.embed(c, words, 0.6)
+            spec = _unit(caps[j] + 0.6 * self.rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM))
             skills = [f"s{s}" for s in self.rng.choice(self.topic_skills[c], 3, replace=False)]
             policies = [p for p in POLICIES if self.rng.random() < 0.3]
             res = Resources.model_construct(
@@ -87,7 +95,7 @@ class Population:
                     agent_id=f"agent-{i}",
                     version=1,
                     name=f"agent {i}",
-                    description=" ".join(words),
+                    description=" ".join(f"w{w}" for w in words),
                     capability=caps[j],
                     skills=skills,
                     skills_bloom=BloomFilter.of(skills).to_b64(),
@@ -95,7 +103,7 @@ class Population:
                     bloom_hashes=7,
                     resources=res,
                     policies=policies,
-                    spec_embedding=specs[j],
+                    spec_embedding=spec,
                     embedding_model=MODEL,
                 )
             )
@@ -105,9 +113,10 @@ class Population:
         out = []
         for _ in range(count):
             i = int(self.rng.integers(0, self.n))
-            c = self.cluster_of[i]
-            vec = self.vectors(np.array([i]), spread=1.1)[0]
-            words = [f"w{w}" for w in self.rng.choice(self.topic_words[c], 3, replace=False)]
+            c = int(self.cluster_of[i])
+            qwords = self.words(c, 3, 1)
+            vec = self.embed(c, qwords, 0.8)
+            words = [f"w{w}" for w in qwords]
             u = self.rng.random(4)
             q = RouteQuery(
                 text=" ".join(words),
@@ -153,9 +162,10 @@ def main() -> int:
     ap.add_argument("--probe", type=int, default=2)
     ap.add_argument("--ef", type=int, default=64)
     ap.add_argument("--M", type=int, default=16)
-    ap.add_argument("--ef-construction", type=int, default=100)
-    ap.add_argument("--max-fetch", type=int, default=1024)
-    ap.add_argument("--no-bound", action="store_true", help="fixed over-fetch, no α bound check")
+    ap.add_argument("--ef-construction", type=int, default=64)
+    ap.add_argument("--min-fetch", type=int, default=None, help="default: RouterEngine's")
+    ap.add_argument("--max-fetch", type=int, default=2048)
+    ap.add_argument("--bound", action="store_true", help="deepen the fetch until the exact α bound holds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
@@ -169,7 +179,9 @@ def main() -> int:
     config = IndexConfig(dim=DIM, embedding_model=MODEL, shards=args.shards, scheme=args.scheme, probe=args.probe,
                          M=args.M, ef_construction=args.ef_construction, ef_search=args.ef)
     index = CapabilityIndex(config)
-    engine = RouterEngine(index, max_fetch=args.max_fetch, bound_check=not args.no_bound)
+    engine = RouterEngine(index, max_fetch=args.max_fetch, bound_check=args.bound)
+    if args.min_fetch is not None:
+        engine.min_fetch = args.min_fetch
     all_caps = np.zeros((args.agents, DIM), dtype=np.float32)
     batch = 20_000
     upsert_s = 0.0
@@ -186,6 +198,18 @@ def main() -> int:
     index.flush()
     upsert_s += time.perf_counter() - t0
     progress(f"built: {args.agents / upsert_s:.0f} upserts/s; shards {index.stats_now().shard_sizes}")
+
+    # version bumps that keep the capability vector (load, cost, policy changes): no graph work
+    bump_n = min(args.agents, 20_000)
+    bumps = [v.model_copy(update={"version": 2, "resources": v.resources.model_copy(update={"latency_ms": 500.0})})
+             for v in pop.vcvs(0, bump_n)[0]]
+    for v, cap in zip(bumps, all_caps[:bump_n]):
+        v.capability = cap  # same vector as the live version (pop.vcvs draws new noise)
+    t0 = time.perf_counter()
+    for v in bumps:
+        index.upsert(v)
+    update_s = time.perf_counter() - t0
+    index.flush()
 
     queries = pop.queries(max(args.queries, args.recall_queries))
     for q, v in queries[:50]:  # warm-up
@@ -236,6 +260,7 @@ def main() -> int:
         "brute_force_p50_ms": percentile_ms(bf_lat, 50),
         "brute_force_dot_p50_ms": percentile_ms(dot_lat, 50),
         "upserts_per_s": args.agents / upsert_s,
+        "update_upserts_per_s": bump_n / update_s,
         "bytes_per_agent": restored["rss_delta"] / args.agents,
         "restore_s": restored["restore_s"],
         "snapshot_s": snapshot_s,
@@ -243,7 +268,7 @@ def main() -> int:
         "accounted_bytes_per_agent": {k: v / args.agents for k, v in memory.items()},
         "fetched_mean": float(np.mean(fetched)),
         "config": {"shards": args.shards, "scheme": args.scheme, "probe": args.probe, "M": args.M, "ef": args.ef,
-                   "ef_construction": args.ef_construction, "max_fetch": args.max_fetch, "bound_check": not args.no_bound,
+                   "ef_construction": args.ef_construction, "min_fetch": engine.min_fetch, "max_fetch": args.max_fetch, "bound_check": args.bound,
                    "build_threads": os.cpu_count(), "query_threads": 1},
     }
     emit(result, args.json)

@@ -280,14 +280,19 @@ class Bus:
             raise BusError(f"MQTT broker at {self.broker.url} refused the connection: {reason}")
 
     async def close(self, *, clean: bool = True) -> None:
-        """Disconnect. `clean=True` sends DISCONNECT (no last-will); False drops the socket like a crash."""
+        """Disconnect. `clean=True` sends DISCONNECT (no last-will) and ends the broker session, so
+        no stale member lingers in a shared subscription; False drops the socket like a crash."""
         self._closing = True
         for task in (self._misc_task, self._reconnect_task):
             if task:
                 task.cancel()
         if self._client is not None:
             if clean and self.connected:
-                self._client.disconnect()
+                props = None
+                if self.persistent:
+                    props = Properties(PacketTypes.DISCONNECT)
+                    props.SessionExpiryInterval = 0
+                self._client.disconnect(properties=props)
                 await asyncio.sleep(0)  # let the writer flush DISCONNECT
                 try:
                     self._client.loop_write()
@@ -313,7 +318,7 @@ class Bus:
             pass
         self._sock = sock
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.add_reader, sock, self._read)
+        self._loop.call_soon_threadsafe(self._watch, sock, False)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         self._release_socket(sock)
@@ -332,7 +337,16 @@ class Bus:
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._loop.add_writer, sock, self._write)
+        self._loop.call_soon_threadsafe(self._watch, sock, True)
+
+    def _watch(self, sock: socket.socket, write: bool) -> None:
+        """Register the socket with the loop, unless it closed before the loop got to it."""
+        if self._loop is None or sock is not self._sock or sock.fileno() < 0:
+            return
+        if write:
+            self._loop.add_writer(sock, self._write)
+        else:
+            self._loop.add_reader(sock, self._read)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         if self._loop is not None:

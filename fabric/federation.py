@@ -41,6 +41,7 @@ class LocalFederation:
         embedder: Embedder | None = None,
         with_router: bool = True,
         with_orchestrator: bool = True,
+        resume_jobs: bool = True,
     ) -> None:
         self.settings = settings
         self.specs = list(specs) if specs is not None else load_specs(default_specs_dir())
@@ -48,6 +49,7 @@ class LocalFederation:
         self._embedder = embedder
         self.with_router = with_router
         self.with_orchestrator = with_orchestrator
+        self.resume_jobs = resume_jobs
         self.broker: EmbeddedBroker | None = None
         self.address: BrokerAddress | None = None
         self.agents: list[Agent] = []
@@ -96,7 +98,7 @@ class LocalFederation:
         if self.with_router:
             from router.service import RouterService
 
-            bus = await self._bus("router")
+            bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
             self.router = RouterService(self.settings, bus, self.embedder)
             await self.router.start()
         for spec in self.specs:
@@ -104,12 +106,12 @@ class LocalFederation:
             await agent.start()
             self.agents.append(agent)
         if self.with_orchestrator:
-            bus = await self._bus("orchestrator")
-            self.orchestrator = OrchestratorService(self.settings, bus, self.embedder)
+            bus = await self._bus("orchestrator", client_id=f"orchestrator-{self.settings.instance_id}")
+            self.orchestrator = OrchestratorService(self.settings, bus, self.embedder, resume=self.resume_jobs)
             await self.orchestrator.start()
 
-    async def _bus(self, role: str) -> Bus:
-        bus = Bus(self.settings, f"{role}-{uuid.uuid4().hex[:8]}", broker=self.address)
+    async def _bus(self, role: str, *, persistent: bool = True, client_id: str | None = None) -> Bus:
+        bus = Bus(self.settings, client_id or f"{role}-{uuid.uuid4().hex[:8]}", broker=self.address, persistent=persistent)
         await bus.connect()
         self._buses.append(bus)
         return bus

@@ -27,7 +27,12 @@ class Settings(BaseSettings):
     broker_username: str | None = None
     broker_password: str | None = None
     keepalive_s: int = Field(default=10, ge=2, le=3600)
-    session_expiry_s: int = Field(default=3600, ge=0)
+    session_expiry_s: int = Field(
+        default=300,
+        ge=0,
+        description="how long the broker keeps a vanished client's session (queued QoS 1 messages, shared-subscription membership)",
+    )
+    instance_id: str = Field(default="0", description="stable id of this service instance (orchestrator client id)")
     max_payload_bytes: int = Field(default=512 * 1024, ge=1024)
     request_timeout_s: float = Field(default=10.0, gt=0)
     dedup_window: int = Field(default=10_000, ge=0, description="envelope ids remembered per client")

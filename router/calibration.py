@@ -69,13 +69,15 @@ def abstain_metrics(top_relevant: np.ndarray, top_irrelevant: np.ndarray, thresh
 
 
 def calibrate(top_relevant: Sequence[float], top_irrelevant: Sequence[float]) -> Calibration:
-    """The F1-best cut; among equal F1 the midpoint of the widest gap. Needs both kinds."""
+    """The F1-best cut on the best α (abstain below it). Between the two scores that bound the
+    best cut it sits at a quarter of the gap above the lower one: probes built from the agents'
+    own descriptions score higher than real relevant queries, so the cut leans to answering."""
     rel = np.asarray(top_relevant, dtype=np.float64)
     irr = np.asarray(top_irrelevant, dtype=np.float64)
     if len(rel) == 0 or len(irr) == 0:
         raise ValueError("calibration needs at least one relevant and one irrelevant query")
     values = np.unique(np.concatenate([rel, irr, [0.0, 1.5]]))
-    cuts = (values[:-1] + values[1:]) / 2
+    cuts = values[:-1] + 0.25 * (values[1:] - values[:-1])
     best: tuple[float, float, float, float] | None = None
     for cut in cuts:
         p, r, f = abstain_metrics(rel, irr, float(cut))

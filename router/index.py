@@ -34,7 +34,7 @@ from typing import Any, Literal
 import hnswlib
 import numpy as np
 
-from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter, normalise_skill
+from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter
 from fabric.vcv import VCV
 from router.lexical import LexicalIndex, agent_text
 
@@ -44,7 +44,6 @@ PENDING = -1  # shard column: row's vector is in the upsert buffer
 MAX_POLICIES = 64
 SPEC_SCALE = 127.0
 
-SHARDING_NOTES = "see router/index.py docstring and the issue note for the hash vs centroid measurements"
 
 
 @dataclass
@@ -55,7 +54,7 @@ class IndexConfig:
     scheme: Literal["hash", "centroid"] = "hash"
     probe: int = 2  # centroid scheme: shards probed per query
     M: int = 16
-    ef_construction: int = 100
+    ef_construction: int = 64
     ef_search: int = 64
     buffer_size: int = 4096
     compact_ratio: float = 0.2
@@ -403,15 +402,18 @@ class CapabilityIndex:
 
     # ---- search ---------------------------------------------------------------------------
 
-    def search(self, vec: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, vec: np.ndarray, k: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """About the k rows nearest to `vec` (cosine), from the probed shards and the buffer.
 
+        `allowed` (bool per row) restricts the search inside the graphs (hnswlib filter): the
+        fallback for gates so selective that over-fetching cannot find k passing agents.
         Returns (rows int64, cosine float32), unsorted, only rows still live in the index.
         """
+        filt = None if allowed is None else (lambda label: bool(allowed[label]))
         q = np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1)
         out_rows: list[np.ndarray] = []
         out_sims: list[np.ndarray] = []
-        if self.config.scheme == "centroid" and self.centroids is not None:
+        if self.config.scheme == "centroid" and self.centroids is not None and allowed is None:
             probed = np.argsort(-(self.centroids @ q[0]))[: self.config.probe].tolist()
             per_shard = k
         else:
@@ -426,13 +428,20 @@ class CapabilityIndex:
                 continue
             shard.set_ef(max(self.config.ef_search, kk))
             try:
-                labels, dist = shard.knn_query(q, k=kk, num_threads=1)
-            except RuntimeError:  # too few reachable live elements for kk
-                labels, dist = shard.knn_query(q, k=max(1, kk // 2), num_threads=1)
+                labels, dist = shard.knn_query(q, k=kk, num_threads=1, filter=filt)
+            except RuntimeError:  # fewer reachable (allowed) elements than kk
+                if filt is None:
+                    labels, dist = shard.knn_query(q, k=max(1, kk // 2), num_threads=1)
+                else:
+                    labels, dist = _filtered_all(shard, q, kk, filt)
+                    if len(labels[0]) == 0:
+                        continue
             out_rows.append(labels[0].astype(np.int64))
             out_sims.append(1.0 - dist[0])
         if self.buf_n:
             live = self.buf_rows[: self.buf_n] >= 0
+            if allowed is not None:
+                live &= allowed[np.maximum(self.buf_rows[: self.buf_n], 0)]
             sims = self.buf_vecs[: self.buf_n][live] @ q[0]
             rows = self.buf_rows[: self.buf_n][live]
             if len(rows) > k:
@@ -584,6 +593,17 @@ class CapabilityIndex:
         return index
 
 
+def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tuple[np.ndarray, np.ndarray]:
+    """hnswlib raises when fewer than k elements pass the filter: ask for fewer until it answers."""
+    while k > 1:
+        k //= 2
+        try:
+            return shard.knn_query(q, k=k, num_threads=1, filter=filt)  # type: ignore[no-any-return]
+        except RuntimeError:
+            continue
+    return np.zeros((1, 0), dtype=np.uint64), np.zeros((1, 0), dtype=np.float32)
+
+
 def _rmtree(path: Path) -> None:
     for child in path.iterdir():
         child.unlink()
@@ -603,7 +623,3 @@ def _kmeans(vecs: np.ndarray, k: int, iters: int = 10, seed: int = 0) -> np.ndar
                 c = members.sum(0)
                 cent[j] = c / (np.linalg.norm(c) or 1.0)
     return cent.astype(np.float32)
-
-
-def skill_key(skill: str) -> str:
-    return normalise_skill(skill)

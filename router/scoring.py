@@ -137,3 +137,24 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     }
     return Scored(rows, alpha, ungated.astype(np.float32), factors, gates, cost.astype(np.float32),
                   latency.astype(np.float32), eligible)
+
+
+def gate_mask(index: CapabilityIndex, ctx: QueryContext) -> np.ndarray:
+    """Every row that is live, online, not excluded and passes every hard gate (whole table)."""
+    n = len(index.ids)
+    t = index.table
+    ok = t.alive[:n] & t.online[:n]
+    if ctx.unknown_policies:
+        return np.zeros(n, dtype=bool)
+    if len(ctx.exclude_rows):
+        ok[ctx.exclude_rows] = False
+    mask = np.uint64(ctx.policy_mask)
+    ok &= (t.policy[:n] & mask) == mask
+    if ctx.max_cost is not None:
+        ok &= (ctx.input_tokens * t.cost_in[:n] + ctx.output_tokens * t.cost_out[:n]) / 1000.0 <= ctx.max_cost
+    if ctx.deadline_ms is not None:
+        ok &= t.latency_ms[:n] + 1000.0 * ctx.output_tokens / np.maximum(t.tokens_per_s[:n], 1e-9) <= ctx.deadline_ms
+    if ctx.skills:
+        rows = np.flatnonzero(ok)
+        ok[rows] = skills_gate(index, rows, ctx.skills)
+    return ok

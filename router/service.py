@@ -113,8 +113,8 @@ class RouterService:
     async def start(self) -> None:
         self._load_calibration_file()
         await self.bus.subscribe(topics.AGENT_VCV_WILDCARD, self._on_vcv, body_types=VCV, accept_empty=True)
-        await self.bus.subscribe(topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus)
-        await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation)
+        await self.bus.subscribe(topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus, accept_empty=True)
+        await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation, accept_empty=True)
         await self.bus.subscribe(topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None)
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
@@ -203,7 +203,8 @@ class RouterService:
             self._descriptions[vcv.agent_id] = vcv.description
 
     def _on_status(self, msg: Incoming) -> None:
-        assert msg.envelope is not None
+        if msg.envelope is None:  # a cleared retained status says nothing
+            return
         status: AgentStatus = msg.envelope.body
         if topics.agent_id_of(msg.topic) != status.agent_id:
             log.warning("status on another agent's topic", extra={"topic": msg.topic, "agent_id": status.agent_id})
@@ -211,7 +212,10 @@ class RouterService:
         self.index.set_online(status.agent_id, status.status == "online")
 
     def _on_reputation(self, msg: Incoming) -> None:
-        assert msg.envelope is not None
+        if msg.envelope is None:  # cleared: back to unknown
+            agent_id = topics.agent_id_of(msg.topic) or msg.topic.rsplit("/", 1)[-1]
+            self.index.set_reputation(agent_id, 0.5)
+            return
         rep: Reputation = msg.envelope.body
         self.index.set_reputation(rep.agent_id, rep.score)
 

@@ -37,7 +37,8 @@ def any_broker(request: pytest.FixtureRequest) -> Mosquitto | EmbeddedBroker:
 
 
 def make_settings(url: str, data_dir: Path, **overrides: object) -> Settings:
-    return Settings(broker_url=url, data_dir=data_dir, keepalive_s=2, request_timeout_s=5.0, **overrides)
+    values: dict[str, object] = {"keepalive_s": 2, "request_timeout_s": 5.0} | overrides
+    return Settings(broker_url=url, data_dir=data_dir, **values)
 
 
 @pytest.fixture

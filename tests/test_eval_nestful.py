@@ -135,3 +135,33 @@ def test_harness_end_to_end_with_a_scripted_planner(tmp_path: Path, embedder) ->
     paths = write_outputs(tmp_path, result, rows)
     assert Path(paths["plot"]).read_bytes()[:4] == b"\x89PNG"
     assert "| sgd | 3 | 1.000 ± 0.000" in Path(paths["report"]).read_text()
+
+
+def test_foa_planner_runs_the_worker_and_the_orchestrator_merge(embedder) -> None:  # type: ignore[no-untyped-def]
+    """Every compatible agent proposes through the real worker code (its model here is a
+    ScriptedLLM test double); identical proposals merge into one DAG, cycles are cut."""
+    import json
+
+    from benchmarks.eval.planners import foa_planner
+    from fabric.llm.scripted import ScriptedLLM
+    from fabric.settings import Settings
+
+    proposal = {"subtasks": [
+        {"id": "s1", "text": "Search the airport of New York", "depends_on": ["s3"]},
+        {"id": "s2", "text": "Search the airport of London", "depends_on": []},
+        {"id": "s3", "text": "Search flights between the two airports", "depends_on": ["s1", "s2"]},
+    ]}
+    llm = ScriptedLLM(lambda messages, schema: json.dumps(proposal))
+    settings = Settings(max_proposers=2, compat_threshold=0.0)
+    agents = ["SearchAirport: find airports by city name", "FlightSearch: search flights between airports",
+              "Weather: weather forecast for a city"]
+    planner = foa_planner(llm, settings, embedder.embed, 2, 4)
+    plan = asyncio.run(planner("Find flights from New York to London", agents))
+    assert llm.call_count == 2 and len(plan["proposals"]) == 2  # max_proposers caps the proposers
+    assert "Weather" not in {p["agent"] for p in plan["proposals"]}  # the least similar agent is left out
+    nodes = normalise_plan(plan)
+    assert len(nodes) == 3 and validity(nodes) == (True, "")
+    assert len(plan["dropped_edges"]) == 1  # the s1 <-> s3 cycle was broken
+    dag = gold_dag(SAMPLE, "s0")
+    s = score_plan(plan, dag, CATALOG, embedder.embed)
+    assert s.proposals_valid == 0.0  # both raw proposals had the cycle

@@ -142,3 +142,16 @@ def test_abstains_below_threshold(embedder) -> None:  # type: ignore[no-untyped-
                        embedder.embed_one("solve this integral of x squared")).response
     assert not res.abstained and res.matches[0].agent_id == "math"
     assert np.isclose(res.threshold, (on + off) / 2)
+
+
+def test_selective_gate_finds_agent_beyond_max_fetch(embedder) -> None:  # type: ignore[no-untyped-def]
+    """Only the least similar agent holds the flag: the filtered search still returns it."""
+    idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, shards=2, buffer_size=3))
+    for agent_id, text in AGENTS.items():
+        idx.upsert(make_vcv(embedder, agent_id, text, policies=["gdpr"] if agent_id == "poetry" else []))
+    idx.flush()
+    engine = RouterEngine(idx, over_fetch=1, min_fetch=1, max_fetch=2)
+    text = "optimise a SQL query"
+    out = engine.route(RouteQuery(text=text, top_k=2, policies=["gdpr"], abstain=False), embedder.embed_one(text), query_id="q")
+    assert [m.agent_id for m in out.response.matches] == ["poetry"]
+    assert any(e.agent_id == "sql" and e.gate == "policy" for e in out.audits)

@@ -160,7 +160,7 @@ def test_cli_route_json_against_running_router(settings: Settings, embedder) -> 
                 await wait_for(lambda: len(service.index) >= 3)
                 env = {**os.environ, "FOA_BROKER_URL": settings.broker_url or "", "FOA_DATA_DIR": str(settings.data_dir)}
                 proc = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "fabric.cli", "route", "optimise my postgres query", "--top-k", "2", "--json",
+                    sys.executable, "-m", "fabric.cli", "route", "write and optimise SQL queries for my PostgreSQL database", "--top-k", "2", "--json",
                     env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
                 out, err = await proc.communicate()
                 assert proc.returncode == 0, err.decode()

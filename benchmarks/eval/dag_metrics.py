@@ -51,6 +51,7 @@ class DagScore(BaseModel):
     edge_tp: int
     edge_f1: float
     matching: dict[str, int] = Field(default_factory=dict, description="subtask id -> gold call index")
+    proposals_valid: float | None = Field(default=None, description="share of raw proposals that were valid DAGs")
 
 
 def _get(obj: Any, *names: str) -> Any:
@@ -117,6 +118,15 @@ def f1(tp: int, n_pred: int, n_gold: int) -> float:
     return 1.0 if n_pred + n_gold == 0 else 2.0 * tp / (n_pred + n_gold)
 
 
+def proposals_validity(plan: Any) -> float | None:
+    """For planners that merge several proposals (FoA): the share of raw proposals that were
+    valid DAGs before the orchestrator cleaned and merged them; None for single-shot planners."""
+    raw = _get(plan, "proposals")
+    if not raw:
+        return None
+    return sum(validity(normalise_plan(_get(p, "plan") or {}))[0] for p in raw) / len(raw)
+
+
 def score_plan(plan: Any, gold: GoldDAG, catalog: dict[str, ApiSpec],
                embed: Callable[[list[str]], np.ndarray], min_similarity: float = 0.5) -> DagScore:
     """Match one plan to its gold DAG and score nodes, edges and validity."""
@@ -144,4 +154,5 @@ def score_plan(plan: Any, gold: GoldDAG, catalog: dict[str, ApiSpec],
         matched=len(matching), named_matches=named, node_f1=f1(len(matching), n_pred, n_gold),
         pred_edges=len(pred_edges), gold_edges=len(gold_edges), edge_tp=tp,
         edge_f1=f1(tp, len(pred_edges), len(gold_edges)), matching=matching,
+        proposals_valid=proposals_validity(plan),
     )

@@ -1,8 +1,8 @@
 """Planners the NESTFUL benchmark can score: any async (task, agent_descriptions) → Plan.
 
-The default is the orchestrator's own `fabric.orchestrator.decompose.propose_plan`; a
-one-call LLM planner is kept as a baseline (and as the fallback while the orchestrator is
-not importable), so the harness can be checked end to end on its own.
+The default is FoA's own decomposition (`foa_planner`: the real worker's decompose call by
+the compatible agents, then the orchestrator's clean/merge/cycle-breaking); a one-call LLM
+planner that sees every agent's description is kept as a baseline.
 """
 
 from __future__ import annotations
@@ -27,15 +27,53 @@ class SimplePlan(BaseModel):
     subtasks: list[_Subtask]
 
 
-def orchestrator_planner(backend: Any, subtasks_min: int, subtasks_max: int) -> Planner | None:
-    """`propose_plan` bound to a backend and bounds; None while the orchestrator is absent."""
-    try:
-        from fabric.orchestrator.decompose import propose_plan
-    except ImportError:
-        return None
+def foa_planner(backend: Any, settings: Any, embed: Callable[[list[str]], Any],
+                subtasks_min: int, subtasks_max: int) -> Planner:
+    """FoA's own decomposition phase, on the APIs as agents, without a broker in between.
+
+    As the orchestrator's `JobRunner.decompose` does: the agents compatible with the request
+    (cosine of request and agent description ≥ τ, else the top `compat_top_k`, at most
+    `max_proposers`) each propose a plan through the real worker code (`LLMWorker.decompose`:
+    the agent's spec as system prompt, schema-constrained JSON, fallback to a one-node plan);
+    proposals are cleaned (`clean_plan`) and merged into one DAG (`merge_proposals`, which
+    also breaks cycles). Routing is approximated by that cosine, not the router's full α.
+    The returned dict carries the merged DAG as `subtasks` and what each proposer said."""
+    import uuid
+
+    import numpy as np
+
+    from agents.spec import AgentSpec
+    from agents.worker import LLMWorker
+    from fabric.messages import TaskRequest
+    from fabric.orchestrator.dag import clean_plan, merge_proposals
+    from fabric.orchestrator.tasks import DecomposeInput, Plan
 
     async def plan(task: str, agents: list[str]) -> Any:
-        return await propose_plan(backend, task, agents, subtasks_min, subtasks_max)
+        if not agents:
+            raise ValueError("no agents to plan with")
+        vecs = np.asarray(embed([task, *agents]))
+        sims = vecs[1:] @ vecs[0]
+        order = [int(i) for i in np.argsort(-sims, kind="stable")]
+        compatible = [i for i in order if sims[i] >= settings.compat_threshold] or order[: settings.compat_top_k]
+        proposers = compatible[: settings.max_proposers]
+        payload = DecomposeInput(question=task, subtasks_min=subtasks_min, subtasks_max=subtasks_max)
+
+        async def propose(i: int) -> tuple[str, Plan, dict[str, Any]]:
+            spec = AgentSpec(id=f"api-{i}", description=agents[i], spec=agents[i])
+            request = TaskRequest(task_id=uuid.uuid4().hex, task_kind="decompose", agent_id=spec.id,
+                                  input=payload.model_dump())
+            raw, _usage = await LLMWorker(spec, settings, backend).decompose(request)
+            return spec.id, clean_plan(Plan.model_validate(raw), subtasks_max), raw
+
+        proposals = [await propose(i) for i in proposers]  # sequential: one model, one lock
+        dag = merge_proposals([(a, p) for a, p, _ in proposals], embed,
+                              merge_similarity=settings.merge_similarity, subtasks_max=subtasks_max)
+        return {
+            "subtasks": [{"id": n.node_id, "text": n.text, "depends_on": list(n.depends_on)} for n in dag.nodes],
+            "dropped_edges": [list(e) for e in dag.dropped_edges],
+            "proposals": [{"agent": agents[i].split(":", 1)[0], "similarity": round(float(sims[i]), 3), "plan": raw}
+                          for i, (_a, _p, raw) in zip(proposers, proposals)],
+        }
 
     return plan
 

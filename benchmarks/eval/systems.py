@@ -12,7 +12,7 @@ selection share them instead of paying twice.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,10 +152,13 @@ class FederationSystem:
 
     federation: Any  # fabric.federation.LocalFederation (entered)
     options: Any  # fabric.messages.JobOptions
+    on_event: Callable[[Any], None] | None = None  # JobEvent progress, e.g. to stderr
+    timeout_s: float = 900.0
 
     async def answer(self, example: HealthBenchExample, seed: int) -> Answer:
         try:
-            result = await self.federation.run_job(transcript_question(example.prompt), self.options)
+            result = await self.federation.run_job(transcript_question(example.prompt), self.options,
+                                                   on_event=self.on_event, timeout=self.timeout_s)
         except Exception as exc:  # noqa: BLE001 - one failed job is a zero, not a crashed run
             return Answer("", failed=True, detail=f"{type(exc).__name__}: {exc}"[:300])
         if result.status != "completed":

@@ -166,7 +166,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> JobResult:
         progress = Progress(quiet=False)
         print("starting federation (broker, router, orchestrator, agents)...", file=sys.stderr, flush=True)
-        async with LocalFederation(settings, specs) as fed:
+        # a one-shot run answers its own question; unfinished jobs wait for `foa up` / `foa orchestrator`
+        async with LocalFederation(settings, specs, resume_jobs=False) as fed:
             print(f"federation up: {len(fed.agents)} agents on {fed.address.url if fed.address else '?'}", file=sys.stderr, flush=True)
             return await fed.run_job(
                 args.question, options, budget=budget, policies=args.policy, job_id=args.job_id, on_event=progress, timeout=args.timeout

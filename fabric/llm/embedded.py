@@ -138,6 +138,9 @@ class EmbeddedBackend:
         self.model = self.path.stem
         self.name = f"embedded:{self.model}"
         self._loaded: _Loaded | None = None
+        # waiters queue here, on the event loop, instead of each holding a worker thread
+        # blocked on the model's thread lock (that starved every other to_thread user)
+        self._queue: asyncio.Lock | None = None
 
     async def load(self) -> None:
         """Load the weights now (off the event loop) instead of on the first call."""
@@ -163,6 +166,8 @@ class EmbeddedBackend:
             "max_tokens": max_tokens,
             "temperature": temperature,
             "stop": list(stop) if stop else None,
+            # a 135M model loops ("1.1.1.1...") without it; 1.15 is llama.cpp's usual range
+            "repeat_penalty": 1.15,
         }
         if self.seed is not None:
             kwargs["seed"] = self.seed
@@ -198,8 +203,11 @@ class EmbeddedBackend:
                 result = loaded.llama.create_chat_completion(**kwargs)
                 return result, (time.perf_counter() - started) * 1000
 
+        if self._queue is None:
+            self._queue = asyncio.Lock()
         try:
-            result, latency_ms = await asyncio.to_thread(run)
+            async with self._queue:
+                result, latency_ms = await asyncio.to_thread(run)
         except (ValueError, RuntimeError) as exc:
             raise self._error(exc) from exc
         choice = result["choices"][0]

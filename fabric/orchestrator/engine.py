@@ -100,6 +100,7 @@ class JobRunner:
         self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
         self._failures: list[str] = []
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
+        self._pending_nodes: set[str] = set()  # nodes whose drafting has not started
 
     # ---- the data path -------------------------------------------------------------------
 
@@ -150,7 +151,8 @@ class JobRunner:
         route = await self.ports.route(
             RouteQuery(text=job.question, top_k=max(self.settings.compat_top_k, self.max_proposers * 2), policies=job.policies, abstain=False)
         )
-        compatible = [m for m in route.matches if m.score >= self.settings.compat_threshold]
+        # τ is the paper's *similarity* threshold (App. C), so it applies to the sim factor of α
+        compatible = [m for m in route.matches if m.factors.get("sim", m.score) >= self.settings.compat_threshold]
         if not compatible:  # the paper's fallback: top-K by similarity
             compatible = route.matches[: self.settings.compat_top_k]
         proposers = compatible[: self.max_proposers]
@@ -236,8 +238,18 @@ class JobRunner:
 
     # ---- execution: nodes run when their predecessors are done; branches run concurrently ------
 
+    @property
+    def _per_call(self) -> int:
+        """Tokens one call is expected to cost: prompt plus answer."""
+        return 2 * self.max_tokens
+
+    def _reserve(self) -> int:
+        """Tokens to keep for the one draft each not-yet-started node needs."""
+        return len(self._pending_nodes) * self._per_call
+
     async def execute(self, dag: Dag, assignments: dict[str, list[Match]]) -> dict[str, dict[str, Any]]:
         results: dict[str, dict[str, Any]] = {k[5:]: v for k, v in self.saved.items() if k.startswith("node:")}
+        self._pending_nodes = {n.node_id for n in dag.nodes} - set(results)
         done = {node_id: asyncio.Event() for node_id in (n.node_id for n in dag.nodes)}
         for node_id in results:
             done[node_id].set()
@@ -253,7 +265,7 @@ class JobRunner:
                         self.run_node(dag, node_id, assignments[node_id], answers), self.settings.node_timeout_s
                     )
                 except TimeoutError:
-                    results[node_id] = self._best_draft_after_timeout(node_id)
+                    results[node_id] = self._best_draft_after_timeout(node_id, [m.agent_id for m in assignments[node_id]])
                 self.store.checkpoint(self.job.job_id, f"node:{node_id}", results[node_id])
             done[node_id].set()
 
@@ -266,8 +278,16 @@ class JobRunner:
         context = predecessor_context(dag, node_id, answers)
         draft_in = DraftInput(question=job.question, subtask=node.text, context=context, max_tokens=self.max_tokens)
 
-        # phase 2: first drafts, in parallel
+        # phase 2: first drafts, in parallel (fewer drafters when the budget is short: a node
+        # needs one draft, the others are optional)
         drafts = self._drafts.setdefault(node_id, {})
+        self._pending_nodes.discard(node_id)
+        drafters = list(matches)
+        while len(drafters) > 1 and not self.budget.allows(tokens=len(drafters) * self._per_call + self._reserve()):
+            drafters.pop()
+        if len(drafters) < len(matches):
+            await self.emit("budget", f"{node_id}: {len(drafters)} of {len(matches)} drafters within budget", {"node": node_id})
+        matches = drafters
 
         async def draft(agent_id: str) -> None:
             try:
@@ -331,8 +351,8 @@ class JobRunner:
             await self.emit("refine", f"{cluster_id} round {record.round}: votes {record.votes}", {"node": node_id, "cluster": cluster_id, "round": record.round, "votes": record.votes})
 
         def may_continue() -> bool:
-            # a round costs a call per member; keep a reserve for the rest of the job
-            return self.budget.allows(tokens=len(members) * 2 * self.max_tokens, seconds=5.0)
+            # a round costs a call per member; keep a reserve for the drafts still to come
+            return self.budget.allows(tokens=len(members) * self._per_call + self._reserve(), seconds=5.0)
 
         return await refine_cluster(
             cluster_id=cluster_id, members=members, drafts=drafts, question=self.job.question, subtask=subtask,
@@ -348,12 +368,16 @@ class JobRunner:
         await self.emit("reassign", f"{node.node_id}: reassigned to {route.matches[0].agent_id}", {"node": node.node_id})
         return route.matches[0].agent_id
 
-    def _best_draft_after_timeout(self, node_id: str) -> dict[str, Any]:
+    def _best_draft_after_timeout(self, node_id: str, assigned: list[str]) -> dict[str, Any]:
+        """The paper's timeout rule: accept the highest-scoring draft (confidence × reputation)."""
         drafts = self._drafts.get(node_id) or {}
         if not drafts:
             raise NodeFailed(f"subtask {node_id} timed out after {self.settings.node_timeout_s}s without a draft")
         agent_id, (answer, _) = max(drafts.items(), key=lambda kv: kv[1][1] * self.reputation.weight(kv[0]))
-        self._failures.append(f"{node_id}: timed out; kept the best draft ({agent_id})")
+        silent = [a for a in assigned if a not in drafts]
+        for a in silent:
+            self._contributions.append((a, node_id, ""))
+        self._failures.append(f"{node_id}: timed out after {self.settings.node_timeout_s}s waiting for {silent}; kept the best draft ({agent_id})")
         return {"answer": answer, "by": agent_id, "cluster": None, "clusters": {}}
 
     # ---- phase 6: synthesis ---------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,8 +92,11 @@ class BusPorts:
 
 
 class OrchestratorService:
-    def __init__(self, settings: Settings, bus: Bus, embedder: Embedder, store: JobStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, bus: Bus, embedder: Embedder, store: JobStore | None = None, *, resume: bool = True
+    ) -> None:
         self.settings = settings
+        self.resume_on_start = resume
         self.bus = bus
         self.embedder = embedder
         self.store = store or JobStore(settings.job_store_path)
@@ -109,7 +111,8 @@ class OrchestratorService:
         await self.registry.attach(self.bus)
         await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation)
         await self.registry.settle(quiet_s=0.2, max_s=3.0)
-        await self.resume()
+        if self.resume_on_start:
+            await self.resume()
         await self.bus.subscribe(
             topics.shared(topics.SHARE_GROUP_ORCHESTRATOR, topics.JOBS_SUBMIT), self._on_submit, body_types=JobSubmit, durable=True
         )
@@ -181,7 +184,8 @@ async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: 
     from fabric.embeddings import shared_embedder
 
     embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim)
-    bus = Bus(settings, f"orchestrator-{uuid.uuid4().hex[:8]}", broker=broker)
+    # a stable client id: a restarted orchestrator takes over its own broker session
+    bus = Bus(settings, f"orchestrator-{settings.instance_id}", broker=broker)
     await bus.connect()
     service = OrchestratorService(settings, bus, embedder)
     try:

@@ -9,24 +9,31 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
+def degenerate(text: str) -> bool:
+    """Text a looping small model produced: too few distinct words for its length."""
+    words = text.lower().replace(".", " ").split()
+    return len(words) < 2 or (len(words) >= 8 and len(set(words)) / len(words) < 0.35)
+
+
 class ProposedSubtask(BaseModel):
-    id: str = Field(description="short id such as s1")
-    text: str = Field(description="what this subtask must produce")
-    depends_on: list[str] = Field(default_factory=list, description="ids of subtasks whose results it needs")
+    # the length bounds are also grammar bounds when the schema constrains decoding
+    id: str = Field(max_length=12, description="short id such as s1")
+    text: str = Field(min_length=3, max_length=300, description="one short instruction: what this subtask must produce")
+    depends_on: list[str] = Field(default_factory=list, max_length=4, description="ids of subtasks whose results it needs")
 
     @field_validator("text")
     @classmethod
     def _text(cls, value: str) -> str:
         value = " ".join(value.split())
-        if len(value) < 3:
-            raise ValueError("subtask text is too short")
-        return value[:500]
+        if degenerate(value):
+            raise ValueError("subtask text is not a usable instruction (too few distinct words)")
+        return value
 
 
 class Plan(BaseModel):
     """A decomposition proposal: subtasks and their dependencies."""
 
-    subtasks: list[ProposedSubtask] = Field(min_length=1, max_length=8)
+    subtasks: list[ProposedSubtask] = Field(min_length=1, max_length=6)
 
 
 class DecomposeInput(BaseModel):
