@@ -344,7 +344,10 @@ class Bus:
         if self._loop is None or sock is not self._sock or sock.fileno() < 0:
             return
         if write:
-            self._loop.add_writer(sock, self._write)
+            # publish() may have flushed the queue before this ran; a writer registered for an
+            # empty queue would wake the loop on every turn (a busy loop)
+            if self._client is not None and self._client.want_write():
+                self._loop.add_writer(sock, self._write)
         else:
             self._loop.add_reader(sock, self._read)
 
@@ -362,6 +365,8 @@ class Bus:
     def _write(self) -> None:
         if self._client is not None:
             self._client.loop_write()
+            if not self._client.want_write() and self._sock is not None and self._loop is not None:
+                self._loop.remove_writer(self._sock)
 
     async def _misc_loop(self) -> None:
         while True:

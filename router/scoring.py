@@ -111,8 +111,8 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     latency = t.latency_ms[rows] + 1000.0 * ctx.output_tokens / t.tokens_per_s[rows]
     budget_ok = np.ones(len(rows), bool) if ctx.max_cost is None else cost <= ctx.max_cost
     deadline_ok = np.ones(len(rows), bool) if ctx.deadline_ms is None else latency <= ctx.deadline_ms
-    cost_scale = ctx.max_cost if ctx.max_cost else COST_SCALE
-    lat_scale = ctx.deadline_ms if ctx.deadline_ms else LATENCY_SCALE_MS
+    cost_scale = max(ctx.max_cost, 1e-9) if ctx.max_cost else COST_SCALE
+    lat_scale = max(ctx.deadline_ms, 1e-6) if ctx.deadline_ms else LATENCY_SCALE_MS
     f_cost = 1.0 / (1.0 + cost / cost_scale)
     f_lat = 1.0 / (1.0 + latency / lat_scale)
     need = float(ctx.input_tokens + ctx.output_tokens)

@@ -300,10 +300,7 @@ class RouterService:
         relevant = relevant_probes(list(self._descriptions.values()), seed=len(self.index))
         texts = relevant + list(OFF_TOPIC)
         vecs = await asyncio.to_thread(self.embedder.embed, texts)
-        tops = []
-        for text, vec in zip(texts, vecs):
-            out = self.engine.route(RouteQuery(text=text, top_k=1, abstain=False), vec)
-            tops.append(out.response.matches[0].score if out.response.matches else 0.0)
+        tops = top_scores(self.engine, texts, vecs)
         cal = calibrate(tops[: len(relevant)], tops[len(relevant) :])
         self.engine.set_threshold(cal.threshold, source="self", **cal.info())
         self._calibrated_at_agents = len(self.index)

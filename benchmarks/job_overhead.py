@@ -1,0 +1,86 @@
+"""Orchestration overhead per job with no LLM time: a 4-node DAG, 3 agents per node, k = 3.
+
+Everything but the LLM is real: mosquitto, the router service, the orchestrator, task dispatch
+over MQTT, embeddings for merging and clustering, the SQLite job store. Agents answer from a
+script instantly (ScriptedLLM), and every agent keeps voting "not done", so all 3 refinement
+rounds run. What remains of a job's wall time is the fabric's own overhead.
+
+    python benchmarks/job_overhead.py --json [--jobs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import emit, progress  # noqa: E402
+from fabric.broker import Mosquitto  # noqa: E402
+from fabric.embeddings import shared_embedder  # noqa: E402
+from fabric.federation import LocalFederation  # noqa: E402
+from fabric.messages import JobOptions  # noqa: E402
+from fabric.settings import Settings  # noqa: E402
+from tests.scripted_federation import SPECS, backend_factory  # noqa: E402
+
+
+async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) -> dict[str, object]:
+    factory = backend_factory(done_from_round=99)
+    options = JobOptions(max_proposers=proposers, agents_per_node=3, refine_rounds=3, subtasks_max=4)
+    walls: list[float] = []
+    phases: dict[str, list[float]] = {}
+    async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=shared_embedder()) as fed:
+        shape = None
+        for i in range(warmup + jobs):
+            # a new question each time: nothing is served from the embedding cache that a real job would not hit
+            started = time.perf_counter()
+            result = await fed.run_job(f"My father (case {i}) has sudden chest pain. What should we do?", options)
+            wall = time.perf_counter() - started
+            if result.status != "completed":
+                raise RuntimeError(f"job failed: {result.failure_reason}")
+            rounds = [info["rounds"] for node in result.rounds.values() for info in node.values()]
+            shape = {"nodes": len(result.dag["nodes"]), "agents_per_node": [len(v) for v in result.assignments.values()],
+                     "refine_rounds": max(rounds) if rounds else 0, "llm_calls": result.usage["calls"]}
+            if i >= warmup:
+                walls.append(wall * 1000)
+                for k, v in result.timings.items():
+                    phases.setdefault(k, []).append(v * 1000)
+            progress(f"job {i + 1}/{warmup + jobs}: {wall * 1000:.0f} ms")
+    llm_ms = 0.0  # ScriptedLLM answers instantly: all of the wall time is orchestration
+    per_job = statistics.median(walls) - llm_ms
+    return {
+        "overhead_ms_per_job": per_job,
+        "overhead_ms_per_node": per_job / (shape["nodes"] if shape else 4),
+        "p90_ms_per_job": sorted(walls)[int(0.9 * (len(walls) - 1))],
+        "phase_median_ms": {k: statistics.median(v) for k, v in phases.items()},
+        "jobs": len(walls),
+        "shape": shape,
+        "llm_ms": llm_ms,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--proposers", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="foa-overhead-") as tmp:
+        broker = Mosquitto(data_dir=Path(tmp) / "broker", persistence=False).start()
+        try:
+            settings = Settings(broker_url=broker.url, data_dir=Path(tmp), log_level="WARNING")
+            result = asyncio.run(measure(settings, args.jobs, args.warmup, args.proposers))
+        finally:
+            broker.stop()
+    result["goal_ms_per_job"] = 50
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
