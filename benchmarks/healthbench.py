@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 from benchmarks.eval.backends import BackendPool  # noqa: E402
 from benchmarks.eval.grading import ExampleGrade, grade_answer  # noqa: E402
 from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples  # noqa: E402
-from benchmarks.eval.report import fmt, markdown_table, write_report  # noqa: E402
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
 from benchmarks.eval.stats import SystemScores, aggregate  # noqa: E402
 from benchmarks.eval.systems import (  # noqa: E402
     ALL_SYSTEMS,
@@ -266,9 +266,9 @@ def render_markdown(result: dict[str, Any], systems: Sequence[str]) -> str:
         "## By theme", "", grid(themes, "themes"), "",
         "## By axis", "", grid(axes, "axes"), "",
         "## Models", "",
-        f"- grader: {models['grader']}",
-        *[f"- agent `{a}`: {m}" for a, m in models["agents"].items()],
-        *([f"- ensemble merge: {models['merge']}"] if models.get("merge") else []),
+        f"- grader: {fmt_model(models['grader'])}",
+        *[f"- agent `{a}`: {fmt_model(m)}" for a, m in models["agents"].items()],
+        *([f"- ensemble merge: {fmt_model(models['merge'])}"] if models.get("merge") else []),
         *([f"- single-agent baseline: `{single['agent']}` ({single['chosen_by']})"] if single else []),
         "",
         "## The paper", "",

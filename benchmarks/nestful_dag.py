@@ -34,7 +34,7 @@ from benchmarks.eval.dag_metrics import DagScore, score_plan  # noqa: E402
 from benchmarks.eval.healthbench_data import DataError  # noqa: E402
 from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split  # noqa: E402
 from benchmarks.eval.planners import Planner, foa_planner, llm_planner  # noqa: E402
-from benchmarks.eval.report import fmt, markdown_table, write_report  # noqa: E402
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
 from benchmarks.eval.stats import bootstrap_sd  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
@@ -193,7 +193,7 @@ def write_outputs(out: Path, result: dict[str, Any], rows: Sequence[tuple[str, D
     c = result["config"]
     md_text = "\n".join([
         "# NESTFUL decomposition quality", "",
-        f"{result['n_samples']} samples, planner `{result['planner']}` on {result['models']['planner']}, "
+        f"{result['n_samples']} samples, planner `{result['planner']}` on {fmt_model(result['models']['planner'])}, "
         f"{c['subtasks_min']}–{c['subtasks_max']} subtasks, {c['distractors']} distractor APIs per sample.",
         "Means over samples ± bootstrap s.d. (1,000 resamples); micro F1 pools the counts.", "",
         table, "",

@@ -217,11 +217,36 @@ class Mosquitto:
         self.stop()
 
 
+def local_broker(settings: Settings) -> EmbeddedBroker | Mosquitto:
+    """The broker a local federation starts (not yet started).
+
+    `auto` prefers mosquitto when it is installed: iotcore 0.4's rumqttd re-sends a shared
+    subscription's unacknowledged message in a tight loop under the orchestrator's traffic
+    (seen here: 300k redeliveries a minute, replies starved), while mosquitto is the reference
+    broker every test runs on. iotcore remains the zero-install fallback.
+    """
+    choice = settings.embedded_broker
+    if choice == "mosquitto" or (choice == "auto" and mosquitto_binary() is not None):
+        return Mosquitto(
+            settings.embedded_broker_host,
+            settings.embedded_broker_port,
+            data_dir=settings.data_dir / "broker",
+            persistence=True,
+        )
+    if choice == "auto":
+        log.warning("mosquitto is not installed; using the in-process iotcore broker")
+    return EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port)
+
+
 @contextmanager
 def broker_for(settings: Settings) -> Iterator[BrokerAddress]:
-    """The external broker when FOA_BROKER_URL is set, else an embedded one for this block."""
+    """The external broker when FOA_BROKER_URL is set, else a local one for this block."""
     if settings.broker_url:
         yield BrokerAddress.parse(settings.broker_url)
         return
-    with EmbeddedBroker(settings.embedded_broker_host, settings.embedded_broker_port) as broker:
+    broker = local_broker(settings)
+    broker.start()
+    try:
         yield broker.address
+    finally:
+        broker.stop()

@@ -678,7 +678,7 @@ class Bus:
             job_id=request.job_id,
             traceparent=request.traceparent,
         )
-        await self.publish(request.reply_to, env)
+        await self.publish(request.reply_to, env, wait=False)
 
 
 def make_bus(settings: Settings, client_id: str, **kwargs: Any) -> Bus:

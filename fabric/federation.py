@@ -16,7 +16,7 @@ from typing import Any
 
 from agents.sdk import Agent
 from agents.spec import AgentSpec, default_specs_dir, load_specs
-from fabric.broker import EmbeddedBroker
+from fabric.broker import EmbeddedBroker, Mosquitto, local_broker
 from fabric.bus import Bus, BrokerAddress
 from fabric.client import submit_and_follow
 from fabric.embeddings import Embedder, shared_embedder
@@ -50,7 +50,7 @@ class LocalFederation:
         self.with_router = with_router
         self.with_orchestrator = with_orchestrator
         self.resume_jobs = resume_jobs
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | Mosquitto | None = None
         self.address: BrokerAddress | None = None
         self.agents: list[Agent] = []
         self.orchestrator: OrchestratorService | None = None
@@ -92,7 +92,8 @@ class LocalFederation:
         if self.settings.broker_url:
             self.address = BrokerAddress.parse(self.settings.broker_url)
         else:
-            self.broker = EmbeddedBroker(self.settings.embedded_broker_host, self.settings.embedded_broker_port).start()
+            self.broker = local_broker(self.settings)
+            self.broker.start()
             self.address = self.broker.address
         log.info("federation broker", extra={"url": self.address.url})
         if self.with_router:

@@ -21,6 +21,10 @@ class Settings(BaseSettings):
         default=None,
         description="mqtt://user:pass@host:1883 or mqtts://...; unset = start the embedded broker",
     )
+    embedded_broker: Literal["auto", "mosquitto", "iotcore"] = Field(
+        default="auto",
+        description="the broker a local federation starts: auto = mosquitto when installed, else iotcore in-process",
+    )
     embedded_broker_host: str = "127.0.0.1"
     embedded_broker_port: int = Field(default=0, description="0 = pick a free port")
     broker_ca_file: Path | None = None

@@ -18,6 +18,13 @@ def fmt(mean: float | None, sd: float | None = None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
+def fmt_model(desc: Mapping[str, object] | None) -> str:
+    """`model` @ endpoint (backend), from BackendPool.describe()."""
+    if not desc:
+        return "–"
+    return f"`{desc.get('model')}` @ {desc.get('base_url')} ({desc.get('backend')})"
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     def cell(v: object) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
