@@ -27,6 +27,7 @@ from fabric.orchestrator.tasks import (
     ProposedSubtask,
     RefineInput,
     RefineOutput,
+    degenerate,
 )
 from fabric.settings import Settings
 
@@ -114,7 +115,8 @@ class LLMWorker:
             # unusable output: keep the current answer and vote to stop rather than churn
             fallback=lambda: RefineOutput(answer=inp.own_answer, done=True, confidence=0.3),
         )
-        if not out.answer.strip():
+        if len(out.answer.split()) < 3 or degenerate(out.answer):
+            # a revision that is empty, a fragment or a loop is worse than the answer it replaces
             out = out.model_copy(update={"answer": inp.own_answer})
         return out.model_dump(), self._cost(usage)
 

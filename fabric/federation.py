@@ -102,10 +102,11 @@ class LocalFederation:
             bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
             self.router = RouterService(self.settings, bus, self.embedder)
             await self.router.start()
-        for spec in self.specs:
-            agent = make_worker(spec, self.settings, backend=self._backend(spec), broker=self.address, embedder=self.embedder, replica_id="local")
-            await agent.start()
-            self.agents.append(agent)
+        self.agents = [
+            make_worker(spec, self.settings, backend=self._backend(spec), broker=self.address, embedder=self.embedder, replica_id="local")
+            for spec in self.specs
+        ]
+        await asyncio.gather(*(agent.start() for agent in self.agents))
         if self.with_orchestrator:
             bus = await self._bus("orchestrator", client_id=f"orchestrator-{self.settings.instance_id}")
             self.orchestrator = OrchestratorService(self.settings, bus, self.embedder, resume=self.resume_jobs)

@@ -18,10 +18,12 @@ def fmt(mean: float | None, sd: float | None = None, digits: int = 3) -> str:
     return f"{mean:.{digits}f}" if sd is None else f"{mean:.{digits}f} ± {sd:.{digits}f}"
 
 
-def fmt_model(desc: Mapping[str, object] | None) -> str:
-    """`model` @ endpoint (backend), from BackendPool.describe()."""
+def fmt_model(desc: Mapping[str, object] | str | None) -> str:
+    """`model` @ endpoint (backend), from BackendPool.describe(); a plain label passes through."""
     if not desc:
         return "–"
+    if isinstance(desc, str):
+        return desc
     return f"`{desc.get('model')}` @ {desc.get('base_url')} ({desc.get('backend')})"
 
 

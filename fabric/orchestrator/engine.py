@@ -317,7 +317,7 @@ class JobRunner:
 
         # phase 4: each cluster refines on its own channel for ≤ k rounds
         outcomes = await asyncio.gather(
-            *(self._refine(node_id, node.text, f"{job.job_id[:12]}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters))
+            *(self._refine(node_id, node.text, f"{job.job_id}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters))
         )
         best = pick_node_answer(outcomes, self.reputation.weight)
         for o in outcomes:

@@ -58,9 +58,21 @@ class DraftInput(BaseModel):
     max_tokens: int | None = None
 
 
+def _clamp01(value: object) -> object:
+    """Small models write 85 or 1.5 for a confidence; clamp instead of failing the whole answer."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        v = float(value)
+        if v > 1.0:
+            v = v / 100.0 if 10.0 < v <= 100.0 else 1.0  # 85 reads as a percentage, 1.5 as "very"
+        return min(1.0, max(0.0, v))
+    return value
+
+
 class DraftOutput(BaseModel):
     answer: str = Field(description="the answer to the subtask")
     confidence: float = Field(default=0.5, ge=0, le=1)
+
+    _clamp = field_validator("confidence", mode="before")(classmethod(lambda cls, v: _clamp01(v)))
 
 
 class RefineInput(BaseModel):
@@ -79,3 +91,5 @@ class RefineOutput(BaseModel):
     answer: str = Field(description="the revised answer")
     done: bool = Field(description="true when the answer needs no further revision")
     confidence: float = Field(default=0.5, ge=0, le=1)
+
+    _clamp = field_validator("confidence", mode="before")(classmethod(lambda cls, v: _clamp01(v)))

@@ -1,0 +1,43 @@
+"""The main job end to end: `foa run` on the real embedded model, a real broker, the shipped
+agent specs, in a subprocess exactly as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SPECS = Path(__file__).resolve().parent.parent / "agents" / "specs"
+
+
+@pytest.mark.slow
+def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    for name in ("general-practitioner", "emergency-physician", "cardiologist", "summariser"):
+        shutil.copy(SPECS / f"{name}.yaml", specs)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {"FOA_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fabric.cli", "run", "My father has sudden chest pain and is sweating. What should we do?",
+         "--json", "--specs", str(specs), "--subtasks", "2", "--agents-per-node", "2", "--rounds", "1", "--max-tokens", "64"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert set(out) >= {"job_id", "answer", "dag", "assignments", "clusters", "rounds", "usage", "timings"}
+    assert out["status"] == "completed" and len(out["answer"].split()) >= 5
+    assert 1 <= len(out["dag"]["nodes"]) <= 2 and "edges" in out["dag"]
+    agents = {m["agent_id"] for ms in out["assignments"].values() for m in ms}
+    assert len(agents) >= 2  # several agents answered, not one
+    assert out["usage"]["tokens"] > 0 and out["usage"]["calls"] >= 3
+    # live progress went to stderr while the job ran
+    for phase in ("decompose", "assign", "draft", "done"):
+        assert phase in proc.stderr
+    # and the job is in the store for `foa jobs` / `foa job show`
+    shown = subprocess.run([sys.executable, "-m", "fabric.cli", "job", "show", out["job_id"]], env=env, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0 and "DAG:" in shown.stdout and out["job_id"] in shown.stdout
