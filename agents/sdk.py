@@ -39,7 +39,7 @@ from fabric import topics
 from fabric.bloom import BloomFilter
 from fabric.bus import Bus, BrokerAddress, Incoming, Will
 from fabric.embeddings import Embedder, shared_embedder
-from fabric.envelope import make
+from fabric.envelope import make, trace_id_of
 from fabric.messages import AgentStatus, TaskRequest, TaskResult, Usage
 from fabric.settings import Settings
 from fabric.vcv import VCV
@@ -255,6 +255,8 @@ class Agent:
         while len(self._results) > self._results_kept:
             self._results.popitem(last=False)
         async with self._slots:
+            log.debug("task", extra={"agent_id": self.agent_id, "task_id": task.task_id, "kind": task.task_kind,
+                                     "job_id": env.job_id, "trace_id": trace_id_of(env.traceparent)})
             result = await self._execute(task)
         fut.set_result(result)
         await self._answer(env, result)

@@ -136,18 +136,37 @@ def make_worker(
     embedder: Embedder | None = None,
     replica_id: str | None = None,
 ) -> Agent:
+    from fabric.security import agent_key_for, sign_vcv
+
     backend = backend or backend_for(settings, spec.llm)
-    agent = Agent(spec, settings, broker=broker, embedder=embedder, replica_id=replica_id)
+    key = agent_key_for(settings, spec.id)  # FOA_AGENT_KEY_DIR/{id}.key, when deployed with keys
+    signer = (lambda vcv: sign_vcv(vcv, key)) if key is not None else None
+    agent = Agent(spec, settings, broker=broker, embedder=embedder, replica_id=replica_id, signer=signer)
     return LLMWorker(spec, settings, backend).attach(agent)
 
 
 async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | None = None) -> None:
-    """`foa agent run SPEC.yaml`: one worker process until interrupted."""
+    """`foa agent run SPEC.yaml`: one worker process until interrupted (SIGTERM: clean leave)."""
+    import asyncio
+    import signal
+
+    from fabric.metrics import metrics_for
     from fabric.runtime import resolve_broker
 
     backend = backend_for(settings, spec.llm)
     agent = make_worker(spec, settings, backend=backend, broker=resolve_broker(settings), replica_id=replica_id)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
+    await agent.start()
+    metrics = metrics_for(settings, "agent", agent.client_id)
+    if agent.bus is not None:
+        metrics.watch_bus(agent.bus)
+    beat = asyncio.create_task(metrics.beat_forever())
     try:
-        await agent.run()
+        await agent._stopped.wait()
     finally:
+        beat.cancel()
+        metrics.stop()
+        await agent.stop()
         await backend.aclose()

@@ -63,7 +63,34 @@ next_connection_delay_ms = 0
 """
 
 
-class EmbeddedBroker:
+class LocalBroker:
+    """A broker process this program owns, reachable at host:port."""
+
+    host: str
+    port: int
+
+    @property
+    def address(self) -> BrokerAddress:
+        return BrokerAddress(self.host, self.port)
+
+    @property
+    def url(self) -> str:
+        return self.address.url
+
+    def start(self) -> "LocalBroker":
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> "LocalBroker":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class EmbeddedBroker(LocalBroker):
     """iotcore's MQTT v5 broker (rumqttd) in a child process that dies with its parent.
 
     iotcore's keyword configuration starts an MQTT 3.1.1 listener only; the fabric speaks v5,
@@ -82,14 +109,6 @@ class EmbeddedBroker:
         )
         self._broker = Broker(config_path=str(conf))
 
-    @property
-    def address(self) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port)
-
-    @property
-    def url(self) -> str:
-        return self.address.url
-
     def start(self) -> "EmbeddedBroker":
         self._broker.start()
         log.info("embedded broker listening", extra={"url": self.url})
@@ -97,12 +116,6 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         self._broker.stop()
-
-    def __enter__(self) -> "EmbeddedBroker":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 MOSQUITTO_CONF = """\
@@ -128,7 +141,7 @@ def mosquitto_binary() -> str | None:
     )
 
 
-class Mosquitto:
+class Mosquitto(LocalBroker):
     """A mosquitto process we own: tests, CI and `foa up --mosquitto` use it."""
 
     def __init__(
@@ -166,14 +179,6 @@ class Mosquitto:
         )
         self._proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def address(self) -> BrokerAddress:
-        return BrokerAddress(self.host, self.port)
-
-    @property
-    def url(self) -> str:
-        return self.address.url
-
     def start(self, timeout: float = 10.0) -> "Mosquitto":
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf_path)],
@@ -210,14 +215,9 @@ class Mosquitto:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def __enter__(self) -> "Mosquitto":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
-def local_broker(settings: Settings) -> EmbeddedBroker | Mosquitto:
+def local_broker(settings: Settings) -> LocalBroker:
     """The broker a local federation starts (not yet started).
 
     `auto` prefers mosquitto when it is installed: iotcore 0.4's rumqttd re-sends a shared

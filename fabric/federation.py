@@ -97,10 +97,11 @@ class LocalFederation:
             self.address = self.broker.address
         log.info("federation broker", extra={"url": self.address.url})
         if self.with_router:
+            from fabric.security import VcvGate
             from router.service import RouterService
 
             bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
-            self.router = RouterService(self.settings, bus, self.embedder)
+            self.router = RouterService(self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check)
             await self.router.start()
         self.agents = [
             make_worker(spec, self.settings, backend=self._backend(spec), broker=self.address, embedder=self.embedder, replica_id="local")

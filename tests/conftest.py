@@ -15,16 +15,17 @@ from fabric.broker import EmbeddedBroker, Mosquitto  # noqa: E402
 from fabric.settings import Settings  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
-    """The reference broker, started by the test setup (nothing else starts it)."""
+    """The reference broker, started by the test setup (nothing else starts it). One per test
+    module, so one module's retained VCVs never show up in another's registry."""
     broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
     broker.start()
     yield broker
     broker.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def embedded_broker() -> Iterator[EmbeddedBroker]:
     with EmbeddedBroker() as broker:
         yield broker

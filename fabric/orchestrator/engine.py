@@ -33,6 +33,7 @@ from fabric.messages import (
     TaskResult,
     Usage,
 )
+from fabric.envelope import child_traceparent, trace_id_of
 from fabric.orchestrator.budget import BudgetTracker
 from fabric.orchestrator.clusters import Member, cluster_members
 from fabric.orchestrator.consensus import ClusterOutcome, RoundRecord, pick_node_answer, refine_cluster, summarise_rounds
@@ -53,7 +54,8 @@ class Ports(Protocol):
     async def route(self, query: RouteQuery) -> RouteResponse: ...
     async def assign(self, query: AssignQuery) -> AssignResponse: ...
     async def call(
-        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float, max_tokens: int | None
+        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float,
+        max_tokens: int | None, traceparent: str | None = None,
     ) -> TaskResult: ...
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
     def vcv(self, agent_id: str) -> VCV | None: ...
@@ -75,8 +77,12 @@ class JobRunner:
         settings: Settings,
         store: JobStore,
         reputation: ReputationBook,
+        *,
+        traceparent: str | None = None,
     ) -> None:
         self.job = submit
+        # one trace per job: every task sent for it carries a child span of the submitter's trace
+        self.traceparent = child_traceparent(traceparent)
         self.ports = ports
         self.settings = settings
         self.store = store
@@ -410,7 +416,10 @@ class JobRunner:
         if reason:
             raise NodeFailed(f"budget: {reason}")
         timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
-        res = await self.ports.call(agent_id, kind, payload, job_id=self.job.job_id, node_id=node_id, timeout=timeout, max_tokens=self.max_tokens)
+        res = await self.ports.call(
+            agent_id, kind, payload, job_id=self.job.job_id, node_id=node_id, timeout=timeout, max_tokens=self.max_tokens,
+            traceparent=child_traceparent(self.traceparent),
+        )
         usage = res.usage.model_copy(update={"calls": max(1, res.usage.calls)})
         self.budget.charge(usage)
         self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump())
@@ -435,7 +444,7 @@ class JobRunner:
         event = JobEvent(job_id=self.job.job_id, seq=self._seq, phase=phase, message=message, data=data or {})
         self._seq += 1
         self.store.add_event(event)
-        log.info(message, extra={"job_id": self.job.job_id, "phase": phase})
+        log.info(message, extra={"job_id": self.job.job_id, "phase": phase, "trace_id": trace_id_of(self.traceparent)})
         try:
             await self.ports.emit(event)
         except Exception:  # noqa: BLE001 - progress is best effort; the store has it

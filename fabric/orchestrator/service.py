@@ -38,6 +38,7 @@ from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import JobStore
+from fabric.metrics import Metrics
 from fabric.registry import Registry
 from fabric.settings import Settings
 from fabric.vcv import VCV
@@ -65,10 +66,12 @@ class BusPorts:
         return env.body
 
     async def call(
-        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float, max_tokens: int | None
+        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float,
+        max_tokens: int | None, traceparent: str | None = None,
     ) -> TaskResult:
         return await dispatch(
-            self.bus, agent_id, kind, payload.model_dump(mode="json"), timeout=timeout, node_id=node_id, job_id=job_id, max_tokens=max_tokens
+            self.bus, agent_id, kind, payload.model_dump(mode="json"), timeout=timeout, node_id=node_id, job_id=job_id,
+            max_tokens=max_tokens, traceparent=traceparent,
         )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -93,9 +96,17 @@ class BusPorts:
 
 class OrchestratorService:
     def __init__(
-        self, settings: Settings, bus: Bus, embedder: Embedder, store: JobStore | None = None, *, resume: bool = True
+        self,
+        settings: Settings,
+        bus: Bus,
+        embedder: Embedder,
+        store: JobStore | None = None,
+        *,
+        resume: bool = True,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.resume_on_start = resume
         self.bus = bus
         self.embedder = embedder
@@ -141,7 +152,7 @@ class OrchestratorService:
             if stored is not None:
                 await self._publish_result(stored)
             return
-        self._start_job(submit)
+        self._start_job(submit, traceparent=msg.envelope.traceparent)
 
     async def _reject(self, msg: Incoming, submit: JobSubmit, reason: str) -> None:
         result = JobResult(job_id=submit.job_id, status="failed", failure_reason=f"rejected: {reason}")
@@ -151,10 +162,12 @@ class OrchestratorService:
         if msg.envelope and msg.envelope.reply_to:
             await self.bus.reply(msg.envelope, ErrorReply(code="bad_budget", message=reason))
 
-    def _start_job(self, submit: JobSubmit) -> None:
+    def _start_job(self, submit: JobSubmit, traceparent: str | None = None) -> None:
         if submit.job_id in self.running:
             return
-        runner = JobRunner(submit, self.ports, self.settings, self.store, self.reputation)
+        runner = JobRunner(submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent)
+        if self.metrics is not None:
+            self.metrics.job_state("running")
         task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
         self.running[submit.job_id] = task
 
@@ -165,6 +178,9 @@ class OrchestratorService:
                 self.completed += 1
             else:
                 self.failed += 1
+            if self.metrics is not None:
+                self.metrics.job_state(result.status, previous="running")
+                self.metrics.llm_usage("all", runner.budget.used)
             await self._publish_result(result)
             return result
         finally:
@@ -185,12 +201,19 @@ async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: 
 
     embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim)
     # a stable client id: a restarted orchestrator takes over its own broker session
+    from fabric.metrics import metrics_for
+
     bus = Bus(settings, f"orchestrator-{settings.instance_id}", broker=broker)
     await bus.connect()
-    service = OrchestratorService(settings, bus, embedder)
+    metrics = metrics_for(settings, "orchestrator", bus.client_id)
+    metrics.watch_bus(bus)
+    service = OrchestratorService(settings, bus, embedder, metrics=metrics)
+    beat = asyncio.create_task(metrics.beat_forever())
     try:
         await service.start()
         await (stop or asyncio.Event()).wait()
     finally:
+        beat.cancel()
+        metrics.stop()
         await bus.close()
         service.store.close()

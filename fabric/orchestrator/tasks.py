@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 def degenerate(text: str) -> bool:
     """Text a looping small model produced: too few distinct words for its length."""
     words = text.lower().replace(".", " ").split()
-    return len(words) < 2 or (len(words) >= 8 and len(set(words)) / len(words) < 0.35)
+    return not words or (len(words) >= 8 and len(set(words)) / len(words) < 0.35)
 
 
 class ProposedSubtask(BaseModel):
