@@ -9,7 +9,10 @@ thread), so a request/response is one loop hop each way. What the fabric needs b
 - a durable subscription acknowledges a message only after its handler finished, so with a
   persistent session (clean start off, session expiry) a task survives a crash or broker restart;
 - request/response with correlation ids and a timeout that says who did not answer;
-- reconnect with exponential backoff, then resubscribe.
+- reconnect with exponential backoff, then resubscribe;
+- a persistent session's queued messages arrive right after CONNACK, before the process has
+  re-registered its handlers: they are parked unacknowledged for the `subscribe()` that claims
+  them (a restarted replica serves the tasks queued for it while it was dead, not drop them).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from fabric.messages import ErrorReply
 from fabric.settings import Settings
 
 log = logging.getLogger("foa.bus")
+
+#: messages of a persistent session parked until a subscribe() claims them (bounded, then acked and dropped)
+EARLY_MAX = 10_000
+EARLY_TTL_S = 60.0
 
 
 class BusError(RuntimeError):
@@ -204,6 +211,7 @@ class Bus:
         self._misc_task: asyncio.Task[None] | None = None
         self._reconnect_task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
+        self._early: collections.deque[tuple[float, mqtt.MQTTMessage]] = collections.deque()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -373,6 +381,7 @@ class Bus:
             await asyncio.sleep(1.0)
             if self._client is not None:
                 self._client.loop_misc()
+                self._expire_early()
 
     # ---- connection callbacks --------------------------------------------------------------
 
@@ -391,6 +400,7 @@ class Bus:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, props: Any) -> None:
         self._connected.clear()
+        self._early.clear()  # unacknowledged: the broker sends them again on the next connection
         self._release_socket()
         if self._closing:
             return
@@ -521,6 +531,7 @@ class Bus:
         if failures:
             self._subs.remove(sub)
             raise BusError(f"broker refused subscription to {topic_filter}: {failures[0]}")
+        self._claim_early(sub)
 
     async def unsubscribe(self, topic_filter: str) -> None:
         self._subs = [s for s in self._subs if s.filter != topic_filter]
@@ -543,7 +554,13 @@ class Bus:
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
+        self._dispatch(client, msg)
+
+    def _dispatch(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
         matched = [s for s in self._subs if mqtt.topic_matches_sub(s.match, msg.topic)]
+        if not matched and self.persistent and msg.qos > 0 and not self._closing and len(self._early) < EARLY_MAX:
+            self._early.append((time.monotonic(), msg))  # queued in our session before its handler is back
+            return
         durable = [s for s in matched if s.durable]
         if not durable:
             client.ack(msg.mid, msg.qos)
@@ -563,6 +580,25 @@ class Bus:
         else:
             for job in tasks:
                 self._spawn(job)
+
+    def _claim_early(self, sub: _Subscription) -> None:
+        """Deliver the parked messages that the subscription `sub` (just registered) matches."""
+        if not self._early or self._client is None:
+            return
+        parked, self._early = self._early, collections.deque()
+        for at, msg in parked:
+            if mqtt.topic_matches_sub(sub.match, msg.topic):
+                self._dispatch(self._client, msg)
+            else:
+                self._early.append((at, msg))
+
+    def _expire_early(self) -> None:
+        """Parked messages nobody subscribed to within EARLY_TTL_S are acknowledged and dropped."""
+        cutoff = time.monotonic() - EARLY_TTL_S
+        while self._early and self._early[0][0] < cutoff and self._client is not None:
+            _, msg = self._early.popleft()
+            self._reject("unclaimed", msg.topic, "no subscription claimed this session message")
+            self._client.ack(msg.mid, msg.qos)
 
     def _prepare(self, sub: _Subscription, topic: str, payload: bytes, retain: bool) -> Awaitable[None] | None:
         if len(payload) > self.settings.max_payload_bytes:
