@@ -2,7 +2,9 @@
 
 Submission is at-least-once from the client's side: the job is re-sent (same job id) until the
 orchestrator shows a sign of life for it (an event or the result), and orchestrators run a job
-id once, so a submission lost to a broker restart is not a lost job.
+id once, so a submission lost to a broker restart is not a lost job. After that, a job silent for
+`stall_resend_s` is re-sent too: an orchestrator answers a finished job id with its stored result,
+so a result whose publication a crash or a broker outage swallowed is not a lost job either.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import uuid
 from collections.abc import Callable
 
 from fabric import topics
-from fabric.bus import Bus, Incoming
+from fabric.bus import Bus, BusError, Incoming
 from fabric.envelope import make
 from fabric.messages import JobEvent, JobOptions, JobResult, JobSubmit, Budget
 
@@ -37,6 +39,7 @@ async def submit_and_follow(
     on_event: Callable[[JobEvent], None] | None = None,
     timeout: float = 900.0,
     resend_every: float = 5.0,
+    stall_resend_s: float = 30.0,
 ) -> JobResult:
     submit = JobSubmit(
         job_id=job_id or new_job_id(),
@@ -48,11 +51,13 @@ async def submit_and_follow(
     result: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
     alive = asyncio.Event()
     seen: set[int] = set()
+    heard = [0.0]  # when the orchestrator last showed life for this job
 
     def on_evt(msg: Incoming) -> None:
         assert msg.envelope is not None
         event: JobEvent = msg.envelope.body
         alive.set()
+        heard[0] = time.monotonic()
         if event.seq in seen:
             return
         seen.add(event.seq)
@@ -62,23 +67,32 @@ async def submit_and_follow(
     def on_result(msg: Incoming) -> None:
         assert msg.envelope is not None
         alive.set()
+        heard[0] = time.monotonic()
         if not result.done():
             result.set_result(msg.envelope.body)
 
     await bus.subscribe(topics.job_events(submit.job_id), on_evt, body_types=JobEvent)
     await bus.subscribe(topics.job_result(submit.job_id), on_result, body_types=JobResult)
     deadline = time.monotonic() + timeout
+    sent_at = float("-inf")
     try:
-        while not alive.is_set():
-            await bus.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=bus.client_id))
+        while True:
+            now = time.monotonic()
+            if not alive.is_set() and now - sent_at >= resend_every or now - max(heard[0], sent_at) >= stall_resend_s:
+                try:
+                    await bus.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=bus.client_id))
+                except BusError:  # broker away: the next round sends it again
+                    pass
+                sent_at = time.monotonic()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if not alive.is_set():
+                    raise JobFailed(f"no orchestrator picked up job {submit.job_id}: is `foa orchestrator` (or `foa up`) running?")
+                raise JobFailed(f"job {submit.job_id} did not finish within {timeout:.0f}s")
             try:
-                await asyncio.wait_for(alive.wait(), resend_every)
+                return await asyncio.wait_for(asyncio.shield(result), min(resend_every, left))
             except TimeoutError:
-                if time.monotonic() > deadline:
-                    raise JobFailed(f"no orchestrator picked up job {submit.job_id}: is `foa orchestrator` (or `foa up`) running?") from None
-        return await asyncio.wait_for(result, max(1.0, deadline - time.monotonic()))
-    except TimeoutError:
-        raise JobFailed(f"job {submit.job_id} did not finish within {timeout:.0f}s") from None
+                continue
     finally:
         await bus.unsubscribe(topics.job_events(submit.job_id))
         await bus.unsubscribe(topics.job_result(submit.job_id))

@@ -34,7 +34,8 @@ from fabric import topics
 from fabric.bus import Bus, Incoming
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.envelope import Envelope
-from fabric.messages import AgentStatus, AssignQuery, ErrorReply, Reputation, RouteQuery
+from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
+from fabric.metrics import Metrics
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
@@ -93,6 +94,7 @@ class RouterService:
             )
         self.engine = RouterEngine(self.index)
         self.verify_vcv = verify_vcv
+        self.metrics: Metrics | None = None  # set by run_router when metrics are on
         self.snapshot_dir = snapshot_dir
         self.snapshot_every_s = snapshot_every_s
         self.settle_s = settle_s
@@ -164,7 +166,7 @@ class RouterService:
 
     # ---- streams --------------------------------------------------------------------------
 
-    def _on_vcv(self, msg: Incoming) -> None:
+    async def _on_vcv(self, msg: Incoming) -> None:
         self._last_vcv = time.monotonic()
         agent_id = topics.agent_id_of(msg.topic)
         if msg.envelope is None:
@@ -193,6 +195,14 @@ class RouterService:
             reason = result.reason
         self.counters.rejected_vcvs += 1
         log.warning("rejected VCV", extra={"agent_id": vcv.agent_id, "reason": reason})
+        if self.metrics is not None:
+            self.metrics.reject(reason.split(":", 1)[0])
+        # every refused VCV is a policy decision: audit it where auditors look
+        audit = AuditEvent(query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason)
+        try:
+            await self.bus.publish(topics.POLICY_ENFORCEMENT, audit, wait=False)
+        except Exception:  # noqa: BLE001 - auditing must not stop ingestion
+            log.debug("could not publish audit event", exc_info=True)
 
     def _remember(self, vcv: VCV) -> None:
         """Reservoir of descriptions for self-calibration probes."""
@@ -225,11 +235,15 @@ class RouterService:
         env = msg.envelope
         assert env is not None
         self.counters.queries += 1
+        started = time.perf_counter()
         try:
             reply = await self._answer(env)
         except Exception as exc:  # noqa: BLE001 - a bad query must not stop the service
             log.exception("route query failed", extra={"id": env.id})
             reply = ErrorReply(code="internal", message=f"router failed on this query: {exc}")
+        if self.metrics is not None:
+            self.metrics.routes.labels("error" if isinstance(reply, ErrorReply) else "ok").inc()
+            self.metrics.route_latency.observe(time.perf_counter() - started)
         if isinstance(reply, ErrorReply):
             self.counters.errors += 1
         if env.reply_to:
@@ -339,15 +353,26 @@ async def run_router(
                 log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
         except (OSError, ValueError, KeyError) as exc:
             log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
+    from fabric.metrics import metrics_for
+    from fabric.runtime import resolve_broker
+    from fabric.security import VcvGate
+
+    if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
+        verify_vcv = VcvGate.from_settings(settings).check
     client_id = f"router-{os.urandom(4).hex()}"
-    async with Bus(settings, client_id, persistent=False) as bus:
+    async with Bus(settings, client_id, broker=resolve_broker(settings), persistent=False) as bus:
         service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
+        service.metrics = metrics_for(settings, "router", client_id)
+        service.metrics.watch_bus(bus)
+        beat = asyncio.create_task(service.metrics.beat_forever())
         await service.start()
         if ready is not None:
             ready.set()
         try:
             await asyncio.Event().wait()
         finally:
+            beat.cancel()
+            service.metrics.stop()
             await service.stop()
 
 

@@ -42,9 +42,15 @@ def register(sub: Any) -> None:
 
 
 def _need_broker(settings: Settings) -> None:
-    if not settings.broker_url:
-        raise SystemExit("foa route: FOA_BROKER_URL is not set; it must point at a running federation's broker "
-                         "(e.g. FOA_BROKER_URL=mqtt://127.0.0.1:1883)")
+    """FOA_BROKER_URL, else the broker of a `foa up` running from this directory."""
+    if settings.broker_url:
+        return
+    from fabric.runtime import resolve_broker
+
+    try:
+        settings.broker_url = resolve_broker(settings).url
+    except RuntimeError as exc:
+        raise SystemExit(f"foa route: {exc}") from None
 
 
 def _route(args: argparse.Namespace, settings: Settings) -> int:
@@ -148,8 +154,7 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _router(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.broker_url:
-        raise SystemExit("foa router: FOA_BROKER_URL is not set (foa up runs an embedded router with its own broker)")
+    _need_broker(settings)
     from router.service import run_router
 
     try:

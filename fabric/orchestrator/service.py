@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from fabric import topics
-from fabric.bus import Bus, Incoming
+from fabric.bus import Bus, Incoming, RequestTimeout
 from fabric.dispatch import dispatch
 from fabric.embeddings import Embedder
 from fabric.envelope import make
@@ -58,12 +58,23 @@ class BusPorts:
         self.settings = settings
 
     async def route(self, query: RouteQuery) -> RouteResponse:
-        env = await self.bus.request(topics.ROUTER_QUERY, query, expect=RouteResponse, what="a router (foa router)")
-        return env.body
+        return (await self._ask_router(query, RouteResponse)).body
 
     async def assign(self, query: AssignQuery) -> AssignResponse:
-        env = await self.bus.request(topics.ROUTER_QUERY, query, expect=AssignResponse, what="a router (foa router)")
-        return env.body
+        return (await self._ask_router(query, AssignResponse)).body
+
+    async def _ask_router(self, query: RouteQuery | AssignQuery, expect: type[Any], attempts: int = 3) -> Any:
+        """Ask again when no router answered: a query published while the broker restarted can
+        reach it before any router re-subscribed (routers hold clean sessions) and be dropped.
+        Queries are read-only, so asking twice is harmless."""
+        for attempt in range(1, attempts + 1):
+            try:
+                return await self.bus.request(topics.ROUTER_QUERY, query, expect=expect, what="a router (foa router)")
+            except RequestTimeout:
+                if attempt == attempts:
+                    raise
+                log.warning("no router answered; asking again", extra={"attempt": attempt})
+        raise AssertionError("unreachable")
 
     async def call(
         self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float,
