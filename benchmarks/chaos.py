@@ -66,6 +66,11 @@ class ChaosConfig:
     broker_restart_at: float = 0.25  # fraction of jobs finished
     orchestrator_restart_at: float = 0.55
     node_timeout_s: float = 20.0
+    #: how long the broker keeps a vanished agent replica's session. mosquitto keeps handing a
+    #: dead member of a shared subscription its share of the tasks until its session expires
+    #: (they wait there for the dispatcher's re-send), so a short expiry takes a crashed replica
+    #: out of rotation quickly; None = the fabric default (FOA_SESSION_EXPIRY_S, 300 s)
+    agent_session_expiry_s: float | None = 5.0
     job_timeout_s: float = 300.0
     llm_latency_s: float = 0.05
     seed: int = 0
@@ -151,7 +156,10 @@ class ProcessFederation:
                 name = f"{spec.id}-r{k}"
                 cmd = [sys.executable, str(ROOT / "benchmarks" / "_scripted_worker.py"), str(path), "--replica-id", f"r{k}",
                        "--latency-s", str(config.llm_latency_s)]  # fmt: skip
-                self.agents[name] = Proc(name, cmd, {**base, "FOA_DATA_DIR": str(workdir / "agents")}, self.logs / f"{name}.log")
+                env = {**base, "FOA_DATA_DIR": str(workdir / "agents")}
+                if config.agent_session_expiry_s is not None:
+                    env["FOA_SESSION_EXPIRY_S"] = str(int(config.agent_session_expiry_s))
+                self.agents[name] = Proc(name, cmd, env, self.logs / f"{name}.log")
 
     @property
     def procs(self) -> list[Proc]:
@@ -352,6 +360,7 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         "processes": {"agents": len(fed.agents), "replicas": config.replicas, "router": 1, "orchestrator": 1},
         "options": config.options.model_dump(exclude_none=True),
         "node_timeout_s": config.node_timeout_s,
+        "agent_session_expiry_s": config.agent_session_expiry_s,
     }
 
 
@@ -389,12 +398,14 @@ def main() -> None:
     ap.add_argument("--agent-kills", type=int, default=8)
     ap.add_argument("--kill-every", type=float, default=6.0, help="seconds between agent kills (randomised ±50%%)")
     ap.add_argument("--node-timeout", type=float, default=20.0)
+    ap.add_argument("--agent-session-expiry", type=float, default=5.0, help="agents' FOA_SESSION_EXPIRY_S; <0 = fabric default")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="keep logs, stores and specs in this folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     config = ChaosConfig(jobs=args.jobs, concurrency=args.concurrency, agent_kills=args.agent_kills, kill_every_s=args.kill_every,
-                         node_timeout_s=args.node_timeout, seed=args.seed)  # fmt: skip
+                         node_timeout_s=args.node_timeout, seed=args.seed,
+                         agent_session_expiry_s=None if args.agent_session_expiry < 0 else args.agent_session_expiry)  # fmt: skip
     if args.keep:
         if args.keep.exists():
             shutil.rmtree(args.keep)

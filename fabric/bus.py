@@ -200,6 +200,10 @@ class Bus:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: mqtt.Client | None = None
         self._subs: list[_Subscription] = []
+        # the same subscriptions indexed for matching: a topic finds its exact-filter subscriptions
+        # by dict lookup; only wildcard filters are scanned (a host of 10k agents has 10k inboxes)
+        self._exact: dict[str, list[_Subscription]] = {}
+        self._wild: list[_Subscription] = []
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
         self._pending_subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._pending_requests: dict[str, asyncio.Future[Incoming]] = {}
@@ -518,6 +522,7 @@ class Bus:
             match = topic_filter.split("/", 2)[2]
         sub = _Subscription(topic_filter, match, handler, body_types, qos, durable, accept_empty)
         self._subs.append(sub)
+        self._index(sub)
         result, mid = self._client.subscribe(topic_filter, qos=qos)
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise BusError(f"subscribe to {topic_filter} failed: {mqtt.error_string(result)}")
@@ -530,13 +535,40 @@ class Bus:
         failures = [c for c in codes if c.is_failure]
         if failures:
             self._subs.remove(sub)
+            self._unindex(sub)
             raise BusError(f"broker refused subscription to {topic_filter}: {failures[0]}")
         self._claim_early(sub)
 
     async def unsubscribe(self, topic_filter: str) -> None:
+        for sub in [s for s in self._subs if s.filter == topic_filter]:
+            self._unindex(sub)
         self._subs = [s for s in self._subs if s.filter != topic_filter]
         if self._client is not None:
             self._client.unsubscribe(topic_filter)
+
+    def _index(self, sub: _Subscription) -> None:
+        if "+" in sub.match or "#" in sub.match:
+            self._wild.append(sub)
+        else:
+            self._exact.setdefault(sub.match, []).append(sub)
+
+    def _unindex(self, sub: _Subscription) -> None:
+        if sub in self._wild:
+            self._wild.remove(sub)
+        else:
+            subs = self._exact.get(sub.match, [])
+            if sub in subs:
+                subs.remove(sub)
+            if not subs:
+                self._exact.pop(sub.match, None)
+
+    def _matching(self, topic: str) -> list[_Subscription]:
+        exact = self._exact.get(topic)
+        matched = list(exact) if exact else []
+        for sub in self._wild:
+            if mqtt.topic_matches_sub(sub.match, topic):
+                matched.append(sub)
+        return matched
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: list[ReasonCode], props: Any) -> None:
         fut = self._pending_subacks.pop(mid, None)
@@ -557,7 +589,7 @@ class Bus:
         self._dispatch(client, msg)
 
     def _dispatch(self, client: mqtt.Client, msg: mqtt.MQTTMessage) -> None:
-        matched = [s for s in self._subs if mqtt.topic_matches_sub(s.match, msg.topic)]
+        matched = self._matching(msg.topic)
         if not matched and self.persistent and msg.qos > 0 and not self._closing and len(self._early) < EARLY_MAX:
             self._early.append((time.monotonic(), msg))  # queued in our session before its handler is back
             return
