@@ -58,6 +58,7 @@ VENV_BIN = Path(sys.executable).parent
 class ChaosConfig:
     jobs: int = 100
     concurrency: int = 8
+    pace_s: float = 0.0  # at least this long between two job submissions (spreads a short run over the chaos)
     #: agent id -> replicas (the scripted federation's four agents)
     replicas: dict[str, int] = field(default_factory=lambda: {"er-doc": 2, "cardio": 2, "gp": 1, "writer": 1})
     agent_kills: int = 8
@@ -306,6 +307,7 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         chaos = Chaos(fed, config, finished=lambda: len(outcomes))
 
         async def one(i: int, job_id: str) -> None:
+            await asyncio.sleep(i * config.pace_s)
             async with slots:
                 started = time.monotonic()
                 try:

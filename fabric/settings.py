@@ -32,9 +32,13 @@ class Settings(BaseSettings):
     broker_password: str | None = None
     keepalive_s: int = Field(default=10, ge=2, le=3600)
     session_expiry_s: int = Field(
-        default=300,
+        default=30,
         ge=0,
-        description="how long the broker keeps a vanished client's session (queued QoS 1 messages, shared-subscription membership)",
+        description=(
+            "how long the broker keeps a vanished client's session: its queued QoS 1 messages, and its"
+            " membership in shared subscriptions (mosquitto keeps giving a dead member its share until"
+            " then, so long values delay tasks of crashed replicas; dispatch re-sends cover the rest)"
+        ),
     )
     instance_id: str = Field(default="0", description="stable id of this service instance (orchestrator client id)")
     max_payload_bytes: int = Field(default=512 * 1024, ge=1024)
