@@ -27,7 +27,6 @@ import collections
 import hashlib
 import inspect
 import logging
-import os
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -290,7 +289,3 @@ class Agent:
         assert self.bus is not None
         if request.reply_to:
             await self.bus.reply(request, result)
-
-
-def default_replica_id() -> str:
-    return os.environ.get("FOA_REPLICA_ID") or uuid.uuid4().hex[:8]

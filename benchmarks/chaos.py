@@ -70,7 +70,7 @@ class ChaosConfig:
     #: how long the broker keeps a vanished agent replica's session. mosquitto keeps handing a
     #: dead member of a shared subscription its share of the tasks until its session expires
     #: (they wait there for the dispatcher's re-send), so a short expiry takes a crashed replica
-    #: out of rotation quickly; None = the fabric default (FOA_SESSION_EXPIRY_S, 300 s)
+    #: out of rotation quickly; None = the fabric default (FOA_SESSION_EXPIRY_S, 30 s)
     agent_session_expiry_s: float | None = 5.0
     job_timeout_s: float = 300.0
     llm_latency_s: float = 0.05

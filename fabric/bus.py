@@ -774,7 +774,3 @@ def filter_matches(filter_levels: tuple[str, ...], topic_levels: list[str]) -> b
         if i >= n or (level != "+" and level != topic_levels[i]):
             return False
     return len(filter_levels) == n
-
-
-def make_bus(settings: Settings, client_id: str, **kwargs: Any) -> Bus:
-    return Bus(settings, client_id, **kwargs)

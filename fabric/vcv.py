@@ -160,10 +160,6 @@ class VCV(Body):
         return VCV.model_validate(data)
 
 
-class VersionRegressError(ValueError):
-    """A VCV arrived with a version not newer than the one already held."""
-
-
 def newer(current: VCV | None, incoming: VCV) -> bool:
     """The conflict rule of Δ-gossip: the highest version wins; ties keep the current one."""
     return current is None or incoming.version > current.version
