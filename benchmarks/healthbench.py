@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,6 +28,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.eval.backends import BackendPool  # noqa: E402
 from benchmarks.eval.grading import ExampleGrade, grade_answer  # noqa: E402
+from benchmarks.eval.cli import run_main  # noqa: E402
 from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples  # noqa: E402
 from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
 from benchmarks.eval.stats import SystemScores, aggregate  # noqa: E402
@@ -281,19 +281,7 @@ def render_markdown(result: dict[str, Any], systems: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = parse_args(argv)
-    from fabric.settings import Settings
-
-    try:
-        result = asyncio.run(evaluate(args, Settings()))
-    except (DataError, ValueError) as exc:
-        print(f"healthbench: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str))
-    return 0
-
+    return run_main("healthbench", parse_args, evaluate, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import sys
 import time
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.eval.backends import BackendPool  # noqa: E402
 from benchmarks.eval.dag_metrics import DagScore, score_plan  # noqa: E402
+from benchmarks.eval.cli import run_main  # noqa: E402
 from benchmarks.eval.healthbench_data import DataError  # noqa: E402
 from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split  # noqa: E402
 from benchmarks.eval.planners import Planner, foa_planner, llm_planner  # noqa: E402
@@ -207,19 +207,7 @@ def write_outputs(out: Path, result: dict[str, Any], rows: Sequence[tuple[str, D
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    args = parse_args(argv)
-    from fabric.settings import Settings
-
-    try:
-        result = asyncio.run(evaluate(args, Settings()))
-    except (DataError, ValueError) as exc:
-        print(f"nestful_dag: error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, default=str))
-    return 0
-
+    return run_main("nestful_dag", parse_args, evaluate, argv)
 
 if __name__ == "__main__":
     raise SystemExit(main())
