@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import Iterable
+from functools import lru_cache
 
 BLOOM_BITS = 1024
 BLOOM_HASHES = 7
@@ -22,11 +23,12 @@ def normalise_skill(skill: str) -> str:
     return " ".join(skill.strip().lower().replace("_", " ").replace("-", " ").split())
 
 
-def _positions(skill: str, bits: int, hashes: int) -> list[int]:
+@lru_cache(maxsize=65536)  # skills repeat across agents; hashing is most of a VCV check
+def _positions(skill: str, bits: int, hashes: int) -> tuple[int, ...]:
     digest = hashlib.blake2b(normalise_skill(skill).encode(), digest_size=16).digest()
     h1 = int.from_bytes(digest[:8], "little")
     h2 = int.from_bytes(digest[8:], "little") | 1
-    return [(h1 + i * h2) % bits for i in range(hashes)]
+    return tuple((h1 + i * h2) % bits for i in range(hashes))
 
 
 class BloomFilter:

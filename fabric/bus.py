@@ -37,7 +37,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fabric import topics
+from fabric import paho_speedups, topics
 from fabric.envelope import Body, Envelope, MessageError, decode, decode_any, make, typed
 from fabric.messages import ErrorReply
 from fabric.settings import Settings
@@ -146,6 +146,7 @@ class _Subscription:
     qos: int
     durable: bool
     accept_empty: bool
+    inline: bool  # a plain function: called from the read loop, no task
 
 
 @dataclass
@@ -187,6 +188,7 @@ class Bus:
     ) -> None:
         self.settings = settings
         self.client_id = topics.validate_id(client_id, "client_id")
+        paho_speedups.install()  # idempotent; see fabric/paho_speedups.py
         if broker is None:
             if not settings.broker_url:
                 raise BusError("no broker: set FOA_BROKER_URL or start an embedded broker (fabric.broker)")
@@ -206,6 +208,7 @@ class Bus:
         self._exact: dict[str, list[_Subscription]] = {}
         self._wild: list[tuple[tuple[str, ...], _Subscription]] = []
         self._loop_thread = 0
+        self._flush_scheduled = False  # a write flush is queued for the end of this loop turn
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
         self._pending_subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._pending_requests: dict[str, asyncio.Future[Incoming]] = {}
@@ -336,7 +339,7 @@ class Bus:
             pass
         self._sock = sock
         assert self._loop is not None
-        self._loop.call_soon_threadsafe(self._watch, sock, False)
+        self._loop.call_soon_threadsafe(self._watch, sock)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         self._release_socket(sock)
@@ -354,23 +357,34 @@ class Bus:
             self._sock = None
 
     def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
+        """paho queued a packet. Writes are flushed once per loop turn, so a turn that queues many
+        packets (acks of a burst, a job's fan-out) costs one send, not one per packet."""
         assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:  # every publish: no self-pipe wake-up needed
-            self._loop.call_soon(self._watch, sock, True)
+        if threading.get_ident() == self._loop_thread:
+            self._schedule_flush()
         else:
-            self._loop.call_soon_threadsafe(self._watch, sock, True)
+            self._loop.call_soon_threadsafe(self._schedule_flush)
 
-    def _watch(self, sock: socket.socket, write: bool) -> None:
-        """Register the socket with the loop, unless it closed before the loop got to it."""
+    def _schedule_flush(self) -> None:
+        if not self._flush_scheduled and self._loop is not None:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        sock = self._sock
+        if self._client is None or self._loop is None or sock is None or sock.fileno() < 0:
+            return
+        if self._client.want_write():
+            self._client.loop_write()
+            if self._client.want_write():  # the socket is full: finish when it drains
+                self._loop.add_writer(sock, self._write)
+
+    def _watch(self, sock: socket.socket) -> None:
+        """Start reading the socket, unless it closed before the loop got to it."""
         if self._loop is None or sock is not self._sock or sock.fileno() < 0:
             return
-        if write:
-            # publish() may have flushed the queue before this ran; a writer registered for an
-            # empty queue would wake the loop on every turn (a busy loop)
-            if self._client is not None and self._client.want_write():
-                self._loop.add_writer(sock, self._write)
-        else:
-            self._loop.add_reader(sock, self._read)
+        self._loop.add_reader(sock, self._read)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
         if self._loop is not None:
@@ -466,23 +480,22 @@ class Bus:
         if reply_to or correlation or expiry_s is not None:
             # mirror the envelope in MQTT v5 properties for v5-native peers
             props = PublishProperties(reply_to, correlation, expiry_s)
+        first_this_turn = not self._flush_scheduled
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         self.stats.published += 1
-        if self._sock is not None:
-            # write now instead of on the loop's next turn (we are on the loop's thread)
+        if first_this_turn and self._sock is not None:
+            # the first publish of a loop turn goes out now (latency); later ones in the same
+            # turn join the flush at its end (throughput)
             self._client.loop_write()
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BusError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0 or not wait:
             return
         assert self._loop is not None
-        fut = self._pending_acks.get(info.mid)
-        if fut is None:
-            fut = self._loop.create_future()
-            self._pending_acks[info.mid] = fut
         if info.is_published():
-            self._pending_acks.pop(info.mid, None)
             return
+        fut = self._loop.create_future()
+        self._pending_acks[info.mid] = fut
         try:
             await asyncio.wait_for(fut, timeout or self.settings.request_timeout_s * 3)
         except TimeoutError:
@@ -491,14 +504,10 @@ class Bus:
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Any) -> None:
         fut = self._pending_acks.pop(mid, None)
-        if fut is None:
-            # acknowledged before publish() registered its future: remember it as done
-            if self._loop is not None:
-                done = self._loop.create_future()
-                done.set_result(None)
-                self._pending_acks[mid] = done
-            return
-        if fut.done():
+        if fut is None or fut.done():
+            # nobody waits (wait=False), or the waiter gave up. publish() registers its future
+            # before it yields to the loop, so an acknowledgement cannot overtake it; remembering
+            # unclaimed ones would leave stale "done" futures for the next user of the mid.
             return
         if reason.is_failure:
             fut.set_exception(BusError(f"broker rejected publish: {reason}"))
@@ -529,7 +538,8 @@ class Bus:
         match = topic_filter
         if topic_filter.startswith("$share/"):
             match = topic_filter.split("/", 2)[2]
-        sub = _Subscription(topic_filter, match, handler, body_types, qos, durable, accept_empty)
+        inline = not (inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(getattr(handler, "__call__", None)))
+        sub = _Subscription(topic_filter, match, handler, body_types, qos, durable, accept_empty, inline)
         self._subs.append(sub)
         self._index(sub)
         result, mid = self._client.subscribe(topic_filter, qos=qos)
@@ -606,24 +616,29 @@ class Bus:
         if not matched and self.persistent and msg.qos > 0 and not self._closing and len(self._early) < EARLY_MAX:
             self._early.append((time.monotonic(), msg))  # queued in our session before its handler is back
             return
-        durable = [s for s in matched if s.durable]
+        durable = any(s.durable for s in matched)
         if not durable:
             client.ack(msg.mid, msg.qos)
         if not matched:
             return
-        payload = msg.payload
-        tasks: list[Awaitable[None]] = []
+        pending: list[Awaitable[None]] = []
         for sub in matched:
-            job = self._prepare(sub, msg.topic, payload, bool(msg.retain))
-            if job is not None:
-                tasks.append(job)
+            incoming = self._prepare(sub, msg.topic, msg.payload, bool(msg.retain))
+            if incoming is None:
+                continue
+            if sub.inline:  # a plain function runs now, in arrival order, without a task per message
+                later = self._call_inline(sub.handler, incoming)
+                if later is not None:
+                    pending.append(later)
+            else:
+                pending.append(self._call(sub.handler, incoming))
         if durable:
-            if tasks:
-                self._spawn(self._run_then_ack(tasks, msg.mid, msg.qos))
+            if pending:
+                self._spawn(self._run_then_ack(pending, msg.mid, msg.qos))
             else:
                 client.ack(msg.mid, msg.qos)
         else:
-            for job in tasks:
+            for job in pending:
                 self._spawn(job)
 
     def _claim_early(self, sub: _Subscription) -> None:
@@ -645,13 +660,13 @@ class Bus:
             self._reject("unclaimed", msg.topic, "no subscription claimed this session message")
             self._client.ack(msg.mid, msg.qos)
 
-    def _prepare(self, sub: _Subscription, topic: str, payload: bytes, retain: bool) -> Awaitable[None] | None:
+    def _prepare(self, sub: _Subscription, topic: str, payload: bytes, retain: bool) -> Incoming | None:
         if len(payload) > self.settings.max_payload_bytes:
             self._reject("oversized", topic, f"{len(payload)} bytes")
             return None
         if not payload:
             if sub.accept_empty:
-                return self._call(sub.handler, Incoming(topic, payload, retain, None))
+                return Incoming(topic, payload, retain, None)
             self._reject("empty", topic, "empty payload")
             return None
         try:
@@ -667,7 +682,20 @@ class Bus:
             self._seen[key] = None
             if len(self._seen) > self.settings.dedup_window:
                 self._seen.popitem(last=False)
-        return self._call(sub.handler, Incoming(topic, payload, retain, env))
+        return Incoming(topic, payload, retain, env)
+
+    def _call_inline(self, handler: Handler, incoming: Incoming) -> Awaitable[None] | None:
+        """Run a plain-function handler now; an awaitable it returns is finished in a task."""
+        try:
+            result = handler(incoming)
+        except Exception:
+            self.stats.handler_errors += 1
+            log.exception("handler failed", extra={"client_id": self.client_id, "topic": incoming.topic})
+            return None
+        if inspect.isawaitable(result):
+            return self._call(lambda _: result, incoming)
+        self.stats.delivered += 1
+        return None
 
     async def _call(self, handler: Handler, incoming: Incoming) -> None:
         try:
@@ -682,7 +710,10 @@ class Bus:
             log.exception("handler failed", extra={"client_id": self.client_id, "topic": incoming.topic})
 
     async def _run_then_ack(self, jobs: list[Awaitable[None]], mid: int, qos: int) -> None:
-        await asyncio.gather(*jobs)
+        if len(jobs) == 1:
+            await jobs[0]
+        else:
+            await asyncio.gather(*jobs)
         if self._client is not None and self.connected:
             self._client.ack(mid, qos)
 

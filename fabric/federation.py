@@ -145,6 +145,8 @@ class LocalFederation:
         if self.orchestrator is not None:
             for task in list(self.orchestrator.running.values()):
                 task.cancel()
+            with contextlib.suppress(Exception):
+                await self.orchestrator.ports.close()  # pending reputation scores
         for agent in self.agents:
             with contextlib.suppress(Exception):
                 await agent.stop()

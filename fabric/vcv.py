@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from fabric.envelope import Body
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter, normalise_skill
 from fabric.topics import validate_id
-from fabric.vectors import Vector, check_unit
+from fabric.vectors import Vector, as_array, check_unit
 
 #: Policy flags with a documented meaning. Agents may advertise others; a query may name any flag
 #: that is here or that some live agent advertises (anything else is a typo and is refused).
@@ -141,10 +141,12 @@ class VCV(Body):
         return set(wanted) <= set(self.skills) if self.skills else True
 
     def capability_array(self) -> np.ndarray:
-        return np.asarray(self.capability, dtype=np.float32)
+        """c as float32 (read-only, no copy)."""
+        return as_array(self.capability)
 
     def spec_array(self) -> np.ndarray:
-        return np.asarray(self.spec_embedding, dtype=np.float32)
+        """e as float32 (read-only, no copy)."""
+        return as_array(self.spec_embedding)
 
     def check_dimension(self, expected: int) -> None:
         if self.dim != expected:

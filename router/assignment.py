@@ -39,6 +39,10 @@ class AssignmentResult:
 
 
 def solve(problem: AssignmentProblem, method: str = "auto") -> AssignmentResult:
+    if method == "auto":
+        best = solve_uncontended(problem)
+        if best is not None:
+            return best
     pairs = int((problem.alpha > 0).sum())
     if method == "exact" or (method == "auto" and pairs <= EXACT_MAX_VARS):
         return solve_exact(problem)
@@ -85,6 +89,25 @@ def solve_exact(problem: AssignmentProblem) -> AssignmentResult:
     chosen = res.x[:n] > 0.5
     x[ii[chosen], jj[chosen]] = True
     return _result(problem, x, "milp")
+
+
+def solve_uncontended(problem: AssignmentProblem) -> AssignmentResult | None:
+    """Every subtask takes its best max_i candidates, if that fits every agent's capacity.
+
+    Dropping the capacity constraints can only raise the optimum, and this choice is the
+    optimum without them (α > 0, so a full team beats a smaller one); when it is also feasible
+    it is optimal. That is the common case — plenty of capacity — and it costs microseconds
+    where the MILP costs milliseconds. None when agents are contended: solve properly."""
+    _check(problem)
+    alpha = problem.alpha
+    x = np.zeros(alpha.shape, dtype=bool)
+    for i in range(alpha.shape[0]):
+        candidates = np.flatnonzero(alpha[i] > 0)
+        top = candidates[np.argsort(-alpha[i, candidates], kind="stable")][: int(problem.max_agents[i])]
+        x[i, top] = True
+    if np.any(x.sum(0) > problem.capacity):
+        return None
+    return _result(problem, x, "uncontended")
 
 
 def solve_greedy(problem: AssignmentProblem) -> AssignmentResult:

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -37,6 +38,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 _SUFFIXES = (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), ("s", ""))
 
 
+@lru_cache(maxsize=200_000)  # a federation's vocabulary is small; stemming 10k descriptions is not
 def stem(word: str) -> str:
     """A light suffix stripper (taxes→tax, queries→query, optimises/optimise→optimis)."""
     for suffix, repl in _SUFFIXES:
@@ -103,8 +105,10 @@ class LexicalIndex:
 
     def set_row(self, row: int, text: str) -> None:
         """(Re)index a row; call clear_row first if it held another document."""
-        counts = Counter(tokenize(text))
-        items = counts.most_common(MAX_TOKENS)
+        counts: dict[str, int] = {}
+        for token in tokenize(text):
+            counts[token] = counts.get(token, 0) + 1
+        items = Counter(counts).most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items())
         n = len(items)
         if self.pool_used + n > len(self.pool_ids):
             grow = max(self.pool_used + n, 2 * len(self.pool_ids))
@@ -113,14 +117,16 @@ class LexicalIndex:
                 new = np.zeros(grow, dtype=old.dtype)
                 new[: self.pool_used] = old[: self.pool_used]
                 setattr(self, name, new)
-        ids = [self._token_id(t) for t, _ in items]
+        vocab = self.vocab
+        ids = np.fromiter((vocab[t] if t in vocab else self._token_id(t) for t, _ in items), dtype=np.int32, count=n)
+        tfs = [c for _, c in items]
         s = self.pool_used
         self.pool_ids[s : s + n] = ids
-        self.pool_tf[s : s + n] = [min(c, 255) for _, c in items]
+        self.pool_tf[s : s + n] = np.minimum(tfs, 255) if n else tfs
         self.pool_used += n
         self.start[row] = s
         self.length[row] = n
-        dl = float(sum(c for _, c in items))
+        dl = float(sum(tfs))
         self.doclen[row] = dl
         self.df[ids] += 1  # ids are unique within a row
         self.docs += 1

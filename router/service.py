@@ -32,7 +32,7 @@ from pydantic import ValidationError
 
 from fabric import topics
 from fabric.bus import Bus, Incoming
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import EmbedBatcher, Embedder, shared_embedder
 from fabric.envelope import Envelope
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
@@ -85,6 +85,7 @@ class RouterService:
         self.settings = settings
         self.bus = bus
         self.embedder = embedder
+        self.batcher = EmbedBatcher(embedder)
         config = IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name)
         self.index = index or CapabilityIndex(config)
         if self.index.config.embedding_model != embedder.model_name or self.index.config.dim != embedder.dim:
@@ -109,6 +110,7 @@ class RouterService:
         self._calibrated_at_agents = 0
         self._calibration_mtime = 0.0
         self._tasks: list[asyncio.Task[Any]] = []
+        self._background: set[asyncio.Task[Any]] = set()  # fire-and-forget audit publishes
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -166,7 +168,8 @@ class RouterService:
 
     # ---- streams --------------------------------------------------------------------------
 
-    async def _on_vcv(self, msg: Incoming) -> None:
+    def _on_vcv(self, msg: Incoming) -> None:
+        """Synchronous on purpose: the bus runs it inline, so a 10k-VCV snapshot costs no task per VCV."""
         self._last_vcv = time.monotonic()
         agent_id = topics.agent_id_of(msg.topic)
         if msg.envelope is None:
@@ -199,6 +202,11 @@ class RouterService:
             self.metrics.reject(reason.split(":", 1)[0])
         # every refused VCV is a policy decision: audit it where auditors look
         audit = AuditEvent(query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason)
+        task = asyncio.get_running_loop().create_task(self._publish_audit(audit))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _publish_audit(self, audit: AuditEvent) -> None:
         try:
             await self.bus.publish(topics.POLICY_ENFORCEMENT, audit, wait=False)
         except Exception:  # noqa: BLE001 - auditing must not stop ingestion
@@ -268,7 +276,7 @@ class RouterService:
                 "and not advertised by any live agent",
             )
         if isinstance(query, RouteQuery):
-            vec = await asyncio.to_thread(self.embedder.embed_one, query.text)
+            vec = (await self.batcher.embed([query.text]))[0]
             outcome = self.engine.route(query, vec, query_id=env.id)
             for event in outcome.audits:
                 await self.bus.publish(topics.POLICY_ENFORCEMENT, event, wait=False)
@@ -277,7 +285,7 @@ class RouterService:
         empty = [s.subtask_id for s in query.subtasks if not s.text.strip()]
         if empty:
             return ErrorReply(code="bad_request", message=f"subtasks {empty} have empty text")
-        vecs = await asyncio.to_thread(self.embedder.embed, [s.text for s in query.subtasks])
+        vecs = await self.batcher.embed([s.text for s in query.subtasks])
         return assign(self.engine, query, vecs)
 
     # ---- calibration ----------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.assignment import AssignmentProblem, optimality_gap, random_problem, solve, solve_exact, solve_greedy
+from router.assignment import AssignmentProblem, optimality_gap, random_problem, solve, solve_exact, solve_greedy, solve_uncontended
 
 
 def brute_force(p: AssignmentProblem) -> float:
@@ -51,9 +51,29 @@ def test_milp_is_optimal_and_feasible_on_small_instances(seed: int, s: int, a: i
     assert greedy.objective <= exact.objective + 1e-9 or greedy.unassigned
 
 
+def test_uncontended_shortcut_is_optimal_or_declines() -> None:
+    rng = np.random.default_rng(3)
+    taken = declined = 0
+    for _ in range(80):
+        p = random_problem(rng, 4, 8, density=0.6, max_team=2, max_capacity=2)
+        quick = solve_uncontended(p)
+        exact = solve_exact(p)
+        if quick is None:
+            declined += 1
+            assert solve(p).solver == "milp"
+            continue
+        taken += 1
+        check_constraints(p, quick.x)
+        assert quick.unassigned == exact.unassigned
+        assert quick.objective == pytest.approx(exact.objective, abs=1e-6)
+        assert solve(p).solver == "uncontended"
+    assert taken >= 10 and declined >= 10  # both branches exercised
+
+
 def test_auto_uses_milp_small_and_greedy_large() -> None:
     rng = np.random.default_rng(1)
-    assert solve(random_problem(rng, 5, 20)).solver == "milp"
+    contended = AssignmentProblem(np.array([[0.9, 0.2], [0.8, 0.3]]), np.ones(2, dtype=int), np.ones(2, dtype=int), np.array([1, 1]))
+    assert solve(contended).solver == "milp"
     big = random_problem(rng, 200, 400, density=0.5)
     result = solve(big)
     assert result.solver == "greedy"

@@ -103,7 +103,7 @@ def test_service_routes_while_vcvs_stream_in(settings: Settings, embedder) -> No
                     SubtaskQuery(subtask_id="s1", text="write python code for a data pipeline", max_agents=2),
                     SubtaskQuery(subtask_id="s2", text="translate the report to German"),
                 ]))
-                assert set(resp.assignments) == {"s1", "s2"} and resp.solver == "milp"
+                assert set(resp.assignments) == {"s1", "s2"} and resp.solver in ("milp", "uncontended")
                 assert 1 <= len(resp.assignments["s1"]) <= 2 and len(resp.assignments["s2"]) == 1
                 assert resp.assignments["s2"][0].agent_id == "svc-translate"
             finally:

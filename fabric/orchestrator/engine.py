@@ -79,7 +79,9 @@ class JobRunner:
         reputation: ReputationBook,
         *,
         traceparent: str | None = None,
+        fresh: bool = False,
     ) -> None:
+        """`fresh`: just admitted, so there is nothing to resume (skips two store reads)."""
         self.job = submit
         # one trace per job: every task sent for it carries a child span of the submitter's trace
         self.traceparent = child_traceparent(traceparent)
@@ -94,7 +96,7 @@ class JobRunner:
         self.rounds = settings.refine_rounds if opts.refine_rounds is None else opts.refine_rounds
         self.synth_mode = opts.synth_mode or settings.synth_mode
         self.max_tokens = opts.max_tokens_per_call or settings.llm_max_tokens
-        saved = store.checkpoints(submit.job_id)
+        saved = {} if fresh else store.checkpoints(submit.job_id)
         self.saved = saved
         self.budget = BudgetTracker(
             submit.budget,
@@ -102,7 +104,7 @@ class JobRunner:
             used=Usage.model_validate(saved["usage"]) if "usage" in saved else None,
         )
         self.timings: dict[str, float] = dict(saved.get("timings", {}))
-        self._seq = store.next_seq(submit.job_id)
+        self._seq = 1 if fresh else store.next_seq(submit.job_id)
         self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
         self._failures: list[str] = []
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)

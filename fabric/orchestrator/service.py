@@ -46,6 +46,7 @@ from fabric.vcv import VCV
 log = logging.getLogger("foa.orchestrator")
 
 RESULT_EXPIRY_S = 7 * 24 * 3600
+REPUTATION_FLUSH_S = 0.5
 
 
 class BusPorts:
@@ -56,6 +57,8 @@ class BusPorts:
         self.registry = registry
         self.embedder = embedder
         self.settings = settings
+        self._reputation_pending: dict[str, Reputation] = {}
+        self._reputation_flusher: asyncio.Task[None] | None = None
 
     async def route(self, query: RouteQuery) -> RouteResponse:
         return (await self._ask_router(query, RouteResponse)).body
@@ -96,13 +99,37 @@ class BusPorts:
         return [e.vcv for e in self.registry.live() if e.vcv is not None and e.status != "offline"]
 
     async def emit(self, event: JobEvent) -> None:
-        await self.bus.publish(topics.job_events(event.job_id), make(event, job_id=event.job_id, sender=self.bus.client_id), wait=False)
+        # QoS 0: progress is best effort (the store keeps every event; `foa job show` reads it),
+        # and a job emits ~17 of them, so acknowledgements would be a third of its messages
+        await self.bus.publish(topics.job_events(event.job_id), make(event, job_id=event.job_id, sender=self.bus.client_id), qos=0)
 
     async def channel(self, message: ChannelMessage) -> None:
         await self.bus.publish(topics.cluster_channel(message.cluster_id), make(message, sender=self.bus.client_id), wait=False)
 
     async def publish_reputation(self, record: Reputation) -> None:
-        await self.bus.publish(topics.reputation(record.agent_id), make(record, sender=self.bus.client_id), retain=True, wait=False)
+        """Coalesced: the retained topic only needs each agent's latest score, and a busy agent
+        is scored by every job it serves. Pending scores go out every `REPUTATION_FLUSH_S`."""
+        self._reputation_pending[record.agent_id] = record
+        if self._reputation_flusher is None or self._reputation_flusher.done():
+            self._reputation_flusher = asyncio.create_task(self._flush_reputation_later(), name="reputation-flush")
+
+    async def _flush_reputation_later(self) -> None:
+        await asyncio.sleep(REPUTATION_FLUSH_S)
+        await self.flush_reputation()
+
+    async def flush_reputation(self) -> None:
+        pending, self._reputation_pending = self._reputation_pending, {}
+        for record in pending.values():
+            try:
+                await self.bus.publish(topics.reputation(record.agent_id), make(record, sender=self.bus.client_id), retain=True, wait=False)
+            except Exception:  # noqa: BLE001 - reputation is advisory; the next score goes out
+                log.warning("could not publish reputation", extra={"agent_id": record.agent_id})
+
+    async def close(self) -> None:
+        """Publish what is still pending (called before the bus closes)."""
+        if self._reputation_flusher is not None:
+            self._reputation_flusher.cancel()
+        await self.flush_reputation()
 
 
 class OrchestratorService:
@@ -163,7 +190,7 @@ class OrchestratorService:
             if stored is not None:
                 await self._publish_result(stored)
             return
-        self._start_job(submit, traceparent=msg.envelope.traceparent)
+        self._start_job(submit, traceparent=msg.envelope.traceparent, fresh=True)
 
     async def _reject(self, msg: Incoming, submit: JobSubmit, reason: str) -> None:
         result = JobResult(job_id=submit.job_id, status="failed", failure_reason=f"rejected: {reason}")
@@ -173,10 +200,10 @@ class OrchestratorService:
         if msg.envelope and msg.envelope.reply_to:
             await self.bus.reply(msg.envelope, ErrorReply(code="bad_budget", message=reason))
 
-    def _start_job(self, submit: JobSubmit, traceparent: str | None = None) -> None:
+    def _start_job(self, submit: JobSubmit, traceparent: str | None = None, fresh: bool = False) -> None:
         if submit.job_id in self.running:
             return
-        runner = JobRunner(submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent)
+        runner = JobRunner(submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent, fresh=fresh)
         if self.metrics is not None:
             self.metrics.job_state("running")
         task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
@@ -226,5 +253,6 @@ async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: 
     finally:
         beat.cancel()
         metrics.stop()
+        await service.ports.close()
         await bus.close()
         service.store.close()

@@ -3,11 +3,18 @@
 Every state transition is written before the job moves on, so a restarted orchestrator resumes
 each unfinished job from its last checkpoint (plan, assignments, finished nodes). A job id is the
 primary key: a job submitted twice runs once.
+
+Group commit: on an event loop, the writes made during one loop turn share one transaction
+(committed at the end of that turn) instead of one commit each — a job makes ~40 writes, and a
+commit costs ~70 µs. Admission and the final result commit at once: those two are what
+redelivery and duplicate detection rely on. Reads see pending writes (they commit first).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import sqlite3
 import threading
 import time
@@ -48,6 +55,8 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 
 TERMINAL = ("completed", "failed")
 
+log = logging.getLogger("foa.orchestrator")
+
 
 class JobStore:
     def __init__(self, path: Path | str) -> None:
@@ -58,14 +67,52 @@ class JobStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        self._flush_scheduled = False
 
     def close(self) -> None:
+        self.flush()
         self._db.close()
 
     def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        """Run now (reads, and writes whose result matters); pending writes commit first."""
+        self.flush()
         with self._lock:
             return self._db.execute(sql, args)
+
+    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
+        """Queue a write for this loop turn's transaction (at once when there is no loop)."""
+        with self._lock:
+            self._pending.append((sql, args))
+            if self._flush_scheduled:
+                return
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            self._flush_scheduled = loop is not None
+        if loop is None:
+            self.flush()
+        else:
+            loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush_scheduled = False
+            pending, self._pending = self._pending, []
+            if not pending:
+                return
+            try:
+                self._db.execute("BEGIN")
+                for sql, args in pending:
+                    self._db.execute(sql, args)
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                log.exception("job store write failed", extra={"statements": len(pending)})
+                raise
 
     # ---- jobs ---------------------------------------------------------------------------
 
@@ -79,7 +126,7 @@ class JobStore:
         return cur.rowcount == 1
 
     def set_state(self, job_id: str, state: str, phase: str = "") -> None:
-        self._exec("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?", (state, phase, time.time(), job_id))
+        self._write("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?", (state, phase, time.time(), job_id))
 
     def finish(self, result: JobResult) -> None:
         self._exec(
@@ -125,7 +172,7 @@ class JobStore:
     # ---- events and checkpoints ------------------------------------------------------------
 
     def add_event(self, event: JobEvent) -> None:
-        self._exec(
+        self._write(
             "INSERT OR REPLACE INTO events(job_id, seq, phase, message, data, at) VALUES (?,?,?,?,?,?)",
             (event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at),
         )
@@ -139,7 +186,7 @@ class JobStore:
         return int(row[0]) + 1
 
     def checkpoint(self, job_id: str, key: str, value: Any) -> None:
-        self._exec(
+        self._write(
             "INSERT OR REPLACE INTO checkpoints(job_id, key, value) VALUES (?,?,?)",
             (job_id, key, json.dumps(value, default=str)),
         )

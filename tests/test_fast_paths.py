@@ -1,0 +1,168 @@
+"""The throughput shortcuts keep the behaviour of the slow paths they replace.
+
+paho property parsing, one-pass envelope decoding, inline handlers, batched embeddings, the
+job store's group commit and coalesced reputation scores — each against the real thing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+
+import numpy as np
+import pytest
+from paho.mqtt.enums import MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import MQTTException, Properties
+
+from fabric import paho_speedups, topics
+from fabric.bus import Bus, Incoming, PublishProperties
+from fabric.embeddings import EmbedBatcher
+from fabric.envelope import MessageError, decode_any, make
+from fabric.messages import AgentStatus, JobEvent, JobResult, JobSubmit, Reputation
+from fabric.orchestrator.store import JobStore
+from tests.conftest import make_settings
+from tests.fabric_helpers import eventually
+
+
+def _publish_packet(props: bytes, payload: bytes = b"{}") -> bytes:
+    topic = b"foa/agents/a/tasks"
+    return struct.pack("!H", len(topic)) + topic + struct.pack("!H", 7) + props + payload
+
+
+def test_fast_properties_parse_like_paho() -> None:
+    from paho.mqtt import _packet
+
+    paho_speedups.install()
+    full = Properties(PacketTypes.PUBLISH)
+    full.MessageExpiryInterval = 30
+    full.ResponseTopic = "foa/replies/x"
+    full.CorrelationData = b"abc"
+    full.UserProperty = ("k1", "v1")
+    full.UserProperty = ("k2", "v2")
+    for props in (full.pack(), PublishProperties("foa/replies/y", "c-1", None).pack(), b"\x00"):
+        fast = _packet.decode_publish(0x32, _publish_packet(props), MQTTProtocolVersion.MQTTv5).properties
+        slow, _ = Properties(PacketTypes.PUBLISH).unpack(props)
+        assert isinstance(fast, paho_speedups.FastProperties)
+        assert {k: v for k, v in vars(fast).items() if k != "packetType"} == {
+            k: v for k, v in vars(slow).items() if k not in ("packetType", "types", "names", "properties")
+        }
+    assert fast.isEmpty()
+    # the same refusals as paho: a repeated single-valued property, one that does not apply
+    twice = b"\x0a" + (b"\x02" + struct.pack("!L", 1)) * 2
+    with pytest.raises(MQTTException, match="more than once"):
+        paho_speedups.FastProperties(PacketTypes.PUBLISH).unpack(twice)
+    with pytest.raises(MQTTException, match="does not apply"):
+        paho_speedups.FastProperties(PacketTypes.PUBLISH).unpack(b"\x05\x11" + struct.pack("!L", 5))
+
+
+def test_one_pass_decoding_agrees_with_two_stage_and_still_explains_errors() -> None:
+    env = make(AgentStatus(agent_id="a1", status="online"), job_id="j")
+    fast = decode_any(env.to_json(), {AgentStatus.KIND: AgentStatus})
+    slow = decode_any(env.to_json(), {AgentStatus.KIND: AgentStatus, JobSubmit.KIND: JobSubmit})
+    assert fast == slow and fast.body.agent_id == "a1" and fast.job_id == "j"
+    wrong_kind = make(Reputation(agent_id="a1", score=0.5)).to_json()
+    with pytest.raises(MessageError, match="unexpected kind 'reputation'"):
+        decode_any(wrong_kind, {AgentStatus.KIND: AgentStatus})
+    bad_body = env.to_json().replace(b'"online"', b'"sleepy"')
+    with pytest.raises(MessageError, match="status"):
+        decode_any(bad_body, {AgentStatus.KIND: AgentStatus})
+
+
+def test_inline_handlers_run_in_order_and_unawaited_publishes_leave_no_state(mosquitto, tmp_path) -> None:
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with Bus(settings, "inline-sub", persistent=False) as sub, Bus(settings, "inline-pub", persistent=False) as pub:
+            seen: list[str] = []
+            failures = 0
+
+            def handler(msg: Incoming) -> None:  # a plain function: the bus calls it inline
+                nonlocal failures
+                assert msg.envelope is not None
+                if msg.envelope.body.agent_id == "boom":
+                    failures += 1
+                    raise RuntimeError("handler bug")
+                seen.append(msg.envelope.body.agent_id)
+
+            await sub.subscribe(topics.AGENT_STATUS_WILDCARD, handler, body_types=AgentStatus)
+            names = [f"a{i:03d}" for i in range(200)]
+            for name in names[:100]:
+                await pub.publish(topics.agent_status(name), AgentStatus(agent_id=name, status="online"), wait=False)
+            await pub.publish(topics.agent_status("boom"), AgentStatus(agent_id="boom", status="online"))
+            for name in names[100:]:
+                await pub.publish(topics.agent_status(name), AgentStatus(agent_id=name, status="online"))
+            await eventually(lambda: len(seen) == 200)
+            assert seen == names  # arrival order, and a failing handler did not stop the stream
+            assert failures == 1 and sub.stats.handler_errors == 1
+            await asyncio.sleep(0.2)
+            assert pub._pending_acks == {}  # acknowledged publishes leave nothing behind
+
+    asyncio.run(main())
+
+
+def test_concurrent_embeddings_share_model_calls(embedder) -> None:
+    texts = [f"question number {i} about chest pain and what to do" for i in range(40)]
+
+    async def main() -> list[np.ndarray]:
+        batcher = EmbedBatcher(embedder, max_batch=64)
+        out = await asyncio.gather(*(batcher.embed([t]) for t in texts))
+        assert batcher.batches < len(texts) / 4  # queued while the model was busy: batched
+        again = await batcher.embed(texts[:3])  # cached: answered on the loop thread
+        assert batcher.batches <= len(texts) / 4
+        np.testing.assert_allclose(again, np.stack([o[0] for o in out[:3]]))
+        return [o[0] for o in out]
+
+    vecs = asyncio.run(main())
+    direct = embedder.embed(texts)
+    np.testing.assert_allclose(np.stack(vecs), direct, atol=1e-5)
+
+
+def test_job_store_group_commit_is_read_back_and_survives_reopen(tmp_path) -> None:
+    path = tmp_path / "jobs.sqlite"
+    submit = JobSubmit(job_id="j1", question="q")
+
+    async def main() -> None:
+        store = JobStore(path)
+        assert store.admit(submit, owner="o")
+        store.set_state("j1", "running", "decompose")
+        store.checkpoint("j1", "dag", {"nodes": [1, 2]})
+        store.add_event(JobEvent(job_id="j1", seq=1, phase="decompose", message="m"))
+        assert store._pending  # queued for this loop turn...
+        assert store.checkpoints("j1") == {"dag": {"nodes": [1, 2]}}  # ...but reads see them
+        store.checkpoint("j1", "usage", {"tokens": 3})
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not store._pending  # committed at the end of the turn
+        store.finish(JobResult(job_id="j1", status="completed", answer="a"))
+        assert not store._pending  # the final result commits at once
+        store._db.close()  # a crash: no close(), no flush
+
+    asyncio.run(main())
+    reopened = JobStore(path)
+    assert reopened.get("j1")["state"] == "completed"
+    assert reopened.checkpoints("j1")["usage"] == {"tokens": 3}
+    assert [e.message for e in reopened.events("j1")] == ["m"]
+    reopened.close()
+
+
+def test_reputation_scores_are_coalesced_to_the_latest(mosquitto, tmp_path, embedder) -> None:
+    from fabric.orchestrator.service import BusPorts
+    from fabric.registry import Registry
+
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with Bus(settings, "rep-orch", persistent=False) as bus, Bus(settings, "rep-watch", persistent=False) as watch:
+            got: list[float] = []
+            await watch.subscribe(topics.reputation("busy"), lambda m: got.append(m.envelope.body.score), body_types=Reputation)
+            ports = BusPorts(bus, Registry(), embedder, settings)
+            for i in range(50):
+                await ports.publish_reputation(Reputation(agent_id="busy", score=i / 100, jobs=i + 1))
+            await eventually(lambda: bool(got) and got[-1] == 0.49)
+            assert len(got) < 5  # 50 scores, a handful of publishes
+            await ports.publish_reputation(Reputation(agent_id="busy", score=0.9, jobs=51))
+            await ports.close()  # shutting down publishes what is pending
+            await eventually(lambda: got[-1] == 0.9)
+
+    asyncio.run(main())
