@@ -201,7 +201,7 @@ class Bus:
         self._username = username or broker.username or settings.broker_username
         self._password = password or broker.password or settings.broker_password
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: mqtt.Client | None = None
+        self._client: paho_speedups.CoalescingClient | None = None
         self._subs: list[_Subscription] = []
         # the same subscriptions indexed for matching: a topic finds its exact-filter subscriptions
         # by dict lookup; only wildcard filters are scanned (a host of 10k agents has 10k inboxes)
@@ -238,7 +238,7 @@ class Bus:
     async def connect(self, timeout: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        client = mqtt.Client(
+        client = paho_speedups.CoalescingClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -372,13 +372,19 @@ class Bus:
 
     def _flush(self) -> None:
         self._flush_scheduled = False
+        self._write_out()
+
+    def _write_out(self) -> None:
+        """paho's queue into the client's buffer, the buffer onto the socket; if the socket is
+        full, the rest goes when it drains."""
         sock = self._sock
-        if self._client is None or self._loop is None or sock is None or sock.fileno() < 0:
+        client = self._client
+        if client is None or self._loop is None or sock is None or sock.fileno() < 0:
             return
-        if self._client.want_write():
-            self._client.loop_write()
-            if self._client.want_write():  # the socket is full: finish when it drains
-                self._loop.add_writer(sock, self._write)
+        if client.want_write():
+            client.loop_write()
+        if not client.flush_out() or client.want_write():
+            self._loop.add_writer(sock, self._write)
 
     def _watch(self, sock: socket.socket) -> None:
         """Start reading the socket, unless it closed before the loop got to it."""
@@ -387,7 +393,8 @@ class Bus:
         self._loop.add_reader(sock, self._read)
 
     def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any, sock: socket.socket) -> None:
-        if self._loop is not None:
+        # paho's queue is empty; bytes may still wait in the client's buffer for a full socket
+        if self._loop is not None and not (self._client is not None and self._client.buffered()):
             try:
                 self._loop.remove_writer(sock)
             except (ValueError, OSError):
@@ -398,10 +405,15 @@ class Bus:
             self._client.loop_read()
 
     def _write(self) -> None:
-        if self._client is not None:
-            self._client.loop_write()
-            if not self._client.want_write() and self._sock is not None and self._loop is not None:
-                self._loop.remove_writer(self._sock)
+        """The socket is writable again: write more; stop watching once everything is out."""
+        client, sock = self._client, self._sock
+        if client is None or sock is None or self._loop is None:
+            return
+        client.loop_write()
+        if client.flush_out() and not client.want_write():
+            self._loop.remove_writer(sock)
+        else:
+            self._loop.add_writer(sock, self._write)
 
     async def _misc_loop(self) -> None:
         while True:
@@ -483,10 +495,10 @@ class Bus:
         first_this_turn = not self._flush_scheduled
         info = self._client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         self.stats.published += 1
-        if first_this_turn and self._sock is not None:
+        if first_this_turn:
             # the first publish of a loop turn goes out now (latency); later ones in the same
-            # turn join the flush at its end (throughput)
-            self._client.loop_write()
+            # turn join the flush at its end (throughput: one send for all of them)
+            self._write_out()
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BusError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0 or not wait:

@@ -1,4 +1,6 @@
-"""Received MQTT v5 properties, parsed without paho's per-packet name-table walks.
+"""Two places where paho costs more CPU than the fabric can afford under load.
+
+1. Received MQTT v5 properties, parsed without paho's per-packet name-table walks.
 
 paho builds a fresh `Properties` for every received PUBLISH and PUBACK: its constructor builds
 two 27-entry tables, `unpack()` first calls `clear()` (27 `replace` + `hasattr`), and every
@@ -11,13 +13,20 @@ same validation (known identifier, allowed on this packet type, no repeats excep
 multi-valued properties), and still packs and validates assignments like its parent.
 `install()` points paho's packet decoder and client module at it; it is idempotent and leaves
 paho alone if its internals moved (the bus then just runs slower).
+
+2. Writes: paho sends every packet with its own send() syscall; `CoalescingClient` buffers
+them and the bus flushes once per event-loop turn (see the class).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import ssl
+from collections.abc import Iterator
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
 
@@ -86,3 +95,76 @@ def install() -> bool:
             continue
         module.Properties = FastProperties  # type: ignore[attr-defined]
     return installed
+
+
+@contextlib.contextmanager
+def stock_paho() -> Iterator[None]:
+    """paho exactly as shipped inside the block (benchmarks compare against it)."""
+    from paho.mqtt import _packet, client
+
+    patched = [m for m in (_packet, client) if getattr(m, "Properties", None) is FastProperties]
+    for module in patched:
+        module.Properties = Properties  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module in patched:
+            module.Properties = FastProperties  # type: ignore[attr-defined]
+
+
+class CoalescingClient(mqtt.Client):
+    """paho that hands the socket one buffer per flush instead of one send() per packet.
+
+    paho writes each queued packet with its own send(): a loop turn that queues 30 packets (a
+    job's fan-out, the acks of a burst) makes 30 syscalls, each waking the broker. Here
+    `_sock_send` appends to a buffer and reports the packet written; `flush_out()` then writes
+    the buffer with as few sends as the socket takes. TLS sockets keep paho's own path (OpenSSL
+    wants a refused write retried with the same buffer).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._out = bytearray()
+        self._out_sock: Any = None  # the socket the buffered bytes belong to
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        sock = self._sock
+        if sock is None:
+            raise ConnectionError("self._sock is None")
+        if isinstance(sock, ssl.SSLSocket):
+            return super()._sock_send(buf)
+        if sock is not self._out_sock:  # a new connection: bytes meant for the old one are void
+            self._out.clear()
+            self._out_sock = sock
+        self._out += buf
+        return len(buf)
+
+    def flush_out(self) -> bool:
+        """Write what is buffered; True when nothing is left (else wait until writable)."""
+        if not self._out:
+            return True
+        sock = self._sock
+        if sock is None or sock is not self._out_sock:
+            self._out.clear()
+            return True
+        while self._out:
+            try:
+                sent = sock.send(self._out)
+            except (BlockingIOError, InterruptedError):
+                return False
+            except OSError:  # the connection broke: paho notices on its next read
+                self._out.clear()
+                return True
+            del self._out[:sent]
+        return True
+
+    def buffered(self) -> int:
+        """Bytes written by paho but not yet by the socket. (paho's own `want_write()` keeps
+        meaning "packets queued": it drives paho's write-callback bookkeeping.)"""
+        return len(self._out)
+
+    def _sock_close(self) -> None:
+        # paho closes the socket right after it "wrote" a DISCONNECT: send what is buffered
+        # first, or the broker sees a dropped connection (last will, session kept)
+        self.flush_out()
+        super()._sock_close()

@@ -48,6 +48,10 @@ def test_fast_properties_parse_like_paho() -> None:
             k: v for k, v in vars(slow).items() if k not in ("packetType", "types", "names", "properties")
         }
     assert fast.isEmpty()
+    with paho_speedups.stock_paho():  # benchmarks' baseline: paho as shipped
+        stock = _packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties
+        assert type(stock) is Properties
+    assert isinstance(_packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties, paho_speedups.FastProperties)
     # the same refusals as paho: a repeated single-valued property, one that does not apply
     twice = b"\x0a" + (b"\x02" + struct.pack("!L", 1)) * 2
     with pytest.raises(MQTTException, match="more than once"):
@@ -164,5 +168,34 @@ def test_reputation_scores_are_coalesced_to_the_latest(mosquitto, tmp_path, embe
             await ports.publish_reputation(Reputation(agent_id="busy", score=0.9, jobs=51))
             await ports.close()  # shutting down publishes what is pending
             await eventually(lambda: got[-1] == 0.9)
+
+    asyncio.run(main())
+
+
+def test_one_loop_turn_of_publishes_is_one_write_and_a_full_socket_drains(mosquitto, tmp_path) -> None:
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with Bus(settings, "burst-sub", persistent=False) as sub, Bus(settings, "burst-pub", persistent=False) as pub:
+            got: list[bytes] = []
+            await sub.subscribe(f"{topics.ROOT}/burst/#", lambda m: got.append(m.payload), body_types=None)
+            payloads = [make(AgentStatus(agent_id=f"a{i}", status="online")).to_json() for i in range(50)]
+            for p in payloads:  # QoS 0 publishes do not yield: all in one loop turn
+                await pub.publish(f"{topics.ROOT}/burst/x", p, qos=0)
+            assert pub._client is not None
+            waiting = pub._client.buffered() + sum(len(p["packet"]) for p in pub._client._out_packet)
+            assert waiting > 40 * 200  # the first went out at once; the other 49 wait for one flush
+            await asyncio.sleep(0.01)
+            assert pub._client.buffered() == 0
+            await eventually(lambda: len(got) == 50)
+            assert got == payloads
+
+            # far more than a socket buffer holds: partial writes, then the rest as it drains
+            big = [make(JobEvent(job_id="j", seq=i, phase="p", message=chr(65 + i % 26) * 60_000)).to_json() for i in range(300)]  # 18 MB
+            got.clear()
+            for p in big:
+                await pub.publish(f"{topics.ROOT}/burst/big", p, qos=0)
+            await eventually(lambda: len(got) == 300, timeout=60)
+            assert got == big
 
     asyncio.run(main())

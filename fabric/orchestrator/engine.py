@@ -321,7 +321,8 @@ class JobRunner:
             clusters = self._clusters(list(drafts), drafts)
         else:
             clusters = [[a] for a in drafts]
-        await self.emit("cluster", f"{node_id}: clusters {clusters}", {"node": node_id, "clusters": clusters})
+        if len(drafts) > 1:  # one draft is one cluster: nothing to report
+            await self.emit("cluster", f"{node_id}: clusters {clusters}", {"node": node_id, "clusters": clusters})
 
         # phase 4: each cluster refines on its own channel for ≤ k rounds
         outcomes = await asyncio.gather(
