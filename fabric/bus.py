@@ -46,6 +46,7 @@ log = logging.getLogger("foa.bus")
 
 #: messages of a persistent session parked until a subscribe() claims them (bounded, then acked and dropped)
 EARLY_MAX = 10_000
+READ_BATCH = 512  # packets parsed from the read buffer per loop turn before yielding
 EARLY_TTL_S = 60.0
 
 
@@ -201,7 +202,7 @@ class Bus:
         self._username = username or broker.username or settings.broker_username
         self._password = password or broker.password or settings.broker_password
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._client: paho_speedups.CoalescingClient | None = None
+        self._client: paho_speedups.BufferedClient | None = None
         self._subs: list[_Subscription] = []
         # the same subscriptions indexed for matching: a topic finds its exact-filter subscriptions
         # by dict lookup; only wildcard filters are scanned (a host of 10k agents has 10k inboxes)
@@ -238,7 +239,7 @@ class Bus:
     async def connect(self, timeout: float | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        client = paho_speedups.CoalescingClient(
+        client = paho_speedups.BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv5,
@@ -401,8 +402,17 @@ class Bus:
                 pass
 
     def _read(self) -> None:
-        if self._client is not None:
-            self._client.loop_read()
+        client = self._client
+        if client is None:
+            return
+        client.loop_read()
+        # parse what the client already holds; give the loop back now and then under a flood
+        for _ in range(READ_BATCH):
+            if self._client is not client or not client.buffered_in():
+                return
+            client.loop_read()
+        if self._loop is not None and client.buffered_in():
+            self._loop.call_soon(self._read)
 
     def _write(self) -> None:
         """The socket is writable again: write more; stop watching once everything is out."""
@@ -758,7 +768,13 @@ class Bus:
         try:
             # no wait for PUBACK: the reply is the acknowledgement that matters
             await self.publish(topic, env, wait=False)
-            incoming = await asyncio.wait_for(fut, max(0.001, timeout - (time.perf_counter() - started)))
+            # a timer on the future itself: wait_for's extra future and callbacks cost more than
+            # the rest of a request under load
+            expiry = self._loop.call_later(max(0.001, timeout - (time.perf_counter() - started)), _expire, fut)
+            try:
+                incoming = await fut
+            finally:
+                expiry.cancel()
         except TimeoutError:
             raise RequestTimeout(
                 f"no reply to {body.KIND} on {topic} within {timeout:.1f}s"
@@ -803,6 +819,11 @@ class Bus:
             traceparent=request.traceparent,
         )
         await self.publish(request.reply_to, env, wait=False)
+
+
+def _expire(fut: asyncio.Future[Any]) -> None:
+    if not fut.done():
+        fut.set_exception(TimeoutError())
 
 
 def filter_matches(filter_levels: tuple[str, ...], topic_levels: list[str]) -> bool:

@@ -14,7 +14,7 @@ multi-valued properties), and still packs and validates assignments like its par
 `install()` points paho's packet decoder and client module at it; it is idempotent and leaves
 paho alone if its internals moved (the bus then just runs slower).
 
-2. Writes: paho sends every packet with its own send() syscall; `CoalescingClient` buffers
+2. Writes: paho sends every packet with its own send() syscall; `BufferedClient` buffers
 them and the bus flushes once per event-loop turn (see the class).
 """
 
@@ -112,20 +112,48 @@ def stock_paho() -> Iterator[None]:
             module.Properties = FastProperties  # type: ignore[attr-defined]
 
 
-class CoalescingClient(mqtt.Client):
-    """paho that hands the socket one buffer per flush instead of one send() per packet.
+class BufferedClient(mqtt.Client):
+    """paho with buffered socket I/O: one send() per flush, one recv() per 64 KiB.
 
     paho writes each queued packet with its own send(): a loop turn that queues 30 packets (a
     job's fan-out, the acks of a burst) makes 30 syscalls, each waking the broker. Here
     `_sock_send` appends to a buffer and reports the packet written; `flush_out()` then writes
-    the buffer with as few sends as the socket takes. TLS sockets keep paho's own path (OpenSSL
-    wants a refused write retried with the same buffer).
+    the buffer with as few sends as the socket takes. paho reads each packet with three or more
+    recv() calls (type byte, length bytes, body); here one recv() fills a buffer that serves
+    them — the owner must then call `loop_read()` while `buffered_in()` is true, since bytes in
+    the buffer no longer make the socket readable. TLS sockets keep paho's own paths (OpenSSL
+    buffers reads itself and wants a refused write retried with the same buffer).
     """
+
+    READ_SIZE = 65536
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._out = bytearray()
         self._out_sock: Any = None  # the socket the buffered bytes belong to
+        self._in = b""
+        self._in_pos = 0
+        self._in_sock: Any = None
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        sock = self._sock
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return super()._sock_recv(bufsize)
+        if sock is not self._in_sock:
+            self._in, self._in_pos, self._in_sock = b"", 0, sock
+        if self._in_pos >= len(self._in):
+            data = sock.recv(max(bufsize, self.READ_SIZE))  # BlockingIOError when empty: paho's "again"
+            if len(data) <= bufsize:
+                self._in, self._in_pos = b"", 0
+                return data
+            self._in, self._in_pos = data, 0
+        start = self._in_pos
+        self._in_pos = min(start + bufsize, len(self._in))
+        return self._in[start : self._in_pos]
+
+    def buffered_in(self) -> bool:
+        """Received bytes not yet parsed (the socket will not say it is readable for them)."""
+        return self._in_pos < len(self._in) and self._sock is self._in_sock and self._sock is not None
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         sock = self._sock

@@ -34,9 +34,14 @@ def test_merge_joins_similar_subtasks_across_proposals(embedder) -> None:
 
 
 def test_merge_never_joins_subtasks_of_one_proposal(embedder) -> None:
-    a = plan(("s1", "Describe heart attack symptoms", []), ("s2", "Describe the symptoms of a heart attack", []))
+    a = plan(("s1", "Describe heart attack symptoms", []), ("s2", "Describe the symptoms of a heart attack", ["s1"]))
     dag = merge_proposals([("gp", a)], embedder.embed, merge_similarity=0.5)
     assert len(dag.nodes) == 2
+
+    def no_model(texts):  # type: ignore[no-untyped-def]
+        raise AssertionError("a single proposal needs no embeddings")
+
+    assert merge_proposals([("gp", a)], no_model, merge_similarity=0.5) == dag
 
 
 def test_merge_threshold_is_respected(embedder) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, PrivateAttr
 
 from fabric.orchestrator.tasks import Plan
 
@@ -34,6 +34,7 @@ class DagNode(BaseModel):
 class Dag(BaseModel):
     nodes: list[DagNode]
     dropped_edges: list[tuple[str, str]] = Field(default_factory=list, description="edges removed to break cycles")
+    _by_id: dict[str, DagNode] = PrivateAttr(default_factory=dict)
 
     def graph(self) -> nx.DiGraph:
         g = nx.DiGraph()
@@ -45,7 +46,11 @@ class Dag(BaseModel):
         return g
 
     def node(self, node_id: str) -> DagNode:
-        return next(n for n in self.nodes if n.node_id == node_id)
+        by_id = self._by_id
+        if len(by_id) != len(self.nodes):  # first call (or nodes changed): index them
+            by_id.clear()
+            by_id.update((n.node_id, n) for n in self.nodes)
+        return by_id[node_id]
 
     @property
     def edges(self) -> list[tuple[str, str]]:
@@ -116,7 +121,8 @@ def merge_proposals(
     texts = [sub.text for _, plan in proposals for sub in plan.subtasks]
     if not texts:
         raise ValueError("no subtasks to merge")
-    vecs = embed(texts)
+    # one proposal has nothing to merge with (its own subtasks never merge): no embeddings needed
+    vecs = embed(texts) if len(proposals) > 1 else np.zeros((len(texts), 1), dtype=np.float32)
     k = 0
     for p_idx, (proposer, plan) in enumerate(proposals):
         for sub in plan.subtasks:
@@ -171,8 +177,11 @@ def merge_proposals(
     nodes = []
     for old in order:
         group = groups[keep[old]]
-        centre = group.centroid()
-        text = max(group.items, key=lambda it: float(it.vec @ centre)).text
+        if len(group.items) == 1:
+            text = group.items[0].text
+        else:
+            centre = group.centroid()
+            text = max(group.items, key=lambda it: float(it.vec @ centre)).text
         nodes.append(
             DagNode(
                 node_id=name[old],
