@@ -150,6 +150,7 @@ async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | N
     import asyncio
     import signal
 
+    from fabric.heap import freeze_startup_heap
     from fabric.metrics import metrics_for
     from fabric.runtime import resolve_broker
 
@@ -159,6 +160,7 @@ async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
     await agent.start()
+    freeze_startup_heap()
     metrics = metrics_for(settings, "agent", agent.client_id)
     if agent.bus is not None:
         metrics.watch_bus(agent.bus)

@@ -46,6 +46,7 @@ from fabric import topics  # noqa: E402
 from fabric.broker import Mosquitto  # noqa: E402
 from fabric.bus import Bus, Incoming  # noqa: E402
 from fabric.envelope import make  # noqa: E402
+from fabric.heap import freeze_startup_heap  # noqa: E402
 from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse  # noqa: E402
 from fabric.settings import Settings  # noqa: E402
 
@@ -106,6 +107,7 @@ def host_main(agents: int, distinct: int, broker_url: str, seed: int) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await host.start()
+        freeze_startup_heap()  # as the service entry points do (fabric/heap.py)
         t = host.timings
         print(json.dumps({"embed_distinct_s": embed_s, "distinct_descriptions": len(texts), "registration_s": t["vcvs_s"],
                           "status_s": t["status_s"], "inboxes_s": t["inboxes_s"], "host_ready_s": t["start_s"]}), flush=True)  # fmt: skip
@@ -203,6 +205,7 @@ async def run_jobs(
     service = OrchestratorService(settings, orch_bus, embedder, resume=False)
     service.ports = TimedPorts(orch_bus, service.registry, embedder, settings)
     await service.start()
+    freeze_startup_heap()  # as run_orchestrator does (fabric/heap.py)
     progress(f"orchestrator sees {len(service.registry.live())} agents")
     client = Bus(settings, f"load-client-{os.getpid()}", persistent=False)
     await client.connect()

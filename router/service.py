@@ -34,6 +34,7 @@ from fabric import topics
 from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher, Embedder, shared_embedder
 from fabric.envelope import Envelope
+from fabric.heap import freeze_startup_heap
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
 from fabric.settings import Settings
@@ -374,6 +375,7 @@ async def run_router(
         service.metrics.watch_bus(bus)
         beat = asyncio.create_task(service.metrics.beat_forever())
         await service.start()
+        freeze_startup_heap()
         if ready is not None:
             ready.set()
         try:

@@ -180,6 +180,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from agents.spec import load_specs
     from fabric.broker import free_port
     from fabric.federation import LocalFederation
+    from fabric.heap import freeze_startup_heap
     from fabric.runtime import RuntimeInfo, clear_runtime, write_runtime
 
     if not settings.broker_url:
@@ -206,6 +207,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         async with LocalFederation(settings, specs) as fed:
             assert fed.address is not None
+            freeze_startup_heap()  # a long-running service from here on
             write_runtime(settings, RuntimeInfo(broker_url=fed.address.url, pid=_pid(), started_at=time.time(), agents=[a.agent_id for a in fed.agents]))
             print(f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr)
             print(f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"", file=sys.stderr)

@@ -21,6 +21,7 @@ from fabric.bus import Bus, Incoming, RequestTimeout
 from fabric.dispatch import dispatch
 from fabric.embeddings import Embedder
 from fabric.envelope import make
+from fabric.heap import freeze_startup_heap
 from fabric.messages import (
     AssignQuery,
     AssignResponse,
@@ -249,6 +250,7 @@ async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: 
     beat = asyncio.create_task(metrics.beat_forever())
     try:
         await service.start()
+        freeze_startup_heap()
         await (stop or asyncio.Event()).wait()
     finally:
         beat.cancel()
