@@ -126,9 +126,14 @@ class BufferedClient(mqtt.Client):
     """
 
     READ_SIZE = 65536
+    # paho internals this class overrides; if a paho release renames one, buffering is off
+    _HOOKS = ("_sock_send", "_sock_recv", "_sock_close", "_packet_write", "_packet_read")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._buffering = all(callable(getattr(mqtt.Client, hook, None)) for hook in self._HOOKS)
+        if not self._buffering:
+            log.warning("paho-mqtt internals changed; socket I/O is not buffered (correct, but slower)")
         self._out = bytearray()
         self._out_sock: Any = None  # the socket the buffered bytes belong to
         self._in = b""
@@ -137,7 +142,7 @@ class BufferedClient(mqtt.Client):
 
     def _sock_recv(self, bufsize: int) -> bytes:
         sock = self._sock
-        if sock is None or isinstance(sock, ssl.SSLSocket):
+        if sock is None or not self._buffering or isinstance(sock, ssl.SSLSocket):
             return super()._sock_recv(bufsize)
         if sock is not self._in_sock:
             self._in, self._in_pos, self._in_sock = b"", 0, sock
@@ -159,7 +164,7 @@ class BufferedClient(mqtt.Client):
         sock = self._sock
         if sock is None:
             raise ConnectionError("self._sock is None")
-        if isinstance(sock, ssl.SSLSocket):
+        if not self._buffering or isinstance(sock, ssl.SSLSocket):
             return super()._sock_send(buf)
         if sock is not self._out_sock:  # a new connection: bytes meant for the old one are void
             self._out.clear()
