@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from agents.sdk import Agent, content_hash
@@ -61,8 +61,8 @@ class HostedAgent(Agent):
     Lifecycle belongs to the host: `start()` / `stop()` of a single hosted agent are not used.
     """
 
-    def __init__(self, host: "AgentHost", spec: AgentSpec, vcv: VCV | None = None) -> None:
-        super().__init__(spec, host.settings, broker=host.broker, replica_id=host.host_id)
+    def __init__(self, host: "AgentHost", spec: AgentSpec, vcv: VCV | None = None, signer: Callable[[VCV], VCV] | None = None) -> None:
+        super().__init__(spec, host.settings, broker=host.broker, replica_id=host.host_id, signer=signer)
         self.host = host
         self.prebuilt = vcv
 
@@ -98,19 +98,20 @@ class AgentHost:
 
     # ---- building the population ---------------------------------------------------------
 
-    def add(self, spec: AgentSpec, *, vcv: VCV | None = None) -> HostedAgent:
+    def add(self, spec: AgentSpec, *, vcv: VCV | None = None, signer: Callable[[VCV], VCV] | None = None) -> HostedAgent:
         """Host one more agent. `vcv` (optional) is a ready VCV for it, e.g. with a precomputed
-        embedding; otherwise it is built from the spec at `start()` (descriptions in one batch)."""
+        embedding; otherwise it is built from the spec at `start()` (descriptions in one batch).
+        `signer` signs each version before it is published (see fabric/security.py)."""
         if self.bus is not None:
             raise RuntimeError("add agents before start(), or use add_live()")
-        return self._new(spec, vcv)
+        return self._new(spec, vcv, signer)
 
-    def _new(self, spec: AgentSpec, vcv: VCV | None) -> HostedAgent:
+    def _new(self, spec: AgentSpec, vcv: VCV | None, signer: Callable[[VCV], VCV] | None = None) -> HostedAgent:
         if spec.id in self.agents:
             raise ValueError(f"agent {spec.id!r} is already hosted by {self.host_id}")
         if vcv is not None and vcv.agent_id != spec.id:
             raise ValueError(f"VCV of {vcv.agent_id!r} given for agent {spec.id!r}")
-        agent = HostedAgent(self, spec, vcv)
+        agent = HostedAgent(self, spec, vcv, signer)
         self.agents[spec.id] = agent
         return agent
 
@@ -190,7 +191,9 @@ class AgentHost:
             assert fresh is not None  # _vcvs ran
             current = retained.get(agent.agent_id)
             version = 1 if current is None else current.version if content_hash(current) == content_hash(fresh) else current.version + 1
-            agent.vcv = fresh.model_copy(update={"version": version})
+            agent.vcv = fresh.model_copy(update={"version": version, "public_key": None, "signature": None})
+            if agent._signer is not None:  # the version is part of what is signed
+                agent.vcv = agent._signer(agent.vcv)
             await bus.publish(topics.agent_vcv(agent.agent_id), make(agent.vcv, sender=bus.client_id), retain=True)
 
         async def online(agent: HostedAgent) -> None:

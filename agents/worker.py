@@ -172,3 +172,43 @@ async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | N
         metrics.stop()
         await agent.stop()
         await backend.aclose()
+
+
+async def run_host(specs: list[AgentSpec], settings: Settings, *, host_id: str) -> None:
+    """`foa agent host SPEC...`: LLM workers for many specs on one connection (agents/host.py),
+    one backend per (server, model), until interrupted (SIGTERM: every agent goes offline)."""
+    import asyncio
+    import signal
+
+    from agents.host import AgentHost
+    from fabric.heap import freeze_startup_heap
+    from fabric.metrics import metrics_for
+    from fabric.runtime import resolve_broker
+    from fabric.security import agent_key_for, sign_vcv
+
+    host = AgentHost(settings, host_id, broker=resolve_broker(settings))
+    backends: dict[str, LLMBackend] = {}
+    for spec in specs:
+        key = f"{spec.llm.base_url or settings.llm_base_url}|{spec.llm.model}"
+        backend = backends.get(key) or backends.setdefault(key, backend_for(settings, spec.llm))
+        private = agent_key_for(settings, spec.id)
+        signer = (lambda vcv, k=private: sign_vcv(vcv, k)) if private is not None else None
+        LLMWorker(spec, settings, backend).attach(host.add(spec, signer=signer))
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stopping.set)
+    await host.start()
+    freeze_startup_heap()
+    metrics = metrics_for(settings, "agent-host", f"host-{host_id}")
+    if host.bus is not None:
+        metrics.watch_bus(host.bus)
+    beat = asyncio.create_task(metrics.beat_forever())
+    try:
+        await stopping.wait()
+    finally:
+        beat.cancel()
+        metrics.stop()
+        await host.stop()
+        for backend in backends.values():
+            await backend.aclose()

@@ -21,6 +21,7 @@ from fabric.dispatch import TaskError, dispatch
 from fabric.messages import RouteQuery, TaskRequest
 from fabric.registry import Registry
 from fabric.settings import Settings
+from tests.fabric_helpers import eventually
 from router.service import RouterService
 
 TOPICS = ["tax law for freelancers", "sourdough baking", "kubernetes networking", "marathon training", "medieval history"]
@@ -104,12 +105,20 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
             out.append((spec, vcv_with_vectors(spec, vec.tolist(), vec.tolist(), embedder.model_name)))
         return out
 
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from fabric.security import sign_vcv, verify_signature
+
+    key = Ed25519PrivateKey.generate()
+
     async def run_host(pop: list[tuple[AgentSpec, object]]) -> dict[str, int]:
         host = AgentHost(settings, f"{prefix}-host", embedder=embedder)
         for spec, vcv in pop:
-            host.add(spec, vcv=vcv)  # type: ignore[arg-type]
+            host.add(spec, vcv=vcv, signer=lambda v: sign_vcv(v, key))  # type: ignore[arg-type]
         await host.start()
         versions = {a.agent_id: a.vcv.version for a in host.agents.values() if a.vcv}
+        # every published version is signed after its version number was set
+        assert all(a.vcv is not None and verify_signature(a.vcv) is None for a in host.agents.values())
         await host.stop()
         return versions
 
@@ -136,3 +145,55 @@ def test_bad_additions_are_refused(settings: Settings, embedder) -> None:  # typ
         host.add(other, vcv=vcv)
     with pytest.raises(ValueError, match="invalid host_id"):
         AgentHost(settings, "a/b")
+
+
+def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`foa agent host`: specs from a folder and a file, one process, the embedded LLM answering."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import yaml
+
+    from fabric.orchestrator.tasks import DraftInput
+
+    folder = tmp_path / "specs"
+    folder.mkdir()
+    for agent_id, what in (("h-tax", "tax law for freelancers"), ("h-bread", "sourdough baking")):
+        (folder / f"{agent_id}.yaml").write_text(yaml.safe_dump({"id": agent_id, "description": f"Expert in {what}"}))
+    extra = tmp_path / "h-run.yaml"
+    extra.write_text(yaml.safe_dump({"id": "h-run", "description": "Expert in marathon training"}))
+    env = os.environ | {"FOA_BROKER_URL": settings.broker_url or "", "FOA_DATA_DIR": str(tmp_path), "FOA_LLM_BASE_URL": ""}
+    cmd = [sys.executable, "-m", "fabric.cli", "agent", "host", str(folder), str(extra), "--host-id", "cli-host"]
+
+    dup = subprocess.run([*cmd[:-2], str(extra)], env=env, capture_output=True, text=True, timeout=120)
+    assert dup.returncode == 1 and "given more than once: ['h-run']" in dup.stderr
+
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    async def main() -> None:
+        registry = Registry()
+        async with Bus(settings, "host-cli-test", persistent=False) as bus:
+            await registry.attach(bus)
+            ids = ("h-tax", "h-bread", "h-run")
+
+            def status(i: str) -> str | None:
+                entry = registry.get(i)
+                return entry.status if entry else None
+
+            await eventually(lambda: all(status(i) == "online" for i in ids), timeout=120, what="hosted agents online")
+            payload = DraftInput(question="How do I start running?", subtask="Give one tip for a first run", max_tokens=12)
+            result = await dispatch(bus, "h-run", "draft", payload.model_dump(mode="json"), timeout=120, max_tokens=12)
+            assert result.agent_id == "h-run" and result.output["answer"].strip()
+            assert result.usage.output_tokens > 0  # a real model ran
+            os.killpg(proc.pid, signal.SIGTERM)
+            await eventually(lambda: all(status(i) == "offline" for i in ids), timeout=30, what="clean sign-off")
+
+    try:
+        asyncio.run(main())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -1,4 +1,4 @@
-"""`foa agents`, `foa agent run SPEC.yaml`, `foa schema`."""
+"""`foa agents`, `foa agent run SPEC.yaml`, `foa agent host SPEC...`, `foa schema`."""
 
 from __future__ import annotations
 
@@ -25,6 +25,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     run.add_argument("spec", help="path to the agent's YAML spec")
     run.add_argument("--replica-id", default=None, help="stable id of this replica (default: random)")
     run.set_defaults(func=cmd_agent_run)
+    host = agent_sub.add_parser("host", help="run many agents' LLM workers on one connection (specs or folders of specs)")
+    host.add_argument("specs", nargs="+", help="YAML specs, or folders of them")
+    host.add_argument("--host-id", default=None, help="stable id of this host: a restarted host takes over its session (default: random)")
+    host.set_defaults(func=cmd_agent_host)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every message")
     p.add_argument("--kind", default=None, help="only this message kind")
@@ -67,6 +71,23 @@ def cmd_agent_run(args: argparse.Namespace, settings: Settings) -> int:
 
     spec = load_spec(args.spec)
     asyncio.run(run_worker(spec, settings, replica_id=args.replica_id))
+    return 0
+
+
+def cmd_agent_host(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from agents.spec import SpecError, load_spec, load_specs
+    from agents.worker import run_host
+
+    specs = []
+    for item in args.specs:
+        specs.extend(load_specs(item) if Path(item).is_dir() else [load_spec(item)])
+    ids = [s.id for s in specs]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise SpecError(f"agent ids given more than once: {dupes}")
+    asyncio.run(run_host(specs, settings, host_id=args.host_id or f"host-{uuid.uuid4().hex[:8]}"))
     return 0
 
 

@@ -163,7 +163,7 @@ def merge_proposals(
     for (src, dst), support in edge_support.items():
         g.add_edge(src, dst, support=support)
     dropped: list[tuple[int, int]] = []
-    while True:
+    while not nx.is_directed_acyclic_graph(g):  # the common case costs one check, not an exception
         try:
             cycle = nx.find_cycle(g)
         except nx.NetworkXNoCycle:
