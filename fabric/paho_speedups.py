@@ -157,8 +157,14 @@ class BufferedClient(mqtt.Client):
         return self._in[start : self._in_pos]
 
     def buffered_in(self) -> bool:
-        """Received bytes not yet parsed (the socket will not say it is readable for them)."""
-        return self._in_pos < len(self._in) and self._sock is self._in_sock and self._sock is not None
+        """Received bytes not yet parsed (the socket will not say it is readable for them):
+        ours, or OpenSSL's decrypted-but-unread bytes on a TLS socket."""
+        sock = self._sock
+        if sock is None:
+            return False
+        if isinstance(sock, ssl.SSLSocket):
+            return sock.pending() > 0
+        return self._in_pos < len(self._in) and sock is self._in_sock
 
     def _sock_send(self, buf: bytes | bytearray) -> int:
         sock = self._sock

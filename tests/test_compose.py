@@ -30,10 +30,11 @@ import pytest
 import yaml
 
 from agents.spec import load_spec
-from fabric import acl
+from fabric import acl, topics
 from fabric.broker import free_port, mosquitto_binary, wait_listening
 from fabric.bus import Bus, BusError
 from fabric.cli import build_parser
+from fabric.messages import JobSubmit
 from fabric.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -322,6 +323,16 @@ def test_tls_listener_once_uncommented(creds: Path, tmp_path: Path) -> None:
             settings = Settings(broker_url=f"mqtts://127.0.0.1:{tls['port']}", broker_ca_file=ca, keepalive_s=2, request_timeout_s=3)
             async with Bus(settings, "client-tls", username="client", password=password, persistent=False) as bus:
                 assert bus.connected
+                # a burst through TLS: records OpenSSL holds decrypted must still be read
+                got: list[str] = []
+                await bus.subscribe(topics.JOBS_SUBMIT, lambda m: got.append(m.envelope.body.job_id), body_types=JobSubmit)
+                sent = [f"tls-{i}" for i in range(300)]
+                for job_id in sent:
+                    await bus.publish(topics.JOBS_SUBMIT, JobSubmit(job_id=job_id, question="q " * 200), wait=False)
+                deadline = time.monotonic() + 20
+                while len(got) < len(sent) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                assert got == sent
 
         asyncio.run(connect(tls["ca.crt"]))
         with pytest.raises(BusError):  # an unknown CA is refused
