@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -141,7 +141,7 @@ class EmbedBatcher:
     def __init__(self, embedder: Embedder, max_batch: int = 64) -> None:
         self.embedder = embedder
         self.max_batch = max_batch
-        self._queue: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+        self._queue: deque[tuple[list[str], asyncio.Future[np.ndarray]]] = deque()
         self._worker: asyncio.Task[None] | None = None
         self.batches = 0  # model calls made (for tests and metrics)
 
@@ -160,7 +160,7 @@ class EmbedBatcher:
         while self._queue:
             batch, size = [], 0
             while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_batch):
-                texts, fut = self._queue.pop(0)
+                texts, fut = self._queue.popleft()
                 batch.append((texts, fut))
                 size += len(texts)
             flat = [t for texts, _ in batch for t in texts]
