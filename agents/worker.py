@@ -16,7 +16,7 @@ from agents.sdk import Agent, TaskFailed
 from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder
-from fabric.llm import LLMBackend, LLMError, backend_for, complete_json
+from fabric.llm import BackendPool, LLMBackend, LLMError, backend_for, complete_json
 from fabric.llm.base import ChatMessage
 from fabric.messages import TaskRequest, Usage
 from fabric.orchestrator.tasks import (
@@ -187,10 +187,9 @@ async def run_host(specs: list[AgentSpec], settings: Settings, *, host_id: str) 
     from fabric.security import agent_key_for, sign_vcv
 
     host = AgentHost(settings, host_id, broker=resolve_broker(settings))
-    backends: dict[str, LLMBackend] = {}
+    backends = BackendPool(settings)
     for spec in specs:
-        key = f"{spec.llm.base_url or settings.llm_base_url}|{spec.llm.model}"
-        backend = backends.get(key) or backends.setdefault(key, backend_for(settings, spec.llm))
+        backend = backends.get(spec.llm)
         private = agent_key_for(settings, spec.id)
         signer = (lambda vcv, k=private: sign_vcv(vcv, k)) if private is not None else None
         LLMWorker(spec, settings, backend).attach(host.add(spec, signer=signer))
@@ -210,5 +209,4 @@ async def run_host(specs: list[AgentSpec], settings: Settings, *, host_id: str) 
         beat.cancel()
         metrics.stop()
         await host.stop()
-        for backend in backends.values():
-            await backend.aclose()
+        await backends.aclose()

@@ -20,7 +20,7 @@ from fabric.broker import EmbeddedBroker, Mosquitto, local_broker
 from fabric.bus import Bus, BrokerAddress
 from fabric.client import submit_and_follow
 from fabric.embeddings import Embedder, shared_embedder
-from fabric.llm import LLMBackend
+from fabric.llm import BackendPool, LLMBackend
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.orchestrator.service import OrchestratorService
 from fabric.settings import Settings
@@ -57,7 +57,7 @@ class LocalFederation:
         self.router: Any = None
         self._buses: list[Bus] = []
         self._client: Bus | None = None
-        self._backends: dict[str, LLMBackend] = {}
+        self._backends = BackendPool(settings)
 
     async def __aenter__(self) -> "LocalFederation":
         await self.start()
@@ -74,13 +74,7 @@ class LocalFederation:
     def _backend(self, spec: AgentSpec) -> LLMBackend:
         if self._backend_factory is not None:
             return self._backend_factory(spec)
-        from fabric.llm import backend_for
-
-        # one backend per endpoint+model: the embedded model is loaded once for all agents
-        key = f"{spec.llm.base_url or self.settings.llm_base_url}|{spec.llm.model}"
-        if key not in self._backends:
-            self._backends[key] = backend_for(self.settings, spec.llm)
-        return self._backends[key]
+        return self._backends.get(spec.llm)
 
     async def start(self) -> None:
         from agents.worker import make_worker
@@ -155,8 +149,6 @@ class LocalFederation:
                 await bus.close()
         if self.orchestrator is not None:
             self.orchestrator.store.close()
-        for backend in self._backends.values():
-            with contextlib.suppress(Exception):
-                await backend.aclose()
+        await self._backends.aclose()
         if self.broker is not None:
             self.broker.stop()

@@ -3,6 +3,7 @@ configured, else the embedded CPU model; `ScriptedLLM` exists for unit tests onl
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:  # agents imports fabric.llm: no runtime import the other way
 
 __all__ = [
     "ChatMessage", "Completion", "LLMBackend", "LLMError", "LLMOutputError", "LLMTimeout",
-    "LLMUnavailable", "TextStream", "backend_for", "complete_json", "extract_json", "repair_json",
+    "LLMUnavailable", "TextStream", "BackendPool", "backend_for", "complete_json", "extract_json", "repair_json",
 ]
 
 
@@ -54,3 +55,25 @@ def backend_for(settings: Settings, llm_config: "LLMConfig | None" = None) -> LL
     from fabric.llm.embedded import EmbeddedBackend
 
     return EmbeddedBackend(settings.llm_gguf_path, n_ctx=settings.llm_context, n_threads=settings.llm_threads)
+
+
+class BackendPool:
+    """One backend per endpoint and model, shared by every agent of a process that names them
+    (the embedded model is loaded once for all of them); `aclose()` closes every one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._backends: dict[str, LLMBackend] = {}
+
+    def get(self, llm_config: "LLMConfig | None" = None) -> LLMBackend:
+        base_url = (llm_config.base_url if llm_config else None) or self.settings.llm_base_url
+        key = f"{base_url}|{llm_config.model if llm_config else None}"
+        if key not in self._backends:
+            self._backends[key] = backend_for(self.settings, llm_config)
+        return self._backends[key]
+
+    async def aclose(self) -> None:
+        backends, self._backends = list(self._backends.values()), {}
+        for backend in backends:
+            with contextlib.suppress(Exception):  # shutting down: close the others regardless
+                await backend.aclose()
