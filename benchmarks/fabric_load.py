@@ -14,6 +14,9 @@ Measured:
                        all N (router_synced_s: until it also declared the snapshot settled)
   jobs_per_s           J jobs submitted at once, first submission to last result
   p99_dispatch_ms      orchestrator-side time from dispatching a task to holding its result
+  orchestrator_gc_*    garbage-collector pauses in the orchestrator+client process during the
+                       jobs (its startup heap is frozen as in `foa orchestrator`; --no-gc-freeze
+                       shows the difference)
 Job shape (default): the scripted 4-node DAG, one proposer, one agent per node, no refinement
 rounds — the smallest job that still decomposes, assigns, drafts 4 nodes and synthesises.
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import gc
 import json
 import os
 import signal
@@ -181,8 +185,25 @@ async def router_cold_start(settings: Settings, agents: int) -> dict[str, float]
 # ---- jobs through one orchestrator ---------------------------------------------------------
 
 
+class GcPauses:
+    """Garbage-collector pauses in this process (gc.callbacks), by generation."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._started
+            self.count[info["generation"]] += 1
+
+
 async def run_jobs(
-    settings: Settings, jobs: int, options: JobOptions, distinct_questions: int, profile: Path | None, pids: dict[str, int]
+    settings: Settings, jobs: int, options: JobOptions, distinct_questions: int, profile: Path | None, pids: dict[str, int],
+    freeze: bool = True,
 ) -> dict[str, Any]:
     from fabric.embeddings import shared_embedder
     from fabric.orchestrator.service import BusPorts, OrchestratorService
@@ -205,7 +226,8 @@ async def run_jobs(
     service = OrchestratorService(settings, orch_bus, embedder, resume=False)
     service.ports = TimedPorts(orch_bus, service.registry, embedder, settings)
     await service.start()
-    freeze_startup_heap()  # as run_orchestrator does (fabric/heap.py)
+    if freeze:
+        freeze_startup_heap()  # as run_orchestrator does (fabric/heap.py)
     progress(f"orchestrator sees {len(service.registry.live())} agents")
     client = Bus(settings, f"load-client-{os.getpid()}", persistent=False)
     await client.connect()
@@ -242,6 +264,8 @@ async def run_jobs(
     if profiler:
         profiler.enable()
     cpu_before = {name: cpu_s(pid) for name, pid in pids.items()}
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
     started = time.perf_counter()
     for submit in submits:
         await client.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=client.client_id), wait=False)
@@ -252,6 +276,7 @@ async def run_jobs(
         progress(f"timed out with {len(done)}/{jobs} results")
     elapsed = (finished_at[-1] if finished_at else time.perf_counter()) - started
     cpu = {name: cpu_s(pid) - cpu_before[name] for name, pid in pids.items()}
+    gc.callbacks.remove(pauses)
     if profiler:
         profiler.disable()
         profiler.dump_stats(str(profile))
@@ -281,6 +306,9 @@ async def run_jobs(
         "job_shape": {"nodes": len(shape.dag.get("nodes", [])), "agents_per_node": [len(v) for v in shape.assignments.values()]} if shape else None,
         "failure_reasons": failures,
         "cpu_s_during_jobs": cpu,
+        "orchestrator_gc_pause_s": sum(pauses.seconds),  # full collections: pauses.seconds[2]
+        "orchestrator_gc_full_collections": pauses.count[2],
+        "orchestrator_heap_frozen": freeze,
         "orchestrator_counts": {"completed": service.completed - base_completed, "failed": service.failed - base_failed},
     }
 
@@ -309,6 +337,7 @@ def main() -> None:
     ap.add_argument("--agents-per-node", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=0)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the orchestrator+client process during the jobs")
+    ap.add_argument("--no-gc-freeze", action="store_true", help="leave the orchestrator's startup heap to the garbage collector (for comparison)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--host-child", action="store_true", help=argparse.SUPPRESS)
@@ -341,7 +370,8 @@ def main() -> None:
             children.append(router)
             result["router_process_ready_s"] = asyncio.run(wait_router(settings, args.agents, 300))
             pids = {"orchestrator+client": os.getpid(), "agent_host": host.p.pid, "router": router.p.pid, "mosquitto": broker._proc.pid if broker._proc else -1}
-            result.update(asyncio.run(run_jobs(settings, args.jobs, options, args.distinct_questions or args.jobs, args.profile, pids)))
+            result.update(asyncio.run(run_jobs(settings, args.jobs, options, args.distinct_questions or args.jobs, args.profile, pids,
+                                               freeze=not args.no_gc_freeze)))  # fmt: skip
         finally:
             for child in children:
                 child.stop()

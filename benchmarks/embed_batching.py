@@ -1,0 +1,64 @@
+"""Query embedding cost: one text per model call vs the router's shared batches (EmbedBatcher).
+
+    python benchmarks/embed_batching.py --json [--texts 256] [--threads 1]
+
+Distinct question-like texts, the cache off, so every text runs through MiniLM. `one_ms` is a
+text embedded on its own (what a router paid per query before batching); `batched_ms` is the
+per-text cost when N queries arrive together and the EmbedBatcher folds them into model calls
+of up to 64; `ratio` = one / batched, measured in the same run. `gflops_per_s` estimates how
+close batched embedding is to the core's arithmetic limit (MiniLM-L6: ~21 MFLOP per token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import emit, progress  # noqa: E402
+from fabric.embeddings import EmbedBatcher, Embedder  # noqa: E402
+
+FLOP_PER_TOKEN = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # 6 layers: attention projections + FFN
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texts", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    embedder = Embedder(cache_size=0)
+    texts = [f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)]
+    embedder.embed(texts[:16])  # warm-up
+    progress("one text per call")
+    started = time.perf_counter()
+    for text in texts[: max(16, args.texts // 4)]:
+        embedder.embed_one(text)
+    one_s = (time.perf_counter() - started) / max(16, args.texts // 4)
+
+    async def together() -> tuple[float, int]:
+        batcher = EmbedBatcher(embedder)
+        t0 = time.perf_counter()
+        await asyncio.gather(*(batcher.embed([t]) for t in texts))
+        return (time.perf_counter() - t0) / len(texts), batcher.batches
+
+    progress(f"{len(texts)} queries at once through the EmbedBatcher")
+    batched_s, batches = asyncio.run(together())
+    tokens = sum(len(embedder._model.tokenizer(t)["input_ids"]) for t in texts[:32]) / 32  # noqa: SLF001
+    emit({
+        "texts": len(texts), "threads": args.threads, "one_ms": one_s * 1e3, "batched_ms": batched_s * 1e3,
+        "ratio": one_s / batched_s, "model_calls": batches, "tokens_per_text": tokens,
+        "gflops_per_s": tokens * FLOP_PER_TOKEN / batched_s / 1e9,
+    }, args.json)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
