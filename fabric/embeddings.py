@@ -132,7 +132,7 @@ class Embedder:
 class EmbedBatcher:
     """Concurrent callers share model calls, off the event loop.
 
-    One text costs ~15 ms through sentence-transformers on a CPU core, a batch of 64 ~5 ms a
+    One text costs ~15 ms through sentence-transformers on a CPU core, a batch of 64 ~6 ms a
     text: a router answering many queries at once embeds them together. There is no waiting
     for a batch to fill: texts that arrive while the model is busy form the next batch.
     Cached texts never leave the loop thread.

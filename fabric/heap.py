@@ -2,8 +2,9 @@
 
 torch, transformers, scipy, networkx and pydantic leave millions of tracked objects behind
 after import, and a service adds its model and registry. CPython's full collections walk all of
-them: ~300 ms each in the orchestrator under load, 1.8 s of a 9 s run of
-benchmarks/fabric_load.py (measured with gc.callbacks), with the event loop stopped each time.
+them, with the event loop stopped each time: benchmarks/fabric_load.py --distinct-questions 10
+measures 2.4 s of GC pauses in the orchestrator during the jobs with --no-gc-freeze, 0.9-1.2 s
+without it.
 Nothing in that heap is garbage, so service entry points freeze it once they are up; later
 collections walk only what was allocated since.
 """

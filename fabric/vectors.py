@@ -23,7 +23,7 @@ class FloatVector(Sequence[float]):
 
     Not a list on purpose: a list of 384 floats is 384 objects the garbage collector walks on
     every full collection, and a registry of 10k agents holds 20k such vectors (7.7M
-    references: ~200 ms per collection, measured in the orchestrator under load). This holds
+    references for the collector to walk, each time). This holds
     one array; it compares equal to any sequence with the same values and converts with
     `np.asarray` without a copy.
     """
