@@ -14,9 +14,14 @@ Measured:
                        all N (router_synced_s: until it also declared the snapshot settled)
   jobs_per_s           J jobs submitted at once, first submission to last result
   p99_dispatch_ms      orchestrator-side time from dispatching a task to holding its result
+  cpu_ms_per_job       CPU seconds each process used during the jobs, per job; cpu_ceiling_jobs_per_s
+                       = cores / their sum (the best jobs_per_s this machine allows);
+                       orchestrator_ceiling_jobs_per_s = 1 / the orchestrator's share (one
+                       orchestrator on a core of its own; the client's share is included)
   orchestrator_gc_*    garbage-collector pauses in the orchestrator+client process during the
-                       jobs (its startup heap is frozen as in `foa orchestrator`; --no-gc-freeze
-                       shows the difference)
+                       jobs, in all and by generation (its startup heap is frozen and its
+                       thresholds raised as in `foa orchestrator`, fabric/heap.py;
+                       --no-gc-freeze shows the difference)
 Job shape (default): the scripted 4-node DAG, one proposer, one agent per node, no refinement
 rounds — the smallest job that still decomposes, assigns, drafts 4 nodes and synthesises.
 
@@ -231,7 +236,10 @@ async def run_jobs(
     progress(f"orchestrator sees {len(service.registry.live())} agents")
     client = Bus(settings, f"load-client-{os.getpid()}", persistent=False)
     await client.connect()
-    done: dict[str, JobResult] = {}
+    # (status, total seconds, failure reason) per job: a client keeping every JobResult (DAG,
+    # assignments, factors) alive would grow this process's heap and its GC pauses with each job
+    done: dict[str, tuple[str, float, str]] = {}
+    shapes: list[JobResult] = []
     finished_at: list[float] = []
     all_done = asyncio.Event()
 
@@ -239,7 +247,9 @@ async def run_jobs(
         assert msg.envelope is not None
         result: JobResult = msg.envelope.body
         if result.job_id.startswith(run) and result.job_id not in done:
-            done[result.job_id] = result
+            done[result.job_id] = (result.status, result.timings.get("total", 0.0), result.failure_reason or "")
+            if result.status == "completed" and not shapes:
+                shapes.append(result)
             finished_at.append(time.perf_counter())
             if len(done) % 100 == 0:
                 progress(f"{len(done)}/{jobs} jobs done")
@@ -281,11 +291,11 @@ async def run_jobs(
         profiler.disable()
         profiler.dump_stats(str(profile))
     statuses: dict[str, int] = {}
-    for r in done.values():
-        statuses[r.status] = statuses.get(r.status, 0) + 1
-    walls = sorted(r.timings.get("total", 0.0) for r in done.values())
-    shape = next((r for r in done.values() if r.status == "completed"), None)
-    failures = sorted({r.failure_reason or "" for r in done.values() if r.status != "completed"})[:5]
+    for status, _, _ in done.values():
+        statuses[status] = statuses.get(status, 0) + 1
+    walls = sorted(total for _, total, _ in done.values())
+    shape = shapes[0] if shapes else None
+    failures = sorted({reason for status, _, reason in done.values() if status != "completed"})[:5]
     await client.close()
     await orch_bus.close()
     service.store.close()
@@ -306,10 +316,25 @@ async def run_jobs(
         "job_shape": {"nodes": len(shape.dag.get("nodes", [])), "agents_per_node": [len(v) for v in shape.assignments.values()]} if shape else None,
         "failure_reasons": failures,
         "cpu_s_during_jobs": cpu,
-        "orchestrator_gc_pause_s": sum(pauses.seconds),  # full collections: pauses.seconds[2]
+        **cpu_budget(cpu, len(done)),
+        "orchestrator_gc_pause_s": sum(pauses.seconds),
+        "orchestrator_gc_pause_s_by_generation": [round(x, 4) for x in pauses.seconds],
         "orchestrator_gc_full_collections": pauses.count[2],
         "orchestrator_heap_frozen": freeze,
         "orchestrator_counts": {"completed": service.completed - base_completed, "failed": service.failed - base_failed},
+    }
+
+
+def cpu_budget(cpu: dict[str, float], jobs: int) -> dict[str, Any]:
+    """CPU per job per process, and the job rates that CPU allows: all processes sharing this
+    machine's cores (what jobs_per_s can reach here at best), and the orchestrator process on a
+    core of its own (what one orchestrator could sustain with the rest on other machines)."""
+    per_job = {name: round(1000.0 * s / max(1, jobs), 3) for name, s in cpu.items() if s == s}  # NaN: unreadable
+    total = sum(per_job.values())
+    return {
+        "cpu_ms_per_job": per_job,
+        "cpu_ceiling_jobs_per_s": round(1000.0 * (os.cpu_count() or 1) / total, 1) if total else None,
+        "orchestrator_ceiling_jobs_per_s": round(1000.0 / per_job["orchestrator+client"], 1) if per_job.get("orchestrator+client") else None,
     }
 
 
@@ -337,7 +362,8 @@ def main() -> None:
     ap.add_argument("--agents-per-node", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=0)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the orchestrator+client process during the jobs")
-    ap.add_argument("--no-gc-freeze", action="store_true", help="leave the orchestrator's startup heap to the garbage collector (for comparison)")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="leave the orchestrator's garbage collector as Python ships it: no frozen startup heap, default thresholds (for comparison)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--host-child", action="store_true", help=argparse.SUPPRESS)

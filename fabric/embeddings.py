@@ -47,11 +47,18 @@ class Embedder:
         device: str = "cpu",
         batch_size: int = 64,
         cache_size: int = 50_000,
+        threads: int | None = None,
     ) -> None:
+        """`threads`: torch's intra-op threads, a process-wide setting (None leaves torch's default)."""
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         from sentence_transformers import SentenceTransformer
+
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
 
         try:  # the weight-loading progress bar is noise in a CLI
             from transformers.utils import logging as hf_logging
@@ -180,6 +187,6 @@ class EmbedBatcher:
 
 
 @lru_cache(maxsize=4)
-def shared_embedder(model: str = DEFAULT_MODEL, dim: int | None = None, device: str = "cpu") -> Embedder:
+def shared_embedder(model: str = DEFAULT_MODEL, dim: int | None = None, device: str = "cpu", threads: int | None = None) -> Embedder:
     """One loaded model per (name, dim) in a process: loading costs seconds and ~100 MB."""
-    return Embedder(model, dim=dim, device=device)
+    return Embedder(model, dim=dim, device=device, threads=threads)

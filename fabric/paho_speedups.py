@@ -14,7 +14,13 @@ multi-valued properties), and still packs and validates assignments like its par
 `install()` points paho's packet decoder and client module at it; it is idempotent and leaves
 paho alone if its internals moved (the bus then just runs slower).
 
-2. Writes: paho sends every packet with its own send() syscall; `BufferedClient` buffers
+2. Message bookkeeping: paho gives every publish, sent or received, an `MQTTMessageInfo` with
+its own `threading.Condition` (a lock, a deque, bound methods): ~10 % of an orchestrator's CPU
+under load. `SharedConditionInfo` shares one Condition per process instead. It only serves
+`wait_for_publish()`, whose waiters re-check their own flag in a loop, so a shared condition
+changes nothing but spurious wake-ups (the bus never waits on it: acks resolve futures).
+
+3. Writes: paho sends every packet with its own send() syscall; `BufferedClient` buffers
 them and the bus flushes once per event-loop turn (see the class).
 """
 
@@ -23,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import ssl
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -77,14 +84,36 @@ class FastProperties(Properties):
         return self, propslen + vbi_len
 
 
+_SHARED_CONDITION = threading.Condition()
+_STOCK_INFO = mqtt.MQTTMessageInfo
+
+
+class SharedConditionInfo(mqtt.MQTTMessageInfo):
+    __slots__ = ()
+
+    def __init__(self, mid: int) -> None:  # no super().__init__: it builds the Condition this class avoids
+        self.mid = mid
+        self._published = False
+        self._condition = _SHARED_CONDITION
+        self.rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._iterpos = 0
+
+
 def install() -> bool:
     """Make paho build FastProperties where it decodes packets and where it makes empty ones
-    (it makes one per QoS 0 publish, for the on_publish callback). Returns whether it is in place."""
+    (it makes one per QoS 0 publish, for the on_publish callback), and SharedConditionInfo for
+    every message. Returns whether all of it is in place."""
     try:
         from paho.mqtt import _packet, client
     except ImportError:  # pragma: no cover - paho reorganised; keep its own parser
         return False
     installed = True
+    current_info: Any = getattr(client, "MQTTMessageInfo", None)
+    if current_info is mqtt.MQTTMessageInfo and "_condition" in getattr(current_info, "__slots__", ()):
+        client.MQTTMessageInfo = SharedConditionInfo  # type: ignore[misc]
+    elif current_info is not SharedConditionInfo:
+        log.debug("paho's MQTTMessageInfo is not as expected; leaving it alone")
+        installed = False
     for module in (_packet, client):
         current: Any = getattr(module, "Properties", None)
         if current is FastProperties:
@@ -103,13 +132,18 @@ def stock_paho() -> Iterator[None]:
     from paho.mqtt import _packet, client
 
     patched = [m for m in (_packet, client) if getattr(m, "Properties", None) is FastProperties]
+    info_patched = client.MQTTMessageInfo is SharedConditionInfo
     for module in patched:
         module.Properties = Properties  # type: ignore[attr-defined]
+    if info_patched:
+        client.MQTTMessageInfo = _STOCK_INFO  # type: ignore[misc]
     try:
         yield
     finally:
         for module in patched:
             module.Properties = FastProperties  # type: ignore[attr-defined]
+        if info_patched:
+            client.MQTTMessageInfo = SharedConditionInfo  # type: ignore[misc]
 
 
 class BufferedClient(mqtt.Client):

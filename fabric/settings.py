@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
     embedding_dim: int | None = Field(default=None, description="truncate (Matryoshka) to this dimension")
     embedding_device: str = "cpu"
+    embedding_threads: int | None = Field(
+        default=None, ge=1,
+        description="torch intra-op threads for embedding (whole process); unset = one per core. "
+        "1 when the service shares its cores with others: idle threads spin (docs/deploy.md §8)",
+    )
 
     # --- LLM ----------------------------------------------------------------------------
     llm_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; unset = embedded model")

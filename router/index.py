@@ -58,6 +58,7 @@ class IndexConfig:
     M: int = 16
     ef_construction: int = 64
     ef_search: int = 64
+    search_cache: int = 1024  # repeated query vectors answered from memory until the index changes
     buffer_size: int = 4096
     compact_ratio: float = 0.2
     build_threads: int = 0  # 0 = all cores
@@ -155,6 +156,7 @@ class IndexStats:
     ignored_stale: int = 0
     deletes: int = 0
     compactions: int = 0
+    search_cache_hits: int = 0
 
 
 class CapabilityIndex:
@@ -181,6 +183,8 @@ class CapabilityIndex:
         self.buf_n = 0
         self.buf_slot: dict[int, int] = {}
         self.stats = IndexStats()
+        # (query bytes, k) -> (rows, sims); emptied whenever a vector enters or leaves search
+        self._searches: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
 
     # ---- shards ---------------------------------------------------------------------------
 
@@ -205,6 +209,7 @@ class CapabilityIndex:
         """Move buffered upserts into the graphs (multi-threaded batch insert)."""
         if self.buf_n == 0:
             return 0
+        self._searches.clear()
         live = self.buf_rows[: self.buf_n] >= 0
         rows = self.buf_rows[: self.buf_n][live]
         vecs = self.buf_vecs[: self.buf_n][live]
@@ -228,6 +233,7 @@ class CapabilityIndex:
         return n
 
     def _buffer(self, row: int, vec: np.ndarray) -> None:
+        self._searches.clear()
         slot = self.buf_slot.get(row)
         if slot is None:
             if self.buf_n >= self.config.buffer_size:
@@ -241,6 +247,7 @@ class CapabilityIndex:
 
     def _unindex(self, row: int) -> None:
         """Take a row's vector out of search (tombstone in its shard or drop from the buffer)."""
+        self._searches.clear()
         s = int(self.table.shard[row])
         if s == PENDING:
             slot = self.buf_slot.pop(row, None)
@@ -410,7 +417,28 @@ class CapabilityIndex:
         `allowed` (bool per row) restricts the search inside the graphs (hnswlib filter): the
         fallback for gates so selective that over-fetching cannot find k passing agents.
         Returns (rows int64, cosine float32), unsorted, only rows still live in the index.
+
+        Unfiltered results are remembered per (query vector, k) until a vector enters or leaves
+        the index: planners send the same subtask texts over and over (and every job asks for
+        a synthesiser with the same text), and a graph walk costs ~0.1 ms per shard.
         """
+        key = None
+        if allowed is None and self.config.search_cache > 0:
+            key = (np.ascontiguousarray(vec, dtype=np.float32).tobytes(), k)
+            hit = self._searches.get(key)
+            if hit is not None:
+                self.stats.search_cache_hits += 1
+                return hit
+        rows, sims = self._search(vec, k, allowed)
+        if key is not None:
+            if len(self._searches) >= self.config.search_cache:
+                self._searches.pop(next(iter(self._searches)))
+            rows.flags.writeable = False
+            sims.flags.writeable = False
+            self._searches[key] = (rows, sims)
+        return rows, sims
+
+    def _search(self, vec: np.ndarray, k: int, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         filt = None if allowed is None else (lambda label: bool(allowed[label]))
         q = np.ascontiguousarray(vec, dtype=np.float32).reshape(1, -1)
         out_rows: list[np.ndarray] = []
@@ -473,6 +501,7 @@ class CapabilityIndex:
     def compact(self, force: bool = False) -> int:
         """Rebuild shards whose tombstones exceed compact_ratio; returns shards rebuilt."""
         rebuilt = 0
+        self._searches.clear()
         for s, shard in enumerate(self.shards):
             dead = len(self.shard_deleted[s])
             if not dead or (not force and dead < self.config.compact_ratio * max(shard.element_count, 1)):

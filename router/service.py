@@ -349,7 +349,7 @@ async def run_router(
 ) -> None:
     """`foa router`: restore the snapshot if there is one, serve until cancelled, snapshot on exit."""
     embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
-                                                   settings.embedding_device)
+                                                   settings.embedding_device, settings.embedding_threads)
     snap = snapshot_path(settings) if snapshot else None
     index = None
     if snap is not None and (snap / "meta.json").exists():

@@ -132,14 +132,14 @@ def test_job_store_group_commit_is_read_back_and_survives_reopen(tmp_path) -> No
         store.set_state("j1", "running", "decompose")
         store.checkpoint("j1", "dag", {"nodes": [1, 2]})
         store.add_event(JobEvent(job_id="j1", seq=1, phase="decompose", message="m"))
-        assert store._pending  # queued for this loop turn...
+        assert store.pending  # queued for this loop turn...
         assert store.checkpoints("j1") == {"dag": {"nodes": [1, 2]}}  # ...but reads see them
         store.checkpoint("j1", "usage", {"tokens": 3})
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        assert not store._pending  # committed at the end of the turn
+        assert not store.pending  # committed at the end of the turn
         store.finish(JobResult(job_id="j1", status="completed", answer="a"))
-        assert not store._pending  # the final result commits at once
+        assert not store.pending  # the final result commits at once
         store._db.close()  # a crash: no close(), no flush
 
     asyncio.run(main())
@@ -204,14 +204,17 @@ def test_one_loop_turn_of_publishes_is_one_write_and_a_full_socket_drains(mosqui
 def test_freezing_the_startup_heap_spares_later_collections() -> None:
     import gc
 
-    from fabric.heap import freeze_startup_heap
+    from fabric.heap import OLDER_THRESHOLDS, YOUNG_THRESHOLD, freeze_startup_heap
 
+    thresholds = gc.get_threshold()
     try:
         frozen = freeze_startup_heap()
         assert frozen > 10_000 and gc.get_freeze_count() == frozen  # imports alone leave that many
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
         cycle: list[object] = []
         cycle.append(cycle)  # garbage made after the freeze is still collected
         del cycle
         assert gc.collect() >= 1
     finally:
         gc.unfreeze()
+        gc.set_threshold(*thresholds)

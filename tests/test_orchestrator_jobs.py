@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 
 from fabric.federation import LocalFederation
-from fabric.messages import Budget, JobOptions, JobResult
+from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.orchestrator.service import OrchestratorService
 from fabric.orchestrator.store import JobStore
 from fabric.settings import Settings
@@ -60,6 +60,30 @@ def test_a_job_runs_every_phase(mosquitto, tmp_path, embedder) -> None:
     assert result.usage["tokens"] > 0 and result.usage["cost"] > 0 and result.usage["calls"] >= 2 + 12
     for phase in ("decompose", "assign", "draft", "cluster", "refine", "synthesise", "done"):
         assert phase in phases
+
+
+def test_a_single_drafter_node_reports_its_draft_once(mosquitto, tmp_path, embedder) -> None:
+    """One agent per node: its draft is the node's answer, so one node_done event carries it
+    (no separate draft event), and the job store keeps exactly what was published."""
+    settings = fed_settings(mosquitto, tmp_path)
+
+    async def main() -> tuple[JobResult, list[JobEvent], list[JobEvent]]:
+        events: list[JobEvent] = []
+        async with LocalFederation(settings, SPECS, backend_factory=backend_factory(), embedder=embedder) as fed:
+            result = await fed.run_job("Chest pain: what to do?", JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=2),
+                                       on_event=events.append)
+            return result, events, fed.orchestrator.store.events(result.job_id)
+
+    result, events, stored = run(main())
+    assert result.status == "completed", result.failure_reason
+    phases = [e.phase for e in events]
+    assert "draft" not in phases and "cluster" not in phases
+    done = [e for e in events if e.phase == "node_done"]
+    assert sorted(e.data["node"] for e in done) == sorted(n["id"] for n in result.dag["nodes"])
+    for e in done:
+        (agent, text), = e.data["drafts"].items()
+        assert agent == e.data["representative"] and text
+    assert [(e.seq, e.phase, e.message) for e in stored] == [(e.seq, e.phase, e.message) for e in events]
 
 
 def test_policies_gate_assignment_and_impossible_ones_fail_clearly(mosquitto, tmp_path, embedder) -> None:

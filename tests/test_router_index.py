@@ -118,3 +118,25 @@ def test_compaction_keeps_answers(embedder) -> None:  # type: ignore[no-untyped-
     live = np.array(sorted(idx.rows.values()))
     vecs = idx.vectors(live)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
+
+
+def test_repeated_queries_are_served_from_memory_until_the_index_changes(index, embedder) -> None:  # type: ignore[no-untyped-def]
+    engine = RouterEngine(index)
+    text = "translate this contract into Spanish"
+    first = ranked(engine, embedder, text, top_k=3)
+    hits = index.stats.search_cache_hits
+    assert ranked(engine, embedder, text, top_k=3) == first
+    assert index.stats.search_cache_hits == hits + 1  # the same vector and k: no graph walk
+    rows, _ = index.search(embedder.embed_one(text), 8)
+    with pytest.raises(ValueError):
+        rows[0] = 0  # a cached answer cannot be altered by a caller
+    # a new agent (its vector enters search) is found at once: the remembered answer is dropped
+    assert index.upsert(make_vcv(embedder, "es-legal", "Translates contracts and legal documents into Spanish")).accepted
+    assert ranked(engine, embedder, text, top_k=3)[0] == "es-legal"
+    assert index.delete("es-legal")
+    assert ranked(engine, embedder, text, top_k=3) == first
+    # going offline changes scores, not the search: still answered from memory, still excluded
+    index.set_online(first[0], False)
+    hits = index.stats.search_cache_hits
+    assert first[0] not in ranked(engine, embedder, text, top_k=3)
+    assert index.stats.search_cache_hits == hits + 1

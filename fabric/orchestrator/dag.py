@@ -57,8 +57,15 @@ class Dag(BaseModel):
         return [(dep, n.node_id) for n in self.nodes for dep in n.depends_on]
 
     def topological(self) -> list[DagNode]:
-        order = list(nx.lexicographical_topological_sort(self.graph()))
-        return [self.node(i) for i in order]
+        """The nodes, every one after its dependencies: as listed when that already holds
+        (merge_proposals lists them so), else networkx's lexicographical order."""
+        seen: set[str] = set()
+        for n in self.nodes:
+            if not seen.issuperset(n.depends_on):
+                order = list(nx.lexicographical_topological_sort(self.graph()))
+                return [self.node(i) for i in order]
+            seen.add(n.node_id)
+        return list(self.nodes)
 
     def summary(self) -> dict[str, object]:
         return {

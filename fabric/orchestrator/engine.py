@@ -314,7 +314,9 @@ class JobRunner:
                 await draft(replacement)
         if not drafts:
             raise NodeFailed(f"subtask {node_id} ({node.text[:60]!r}): no agent produced a draft")
-        await self.emit("draft", f"{node_id}: {len(drafts)} drafts", {"node": node_id, "drafts": {a: d[0][:200] for a, d in drafts.items()}})
+        shown = {a: d[0][:200] for a, d in drafts.items()}
+        if len(drafts) > 1:  # a single draft is the node's answer: node_done reports it
+            await self.emit("draft", f"{node_id}: {len(drafts)} drafts", {"node": node_id, "drafts": shown})
 
         # phase 3: clusters of similar agents
         if job.options.clustering and len(drafts) > 1:
@@ -332,7 +334,11 @@ class JobRunner:
         for o in outcomes:
             for agent_id, answer in o.final_answers.items():
                 self._contributions.append((agent_id, node_id, answer))
-        await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", {"node": node_id, "representative": best.representative})
+        if len(drafts) > 1:
+            await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", {"node": node_id, "representative": best.representative})
+        else:
+            await self.emit("node_done", f"{node_id} answered by its only draft ({best.representative})",
+                            {"node": node_id, "representative": best.representative, "drafts": shown})
         return {"answer": best.answer, "by": best.representative, "cluster": best.cluster_id, "clusters": summarise_rounds(outcomes)}
 
     def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:

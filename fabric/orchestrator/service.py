@@ -238,7 +238,8 @@ class OrchestratorService:
 async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: Embedder | None = None, stop: asyncio.Event | None = None) -> None:
     from fabric.embeddings import shared_embedder
 
-    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim)
+    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
+                                                   settings.embedding_device, settings.embedding_threads)
     # a stable client id: a restarted orchestrator takes over its own broker session
     from fabric.metrics import metrics_for
 

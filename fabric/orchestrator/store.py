@@ -6,8 +6,11 @@ primary key: a job submitted twice runs once.
 
 Group commit: on an event loop, the writes made during one loop turn share one transaction
 (committed at the end of that turn) instead of one commit each — a job makes ~40 writes, and a
-commit costs ~70 µs. Admission and the final result commit at once: those two are what
-redelivery and duplicate detection rely on. Reads see pending writes (they commit first).
+commit costs ~70 µs. Within a turn, a newer checkpoint of the same (job, key) or a newer state of
+the same job replaces the older one before anything is serialised (a job checkpoints its usage
+after every call; drafts of a node often land in the same turn). Admission and the final result
+commit at once: those two are what redelivery and duplicate detection rely on. Reads see pending
+writes (they commit first).
 """
 
 from __future__ import annotations
@@ -68,8 +71,16 @@ class JobStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(SCHEMA)
         self._lock = threading.RLock()
-        self._pending: list[tuple[str, tuple[Any, ...]]] = []
+        # this turn's writes: events in order; checkpoints and job states, newest per key
+        self._events: list[tuple[Any, ...]] = []
+        self._checkpoints: dict[tuple[str, str], Any] = {}
+        self._states: dict[str, tuple[str, str, float]] = {}
         self._flush_scheduled = False
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for this loop turn's commit."""
+        return len(self._events) + len(self._checkpoints) + len(self._states)
 
     def close(self) -> None:
         self.flush()
@@ -81,37 +92,51 @@ class JobStore:
         with self._lock:
             return self._db.execute(sql, args)
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        """Queue a write for this loop turn's transaction (at once when there is no loop)."""
-        with self._lock:
-            self._pending.append((sql, args))
-            if self._flush_scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                loop = None
-            self._flush_scheduled = loop is not None
-        if loop is None:
+    def _queued(self) -> None:
+        """A write was queued (lock held): commit it at the end of this loop turn, or now without a loop."""
+        if self._flush_scheduled:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
             self.flush()
-        else:
-            loop.call_soon(self.flush)
+            return
+        self._flush_scheduled = True
+        loop.call_soon(self.flush)
 
-    def flush(self) -> None:
+    def flush(self, final: tuple[str, tuple[Any, ...]] | None = None) -> None:
+        """Commit the pending writes (and `final`, a statement that must land with them) as one transaction."""
         with self._lock:
             self._flush_scheduled = False
-            pending, self._pending = self._pending, []
-            if not pending:
+            events, self._events = self._events, []
+            checkpoints, self._checkpoints = self._checkpoints, {}
+            states, self._states = self._states, {}
+            if not (events or checkpoints or states or final):
                 return
+            rows = []
+            for (job_id, key), value in checkpoints.items():
+                try:
+                    rows.append((job_id, key, json.dumps(value, default=str)))
+                except (TypeError, ValueError):  # e.g. a cycle: lose this checkpoint, not the turn
+                    log.exception("checkpoint not serialisable", extra={"job_id": job_id, "key": key})
             try:
                 self._db.execute("BEGIN")
-                for sql, args in pending:
-                    self._db.execute(sql, args)
+                if states:
+                    self._db.executemany(
+                        "UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?",
+                        [(*v, job_id) for job_id, v in states.items()],
+                    )
+                if events:
+                    self._db.executemany("INSERT OR REPLACE INTO events(job_id, seq, phase, message, data, at) VALUES (?,?,?,?,?,?)", events)
+                if rows:
+                    self._db.executemany("INSERT OR REPLACE INTO checkpoints(job_id, key, value) VALUES (?,?,?)", rows)
+                if final:
+                    self._db.execute(*final)
                 self._db.execute("COMMIT")
             except sqlite3.Error:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                log.exception("job store write failed", extra={"statements": len(pending)})
+                log.exception("job store write failed", extra={"statements": len(events) + len(checkpoints) + len(states) + bool(final)})
                 raise
 
     # ---- jobs ---------------------------------------------------------------------------
@@ -126,13 +151,16 @@ class JobStore:
         return cur.rowcount == 1
 
     def set_state(self, job_id: str, state: str, phase: str = "") -> None:
-        self._write("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?", (state, phase, time.time(), job_id))
+        with self._lock:
+            self._states[job_id] = (state, phase, time.time())
+            self._queued()
 
     def finish(self, result: JobResult) -> None:
-        self._exec(
-            "UPDATE jobs SET state=?, phase='done', result=?, failure=?, updated_at=? WHERE job_id=?",
-            (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id),
-        )
+        """The result, with everything still pending, in one commit before this returns."""
+        sql = "UPDATE jobs SET state=?, phase='done', result=?, failure=?, updated_at=? WHERE job_id=?"
+        with self._lock:
+            self._states.pop(result.job_id, None)  # the final state wins
+            self.flush((sql, (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id)))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self._exec("SELECT job_id, submit, state, phase, created_at, updated_at, result, failure FROM jobs WHERE job_id=?", (job_id,)).fetchone()
@@ -172,10 +200,9 @@ class JobStore:
     # ---- events and checkpoints ------------------------------------------------------------
 
     def add_event(self, event: JobEvent) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO events(job_id, seq, phase, message, data, at) VALUES (?,?,?,?,?,?)",
-            (event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at),
-        )
+        with self._lock:
+            self._events.append((event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at))
+            self._queued()
 
     def events(self, job_id: str) -> list[JobEvent]:
         rows = self._exec("SELECT seq, phase, message, data, at FROM events WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
@@ -186,10 +213,10 @@ class JobStore:
         return int(row[0]) + 1
 
     def checkpoint(self, job_id: str, key: str, value: Any) -> None:
-        self._write(
-            "INSERT OR REPLACE INTO checkpoints(job_id, key, value) VALUES (?,?,?)",
-            (job_id, key, json.dumps(value, default=str)),
-        )
+        """Saved as it is when this turn commits (serialised then, once, if not replaced before)."""
+        with self._lock:
+            self._checkpoints[(job_id, key)] = value
+            self._queued()
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         rows = self._exec("SELECT key, value FROM checkpoints WHERE job_id=?", (job_id,)).fetchall()
