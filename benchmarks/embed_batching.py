@@ -5,8 +5,10 @@
 Distinct question-like texts, the cache off, so every text runs through MiniLM. `one_ms` is a
 text embedded on its own (what a router paid per query before batching); `batched_ms` is the
 per-text cost when N queries arrive together and the EmbedBatcher folds them into model calls
-of up to 64; `ratio` = one / batched, measured in the same run. `gflops_per_s` estimates how
-close batched embedding is to the core's arithmetic limit (MiniLM-L6: ~21 MFLOP per token).
+of up to 64; `ratio` = one / batched, measured in the same run. `*_cpu_ms` is the process CPU
+time per text: with --threads above 1, waiting threads spin, so it exceeds the wall time.
+`gflops_per_s` estimates how close batched embedding is to the core's arithmetic limit
+(MiniLM-L6: ~21 MFLOP per token).
 """
 
 from __future__ import annotations
@@ -39,10 +41,12 @@ def main() -> None:
     texts = [f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)]
     embedder.embed(texts[:16])  # warm-up
     progress("one text per call")
-    started = time.perf_counter()
-    for text in texts[: max(16, args.texts // 4)]:
+    n_one = max(16, args.texts // 4)
+    started, cpu = time.perf_counter(), time.process_time()
+    for text in texts[:n_one]:
         embedder.embed_one(text)
-    one_s = (time.perf_counter() - started) / max(16, args.texts // 4)
+    one_s = (time.perf_counter() - started) / n_one
+    one_cpu_s = (time.process_time() - cpu) / n_one
 
     async def together() -> tuple[float, int]:
         batcher = EmbedBatcher(embedder)
@@ -51,11 +55,14 @@ def main() -> None:
         return (time.perf_counter() - t0) / len(texts), batcher.batches
 
     progress(f"{len(texts)} queries at once through the EmbedBatcher")
+    cpu = time.process_time()
     batched_s, batches = asyncio.run(together())
+    batched_cpu_s = (time.process_time() - cpu) / len(texts)
     tokens = sum(len(embedder._model.tokenizer(t)["input_ids"]) for t in texts[:32]) / 32  # noqa: SLF001
     emit({
         "texts": len(texts), "threads": args.threads, "one_ms": one_s * 1e3, "batched_ms": batched_s * 1e3,
-        "ratio": one_s / batched_s, "model_calls": batches, "tokens_per_text": tokens,
+        "ratio": one_s / batched_s, "one_cpu_ms": one_cpu_s * 1e3, "batched_cpu_ms": batched_cpu_s * 1e3,
+        "model_calls": batches, "tokens_per_text": tokens,
         "gflops_per_s": tokens * FLOP_PER_TOKEN / batched_s / 1e9,
     }, args.json)  # fmt: skip
 

@@ -21,7 +21,7 @@ Measured:
   orchestrator_gc_*    garbage-collector pauses in the orchestrator+client process during the
                        jobs, in all and by generation (its startup heap is frozen and its
                        thresholds raised as in `foa orchestrator`, fabric/heap.py;
-                       --no-gc-freeze shows the difference)
+                       --gc-python-thresholds and --no-gc-freeze show the difference)
 Job shape (default): the scripted 4-node DAG, one proposer, one agent per node, no refinement
 rounds — the smallest job that still decomposes, assigns, drafts 4 nodes and synthesises.
 
@@ -209,6 +209,7 @@ class GcPauses:
 async def run_jobs(
     settings: Settings, jobs: int, options: JobOptions, distinct_questions: int, profile: Path | None, pids: dict[str, int],
     freeze: bool = True,
+    python_thresholds: bool = False,
 ) -> dict[str, Any]:
     from fabric.embeddings import shared_embedder
     from fabric.orchestrator.service import BusPorts, OrchestratorService
@@ -232,7 +233,10 @@ async def run_jobs(
     service.ports = TimedPorts(orch_bus, service.registry, embedder, settings)
     await service.start()
     if freeze:
+        thresholds = gc.get_threshold()
         freeze_startup_heap()  # as run_orchestrator does (fabric/heap.py)
+        if python_thresholds:
+            gc.set_threshold(*thresholds)
     progress(f"orchestrator sees {len(service.registry.live())} agents")
     client = Bus(settings, f"load-client-{os.getpid()}", persistent=False)
     await client.connect()
@@ -321,6 +325,7 @@ async def run_jobs(
         "orchestrator_gc_pause_s_by_generation": [round(x, 4) for x in pauses.seconds],
         "orchestrator_gc_full_collections": pauses.count[2],
         "orchestrator_heap_frozen": freeze,
+        "orchestrator_gc_thresholds": list(gc.get_threshold()),
         "orchestrator_counts": {"completed": service.completed - base_completed, "failed": service.failed - base_failed},
     }
 
@@ -362,6 +367,8 @@ def main() -> None:
     ap.add_argument("--agents-per-node", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=0)
     ap.add_argument("--profile", type=Path, default=None, help="cProfile the orchestrator+client process during the jobs")
+    ap.add_argument("--gc-python-thresholds", action="store_true",
+                    help="freeze the orchestrator's startup heap but keep Python's collection thresholds (for comparison)")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="leave the orchestrator's garbage collector as Python ships it: no frozen startup heap, default thresholds (for comparison)")
     ap.add_argument("--seed", type=int, default=0)
@@ -397,7 +404,8 @@ def main() -> None:
             result["router_process_ready_s"] = asyncio.run(wait_router(settings, args.agents, 300))
             pids = {"orchestrator+client": os.getpid(), "agent_host": host.p.pid, "router": router.p.pid, "mosquitto": broker._proc.pid if broker._proc else -1}
             result.update(asyncio.run(run_jobs(settings, args.jobs, options, args.distinct_questions or args.jobs, args.profile, pids,
-                                               freeze=not args.no_gc_freeze)))  # fmt: skip
+                                               freeze=not args.no_gc_freeze,
+                                               python_thresholds=args.gc_python_thresholds)))  # fmt: skip
         finally:
             for child in children:
                 child.stop()

@@ -47,6 +47,9 @@ log = logging.getLogger("foa.bus")
 #: messages of a persistent session parked until a subscribe() claims them (bounded, then acked and dropped)
 EARLY_MAX = 10_000
 READ_BATCH = 512  # packets parsed from the read buffer per loop turn before yielding
+#: longest a queued packet waits for the end of its loop turn: a turn that runs a thousand ready
+#: handlers lasts a second, and holding every reply until it ends stalls the processes downstream
+WRITE_DELAY_MAX_S = 0.002
 EARLY_TTL_S = 60.0
 
 
@@ -210,6 +213,7 @@ class Bus:
         self._wild: list[tuple[tuple[str, ...], _Subscription]] = []
         self._loop_thread = 0
         self._flush_scheduled = False  # a write flush is queued for the end of this loop turn
+        self._written_at = 0.0  # loop time of the last write to the socket
         self._pending_acks: dict[int, asyncio.Future[None]] = {}
         self._pending_subacks: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._pending_requests: dict[str, asyncio.Future[Incoming]] = {}
@@ -375,6 +379,11 @@ class Bus:
         self._flush_scheduled = False
         self._write_out()
 
+    def _write_if_late(self) -> None:
+        """Write now if packets have waited WRITE_DELAY_MAX_S for the end of a long loop turn."""
+        if self._flush_scheduled and self._loop is not None and self._loop.time() - self._written_at >= WRITE_DELAY_MAX_S:
+            self._write_out()
+
     def _write_out(self) -> None:
         """paho's queue into the client's buffer, the buffer onto the socket; if the socket is
         full, the rest goes when it drains."""
@@ -382,6 +391,7 @@ class Bus:
         client = self._client
         if client is None or self._loop is None or sock is None or sock.fileno() < 0:
             return
+        self._written_at = self._loop.time()
         if client.want_write():
             client.loop_write()
         if not client.flush_out() or client.want_write():
@@ -411,6 +421,7 @@ class Bus:
             if self._client is not client or not client.buffered_in():
                 return
             client.loop_read()
+            self._write_if_late()  # acks and inline replies of a long burst
         if self._loop is not None and client.buffered_in():
             self._loop.call_soon(self._read)
 
@@ -507,8 +518,11 @@ class Bus:
         self.stats.published += 1
         if first_this_turn:
             # the first publish of a loop turn goes out now (latency); later ones in the same
-            # turn join the flush at its end (throughput: one send for all of them)
+            # turn join the flush at its end (throughput: one send for all of them), unless the
+            # turn runs long
             self._write_out()
+        else:
+            self._write_if_late()
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise BusError(f"publish to {topic} failed: {mqtt.error_string(info.rc)}")
         if qos == 0 or not wait:

@@ -11,9 +11,9 @@
    soon after, which triggers collections of those generations too. Collecting the young
    generation every YOUNG_THRESHOLD allocations lets in-flight state die young; cycles are
    still collected, only later. Measured in the orchestrator with 1,000 jobs in flight
-   (benchmarks/fabric_load.py --distinct-questions 10, same machine, one run each):
-   GC pauses by generation 0.18/0.22/0.35 s (6 full collections) with Python's thresholds,
-   0.23/0/0 s (none) with (50_000, 20, 10); 2.4 s in all with --no-gc-freeze (neither).
+   (benchmarks/fabric_load.py --distinct-questions 10; GC pauses by generation): 0.1-0.23/0/0 s
+   with these thresholds; 0.18-0.23/0.22-0.30/0.35-0.51 s (six full collections) with Python's
+   (--gc-python-thresholds); 2.4 s in all with --no-gc-freeze (neither change).
 """
 
 from __future__ import annotations

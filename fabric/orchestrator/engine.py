@@ -12,8 +12,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
-from typing import Any, Protocol
+from collections.abc import Coroutine, Sequence
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -46,6 +46,7 @@ from fabric.settings import Settings
 from fabric.vcv import VCV
 
 log = logging.getLogger("foa.orchestrator")
+T = TypeVar("T")
 
 
 class Ports(Protocol):
@@ -67,6 +68,14 @@ class Ports(Protocol):
 
 class NodeFailed(RuntimeError):
     pass
+
+
+async def gather_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """asyncio.gather, but a lone coroutine is awaited in place: no task for the common case of
+    one proposer, one drafter or one cluster (a task costs more than the rest of a small step)."""
+    if len(aws) == 1:
+        return [await aws[0]]
+    return list(await asyncio.gather(*aws))
 
 
 class JobRunner:
@@ -181,7 +190,7 @@ class JobRunner:
                 self._failures.append(f"decompose by {match.agent_id}: {exc}")
                 return None
 
-        proposals = [p for p in await asyncio.gather(*(propose(m) for m in proposers)) if p]
+        proposals = [p for p in await gather_all([propose(m) for m in proposers]) if p]
         if proposals:
             dag = merge_proposals(
                 proposals, self.ports.embed, merge_similarity=self.settings.merge_similarity, subtasks_max=self.subtasks_max
@@ -307,7 +316,7 @@ class JobRunner:
                 self._failures.append(f"draft {node_id} by {agent_id}: {exc}")
                 self._contributions.append((agent_id, node_id, ""))
 
-        await asyncio.gather(*(draft(m.agent_id) for m in matches))
+        await gather_all([draft(m.agent_id) for m in matches])
         if not drafts:
             replacement = await self._reassign(node, [m.agent_id for m in matches])
             if replacement:
@@ -327,8 +336,8 @@ class JobRunner:
             await self.emit("cluster", f"{node_id}: clusters {clusters}", {"node": node_id, "clusters": clusters})
 
         # phase 4: each cluster refines on its own channel for ≤ k rounds
-        outcomes = await asyncio.gather(
-            *(self._refine(node_id, node.text, f"{job.job_id}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters))
+        outcomes = await gather_all(
+            [self._refine(node_id, node.text, f"{job.job_id}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters)]
         )
         best = pick_node_answer(outcomes, self.reputation.weight)
         for o in outcomes:
