@@ -12,8 +12,9 @@
    generation every YOUNG_THRESHOLD allocations lets in-flight state die young; cycles are
    still collected, only later. Measured in the orchestrator with 1,000 jobs in flight
    (benchmarks/fabric_load.py --distinct-questions 10; GC pauses by generation): 0.1-0.23/0/0 s
-   with these thresholds; 0.18-0.23/0.22-0.30/0.35-0.51 s (six full collections) with Python's
-   (--gc-python-thresholds); 2.4 s in all with --no-gc-freeze (neither change).
+   with these thresholds (no older collection); 0.16-0.23/0.20-0.30/0.25-0.51 s (four to six
+   full collections) with Python's (--gc-python-thresholds); 1.9-2.4 s in all with
+   --no-gc-freeze (neither change).
 """
 
 from __future__ import annotations
