@@ -1,7 +1,8 @@
 """The throughput shortcuts keep the behaviour of the slow paths they replace.
 
 paho property parsing, one-pass envelope decoding, inline handlers, batched embeddings, the
-job store's group commit and coalesced reputation scores — each against the real thing.
+job store's group commit, coalesced reputation scores and writes held for the end of a loop
+turn (never long) — each against the real thing.
 """
 
 from __future__ import annotations
@@ -218,3 +219,59 @@ def test_freezing_the_startup_heap_spares_later_collections() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*thresholds)
+
+
+def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignore[no-untyped-def]
+    """A responder whose loop turn runs a burst of handlers (here 120 × 3 ms) sends replies as
+    it goes (WRITE_DELAY_MAX_S), not all at the end of the turn: the requester, in its own
+    thread and loop, holds half of them before the responder has started its last handler."""
+    import threading
+    import time
+
+    n = 120
+    last_started: list[float] = []
+    ready, stop = threading.Event(), threading.Event()
+
+    def responder() -> None:
+        async def main() -> None:
+            async with Bus(settings, "burst-responder", persistent=False) as bus:
+                async def handle(msg: Incoming) -> None:
+                    last_started[:] = [time.monotonic()]
+                    time.sleep(0.003)  # CPU work that keeps the loop turn going
+                    await bus.publish(f"test/burst/reply/{msg.topic.rsplit('/', 1)[1]}", msg.envelope.body, qos=0)
+
+                await bus.subscribe("test/burst/ask/+", handle, body_types=AgentStatus, qos=0)
+                ready.set()
+                while not stop.is_set():
+                    await asyncio.sleep(0.05)
+
+        asyncio.run(main())
+
+    thread = threading.Thread(target=responder, daemon=True)
+    thread.start()
+    assert ready.wait(15)
+    arrivals: list[float] = []
+
+    async def requester() -> None:
+        async with Bus(settings, "burst-requester", persistent=False) as bus:
+            got = asyncio.Event()
+
+            def on_reply(msg: Incoming) -> None:
+                arrivals.append(time.monotonic())
+                if len(arrivals) == n:
+                    got.set()
+
+            await bus.subscribe("test/burst/reply/+", on_reply, body_types=AgentStatus, qos=0)
+            # distinct envelopes (the bus drops repeated ids), sent in one burst
+            payloads = [make(AgentStatus(agent_id=f"a{i}", status="online")).to_json() for i in range(n)]
+            for i, payload in enumerate(payloads):
+                await bus.publish(f"test/burst/ask/{i}", payload, qos=0)
+            await asyncio.wait_for(got.wait(), 30)
+
+    try:
+        asyncio.run(requester())
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(arrivals) == n
+    assert sorted(arrivals)[n // 2] < last_started[0]
