@@ -15,10 +15,10 @@ multi-valued properties), and still packs and validates assignments like its par
 paho alone if its internals moved (the bus then just runs slower).
 
 2. Message bookkeeping: paho gives every publish, sent or received, an `MQTTMessageInfo` with
-its own `threading.Condition` (a lock, a deque, bound methods): ~10 % of an orchestrator's CPU
-under load. `SharedConditionInfo` shares one Condition per process instead. It only serves
-`wait_for_publish()`, whose waiters re-check their own flag in a loop, so a shared condition
-changes nothing but spurious wake-ups (the bus never waits on it: acks resolve futures).
+its own `threading.Condition` (a lock, a deque, bound methods): 1.7 µs and four tracked objects
+per message, against 0.3 µs for `SharedConditionInfo`, which shares one Condition per process.
+It only serves `wait_for_publish()`, whose waiters re-check their own flag in a loop, so a shared
+condition changes nothing but spurious wake-ups (the bus never waits on it: acks resolve futures).
 
 3. Writes: paho sends every packet with its own send() syscall; `BufferedClient` buffers
 them and the bus flushes once per event-loop turn (see the class).
@@ -109,7 +109,7 @@ def install() -> bool:
         return False
     installed = True
     current_info: Any = getattr(client, "MQTTMessageInfo", None)
-    if current_info is mqtt.MQTTMessageInfo and "_condition" in getattr(current_info, "__slots__", ()):
+    if current_info is _STOCK_INFO and "_condition" in getattr(_STOCK_INFO, "__slots__", ()):
         client.MQTTMessageInfo = SharedConditionInfo  # type: ignore[misc]
     elif current_info is not SharedConditionInfo:
         log.debug("paho's MQTTMessageInfo is not as expected; leaving it alone")

@@ -275,3 +275,25 @@ def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignor
         thread.join(10)
     assert len(arrivals) == n
     assert sorted(arrivals)[n // 2] < last_started[0]
+
+
+def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None:  # type: ignore[no-untyped-def]
+    """With SharedConditionInfo installed, paho's own wait_for_publish() (a thread waiting on
+    the shared condition) still returns once each QoS 1 message is acknowledged."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    assert paho_speedups.install()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="shared-condition", protocol=MQTTProtocolVersion.MQTTv5)
+    host, port = mosquitto.url.removeprefix("mqtt://").split(":")
+    client.connect(host, int(port))
+    client.loop_start()
+    try:
+        infos = [client.publish(f"test/shared/{i}", b"x", qos=1) for i in range(20)]
+        assert all(type(info) is paho_speedups.SharedConditionInfo for info in infos)
+        for info in infos:
+            info.wait_for_publish(timeout=5)
+            assert info.is_published()
+    finally:
+        client.loop_stop()
+        client.disconnect()

@@ -343,11 +343,11 @@ class JobRunner:
         for o in outcomes:
             for agent_id, answer in o.final_answers.items():
                 self._contributions.append((agent_id, node_id, answer))
+        done: dict[str, Any] = {"node": node_id, "representative": best.representative}
         if len(drafts) > 1:
-            await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", {"node": node_id, "representative": best.representative})
+            await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", done)
         else:
-            await self.emit("node_done", f"{node_id} answered by its only draft ({best.representative})",
-                            {"node": node_id, "representative": best.representative, "drafts": shown})
+            await self.emit("node_done", f"{node_id} answered by its only draft ({best.representative})", done | {"drafts": shown})
         return {"answer": best.answer, "by": best.representative, "cluster": best.cluster_id, "clusters": summarise_rounds(outcomes)}
 
     def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:
