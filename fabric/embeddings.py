@@ -88,17 +88,7 @@ class Embedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed many texts; unchanged texts come from the cache, the rest in batches."""
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
-        todo: dict[bytes, list[int]] = {}
-        with self._lock:
-            for i, text in enumerate(texts):
-                key = self._key(text)
-                hit = self._cache.get(key)
-                if hit is not None:
-                    self._cache.move_to_end(key)
-                    out[i] = hit
-                else:
-                    todo.setdefault(key, []).append(i)
+        out, todo = self._from_cache(texts)
         if todo:
             keys = list(todo)
             fresh = self._encode([texts[todo[k][0]] for k in keys])
@@ -116,14 +106,23 @@ class Embedder:
 
     def cached(self, texts: Sequence[str]) -> np.ndarray | None:
         """The vectors if every text is in the cache (no model call), else None."""
+        out, todo = self._from_cache(texts)
+        return None if todo else out
+
+    def _from_cache(self, texts: Sequence[str]) -> tuple[np.ndarray, dict[bytes, list[int]]]:
+        """Rows filled from the cache, and the positions of each text that is not in it."""
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        todo: dict[bytes, list[int]] = {}
         with self._lock:
             for i, text in enumerate(texts):
-                hit = self._cache.get(self._key(text))
-                if hit is None:
-                    return None
-                out[i] = hit
-        return out
+                key = self._key(text)
+                hit = self._cache.get(key)
+                if hit is not None:
+                    self._cache.move_to_end(key)
+                    out[i] = hit
+                else:
+                    todo.setdefault(key, []).append(i)
+        return out, todo
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self._model.encode(

@@ -105,10 +105,8 @@ class LexicalIndex:
 
     def set_row(self, row: int, text: str) -> None:
         """(Re)index a row; call clear_row first if it held another document."""
-        counts: dict[str, int] = {}
-        for token in tokenize(text):
-            counts[token] = counts.get(token, 0) + 1
-        items = Counter(counts).most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items())
+        counts = Counter(tokenize(text))
+        items = counts.most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items())
         n = len(items)
         if self.pool_used + n > len(self.pool_ids):
             grow = max(self.pool_used + n, 2 * len(self.pool_ids))
@@ -117,16 +115,14 @@ class LexicalIndex:
                 new = np.zeros(grow, dtype=old.dtype)
                 new[: self.pool_used] = old[: self.pool_used]
                 setattr(self, name, new)
-        vocab = self.vocab
-        ids = np.fromiter((vocab[t] if t in vocab else self._token_id(t) for t, _ in items), dtype=np.int32, count=n)
-        tfs = [c for _, c in items]
+        ids = [self._token_id(t) for t, _ in items]
         s = self.pool_used
         self.pool_ids[s : s + n] = ids
-        self.pool_tf[s : s + n] = np.minimum(tfs, 255) if n else tfs
+        self.pool_tf[s : s + n] = [min(c, 255) for _, c in items]
         self.pool_used += n
         self.start[row] = s
         self.length[row] = n
-        dl = float(sum(tfs))
+        dl = float(sum(c for _, c in items))
         self.doclen[row] = dl
         self.df[ids] += 1  # ids are unique within a row
         self.docs += 1
