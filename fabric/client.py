@@ -17,7 +17,7 @@ from collections.abc import Callable
 from fabric import topics
 from fabric.bus import Bus, BusError, Incoming
 from fabric.envelope import make
-from fabric.messages import JobEvent, JobOptions, JobResult, JobSubmit, Budget
+from fabric.messages import Budget, JobCancel, JobEvent, JobOptions, JobResult, JobSubmit
 
 
 class JobFailed(RuntimeError):
@@ -96,3 +96,10 @@ async def submit_and_follow(
     finally:
         await bus.unsubscribe(topics.job_events(submit.job_id))
         await bus.unsubscribe(topics.job_result(submit.job_id))
+
+
+async def cancel_job(bus: Bus, job_id: str, reason: str = "") -> None:
+    """Ask whichever orchestrator owns `job_id` to cancel it (QoS 1; harmless when repeated or
+    when the job already ended). The job's result, status `canceled`, arrives on its result topic."""
+    topics.validate_id(job_id, "job id")
+    await bus.publish(topics.job_cancel(job_id), make(JobCancel(job_id=job_id, reason=reason), job_id=job_id, sender=bus.client_id))

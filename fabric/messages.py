@@ -242,7 +242,7 @@ class JobResult(Body):
     KIND: ClassVar[str] = "job_result"
 
     job_id: str
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "failed", "canceled"]
     answer: str = ""
     failure_reason: str | None = None
     dag: dict[str, Any] = Field(default_factory=dict)
@@ -251,6 +251,16 @@ class JobResult(Body):
     rounds: dict[str, Any] = Field(default_factory=dict)
     usage: dict[str, Any] = Field(default_factory=dict)
     timings: dict[str, float] = Field(default_factory=dict)
+
+
+class JobCancel(Body):
+    """Ask the orchestrator that owns a job to stop it: pending calls are abandoned and the job
+    ends `canceled` with its usage so far. Cancelling twice, or a finished job, is harmless."""
+
+    KIND: ClassVar[str] = "job_cancel"
+
+    job_id: str
+    reason: str = Field(default="", max_length=500)
 
 
 class ChannelMessage(Body):
@@ -283,5 +293,6 @@ ALL_BODIES: list[type[Body]] = [
     JobSubmit,
     JobEvent,
     JobResult,
+    JobCancel,
     ChannelMessage,
 ]

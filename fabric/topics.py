@@ -7,6 +7,7 @@ ROOT = "foa"
 AGENT_VCV_WILDCARD = f"{ROOT}/agents/+/vcv"
 AGENT_STATUS_WILDCARD = f"{ROOT}/agents/+/status"
 JOBS_SUBMIT = f"{ROOT}/jobs/submit"
+JOBS_CANCEL_WILDCARD = f"{ROOT}/jobs/+/cancel"
 ROUTER_QUERY = f"{ROOT}/router/query"
 POLICY_ENFORCEMENT = f"{ROOT}/policies/enforcement"
 REPUTATION_WILDCARD = f"{ROOT}/reputation/+"
@@ -43,6 +44,11 @@ def job_events(job_id: str) -> str:
 
 def job_result(job_id: str) -> str:
     return f"{ROOT}/jobs/{job_id}/result"
+
+
+def job_cancel(job_id: str) -> str:
+    """Cancel requests for one job; every orchestrator replica listens, the owner acts."""
+    return f"{ROOT}/jobs/{job_id}/cancel"
 
 
 def cluster_channel(cluster_id: str) -> str:
