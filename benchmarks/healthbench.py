@@ -118,7 +118,7 @@ async def run_system(name: str, system: Any, examples: Sequence[HealthBenchExamp
 
 
 async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    from agents.spec import LLMConfig
+    from fabric.llm import LLMConfig
 
     started = time.monotonic()
     cache = args.cache_dir or default_cache_dir(settings.data_dir if "data_dir" in settings.model_fields_set else None)

@@ -109,7 +109,7 @@ def summarise(scores: Sequence[DagScore], rng: np.random.Generator) -> dict[str,
 
 
 async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    from agents.spec import LLMConfig
+    from fabric.llm import LLMConfig
     from fabric.embeddings import shared_embedder
 
     started = time.monotonic()

@@ -23,6 +23,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fabric.errors import ConfigError
 from fabric.messages import AuditEvent
 from fabric.settings import Settings
 from fabric import topics
@@ -41,7 +42,7 @@ BAD_SIGNATURE = "bad-signature"
 TOPIC_MISMATCH = "topic-mismatch"
 
 
-class KeyFileError(ValueError):
+class KeyFileError(ConfigError):
     """A key file that is missing, unreadable or not an ed25519 key."""
 
 

@@ -37,6 +37,7 @@ import hnswlib
 import numpy as np
 
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter
+from fabric.errors import ProtocolError
 from fabric.vcv import VCV
 from router.lexical import LexicalIndex, agent_text
 
@@ -64,7 +65,7 @@ class IndexConfig:
     build_threads: int = 0  # 0 = all cores
 
 
-class IndexError_(ValueError):
+class IndexError_(ProtocolError):
     """A VCV the index cannot hold (wrong dimension, too many policy flags, ...)."""
 
 

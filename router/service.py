@@ -32,11 +32,12 @@ from pydantic import ValidationError
 
 from fabric import topics
 from fabric.bus import Bus, Incoming
-from fabric.embeddings import EmbedBatcher, Embedder, shared_embedder
+from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import Envelope
-from fabric.heap import freeze_startup_heap
+from fabric.errors import readable
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
+from fabric.service import ServiceRuntime
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
@@ -267,7 +268,7 @@ class RouterService:
             else:
                 return ErrorReply(code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}")
         except ValidationError as exc:
-            return ErrorReply(code="bad_request", message=_readable(exc))
+            return ErrorReply(code="bad_request", message=readable(exc, {"": "query"}))
         flags = query.policies if isinstance(query, RouteQuery) else [p for s in query.subtasks for p in s.policies]
         unknown = sorted({f.strip().lower() for f in flags} - set(KNOWN_POLICIES) - {f for f in flags if self.index.policy_known(f.strip().lower())})
         if unknown:
@@ -331,14 +332,6 @@ class RouterService:
         return {"threshold": cal.threshold, **cal.info()}
 
 
-def _readable(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "query"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 async def run_router(
     settings: Settings,
     *,
@@ -346,44 +339,45 @@ async def run_router(
     verify_vcv: VerifyVCV | None = None,
     ready: asyncio.Event | None = None,
     snapshot: bool = True,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """`foa router`: restore the snapshot if there is one, serve until cancelled, snapshot on exit."""
-    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
-                                                   settings.embedding_device, settings.embedding_threads)
-    snap = snapshot_path(settings) if snapshot else None
-    index = None
-    if snap is not None and (snap / "meta.json").exists():
-        try:
-            index = await asyncio.to_thread(CapabilityIndex.restore, snap)
-            if index.config.embedding_model != embedder.model_name:
-                log.warning("snapshot is from another embedding model; starting empty", extra={"path": str(snap)})
-                index = None
-            else:
-                log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
-    from fabric.metrics import metrics_for
-    from fabric.runtime import resolve_broker
+    """`foa router`: restore the snapshot if there is one, serve until SIGINT/SIGTERM (or `stop`),
+    then snapshot and leave."""
     from fabric.security import VcvGate
 
-    if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
-        verify_vcv = VcvGate.from_settings(settings).check
     client_id = f"router-{os.urandom(4).hex()}"
-    async with Bus(settings, client_id, broker=resolve_broker(settings), persistent=False) as bus:
-        service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
-        service.metrics = metrics_for(settings, "router", client_id)
-        service.metrics.watch_bus(bus)
-        beat = asyncio.create_task(service.metrics.beat_forever())
-        await service.start()
-        freeze_startup_heap()
-        if ready is not None:
-            ready.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            beat.cancel()
-            service.metrics.stop()
-            await service.stop()
+    async with ServiceRuntime(settings, "router", instance=client_id, embedder=embedder, stop=stop) as rt:
+        embedder = await rt.embedder()
+        snap = snapshot_path(settings) if snapshot else None
+        index = await asyncio.to_thread(restore_index, snap, embedder.model_name) if snap is not None else None
+        if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
+            verify_vcv = VcvGate.from_settings(settings).check
+        async with Bus(settings, client_id, broker=rt.broker(), persistent=False) as bus:
+            rt.watch_bus(bus)
+            service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
+            service.metrics = rt.metrics
+            await service.start()
+            rt.on_drain(service.stop)  # the snapshot is written while the bus is still open
+            rt.ready()
+            if ready is not None:
+                ready.set()
+            await rt.serve()
+
+
+def restore_index(snap: Path, embedding_model: str) -> CapabilityIndex | None:
+    """The index snapshot at `snap` if there is one from this embedding model, else None (empty start)."""
+    if not (snap / "meta.json").exists():
+        return None
+    try:
+        index = CapabilityIndex.restore(snap)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
+        return None
+    if index.config.embedding_model != embedding_model:
+        log.warning("snapshot is from another embedding model; starting empty", extra={"path": str(snap)})
+        return None
+    log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
+    return index
 
 
 def top_scores(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[float]:

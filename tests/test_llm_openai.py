@@ -9,7 +9,7 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from agents.spec import LLMConfig
+from fabric.llm import LLMConfig
 from fabric.llm import backend_for
 from fabric.llm.base import ChatMessage, LLMTimeout, LLMUnavailable
 from fabric.llm.openai_compat import OpenAICompatBackend, normalise_base_url, parse_retry_after

@@ -11,6 +11,10 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
+
+from fabric.cli.resolve import UsageError, at_least, require_text
+from fabric.errors import readable
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.settings import Settings
 
@@ -23,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("question")
     _job_options(p)
     p.add_argument("--specs", default=None, help="folder of agent specs (default: the shipped agents)")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, validate=check_job_args)
 
     p = sub.add_parser("up", help="run a local federation (broker, router, orchestrator, agents) until interrupted")
     p.add_argument("--specs", default=None, help="folder of agent specs (default: the shipped agents)")
@@ -33,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("submit", help="send a job to a running federation and follow it")
     p.add_argument("question")
     _job_options(p)
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=cmd_submit, validate=check_job_args, needs_broker=True)
 
     p = sub.add_parser("jobs", help="list jobs in the local job store")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(func=cmd_jobs)
+    p.set_defaults(func=cmd_jobs, validate=lambda a: at_least(a.limit, 1, "--limit"))
 
     p = sub.add_parser("job", help="inspect one job")
     job_sub = p.add_subparsers(dest="job_command", metavar="ACTION")
@@ -48,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.set_defaults(func=cmd_job_show)
 
     p = sub.add_parser("orchestrator", help="run the orchestrator service")
-    p.set_defaults(func=cmd_orchestrator)
+    p.set_defaults(func=cmd_orchestrator, needs_broker=True)
 
 
 def _job_options(p: argparse.ArgumentParser) -> None:
@@ -67,6 +71,31 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--budget-cost", type=float, default=None)
     p.add_argument("--deadline", type=float, default=None, help="seconds for the whole job")
     p.add_argument("--timeout", type=float, default=900.0, help="give up following after this many seconds")
+
+
+def check_job_args(args: argparse.Namespace) -> None:
+    """`foa run` / `foa submit` arguments, checked before a broker or an agent starts."""
+    require_text(args.question, "the question", f'foa {args.command} "what are the health benefits of cycling?"')
+    for flag, value, minimum in (
+        ("--proposers", args.proposers, 1), ("--subtasks", args.subtasks, 1), ("--agents-per-node", args.agents_per_node, 1),
+        ("--rounds", args.rounds, 0), ("--max-tokens", args.max_tokens, 8), ("--budget-tokens", args.budget_tokens, 1),
+        ("--budget-cost", args.budget_cost, 0),
+    ):
+        at_least(value, minimum, flag)
+    at_least(args.deadline, 0, "--deadline", strict=True)
+    at_least(args.timeout, 0, "--timeout", strict=True)
+    try:  # whatever the models add beyond the checks above
+        _options(args, Settings(), profile=False)
+    except ValidationError as exc:
+        raise UsageError(readable(exc, _FLAGS)) from None
+
+
+#: JobOptions / Budget fields → the flags that set them (for error messages)
+_FLAGS = {
+    "max_proposers": "--proposers", "subtasks_max": "--subtasks", "agents_per_node": "--agents-per-node",
+    "refine_rounds": "--rounds", "max_tokens_per_call": "--max-tokens", "synth_mode": "--synth",
+    "max_tokens": "--budget-tokens", "max_cost": "--budget-cost", "deadline_s": "--deadline",
+}
 
 
 def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tuple[JobOptions, Budget]:
@@ -231,12 +260,11 @@ def _pid() -> int:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.bus import Bus
     from fabric.client import submit_and_follow
-    from fabric.runtime import resolve_broker
 
     options, budget = _options(args, settings, profile=False)  # the federation's own sizes apply
 
     async def main() -> JobResult:
-        async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False) as bus:
+        async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
             return await submit_and_follow(
                 bus, args.question, job_id=args.job_id, options=options, budget=budget, policies=args.policy, on_event=Progress(), timeout=args.timeout
             )

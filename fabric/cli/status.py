@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from fabric.cli.resolve import at_least
 from fabric.settings import Settings
 
 
@@ -28,12 +29,10 @@ def register(sub: Any) -> None:
         help="a service's /metrics URL (router, orchestrator); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=_status)
+    parser.set_defaults(func=_status, needs_broker=True, validate=lambda a: at_least(a.wait, 0, "--wait", strict=True))
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.broker_url:
-        raise RuntimeError("foa status needs a running federation: set FOA_BROKER_URL")
     report = asyncio.run(collect(settings, args.wait, args.metrics))
     if args.json:
         print(json.dumps(report, indent=2, default=str))

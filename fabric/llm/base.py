@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fabric.errors import FoAError
 from fabric.messages import Usage
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -47,7 +48,7 @@ class Completion(BaseModel):
     latency_ms: float = 0.0
 
 
-class LLMError(RuntimeError):
+class LLMError(FoAError, RuntimeError):
     """Any failure of an LLM call. The message says what happened and what to do about it."""
 
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from fabric.errors import FoAError
 from fabric.llm.base import ChatMessage, LLMBackend, LLMOutputError
 from fabric.messages import Usage
 
@@ -30,7 +31,7 @@ _PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
 _MAX_TRIMS = 8
 
 
-class JSONExtractError(ValueError):
+class JSONExtractError(FoAError, ValueError):
     """No JSON object could be read from the text."""
 
 
