@@ -38,7 +38,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     embedder = Embedder(cache_size=0)
-    texts = [f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)]
+    texts = [
+        f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)
+    ]
     embedder.embed(texts[:16])  # warm-up
     progress("one text per call")
     n_one = max(16, args.texts // 4)

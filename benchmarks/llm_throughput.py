@@ -56,7 +56,9 @@ class Meter:
 
     async def run(self, i: int, max_tokens: int) -> None:
         t0 = time.perf_counter()
-        done = await self.llm.complete([ChatMessage.user(PROMPTS[i % len(PROMPTS)])], max_tokens=max_tokens, temperature=0.0)
+        done = await self.llm.complete(
+            [ChatMessage.user(PROMPTS[i % len(PROMPTS)])], max_tokens=max_tokens, temperature=0.0
+        )
         wall = time.perf_counter() - t0
         self.rates.append(done.usage.output_tokens / wall)
         self.tokens.append(done.usage.output_tokens)

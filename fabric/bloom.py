@@ -47,14 +47,14 @@ class BloomFilter:
         self._data = bytearray(data if data is not None else nbytes)
 
     @classmethod
-    def of(cls, skills: Iterable[str], bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> "BloomFilter":
+    def of(cls, skills: Iterable[str], bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> BloomFilter:
         bloom = cls(bits, hashes)
         for skill in skills:
             bloom.add(skill)
         return bloom
 
     @classmethod
-    def from_b64(cls, text: str, bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> "BloomFilter":
+    def from_b64(cls, text: str, bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> BloomFilter:
         return cls(bits, hashes, base64.b64decode(text, validate=True))
 
     def add(self, skill: str) -> None:

@@ -108,7 +108,7 @@ class Embedder:
             keys = list(todo)
             fresh = self._encode([texts[todo[k][0]] for k in keys])
             with self._lock:
-                for key, vec in zip(keys, fresh):
+                for key, vec in zip(keys, fresh, strict=False):
                     for i in todo[key]:
                         out[i] = vec
                     self._cache[key] = vec
@@ -141,7 +141,11 @@ class Embedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self._model.encode(
-            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
         ).astype(np.float32)
         vecs = vecs[:, : self.dim]
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -179,7 +183,8 @@ class EmbedBatcher:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, size = [], 0
+            batch: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+            size = 0
             while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_batch):
                 texts, fut = self._queue.popleft()
                 batch.append((texts, fut))

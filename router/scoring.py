@@ -157,4 +157,4 @@ def gate_mask(index: CapabilityIndex, ctx: QueryContext) -> np.ndarray:
     if ctx.skills:
         rows = np.flatnonzero(ok)
         ok[rows] = skills_gate(index, rows, ctx.skills)
-    return ok
+    return np.asarray(ok, dtype=bool)  # no copy; typed (the in-place `&=` loses the array type)

@@ -119,9 +119,15 @@ class RouterService:
     async def start(self) -> None:
         self._load_calibration_file()
         await self.bus.subscribe(topics.AGENT_VCV_WILDCARD, self._on_vcv, body_types=VCV, accept_empty=True)
-        await self.bus.subscribe(topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus, accept_empty=True)
-        await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation, accept_empty=True)
-        await self.bus.subscribe(topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None)
+        await self.bus.subscribe(
+            topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus, accept_empty=True
+        )
+        await self.bus.subscribe(
+            topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation, accept_empty=True
+        )
+        await self.bus.subscribe(
+            topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None
+        )
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
 
@@ -155,7 +161,11 @@ class RouterService:
             self._load_calibration_file()
             if self.auto_calibrate:
                 await self._maybe_calibrate()
-            if self.snapshot_dir is not None and self._dirty and time.monotonic() - last_snapshot > self.snapshot_every_s:
+            if (
+                self.snapshot_dir is not None
+                and self._dirty
+                and time.monotonic() - last_snapshot > self.snapshot_every_s
+            ):
                 self.save()
                 last_snapshot = time.monotonic()
             await asyncio.sleep(1.0)
@@ -203,7 +213,9 @@ class RouterService:
         if self.metrics is not None:
             self.metrics.reject(reason.split(":", 1)[0])
         # every refused VCV is a policy decision: audit it where auditors look
-        audit = AuditEvent(query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason)
+        audit = AuditEvent(
+            query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason
+        )
         task = asyncio.get_running_loop().create_task(self._publish_audit(audit))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -266,11 +278,17 @@ class RouterService:
             elif env.kind == AssignQuery.KIND:
                 query = AssignQuery.model_validate(env.body)
             else:
-                return ErrorReply(code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}")
+                return ErrorReply(
+                    code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}"
+                )
         except ValidationError as exc:
             return ErrorReply(code="bad_request", message=readable(exc, {"": "query"}))
         flags = query.policies if isinstance(query, RouteQuery) else [p for s in query.subtasks for p in s.policies]
-        unknown = sorted({f.strip().lower() for f in flags} - set(KNOWN_POLICIES) - {f for f in flags if self.index.policy_known(f.strip().lower())})
+        unknown = sorted(
+            {f.strip().lower() for f in flags}
+            - set(KNOWN_POLICIES)
+            - {f for f in flags if self.index.policy_known(f.strip().lower())}
+        )
         if unknown:
             return ErrorReply(
                 code="unknown_policy",
@@ -315,7 +333,9 @@ class RouterService:
         n = len(self.index)
         if n < MIN_AGENTS_TO_CALIBRATE:
             return
-        if self.engine.threshold is not None and abs(n - self._calibrated_at_agents) < 0.25 * max(self._calibrated_at_agents, 1):
+        if self.engine.threshold is not None and abs(n - self._calibrated_at_agents) < 0.25 * max(
+            self._calibrated_at_agents, 1
+        ):
             return
         result = await self.calibrate_from_probes()
         log.info("calibrated abstention threshold", extra={"threshold": result["threshold"], "agents": n})
@@ -383,7 +403,7 @@ def restore_index(snap: Path, embedding_model: str) -> CapabilityIndex | None:
 def top_scores(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[float]:
     """Best α per text with abstention off (calibration input)."""
     out = []
-    for text, vec in zip(texts, vecs):
+    for text, vec in zip(texts, vecs, strict=False):
         res = engine.route(RouteQuery(text=text, top_k=1, abstain=False), vec).response
         out.append(res.matches[0].score if res.matches else 0.0)
     return out

@@ -33,7 +33,6 @@ from benchmarks.eval.healthbench_data import (
     parse_jsonl,
 )
 from benchmarks.eval.stats import aggregate, bootstrap_sd, clipped_mean
-
 from fabric.llm.scripted import ScriptedLLM
 
 

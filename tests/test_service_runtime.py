@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from fabric import topics
 from fabric.broker import Mosquitto
 from fabric.bus import Bus
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.envelope import make
 from fabric.service import ServiceRuntime
 from fabric.settings import Settings
-from fabric import topics
 from tests.fabric_helpers import vcv_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,7 +133,7 @@ def test_router_process_drains_on_sigterm_snapshot_written_exit_0(
     )
     try:
         assert proc.stderr is not None
-        seen = []
+        seen: list[str] = []
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             line = proc.stderr.readline()

@@ -17,7 +17,13 @@ from tests.fabric_helpers import vcv_for
 
 
 def test_vcv_round_trip_through_envelope(embedder) -> None:
-    vcv = vcv_for(embedder, "cardio", "heart specialist", skills=["ECG interpretation", "hypertension"], policies=["HIPAA", "clinical"])
+    vcv = vcv_for(
+        embedder,
+        "cardio",
+        "heart specialist",
+        skills=["ECG interpretation", "hypertension"],
+        policies=["HIPAA", "clinical"],
+    )
     payload = make(vcv, sender="t").to_json()
     back = decode(payload, VCV).body
     assert back == vcv

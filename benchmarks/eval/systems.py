@@ -171,5 +171,5 @@ def federation_options(system: str, max_tokens: int | None = None) -> Any:
 
     if system not in FEDERATION_SYSTEMS:
         raise KeyError(system)
-    extra = {"max_tokens_per_call": max_tokens} if max_tokens else {}
+    extra: dict[str, Any] = {"max_tokens_per_call": max_tokens} if max_tokens else {}
     return JobOptions(**FEDERATION_SYSTEMS[system], **extra)

@@ -22,7 +22,7 @@ from fabric.settings import Settings
 EMBEDDED_PROFILE = {"max_proposers": 2, "subtasks_max": 3, "agents_per_node": 2, "max_tokens_per_call": 128}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="answer a question with a whole federation in this process (the main job)")
     p.add_argument("question")
     _job_options(p)
@@ -77,8 +77,12 @@ def check_job_args(args: argparse.Namespace) -> None:
     """`foa run` / `foa submit` arguments, checked before a broker or an agent starts."""
     require_text(args.question, "the question", f'foa {args.command} "what are the health benefits of cycling?"')
     for flag, value, minimum in (
-        ("--proposers", args.proposers, 1), ("--subtasks", args.subtasks, 1), ("--agents-per-node", args.agents_per_node, 1),
-        ("--rounds", args.rounds, 0), ("--max-tokens", args.max_tokens, 8), ("--budget-tokens", args.budget_tokens, 1),
+        ("--proposers", args.proposers, 1),
+        ("--subtasks", args.subtasks, 1),
+        ("--agents-per-node", args.agents_per_node, 1),
+        ("--rounds", args.rounds, 0),
+        ("--max-tokens", args.max_tokens, 8),
+        ("--budget-tokens", args.budget_tokens, 1),
         ("--budget-cost", args.budget_cost, 0),
     ):
         at_least(value, minimum, flag)
@@ -92,9 +96,15 @@ def check_job_args(args: argparse.Namespace) -> None:
 
 #: JobOptions / Budget fields → the flags that set them (for error messages)
 _FLAGS = {
-    "max_proposers": "--proposers", "subtasks_max": "--subtasks", "agents_per_node": "--agents-per-node",
-    "refine_rounds": "--rounds", "max_tokens_per_call": "--max-tokens", "synth_mode": "--synth",
-    "max_tokens": "--budget-tokens", "max_cost": "--budget-cost", "deadline_s": "--deadline",
+    "max_proposers": "--proposers",
+    "subtasks_max": "--subtasks",
+    "agents_per_node": "--agents-per-node",
+    "refine_rounds": "--rounds",
+    "max_tokens_per_call": "--max-tokens",
+    "synth_mode": "--synth",
+    "max_tokens": "--budget-tokens",
+    "max_cost": "--budget-cost",
+    "deadline_s": "--deadline",
 }
 
 
@@ -109,7 +119,9 @@ def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tup
         "synth_mode": args.synth,
     }
     base.update({k: v for k, v in given.items() if v is not None})
-    options = JobOptions(**base, clustering=not args.no_clustering, routing="random" if args.random_routing else "routed")
+    options = JobOptions(
+        **base, clustering=not args.no_clustering, routing="random" if args.random_routing else "routed"
+    )
     budget = Budget(max_tokens=args.budget_tokens, max_cost=args.budget_cost, deadline_s=args.deadline)
     return options, budget
 
@@ -175,9 +187,8 @@ def draw_dag(dag: dict[str, Any], rounds: dict[str, Any] | None = None) -> str:
         arrow = f"  ← {', '.join(deps)}" if deps else ""
         lines.append(f"  [{node['id']}] {node['text'][:80]}{arrow}")
         for cid, info in (rounds or {}).get(node["id"], {}).items():
-            lines.append(
-                f"        {cid}: {', '.join(info['members'])} · {info['rounds']} round(s), {info['stopped']} → {info['representative']}"
-            )
+            members, chosen = ", ".join(info["members"]), info["representative"]
+            lines.append(f"        {cid}: {members} · {info['rounds']} round(s), {info['stopped']} → {chosen}")
     return "\n".join(lines)
 
 
@@ -197,9 +208,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print("starting federation (broker, router, orchestrator, agents)...", file=sys.stderr, flush=True)
         # a one-shot run answers its own question; unfinished jobs wait for `foa up` / `foa orchestrator`
         async with LocalFederation(settings, specs, resume_jobs=False) as fed:
-            print(f"federation up: {len(fed.agents)} agents on {fed.address.url if fed.address else '?'}", file=sys.stderr, flush=True)
+            print(
+                f"federation up: {len(fed.agents)} agents on {fed.address.url if fed.address else '?'}",
+                file=sys.stderr,
+                flush=True,
+            )
             return await fed.run_job(
-                args.question, options, budget=budget, policies=args.policy, job_id=args.job_id, on_event=progress, timeout=args.timeout
+                args.question,
+                options,
+                budget=budget,
+                policies=args.policy,
+                job_id=args.job_id,
+                on_event=progress,
+                timeout=args.timeout,
             )
 
     return print_result(asyncio.run(main()), args.json)
@@ -237,9 +258,22 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         async with LocalFederation(settings, specs) as fed:
             assert fed.address is not None
             freeze_startup_heap()  # a long-running service from here on
-            write_runtime(settings, RuntimeInfo(broker_url=fed.address.url, pid=_pid(), started_at=time.time(), agents=[a.agent_id for a in fed.agents]))
-            print(f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr)
-            print(f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"", file=sys.stderr)
+            write_runtime(
+                settings,
+                RuntimeInfo(
+                    broker_url=fed.address.url,
+                    pid=_pid(),
+                    started_at=time.time(),
+                    agents=[a.agent_id for a in fed.agents],
+                ),
+            )
+            print(
+                f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr
+            )
+            print(
+                f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"",
+                file=sys.stderr,
+            )
             print("  Ctrl+C to stop", file=sys.stderr, flush=True)
             try:
                 await stop.wait()
@@ -266,7 +300,14 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> JobResult:
         async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
             return await submit_and_follow(
-                bus, args.question, job_id=args.job_id, options=options, budget=budget, policies=args.policy, on_event=Progress(), timeout=args.timeout
+                bus,
+                args.question,
+                job_id=args.job_id,
+                options=options,
+                budget=budget,
+                policies=args.policy,
+                on_event=Progress(),
+                timeout=args.timeout,
             )
 
     return print_result(asyncio.run(main()), args.json)

@@ -128,7 +128,7 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
             res = await client.route(RouteQuery(text=text, top_k=1, abstain=False))
             tops.append(res.matches[0].score if res.matches else 0.0)
     cal = calibrate(tops[: len(relevant)], tops[len(relevant):])
-    out = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
+    out: dict[str, Any] = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
     if args.save:
         model = sorted(models)[0]
         path = calibration_path(settings)
