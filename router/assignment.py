@@ -1,4 +1,4 @@
-"""Subtask × agent assignment maximising Σα (paper §2.4, DESIGN §5).
+"""Subtask × agent assignment maximising Σα (paper §2.4, docs/architecture.md §5).
 
     max Σ_ij α_ij x_ij   s.t.  min_i ≤ Σ_j x_ij ≤ max_i  (team size 1..r_i per subtask)
                                Σ_i x_ij ≤ cap_j          (agent capacity = max_concurrency)

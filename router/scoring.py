@@ -1,4 +1,4 @@
-"""The α of DESIGN §5, vectorised over candidate rows, with its factor breakdown.
+"""α (docs/architecture.md §5), vectorised over candidate rows, with its factor breakdown.
 
     α = sim · lexical · 1[p_s ⊆ p_a] · 1[skills] · f(r_s, r_a) · g(e_s, e_a) · reputation
 
