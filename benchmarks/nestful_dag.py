@@ -108,7 +108,7 @@ def summarise(scores: Sequence[DagScore], rng: np.random.Generator) -> dict[str,
 
 
 async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    from fabric.embeddings import shared_embedder
+    from fabric.embeddings import Embedder
     from fabric.llm import LLMConfig
 
     started = time.monotonic()
@@ -119,7 +119,7 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     samples = select_samples(per_split, args.limit)
     smin = args.subtasks_min or settings.subtasks_min
     smax = args.subtasks_max or settings.subtasks_max
-    embedder = shared_embedder(settings.embedding_model, settings.embedding_dim, settings.embedding_device)
+    embedder = Embedder.from_settings(settings)
     cfg = LLMConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env)
     results: list[tuple[str, DagScore, Any]] = []
 
