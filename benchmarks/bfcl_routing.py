@@ -42,15 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric.bloom import BloomFilter  # noqa: E402
-from fabric.embeddings import Embedder, shared_embedder  # noqa: E402
-from fabric.messages import RouteQuery  # noqa: E402
-from fabric.vcv import VCV  # noqa: E402
-from router import lexical, scoring  # noqa: E402
-from router.calibration import abstain_metrics, calibrate  # noqa: E402
-from router.engine import RouterEngine  # noqa: E402
-from router.index import CapabilityIndex, IndexConfig  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric.bloom import BloomFilter
+from fabric.embeddings import Embedder, shared_embedder
+from fabric.messages import RouteQuery
+from fabric.vcv import VCV
+from router import lexical, scoring
+from router.calibration import abstain_metrics, calibrate
+from router.engine import RouterEngine
+from router.index import CapabilityIndex, IndexConfig
 
 DEV = ["simple_python", "multiple", "parallel_multiple", "irrelevance"]
 LIVE = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]

@@ -26,12 +26,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric import paho_speedups  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.bus import BrokerAddress, Bus, Incoming  # noqa: E402
-from fabric.messages import TaskRequest, TaskResult  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric import paho_speedups
+from fabric.broker import Mosquitto
+from fabric.bus import BrokerAddress, Bus, Incoming
+from fabric.messages import TaskRequest, TaskResult
+from fabric.settings import Settings
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:

@@ -50,14 +50,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import emit, percentile_ms, progress  # noqa: E402
-from fabric import topics  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.bus import Bus, Incoming  # noqa: E402
-from fabric.envelope import make  # noqa: E402
-from fabric.heap import freeze_startup_heap  # noqa: E402
-from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
+from benchmarks._common import emit, percentile_ms, progress
+from fabric import topics
+from fabric.broker import Mosquitto
+from fabric.bus import Bus, Incoming
+from fabric.envelope import make
+from fabric.heap import freeze_startup_heap
+from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse
+from fabric.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 

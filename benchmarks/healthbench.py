@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks.eval` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.eval.backends import BackendPool  # noqa: E402
-from benchmarks.eval.cli import run_main  # noqa: E402
-from benchmarks.eval.grading import ExampleGrade, grade_answer  # noqa: E402
-from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples  # noqa: E402
-from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
-from benchmarks.eval.stats import SystemScores, aggregate  # noqa: E402
-from benchmarks.eval.systems import (  # noqa: E402
+from benchmarks.eval.backends import BackendPool
+from benchmarks.eval.cli import run_main
+from benchmarks.eval.grading import ExampleGrade, grade_answer
+from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report
+from benchmarks.eval.stats import SystemScores, aggregate
+from benchmarks.eval.systems import (
     ALL_SYSTEMS,
     FEDERATION_SYSTEMS,
     AgentPool,

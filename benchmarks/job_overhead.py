@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.embeddings import shared_embedder  # noqa: E402
-from fabric.federation import LocalFederation  # noqa: E402
-from fabric.messages import JobOptions  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
-from tests.scripted_federation import SPECS, backend_factory  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric.broker import Mosquitto
+from fabric.embeddings import shared_embedder
+from fabric.federation import LocalFederation
+from fabric.messages import JobOptions
+from fabric.settings import Settings
+from tests.scripted_federation import SPECS, backend_factory
 
 
 async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) -> dict[str, object]:

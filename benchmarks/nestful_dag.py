@@ -26,15 +26,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks.eval` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.eval.backends import BackendPool  # noqa: E402
-from benchmarks.eval.cli import run_main  # noqa: E402
-from benchmarks.eval.dag_metrics import DagScore, score_plan  # noqa: E402
-from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split  # noqa: E402
-from benchmarks.eval.planners import Planner, foa_planner, llm_planner  # noqa: E402
-from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
-from benchmarks.eval.stats import bootstrap_sd  # noqa: E402
+from benchmarks.eval.backends import BackendPool
+from benchmarks.eval.cli import run_main
+from benchmarks.eval.dag_metrics import DagScore, score_plan
+from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split
+from benchmarks.eval.planners import Planner, foa_planner, llm_planner
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report
+from benchmarks.eval.stats import bootstrap_sd
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 METRICS = ("node_f1", "edge_f1", "valid")

@@ -33,13 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, percentile_ms, progress  # noqa: E402
-from fabric.bloom import BloomFilter  # noqa: E402
-from fabric.messages import RouteQuery  # noqa: E402
-from fabric.vcv import VCV, Resources  # noqa: E402
-from router.engine import RouterEngine  # noqa: E402
-from router.index import CapabilityIndex, IndexConfig  # noqa: E402
-from router.scoring import score  # noqa: E402
+from benchmarks._common import emit, percentile_ms, progress
+from fabric.bloom import BloomFilter
+from fabric.messages import RouteQuery
+from fabric.vcv import VCV, Resources
+from router.engine import RouterEngine
+from router.index import CapabilityIndex, IndexConfig
+from router.scoring import score
 
 DIM = 384
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"

@@ -32,7 +32,7 @@ AttrValue = str | bool | int | float
 
 def otel_available() -> bool:
     try:
-        import opentelemetry.sdk.trace  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401 - imported only to learn whether the SDK is installed
     except ImportError:
         return False
     return True
@@ -112,7 +112,9 @@ class Telemetry:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[no-redef]
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[no-redef]  # same name: one or the other
+                    OTLPSpanExporter,
+                )
             provider.add_span_processor(
                 BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter())
             )

@@ -156,7 +156,7 @@ class RouterEngine:
                 AuditEvent(
                     query_id=query_id,
                     agent_id=self.index.ids[row] or "",
-                    gate=failed[0],  # type: ignore[arg-type]
+                    gate=failed[0],  # type: ignore[arg-type]  # a key of scored.gates: one of GATES
                     detail=self._detail(failed, query, ctx, scored, i),
                     score_without_gate=round(float(scored.ungated[i]), 6),
                 )

@@ -661,7 +661,8 @@ def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tup
     while k > 1:
         k //= 2
         try:
-            return shard.knn_query(q, k=k, num_threads=1, filter=filt)  # type: ignore[no-any-return]
+            found: tuple[np.ndarray, np.ndarray] = shard.knn_query(q, k=k, num_threads=1, filter=filt)  # untyped lib
+            return found
         except RuntimeError:
             continue
     return np.zeros((1, 0), dtype=np.uint64), np.zeros((1, 0), dtype=np.float32)

@@ -223,10 +223,10 @@ class LexicalIndex:
         lex.pool_ids = np.array(arrays["lex_pool_ids"], dtype=np.int32)
         lex.pool_tf = np.array(arrays["lex_pool_tf"], dtype=np.uint8)
         lex.pool_used = len(lex.pool_ids)
-        vocab = list(meta["vocab"])  # type: ignore[call-overload]
+        vocab: list[str] = list(meta["vocab"])  # type: ignore[call-overload]  # meta is the JSON we wrote
         lex.vocab = {t: i for i, t in enumerate(vocab)}
         lex.df = np.zeros(max(1024, 2 * len(vocab)), dtype=np.int32)
         lex.df[: len(vocab)] = arrays["lex_df"]
-        lex.docs = int(meta["docs"])  # type: ignore[call-overload]
-        lex.total_len = float(meta["total_len"])  # type: ignore[arg-type]
+        lex.docs = int(meta["docs"])  # type: ignore[call-overload]  # meta is the JSON we wrote
+        lex.total_len = float(meta["total_len"])  # type: ignore[arg-type]  # meta is the JSON we wrote
         return lex

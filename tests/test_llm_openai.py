@@ -26,7 +26,7 @@ class City(BaseModel):
 
 def fast(base_url: str, **kw: object) -> OpenAICompatBackend:
     """Short backoff so retry tests take milliseconds, not seconds."""
-    return OpenAICompatBackend(base_url, "smollm2", backoff_base_s=0.01, backoff_max_s=0.05, seed=1, **kw)  # type: ignore[arg-type]
+    return OpenAICompatBackend(base_url, "smollm2", backoff_base_s=0.01, backoff_max_s=0.05, seed=1, **kw)  # type: ignore[arg-type]  # **kw: the tests pass only keyword options
 
 
 @pytest.mark.slow

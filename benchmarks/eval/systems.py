@@ -60,7 +60,7 @@ def chat_messages(system_prompt: str, turns: Sequence[Turn]) -> list[Any]:
     msgs = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
     for t in turns:
         role = t.role if t.role in ("user", "assistant", "system") else "user"
-        msgs.append(ChatMessage(role=role, content=t.content))  # type: ignore[arg-type]
+        msgs.append(ChatMessage(role=role, content=t.content))  # type: ignore[arg-type]  # narrowed to the Literal above
     return msgs
 
 
