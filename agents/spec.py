@@ -12,6 +12,8 @@ from fabric.llm.config import LLMConfig
 from fabric.topics import validate_id
 from fabric.vcv import Resources
 
+__all__ = ["AgentSpec", "LLMConfig", "SpecError", "default_specs_dir", "load_spec", "load_specs"]
+
 
 class AgentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")

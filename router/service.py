@@ -34,7 +34,7 @@ from fabric import topics
 from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import Envelope
-from fabric.errors import readable
+from fabric.errors import ConfigError, readable
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
@@ -91,9 +91,10 @@ class RouterService:
         config = IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name)
         self.index = index or CapabilityIndex(config)
         if self.index.config.embedding_model != embedder.model_name or self.index.config.dim != embedder.dim:
-            raise ValueError(
+            raise ConfigError(
                 f"index was built with {self.index.config.embedding_model} ({self.index.config.dim}-d), "
-                f"router embeds with {embedder.model_name} ({embedder.dim}-d)"
+                f"router embeds with {embedder.model_name} ({embedder.dim}-d): build the index with the "
+                "router's FOA_EMBEDDING_MODEL / FOA_EMBEDDING_DIM"
             )
         self.engine = RouterEngine(self.index)
         self.verify_vcv = verify_vcv
