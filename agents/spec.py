@@ -7,20 +7,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from fabric.errors import ConfigError
+from fabric.llm.config import LLMConfig
 from fabric.topics import validate_id
 from fabric.vcv import Resources
 
-
-class LLMConfig(BaseModel):
-    """Which model serves this agent. Unset fields fall back to the FOA_LLM_* settings."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint; None = settings / embedded")
-    model: str | None = None
-    api_key_env: str | None = Field(default=None, description="name of the env var holding the API key")
-    temperature: float = Field(default=0.3, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=8)
+__all__ = ["AgentSpec", "LLMConfig", "SpecError", "default_specs_dir", "load_spec", "load_specs"]
 
 
 class AgentSpec(BaseModel):
@@ -47,8 +39,8 @@ class AgentSpec(BaseModel):
         return self.spec or self.description
 
 
-class SpecError(ValueError):
-    pass
+class SpecError(ConfigError):
+    """An agent spec that cannot be read or validated; the message names the file and the field."""
 
 
 def load_spec(path: str | Path) -> AgentSpec:

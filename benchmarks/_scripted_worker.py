@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agents.spec import AgentSpec, load_spec  # noqa: E402
-from agents.worker import make_worker  # noqa: E402
-from fabric.llm.scripted import ScriptedLLM  # noqa: E402
-from fabric.logs import setup_logging  # noqa: E402
-from fabric.runtime import resolve_broker  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
-from tests.scripted_federation import scripted_answer  # noqa: E402
+from agents.spec import AgentSpec, load_spec
+from agents.worker import make_worker
+from fabric.llm.scripted import ScriptedLLM
+from fabric.logs import setup_logging
+from fabric.runtime import resolve_broker
+from fabric.settings import Settings
+from tests.scripted_federation import scripted_answer
 
 
 async def serve(spec: AgentSpec, settings: Settings, replica_id: str, latency_s: float) -> None:

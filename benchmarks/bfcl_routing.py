@@ -42,15 +42,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric.bloom import BloomFilter  # noqa: E402
-from fabric.embeddings import Embedder, shared_embedder  # noqa: E402
-from fabric.messages import RouteQuery  # noqa: E402
-from fabric.vcv import VCV  # noqa: E402
-from router import lexical, scoring  # noqa: E402
-from router.calibration import abstain_metrics, calibrate  # noqa: E402
-from router.engine import RouterEngine  # noqa: E402
-from router.index import CapabilityIndex, IndexConfig  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric.bloom import BloomFilter
+from fabric.embeddings import Embedder, shared_embedder
+from fabric.messages import RouteQuery
+from fabric.vcv import VCV
+from router import lexical, scoring
+from router.calibration import abstain_metrics, calibrate
+from router.engine import RouterEngine
+from router.index import CapabilityIndex, IndexConfig
 
 DEV = ["simple_python", "multiple", "parallel_multiple", "irrelevance"]
 LIVE = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]
@@ -109,7 +109,7 @@ class Federation:
         self.index = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
         used: dict[str, int] = defaultdict(int)
         self.name_of: dict[str, str] = {}
-        for fn, desc, c, e in zip(self.functions, descs, self.desc_vecs, spec_vecs):
+        for fn, desc, c, e in zip(self.functions, descs, self.desc_vecs, spec_vecs, strict=False):
             base = re.sub(r"[/+#$\x00\s]", "_", fn["name"])[:100] or "fn"
             used[base] += 1
             agent_id = base if used[base] == 1 else f"{base}~{used[base]}"
@@ -129,7 +129,7 @@ def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray
     """Ranks of the first gold function and the best score, for FoA α and the baseline."""
     foa_rank, foa_top, base_rank, base_top = [], [], [], []
     base_scores = qvecs @ fed.desc_vecs.T
-    for q, vec, bs in zip(questions, qvecs, base_scores):
+    for q, vec, bs in zip(questions, qvecs, base_scores, strict=False):
         res = fed.engine.route(RouteQuery(text=q["text"][:4000] or "?", top_k=top, abstain=False), vec).response
         names = [fed.name_of[m.agent_id] for m in res.matches]
         foa_rank.append(next((i for i, n in enumerate(names) if n in q["gold"]), None))
@@ -179,7 +179,7 @@ def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds:
     out: dict[str, Any] = {}
     fitted: dict[str, float] = {}
     for system, (ranks, tops) in results.items():
-        ranked = [r for r, q in zip(ranks, questions) if q["gold"]]
+        ranked = [r for r, q in zip(ranks, questions, strict=False) if q["gold"]]
         block: dict[str, Any] = ranking_metrics(ranked)
         if thresholds is None:
             cal = calibrate(tops[~irrelevant], tops[irrelevant])
@@ -205,7 +205,9 @@ def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--lexical-weight", type=float, default=None, help="override scoring.LEXICAL_WEIGHT (tuning on dev)")
+    ap.add_argument(
+        "--lexical-weight", type=float, default=None, help="override scoring.LEXICAL_WEIGHT (tuning on dev)"
+    )
     ap.add_argument("--kappa", type=float, default=None, help="override lexical.KAPPA (tuning on dev)")
     ap.add_argument("--dev-only", action="store_true", help="skip the held-out live splits")
     args = ap.parse_args()
@@ -222,7 +224,10 @@ def main() -> int:
     dev_res = evaluate(dev, dev_q, dev_vecs)
     dev_report = report(dev_q, dev_res, None, cross_fit=True)
     result: dict[str, Any] = {
-        **{k: dev_report["foa"][k] for k in ("top1", "top5", "mrr", "abstain_precision", "abstain_recall", "abstain_f1")},
+        **{
+            k: dev_report["foa"][k]
+            for k in ("top1", "top5", "mrr", "abstain_precision", "abstain_recall", "abstain_f1")
+        },
         "agents": len(dev.functions),
         "questions": len(dev_q),
         "foa": dev_report["foa"],
@@ -236,8 +241,12 @@ def main() -> int:
         live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
         live_res = evaluate(live, live_q, live_vecs)
         live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
-        result["held_out_live"] = {"agents": len(live.functions), "questions": len(live_q),
-                                   "foa": live_report["foa"], "baseline": live_report["baseline"]}
+        result["held_out_live"] = {
+            "agents": len(live.functions),
+            "questions": len(live_q),
+            "foa": live_report["foa"],
+            "baseline": live_report["baseline"],
+        }
     result["seconds"] = time.perf_counter() - t0
     emit(result, args.json)
     return 0

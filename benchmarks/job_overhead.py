@@ -20,13 +20,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.embeddings import shared_embedder  # noqa: E402
-from fabric.federation import LocalFederation  # noqa: E402
-from fabric.messages import JobOptions  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
-from tests.scripted_federation import SPECS, backend_factory  # noqa: E402
+from benchmarks._common import emit, progress
+from fabric.broker import Mosquitto
+from fabric.embeddings import shared_embedder
+from fabric.federation import LocalFederation
+from fabric.messages import JobOptions
+from fabric.settings import Settings
+from tests.scripted_federation import SPECS, backend_factory
 
 
 async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) -> dict[str, object]:
@@ -44,8 +44,12 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
             if result.status != "completed":
                 raise RuntimeError(f"job failed: {result.failure_reason}")
             rounds = [info["rounds"] for node in result.rounds.values() for info in node.values()]
-            shape = {"nodes": len(result.dag["nodes"]), "agents_per_node": [len(v) for v in result.assignments.values()],
-                     "refine_rounds": max(rounds) if rounds else 0, "llm_calls": result.usage["calls"]}
+            shape = {
+                "nodes": len(result.dag["nodes"]),
+                "agents_per_node": [len(v) for v in result.assignments.values()],
+                "refine_rounds": max(rounds) if rounds else 0,
+                "llm_calls": result.usage["calls"],
+            }
             if i >= warmup:
                 walls.append(wall * 1000)
                 for k, v in result.timings.items():

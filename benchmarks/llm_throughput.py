@@ -23,10 +23,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fabric.llm.base import ChatMessage, LLMBackend  # noqa: E402
-from fabric.llm.embedded import EmbeddedBackend, default_threads  # noqa: E402
-from fabric.llm.openai_compat import OpenAICompatBackend  # noqa: E402
-from tests.llm_server import LlamaServer  # noqa: E402
+from fabric.llm.base import ChatMessage, LLMBackend
+from fabric.llm.embedded import EmbeddedBackend, default_threads
+from fabric.llm.openai_compat import OpenAICompatBackend
+from tests.llm_server import LlamaServer
 
 PROMPTS = [
     "Write a detailed paragraph about how bridges are built.",
@@ -56,7 +56,9 @@ class Meter:
 
     async def run(self, i: int, max_tokens: int) -> None:
         t0 = time.perf_counter()
-        done = await self.llm.complete([ChatMessage.user(PROMPTS[i % len(PROMPTS)])], max_tokens=max_tokens, temperature=0.0)
+        done = await self.llm.complete(
+            [ChatMessage.user(PROMPTS[i % len(PROMPTS)])], max_tokens=max_tokens, temperature=0.0
+        )
         wall = time.perf_counter() - t0
         self.rates.append(done.usage.output_tokens / wall)
         self.tokens.append(done.usage.output_tokens)

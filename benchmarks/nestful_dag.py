@@ -26,16 +26,15 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make `benchmarks.eval` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from benchmarks.eval.backends import BackendPool  # noqa: E402
-from benchmarks.eval.dag_metrics import DagScore, score_plan  # noqa: E402
-from benchmarks.eval.cli import run_main  # noqa: E402
-from benchmarks.eval.healthbench_data import DataError  # noqa: E402
-from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split  # noqa: E402
-from benchmarks.eval.planners import Planner, foa_planner, llm_planner  # noqa: E402
-from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report  # noqa: E402
-from benchmarks.eval.stats import bootstrap_sd  # noqa: E402
+from benchmarks.eval.backends import BackendPool
+from benchmarks.eval.cli import run_main
+from benchmarks.eval.dag_metrics import DagScore, score_plan
+from benchmarks.eval.nestful_data import DEFAULT_SPLITS, SPLITS, ApiSpec, GoldDAG, load_split
+from benchmarks.eval.planners import Planner, foa_planner, llm_planner
+from benchmarks.eval.report import fmt, fmt_model, markdown_table, write_report
+from benchmarks.eval.stats import bootstrap_sd
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "out"
 METRICS = ("node_f1", "edge_f1", "valid")
@@ -109,8 +108,8 @@ def summarise(scores: Sequence[DagScore], rng: np.random.Generator) -> dict[str,
 
 
 async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    from agents.spec import LLMConfig
-    from fabric.embeddings import shared_embedder
+    from fabric.embeddings import Embedder
+    from fabric.llm import LLMConfig
 
     started = time.monotonic()
     per_split: dict[str, list[GoldDAG]] = {}
@@ -120,7 +119,7 @@ async def evaluate(args: argparse.Namespace, settings: Any) -> dict[str, Any]:
     samples = select_samples(per_split, args.limit)
     smin = args.subtasks_min or settings.subtasks_min
     smax = args.subtasks_max or settings.subtasks_max
-    embedder = shared_embedder(settings.embedding_model, settings.embedding_dim, settings.embedding_device)
+    embedder = Embedder.from_settings(settings)
     cfg = LLMConfig(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env)
     results: list[tuple[str, DagScore, Any]] = []
 
@@ -181,33 +180,68 @@ def write_outputs(out: Path, result: dict[str, Any], rows: Sequence[tuple[str, D
         for split, score, plan in rows:
             fh.write(json.dumps({"split": split, **score.model_dump(), "plan": plan_dump(plan)}, default=str) + "\n")
     groups = ["node F1", "edge F1", "valid DAG"]
-    series = {name: dict(zip(groups, [(s[m]["mean"], s[m]["sd"]) for m in METRICS]))
+    series = {name: dict(zip(groups, [(s[m]["mean"], s[m]["sd"]) for m in METRICS], strict=False))
               for name, s in result["scores"].items()}
     table = markdown_table(
-        ["split", "n", "node F1", "edge F1", "valid DAG", "node F1 (micro)", "edge F1 (micro)",
-         "named matches", "subtasks / gold calls", "raw proposals valid"],
-        [[name, s["n"], *(fmt(s[m]["mean"], s[m]["sd"]) for m in METRICS), fmt(s["node_f1_micro"]),
-          fmt(s["edge_f1_micro"]), fmt(s["named_match_share"]), f"{s['mean_subtasks']:.2f} / {s['mean_gold_calls']:.2f}",
-          fmt(s["raw_proposals_valid"])]
-         for name, s in result["scores"].items()])
+        [
+            "split",
+            "n",
+            "node F1",
+            "edge F1",
+            "valid DAG",
+            "node F1 (micro)",
+            "edge F1 (micro)",
+            "named matches",
+            "subtasks / gold calls",
+            "raw proposals valid",
+        ],
+        [
+            [
+                name,
+                s["n"],
+                *(fmt(s[m]["mean"], s[m]["sd"]) for m in METRICS),
+                fmt(s["node_f1_micro"]),
+                fmt(s["edge_f1_micro"]),
+                fmt(s["named_match_share"]),
+                f"{s['mean_subtasks']:.2f} / {s['mean_gold_calls']:.2f}",
+                fmt(s["raw_proposals_valid"]),
+            ]
+            for name, s in result["scores"].items()
+        ],
+    )
     c = result["config"]
-    md_text = "\n".join([
-        "# NESTFUL decomposition quality", "",
-        f"{result['n_samples']} samples, planner `{result['planner']}` on {fmt_model(result['models']['planner'])}, "
-        f"{c['subtasks_min']}–{c['subtasks_max']} subtasks, {c['distractors']} distractor APIs per sample.",
-        "Means over samples ± bootstrap s.d. (1,000 resamples); micro F1 pools the counts.", "",
-        table, "",
-        f"Matching: {c['matching']} (min_similarity {c['min_similarity']}). "
-        "Gold DAG: node = API call, edge = `$varN…$` reference; the `var_result` pseudo-call is excluded.", "",
-        f"Elapsed: {result['elapsed_s']} s.",
-    ])
-    md, png = write_report(out, "nestful", md_text, groups=groups, series=series,
-                           title=f"NESTFUL decomposition ({result['n_samples']} samples)", ylabel="score")
+    md_text = "\n".join(
+        [
+            "# NESTFUL decomposition quality",
+            "",
+            f"{result['n_samples']} samples, planner `{result['planner']}` on "
+            f"{fmt_model(result['models']['planner'])}, "
+            f"{c['subtasks_min']}–{c['subtasks_max']} subtasks, {c['distractors']} distractor APIs per sample.",
+            "Means over samples ± bootstrap s.d. (1,000 resamples); micro F1 pools the counts.",
+            "",
+            table,
+            "",
+            f"Matching: {c['matching']} (min_similarity {c['min_similarity']}). "
+            "Gold DAG: node = API call, edge = `$varN…$` reference; the `var_result` pseudo-call is excluded.",
+            "",
+            f"Elapsed: {result['elapsed_s']} s.",
+        ]
+    )
+    md, png = write_report(
+        out,
+        "nestful",
+        md_text,
+        groups=groups,
+        series=series,
+        title=f"NESTFUL decomposition ({result['n_samples']} samples)",
+        ylabel="score",
+    )
     return {"report": str(md), "plot": str(png), "per_sample": str(per_sample)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     return run_main("nestful_dag", parse_args, evaluate, argv)
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

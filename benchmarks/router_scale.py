@@ -33,13 +33,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, percentile_ms, progress  # noqa: E402
-from fabric.bloom import BloomFilter  # noqa: E402
-from fabric.messages import RouteQuery  # noqa: E402
-from fabric.vcv import VCV, Resources  # noqa: E402
-from router.engine import RouterEngine  # noqa: E402
-from router.index import CapabilityIndex, IndexConfig  # noqa: E402
-from router.scoring import score  # noqa: E402
+from benchmarks._common import emit, percentile_ms, progress
+from fabric.bloom import BloomFilter
+from fabric.messages import RouteQuery
+from fabric.vcv import VCV, Resources
+from router.engine import RouterEngine
+from router.index import CapabilityIndex, IndexConfig
+from router.scoring import score
 
 DIM = 384
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -203,7 +203,7 @@ def main() -> int:
     bump_n = min(args.agents, 20_000)
     bumps = [v.model_copy(update={"version": 2, "resources": v.resources.model_copy(update={"latency_ms": 500.0})})
              for v in pop.vcvs(0, bump_n)[0]]
-    for v, cap in zip(bumps, all_caps[:bump_n]):
+    for v, cap in zip(bumps, all_caps[:bump_n], strict=False):
         v.capability = cap  # same vector as the live version (pop.vcvs draws new noise)
     t0 = time.perf_counter()
     for v in bumps:
@@ -212,12 +212,12 @@ def main() -> int:
     index.flush()
 
     queries = pop.queries(max(args.queries, args.recall_queries))
-    for q, v in queries[:50]:  # warm-up
-        engine.route(q, v)
+    for q, qvec in queries[:50]:  # warm-up
+        engine.route(q, qvec)
     lat, fetched = [], []
-    for q, v in queries[: args.queries]:
+    for q, qvec in queries[: args.queries]:
         t0 = time.perf_counter()
-        out = engine.route(q, v)
+        out = engine.route(q, qvec)
         lat.append(time.perf_counter() - t0)
         fetched.append(out.fetched)
     progress(f"routed {args.queries}: p50 {percentile_ms(lat, 50):.3f} ms p99 {percentile_ms(lat, 99):.3f} ms")
@@ -227,12 +227,12 @@ def main() -> int:
     caps_by_row[rows_all] = all_caps
     recalls, bf_lat, dot_lat = [], [], []
     all_rows = np.arange(len(index.ids), dtype=np.int64)
-    for q, v in queries[: args.recall_queries]:
-        got = [m.agent_id for m in engine.route(q, v).response.matches]
+    for q, qvec in queries[: args.recall_queries]:
+        got = [m.agent_id for m in engine.route(q, qvec).response.matches]
         t0 = time.perf_counter()
-        sims = caps_by_row @ v
+        sims = caps_by_row @ qvec
         dot_lat.append(time.perf_counter() - t0)
-        ctx = engine.context(q, v)
+        ctx = engine.context(q, qvec)
         scored = score(index, ctx, all_rows, sims)
         passed = scored.passed()
         idx = np.flatnonzero(passed)
@@ -249,7 +249,9 @@ def main() -> int:
         index.snapshot(snap)
         snapshot_s = time.perf_counter() - t0
         disk = sum(p.stat().st_size for p in snap.iterdir())
-        child = subprocess.run([sys.executable, __file__, "--restore-child", str(snap)], capture_output=True, text=True, check=True)
+        child = subprocess.run(
+            [sys.executable, __file__, "--restore-child", str(snap)], capture_output=True, text=True, check=True
+        )
         restored = json.loads(child.stdout.strip().splitlines()[-1])
     memory = index.memory_bytes()
     result = {
@@ -267,9 +269,19 @@ def main() -> int:
         "snapshot_bytes_per_agent": disk / args.agents,
         "accounted_bytes_per_agent": {k: v / args.agents for k, v in memory.items()},
         "fetched_mean": float(np.mean(fetched)),
-        "config": {"shards": args.shards, "scheme": args.scheme, "probe": args.probe, "M": args.M, "ef": args.ef,
-                   "ef_construction": args.ef_construction, "min_fetch": engine.min_fetch, "max_fetch": args.max_fetch, "bound_check": args.bound,
-                   "build_threads": os.cpu_count(), "query_threads": 1},
+        "config": {
+            "shards": args.shards,
+            "scheme": args.scheme,
+            "probe": args.probe,
+            "M": args.M,
+            "ef": args.ef,
+            "ef_construction": args.ef_construction,
+            "min_fetch": engine.min_fetch,
+            "max_fetch": args.max_fetch,
+            "bound_check": args.bound,
+            "build_threads": os.cpu_count(),
+            "query_threads": 1,
+        },
     }
     emit(result, args.json)
     return 0

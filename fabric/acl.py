@@ -5,13 +5,17 @@ Mosquitto ACLs key on the *username*, so every agent logs in with its agent id a
 Services have role logins: `router`, `orchestrator`, `client` (the CLI) and `health` (the
 broker's own health check). What each may do:
 
-| login | publish | subscribe |
-|---|---|---|
-| agent `{id}` | `foa/agents/{id}/#`, `foa/replies/#` (answers to requesters) | `foa/agents/{id}/#` (its inbox, own VCV), `$share/agent/foa/agents/{id}/tasks`, `foa/clusters/+/channel` |
-| router | `foa/replies/#`, `foa/policies/enforcement` | VCVs, status, reputation, `foa/router/query` (+ `$share/routers/...`) |
-| orchestrator | tasks to any agent, jobs, clusters, reputation, route queries, replies, audit | VCVs, status, jobs (+ `$share/orchestrators/...`), clusters, reputation, audit |
-| client | `foa/jobs/submit`, `foa/router/query` | jobs, VCVs, status, reputation, audit |
-| everyone | | `foa/replies/{client_id}` (its own reply topic, via `pattern ... %c`) |
+- agent `{id}`: publishes `foa/agents/{id}/#` and `foa/replies/#` (answers to requesters);
+  subscribes `foa/agents/{id}/#` (its inbox, own VCV), `$share/agent/foa/agents/{id}/tasks`,
+  `foa/clusters/+/channel`.
+- router: publishes `foa/replies/#`, `foa/policies/enforcement`; subscribes VCVs, status,
+  reputation, `foa/router/query` (+ `$share/routers/...`).
+- orchestrator: publishes tasks to any agent, jobs, clusters, reputation, route queries,
+  replies, audit; subscribes VCVs, status, jobs (+ `$share/orchestrators/...`), clusters,
+  reputation, audit.
+- client: publishes `foa/jobs/submit`, `foa/router/query`; subscribes jobs, VCVs, status,
+  reputation, audit.
+- everyone: subscribes `foa/replies/{client_id}` (its own reply topic, via `pattern ... %c`).
 
 Nobody but agent `{id}` can publish under `foa/agents/{id}/vcv`: the orchestrator may write
 tasks to agents but not their VCVs or status.
@@ -47,7 +51,9 @@ SERVICE_ROLES: tuple[Role, ...] = ("router", "orchestrator", "client", "health")
 #: mosquitto_passwd's format: `$7$` = PBKDF2-HMAC-SHA512, 101 iterations, 12-byte salt (2.0.x)
 MOSQUITTO_PBKDF2_ITERATIONS = 101
 MOSQUITTO_SALT_BYTES = 12
-_HASH_RE = re.compile(r"^\$(?P<type>[67])\$(?:(?P<iterations>\d+)\$)?(?P<salt>[A-Za-z0-9+/=]+)\$(?P<hash>[A-Za-z0-9+/=]+)$")
+_HASH_RE = re.compile(
+    r"^\$(?P<type>[67])\$(?:(?P<iterations>\d+)\$)?(?P<salt>[A-Za-z0-9+/=]+)\$(?P<hash>[A-Za-z0-9+/=]+)$"
+)
 
 
 def mosquitto_hash(password: str, *, salt: bytes | None = None, iterations: int = MOSQUITTO_PBKDF2_ITERATIONS) -> str:
@@ -215,7 +221,9 @@ class CredentialBundle:
     agent_ids: list[str]
 
     @classmethod
-    def create(cls, agent_ids: Iterable[str], existing: dict[str, str] | None = None, rotate: bool = False) -> "CredentialBundle":
+    def create(
+        cls, agent_ids: Iterable[str], existing: dict[str, str] | None = None, rotate: bool = False
+    ) -> CredentialBundle:
         """Logins for the agents and service roles; reuse `existing` passwords unless `rotate`."""
         ids = check_agent_ids(agent_ids)
         keep = {} if rotate else dict(existing or {})

@@ -24,7 +24,9 @@ def normalise_skill(skill: str) -> str:
 
 
 @lru_cache(maxsize=65536)  # skills repeat across agents; hashing is most of a VCV check
-def _positions(skill: str, bits: int, hashes: int) -> tuple[int, ...]:
+def bit_positions(skill: str, bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> tuple[int, ...]:
+    """The bits a skill sets: public so the router can test a whole table of filters (one numpy
+    row per agent) without building a `BloomFilter` per row."""
     digest = hashlib.blake2b(normalise_skill(skill).encode(), digest_size=16).digest()
     h1 = int.from_bytes(digest[:8], "little")
     h2 = int.from_bytes(digest[8:], "little") | 1
@@ -45,22 +47,22 @@ class BloomFilter:
         self._data = bytearray(data if data is not None else nbytes)
 
     @classmethod
-    def of(cls, skills: Iterable[str], bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> "BloomFilter":
+    def of(cls, skills: Iterable[str], bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> BloomFilter:
         bloom = cls(bits, hashes)
         for skill in skills:
             bloom.add(skill)
         return bloom
 
     @classmethod
-    def from_b64(cls, text: str, bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> "BloomFilter":
+    def from_b64(cls, text: str, bits: int = BLOOM_BITS, hashes: int = BLOOM_HASHES) -> BloomFilter:
         return cls(bits, hashes, base64.b64decode(text, validate=True))
 
     def add(self, skill: str) -> None:
-        for pos in _positions(skill, self.bits, self.hashes):
+        for pos in bit_positions(skill, self.bits, self.hashes):
             self._data[pos >> 3] |= 1 << (pos & 7)
 
     def __contains__(self, skill: str) -> bool:
-        return all(self._data[pos >> 3] & (1 << (pos & 7)) for pos in _positions(skill, self.bits, self.hashes))
+        return all(self._data[pos >> 3] & (1 << (pos & 7)) for pos in bit_positions(skill, self.bits, self.hashes))
 
     def contains_all(self, skills: Iterable[str]) -> bool:
         return all(skill in self for skill in skills)

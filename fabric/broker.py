@@ -1,7 +1,7 @@
 """Brokers: the embedded one (iotcore, in a child process) and a mosquitto launcher.
 
 `broker_for(settings)` gives the fabric a broker: the external one at FOA_BROKER_URL when set,
-otherwise an embedded iotcore broker bound to 127.0.0.1 on a free port.
+otherwise a local one (`local_broker`: mosquitto when installed, else iotcore; FOA_EMBEDDED_BROKER).
 """
 
 from __future__ import annotations

@@ -12,11 +12,15 @@ import hashlib
 import logging
 import os
 import threading
+import warnings
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from functools import lru_cache
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fabric.settings import Settings
 
 log = logging.getLogger("foa.embeddings")
 
@@ -67,12 +71,13 @@ class Embedder:
         except ImportError:  # pragma: no cover
             pass
 
-        self.model_name = f"sentence-transformers/{DEFAULT_MODEL}" if model in _DEFAULT_ALIASES else model
+        self.model_name = canonical_model(model)
         self._model = SentenceTransformer(resolve_model_path(model), device=device)
         get_dim = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         native = get_dim() or 0
         if dim is not None and not 0 < dim <= native:
             raise ValueError(f"dim {dim} is not within the model's {native} dimensions")
+        self.native_dim = native
         self.dim = dim or native
         if dim and dim < native:
             self.model_name = f"{self.model_name}@{dim}"
@@ -81,6 +86,16 @@ class Embedder:
         self._cache_size = cache_size
         self._lock = threading.Lock()
         self.encoded = 0  # texts actually run through the model (cache misses)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Embedder:
+        """The process's shared embedder for FOA_EMBEDDING_* (loaded on first use, then reused)."""
+        return shared_embedder(
+            model=settings.embedding_model,
+            dim=settings.embedding_dim,
+            device=settings.embedding_device,
+            threads=settings.embedding_threads,
+        )
 
     @staticmethod
     def _key(text: str) -> bytes:
@@ -93,7 +108,7 @@ class Embedder:
             keys = list(todo)
             fresh = self._encode([texts[todo[k][0]] for k in keys])
             with self._lock:
-                for key, vec in zip(keys, fresh):
+                for key, vec in zip(keys, fresh, strict=False):
                     for i in todo[key]:
                         out[i] = vec
                     self._cache[key] = vec
@@ -126,7 +141,11 @@ class Embedder:
 
     def _encode(self, texts: list[str]) -> np.ndarray:
         vecs = self._model.encode(
-            texts, batch_size=self.batch_size, convert_to_numpy=True, normalize_embeddings=False, show_progress_bar=False
+            texts,
+            batch_size=self.batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+            show_progress_bar=False,
         ).astype(np.float32)
         vecs = vecs[:, : self.dim]
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
@@ -164,7 +183,8 @@ class EmbedBatcher:
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, size = [], 0
+            batch: list[tuple[list[str], asyncio.Future[np.ndarray]]] = []
+            size = 0
             while self._queue and (not batch or size + len(self._queue[0][0]) <= self.max_batch):
                 texts, fut = self._queue.popleft()
                 batch.append((texts, fut))
@@ -185,7 +205,66 @@ class EmbedBatcher:
                 at += len(texts)
 
 
-@lru_cache(maxsize=4)
-def shared_embedder(model: str = DEFAULT_MODEL, dim: int | None = None, device: str = "cpu", threads: int | None = None) -> Embedder:
-    """One loaded model per (name, dim) in a process: loading costs seconds and ~100 MB."""
-    return Embedder(model, dim=dim, device=device, threads=threads)
+class _SharedEmbedders:
+    """The process's loaded models, keyed by what they compute: (model identity, dim, device).
+
+    Loading costs seconds and ~100 MB, so a process holds one copy per model. The key is the
+    normalised identity, not the call's arguments: `all-MiniLM-L6-v2` and its
+    `sentence-transformers/` name are one model, and `dim` equal to the model's native size is
+    the model itself. (An `lru_cache` over the arguments loaded a second copy when one caller
+    passed 2 positional arguments and another 4.)
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, int | None, str], Embedder] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model: str, dim: int | None, device: str, threads: int | None) -> Embedder:
+        key = (canonical_model(model), dim, device)
+        with self._lock:  # two threads asking at once must not load two copies
+            hit = self._loaded.get(key)
+            if hit is None:
+                hit = Embedder(model, dim=dim, device=device, threads=threads)
+                self._loaded[key] = hit
+                # the same model asked for by its native dim, or with no dim, is this one
+                self._loaded.setdefault((key[0], hit.dim, device), hit)
+                if dim is not None and dim == hit.native_dim:
+                    self._loaded.setdefault((key[0], None, device), hit)
+            return hit
+
+    def clear(self) -> None:
+        with self._lock:
+            self._loaded.clear()
+
+
+_SHARED = _SharedEmbedders()  # process-wide on purpose: one copy of each model per process
+
+
+def canonical_model(model: str) -> str:
+    """The name an embedding model is known by in VCVs and in the shared cache."""
+    return f"sentence-transformers/{DEFAULT_MODEL}" if model in _DEFAULT_ALIASES else model
+
+
+def shared_embedder(
+    *legacy: Any, model: str = DEFAULT_MODEL, dim: int | None = None, device: str = "cpu", threads: int | None = None
+) -> Embedder:
+    """The process's one `Embedder` for this model (see `_SharedEmbedders`); services use
+    `Embedder.from_settings(settings)`.
+
+    `threads` applies only when this call loads the model (torch's thread count is process-wide).
+    `legacy`: positional (model, dim, device, threads) from callers not yet migrated; accepted
+    with a DeprecationWarning and normalised like the keywords, so they share the one copy.
+    """
+    if legacy:
+        warnings.warn(
+            "shared_embedder takes keyword arguments only; use Embedder.from_settings(settings)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        names = ("model", "dim", "device", "threads")
+        if len(legacy) > len(names):
+            raise TypeError(f"shared_embedder takes at most {len(names)} arguments ({len(legacy)} given)")
+        given: dict[str, Any] = {"model": model, "dim": dim, "device": device, "threads": threads}
+        given.update(zip(names, legacy, strict=False))
+        model, dim, device, threads = given["model"], given["dim"], given["device"], given["threads"]
+    return _SHARED.get(model, dim, device, threads)

@@ -1,4 +1,4 @@
-"""The envelope every payload travels in (DESIGN §4).
+"""The envelope every payload travels in (docs/architecture.md §3).
 
 The envelope alone carries what request/response, de-duplication and tracing need, so the
 fabric works over any MQTT broker; MQTT v5 properties mirror it where available.

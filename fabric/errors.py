@@ -8,11 +8,17 @@ several layers share live in this module.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 __all__ = [
     "ConfigError",
     "FoAError",
     "ProtocolError",
     "TransportError",
+    "readable",
 ]
 
 
@@ -30,3 +36,14 @@ class ProtocolError(FoAError, ValueError):
 
 class TransportError(FoAError, RuntimeError):
     """The broker connection or a request over it failed."""
+
+
+def readable(exc: ValidationError, names: dict[str, str] | None = None, limit: int = 3) -> str:
+    """A pydantic error as `field: message` parts (at most `limit`), fields renamed by `names`
+    (e.g. to the command-line flags that set them): what a user reads instead of pydantic's dump."""
+    parts = []
+    for err in exc.errors()[:limit]:
+        loc = ".".join(str(p) for p in err["loc"])
+        loc = (names or {}).get(loc, loc) or "value"
+        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

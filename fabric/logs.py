@@ -45,6 +45,7 @@ def setup_logging(settings: Settings, level: int | None = None) -> None:
     handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level or getattr(logging, settings.log_level.upper(), logging.INFO))
+    named: int = getattr(logging, settings.log_level.upper(), logging.INFO)
+    root.setLevel(level or named)
     for noisy in ("httpx", "httpcore", "sentence_transformers", "urllib3", "iotcore", "filelock", "transformers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -32,7 +32,27 @@ if TYPE_CHECKING:
 log = logging.getLogger("foa.metrics")
 
 #: latency buckets from sub-millisecond routing to minutes-long LLM jobs
-LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+)
 
 
 class _BusCollector(Collector):
@@ -45,8 +65,12 @@ class _BusCollector(Collector):
         published = CounterMetricFamily("foa_bus_published", "MQTT messages published", labels=["client_id"])
         received = CounterMetricFamily("foa_bus_received", "MQTT messages received", labels=["client_id"])
         delivered = CounterMetricFamily("foa_bus_delivered", "messages handled without error", labels=["client_id"])
-        duplicates = CounterMetricFamily("foa_bus_duplicates", "QoS 1 redeliveries dropped by envelope id", labels=["client_id"])
-        rejected = CounterMetricFamily("foa_bus_rejected", "messages rejected before a handler", labels=["client_id", "reason"])
+        duplicates = CounterMetricFamily(
+            "foa_bus_duplicates", "QoS 1 redeliveries dropped by envelope id", labels=["client_id"]
+        )
+        rejected = CounterMetricFamily(
+            "foa_bus_rejected", "messages rejected before a handler", labels=["client_id", "reason"]
+        )
         errors = CounterMetricFamily("foa_bus_handler_errors", "handlers that raised", labels=["client_id"])
         reconnects = CounterMetricFamily("foa_bus_reconnects", "reconnect attempts", labels=["client_id"])
         connected = GaugeMetricFamily("foa_bus_connected", "1 while connected to the broker", labels=["client_id"])
@@ -102,9 +126,14 @@ class Metrics:
             "foa_llm_latency_seconds", "one LLM call", ["model"], buckets=LATENCY_BUCKETS, registry=r
         )
         # messages refused or lost on purpose (bus-level rejections come from watch_bus)
-        self.dropped = Counter("foa_messages_dropped", "messages dropped (late, expired, over capacity)", ["reason"], registry=r)
+        self.dropped = Counter(
+            "foa_messages_dropped", "messages dropped (late, expired, over capacity)", ["reason"], registry=r
+        )
         self.rejected = Counter(
-            "foa_messages_rejected", "messages refused by service logic (signature, policy, ...)", ["reason"], registry=r
+            "foa_messages_rejected",
+            "messages refused by service logic (signature, policy, ...)",
+            ["reason"],
+            registry=r,
         )
         self._buses = _BusCollector()
         r.register(self._buses)
@@ -142,7 +171,7 @@ class Metrics:
         if previous is not None:
             self.jobs_in_state.labels(previous).dec()
 
-    def llm_usage(self, model: str, usage: "Usage", latency_s: float | None = None, ok: bool = True) -> None:
+    def llm_usage(self, model: str, usage: Usage, latency_s: float | None = None, ok: bool = True) -> None:
         self.llm_tokens.labels(model, "input").inc(usage.input_tokens)
         self.llm_tokens.labels(model, "output").inc(usage.output_tokens)
         self.llm_cost.labels(model).inc(usage.cost)
@@ -156,7 +185,7 @@ class Metrics:
     def reject(self, reason: str, n: int = 1) -> None:
         self.rejected.labels(reason).inc(n)
 
-    def watch_bus(self, bus: "Bus") -> None:
+    def watch_bus(self, bus: Bus) -> None:
         """Expose `bus.stats` (published, received, rejected by reason, ...) on every scrape."""
         if bus not in self._buses.buses:
             self._buses.buses.append(bus)
@@ -190,7 +219,7 @@ class Metrics:
             self._thread = None
 
 
-def metrics_for(settings: "Settings", service: str, instance: str = "") -> Metrics:
+def metrics_for(settings: Settings, service: str, instance: str = "") -> Metrics:
     """A service's Metrics, served on FOA_METRICS_PORT unless it is 0."""
     metrics = Metrics(service, instance)
     metrics.serve(settings.metrics_port, settings.metrics_host)

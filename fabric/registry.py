@@ -57,7 +57,9 @@ class Registry:
     def apply_vcv(self, agent_id: str, vcv: VCV | None) -> bool:
         """Apply a VCV (None = the agent left). Returns whether the view changed."""
         if vcv is not None and vcv.agent_id != agent_id:
-            log.warning("VCV on another agent's topic ignored", extra={"topic_agent": agent_id, "vcv_agent": vcv.agent_id})
+            log.warning(
+                "VCV on another agent's topic ignored", extra={"topic_agent": agent_id, "vcv_agent": vcv.agent_id}
+            )
             return False
         entry = self.agents.setdefault(agent_id, AgentEntry())
         if vcv is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from fabric.bus import BrokerAddress
+from fabric.errors import ConfigError
 from fabric.settings import Settings
 
 
@@ -17,6 +18,10 @@ class RuntimeInfo(BaseModel):
     pid: int
     started_at: float
     agents: list[str] = []
+
+
+class NoFederation(ConfigError, RuntimeError):
+    """Neither FOA_BROKER_URL nor a running `foa up` in this directory names a broker."""
 
 
 def runtime_file(settings: Settings) -> Path:
@@ -43,15 +48,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def resolve_broker(settings: Settings) -> BrokerAddress:
+def running_federation(settings: Settings) -> RuntimeInfo | None:
+    """The `foa up` running from this directory (`<data_dir>/federation.json`), if its process lives."""
+    path = runtime_file(settings)
+    try:
+        info = RuntimeInfo.model_validate(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is unreadable ({exc}); delete it if no `foa up` runs here") from exc
+    return info if _alive(info.pid) else None
+
+
+def broker_url(settings: Settings) -> str:
     """FOA_BROKER_URL, else the broker of a `foa up` running from this directory."""
     if settings.broker_url:
-        return BrokerAddress.parse(settings.broker_url)
-    path = runtime_file(settings)
-    if path.exists():
-        info = RuntimeInfo.model_validate(json.loads(path.read_text()))
-        if _alive(info.pid):
-            return BrokerAddress.parse(info.broker_url)
-    raise RuntimeError(
+        return settings.broker_url
+    info = running_federation(settings)
+    if info is not None:
+        return info.broker_url
+    raise NoFederation(
         "no federation to talk to: start one with `foa up` (in this directory) or set FOA_BROKER_URL=mqtt://host:1883"
     )
+
+
+def resolve_broker(settings: Settings) -> BrokerAddress:
+    """`broker_url(settings)`, parsed."""
+    return BrokerAddress.parse(broker_url(settings))

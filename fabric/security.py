@@ -23,9 +23,10 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from fabric import topics
+from fabric.errors import ConfigError
 from fabric.messages import AuditEvent
 from fabric.settings import Settings
-from fabric import topics
 from fabric.topics import validate_id
 from fabric.vcv import VCV
 
@@ -41,7 +42,7 @@ BAD_SIGNATURE = "bad-signature"
 TOPIC_MISMATCH = "topic-mismatch"
 
 
-class KeyFileError(ValueError):
+class KeyFileError(ConfigError):
     """A key file that is missing, unreadable or not an ed25519 key."""
 
 
@@ -215,7 +216,7 @@ class TrustStore:
         return path
 
     @classmethod
-    def from_json_file(cls, path: str | Path) -> "TrustStore":
+    def from_json_file(cls, path: str | Path) -> TrustStore:
         path = Path(path)
         try:
             data = json.loads(path.read_text())
@@ -237,7 +238,7 @@ class TrustStore:
         return store
 
     @classmethod
-    def from_directory(cls, folder: str | Path) -> "TrustStore":
+    def from_directory(cls, folder: str | Path) -> TrustStore:
         """Every `{agent_id}.pub` (PEM) in the folder."""
         store = cls()
         for pub in sorted(Path(folder).glob("*.pub")):
@@ -245,7 +246,7 @@ class TrustStore:
         return store
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrustStore":
+    def load(cls, path: str | Path) -> TrustStore:
         path = Path(path)
         if path.is_dir():
             return cls.from_directory(path)
@@ -270,7 +271,7 @@ class VcvGate:
         self._warned = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "VcvGate":
+    def from_settings(cls, settings: Settings) -> VcvGate:
         if settings.trust_store is None:
             return cls(None)
         store = TrustStore.load(settings.trust_store)

@@ -94,7 +94,9 @@ class Settings(BaseSettings):
         description="agent public keys (a directory of {agent_id}.pub or a JSON file); routers verify VCV "
         "signatures against it; unset = accept unsigned VCVs (logged once)",
     )
-    agent_key_dir: Path | None = Field(default=None, description="where an agent finds its {agent_id}.key to sign its VCV")
+    agent_key_dir: Path | None = Field(
+        default=None, description="where an agent finds its {agent_id}.key to sign its VCV"
+    )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
     metrics_host: str = Field(default="0.0.0.0", description="address the /metrics endpoint binds")
     otel_exporter: Literal["none", "console", "otlp"] = Field(default="none", description="OpenTelemetry spans")

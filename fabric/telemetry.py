@@ -32,7 +32,7 @@ AttrValue = str | bool | int | float
 
 def otel_available() -> bool:
     try:
-        import opentelemetry.sdk.trace  # noqa: F401
+        import opentelemetry.sdk.trace  # noqa: F401 - imported only to learn whether the SDK is installed
     except ImportError:
         return False
     return True
@@ -77,7 +77,9 @@ class Telemetry:
     def __init__(self, service: str, exporter: Exporter = "none", endpoint: str | None = None) -> None:
         self.service = service
         self.exporter = exporter
-        self._current: contextvars.ContextVar[str | None] = contextvars.ContextVar(f"foa_traceparent_{id(self)}", default=None)
+        self._current: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+            f"foa_traceparent_{id(self)}", default=None
+        )
         self._provider: Any = None
         self._tracer: Any = None
         self._propagator: Any = None
@@ -85,7 +87,8 @@ class Telemetry:
             return
         if not otel_available():
             log.warning(
-                "FOA_OTEL_EXPORTER is set but opentelemetry-sdk is not installed (pip install 'foa[telemetry]'): tracing off",
+                "FOA_OTEL_EXPORTER is set but opentelemetry-sdk is not installed "
+                "(pip install 'foa[telemetry]'): tracing off",
                 extra={"exporter": exporter},
             )
             return
@@ -109,8 +112,12 @@ class Telemetry:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter  # type: ignore[no-redef]
-            provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()))
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[no-redef]  # same name: one or the other
+                    OTLPSpanExporter,
+                )
+            provider.add_span_processor(
+                BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter())
+            )
         self._provider = provider
         self._tracer = provider.get_tracer("foa")
         self._propagator = TraceContextTextMapPropagator()

@@ -1,4 +1,4 @@
-"""Every MQTT topic string of the fabric lives here (DESIGN §3); nothing else formats topics."""
+"""Every MQTT topic string of the fabric lives here (docs/architecture.md §2); nothing else formats topics."""
 
 from __future__ import annotations
 

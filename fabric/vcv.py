@@ -17,8 +17,8 @@ from typing import ClassVar, Self
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fabric.envelope import Body
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter, normalise_skill
+from fabric.envelope import Body
 from fabric.topics import validate_id
 from fabric.vectors import Vector, as_array, check_unit
 
@@ -156,7 +156,7 @@ class VCV(Body):
         """The canonical bytes an agent signs: the JSON of every field but the signature."""
         return self.model_dump_json(exclude={"signature"}).encode()
 
-    def bumped(self, **changes: object) -> "VCV":
+    def bumped(self, **changes: object) -> VCV:
         """A copy with the given changes and the next version."""
         data = self.model_dump() | changes | {"version": self.version + 1, "issued_at": time.time(), "signature": None}
         return VCV.model_validate(data)

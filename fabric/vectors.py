@@ -35,7 +35,7 @@ class FloatVector(Sequence[float]):
         self._array = _frozen(arr)
 
     @classmethod
-    def of(cls, arr: np.ndarray) -> "FloatVector":
+    def of(cls, arr: np.ndarray) -> FloatVector:
         out = cls.__new__(cls)
         out._array = _frozen(arr)
         return out
@@ -61,7 +61,9 @@ class FloatVector(Sequence[float]):
         if isinstance(other, FloatVector):
             return bool(np.array_equal(self._array, other._array))
         if isinstance(other, (list, tuple, np.ndarray)):
-            return len(other) == len(self._array) and bool(np.array_equal(self._array, np.asarray(other, dtype=np.float32)))
+            return len(other) == len(self._array) and bool(
+                np.array_equal(self._array, np.asarray(other, dtype=np.float32))
+            )
         return NotImplemented
 
     def __hash__(self) -> int:

@@ -1,4 +1,4 @@
-"""Subtask × agent assignment maximising Σα (paper §2.4, DESIGN §5).
+"""Subtask × agent assignment maximising Σα (paper §2.4, docs/architecture.md §5).
 
     max Σ_ij α_ij x_ij   s.t.  min_i ≤ Σ_j x_ij ≤ max_i  (team size 1..r_i per subtask)
                                Σ_i x_ij ≤ cap_j          (agent capacity = max_concurrency)
@@ -66,7 +66,9 @@ def solve_exact(problem: AssignmentProblem) -> AssignmentResult:
     ii, jj = np.nonzero(alpha > 0)
     n = len(ii)
     if n == 0:
-        return AssignmentResult(np.zeros_like(alpha, dtype=bool), 0.0, "milp", [i for i in range(s) if problem.min_agents[i] > 0])
+        return AssignmentResult(
+            np.zeros_like(alpha, dtype=bool), 0.0, "milp", [i for i in range(s) if problem.min_agents[i] > 0]
+        )
     # variables: x (n pairs) then shortfall y_i >= 0 per subtask
     big = float(alpha.max()) * (n + 1) + 1.0
     c = np.concatenate([-alpha[ii, jj], np.full(s, big)])
@@ -151,10 +153,12 @@ def optimality_gap(problem: AssignmentProblem) -> float:
     return 0.0 if exact <= 0 else (exact - greedy) / exact
 
 
-def random_problem(rng: np.random.Generator, subtasks: int, agents: int, density: float = 0.3,
-                   max_team: int = 3, max_capacity: int = 2) -> AssignmentProblem:
+def random_problem(
+    rng: np.random.Generator, subtasks: int, agents: int, density: float = 0.3, max_team: int = 3, max_capacity: int = 2
+) -> AssignmentProblem:
     """A random instance (for the optimality-gap measurement and tests)."""
     alpha = rng.random((subtasks, agents)) * (rng.random((subtasks, agents)) < density)
     hi = rng.integers(1, max_team + 1, subtasks)
-    return AssignmentProblem(alpha.astype(np.float64), np.ones(subtasks, dtype=np.int64), hi,
-                             rng.integers(1, max_capacity + 1, agents))
+    return AssignmentProblem(
+        alpha.astype(np.float64), np.ones(subtasks, dtype=np.int64), hi, rng.integers(1, max_capacity + 1, agents)
+    )

@@ -57,7 +57,9 @@ class Calibration:
                 "relevant": self.relevant, "irrelevant": self.irrelevant}
 
 
-def abstain_metrics(top_relevant: np.ndarray, top_irrelevant: np.ndarray, threshold: float) -> tuple[float, float, float]:
+def abstain_metrics(
+    top_relevant: np.ndarray, top_irrelevant: np.ndarray, threshold: float
+) -> tuple[float, float, float]:
     """(precision, recall, f1) of abstaining (top α < threshold) on the irrelevant queries."""
     tp = float((top_irrelevant < threshold).sum())
     fp = float((top_relevant < threshold).sum())

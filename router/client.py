@@ -17,9 +17,11 @@ class RouterClient:
     async def route(self, query: RouteQuery) -> RouteResponse:
         env = await self.bus.request(topics.ROUTER_QUERY, query, expect=RouteResponse, timeout=self.timeout,
                                      what="a router (foa router)")
-        return env.body  # type: ignore[no-any-return]
+        response: RouteResponse = env.body  # validated as `expect` by the bus
+        return response
 
     async def assign(self, query: AssignQuery) -> AssignResponse:
         env = await self.bus.request(topics.ROUTER_QUERY, query, expect=AssignResponse, timeout=self.timeout,
                                      what="a router (foa router)")
-        return env.body  # type: ignore[no-any-return]
+        response: AssignResponse = env.body  # validated as `expect` by the bus
+        return response

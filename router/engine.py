@@ -141,7 +141,9 @@ class RouterEngine:
             expected_latency_ms=float(scored.latency[i]),
         )
 
-    def _audits(self, query: RouteQuery, ctx: QueryContext, scored: Scored, kth: float, query_id: str) -> list[AuditEvent]:
+    def _audits(
+        self, query: RouteQuery, ctx: QueryContext, scored: Scored, kth: float, query_id: str
+    ) -> list[AuditEvent]:
         """A gate that removed an eligible agent whose ungated α would have made the top k."""
         blocked = scored.eligible & ~scored.passed() & (scored.ungated > kth)
         idx = np.flatnonzero(blocked)
@@ -154,7 +156,7 @@ class RouterEngine:
                 AuditEvent(
                     query_id=query_id,
                     agent_id=self.index.ids[row] or "",
-                    gate=failed[0],  # type: ignore[arg-type]
+                    gate=failed[0],  # type: ignore[arg-type]  # a key of scored.gates: one of GATES
                     detail=self._detail(failed, query, ctx, scored, i),
                     score_without_gate=round(float(scored.ungated[i]), 6),
                 )
@@ -179,9 +181,17 @@ def assign(engine: RouterEngine, query: AssignQuery, qvecs: np.ndarray, *, metho
     """Route every subtask (no abstention: a subtask needs someone), then solve Σα under
     team sizes and agent capacity (router/assignment.py)."""
     per_subtask: list[tuple[Scored, np.ndarray]] = []
-    for sub, vec in zip(query.subtasks, qvecs):
-        rq = RouteQuery(text=sub.text, top_k=query.candidates_per_subtask, policies=sub.policies, skills=sub.skills,
-                        max_cost=sub.max_cost, deadline_ms=sub.deadline_ms, exclude=query.exclude, abstain=False)
+    for sub, vec in zip(query.subtasks, qvecs, strict=False):
+        rq = RouteQuery(
+            text=sub.text,
+            top_k=query.candidates_per_subtask,
+            policies=sub.policies,
+            skills=sub.skills,
+            max_cost=sub.max_cost,
+            deadline_ms=sub.deadline_ms,
+            exclude=query.exclude,
+            abstain=False,
+        )
         ctx = engine.context(rq, vec)
         scored, _ = engine.candidates(ctx)
         idx = np.flatnonzero(scored.passed())
@@ -201,7 +211,8 @@ def assign(engine: RouterEngine, query: AssignQuery, qvecs: np.ndarray, *, metho
         min_agents=np.array([s.min_agents for s in query.subtasks], dtype=np.int64),
         max_agents=np.array([max(s.max_agents, s.min_agents) for s in query.subtasks], dtype=np.int64),
         capacity=engine.index.table.concurrency[np.asarray(agent_rows, dtype=np.int64)].astype(np.int64)
-        if agent_rows else np.zeros(0, dtype=np.int64),
+        if agent_rows
+        else np.zeros(0, dtype=np.int64),
     )
     result = solve(problem, method)
     assignments: dict[str, list[Match]] = {}

@@ -37,6 +37,7 @@ import hnswlib
 import numpy as np
 
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter
+from fabric.errors import ProtocolError
 from fabric.vcv import VCV
 from router.lexical import LexicalIndex, agent_text
 
@@ -64,7 +65,7 @@ class IndexConfig:
     build_threads: int = 0  # 0 = all cores
 
 
-class IndexError_(ValueError):
+class IndexError_(ProtocolError):
     """A VCV the index cannot hold (wrong dimension, too many policy flags, ...)."""
 
 
@@ -94,6 +95,23 @@ class AgentTable:
         "skill_start": (np.int64, ()),
         "skill_len": (np.int16, ()),
     }
+
+    # the COLUMNS, made by __init__ in a loop and declared here for the type checker
+    version: np.ndarray
+    alive: np.ndarray
+    online: np.ndarray
+    shard: np.ndarray
+    policy: np.ndarray
+    latency_ms: np.ndarray
+    tokens_per_s: np.ndarray
+    cost_in: np.ndarray
+    cost_out: np.ndarray
+    context: np.ndarray
+    concurrency: np.ndarray
+    reputation: np.ndarray
+    vec_hash: np.ndarray
+    skill_start: np.ndarray
+    skill_len: np.ndarray
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
@@ -199,11 +217,14 @@ class CapabilityIndex:
         return self.config.build_threads or os.cpu_count() or 1
 
     def _shard_for(self, rows: np.ndarray, vecs: np.ndarray) -> np.ndarray:
+        shards: np.ndarray  # numpy's stubs type arithmetic on a bare ndarray as Any
         if self.config.scheme == "hash" or self.config.shards == 1:
-            return (rows % self.config.shards).astype(np.int16)
+            shards = np.remainder(rows, self.config.shards).astype(np.int16)
+            return shards
         if self.centroids is None:
             self.centroids = _kmeans(vecs, self.config.shards)
-        return np.argmax(vecs @ self.centroids.T, axis=1).astype(np.int16)
+        shards = np.argmax(vecs @ self.centroids.T, axis=1).astype(np.int16)
+        return shards
 
     def flush(self) -> int:
         """Move buffered upserts into the graphs (multi-threaded batch insert)."""
@@ -298,9 +319,13 @@ class CapabilityIndex:
         if vcv.dim != self.config.dim:
             return UpsertResult(False, f"capability dimension {vcv.dim}, index has {self.config.dim}")
         if vcv.embedding_model != self.config.embedding_model:
-            return UpsertResult(False, f"embedding model {vcv.embedding_model!r}, router uses {self.config.embedding_model!r}")
+            return UpsertResult(
+                False, f"embedding model {vcv.embedding_model!r}, router uses {self.config.embedding_model!r}"
+            )
         if len(vcv.spec_embedding) != self.config.dim:
-            return UpsertResult(False, f"spec embedding dimension {len(vcv.spec_embedding)}, expected {self.config.dim}")
+            return UpsertResult(
+                False, f"spec embedding dimension {len(vcv.spec_embedding)}, expected {self.config.dim}"
+            )
         row = self.rows.get(vcv.agent_id)
         t = self.table
         if row is not None and vcv.version <= int(t.version[row]):
@@ -487,7 +512,7 @@ class CapabilityIndex:
         """Capability vectors of rows (from the graphs or the buffer); for compaction and tests."""
         out = np.zeros((len(rows), self.config.dim), dtype=np.float32)
         shard_of = self.table.shard[rows]
-        for i, (row, s) in enumerate(zip(rows.tolist(), shard_of.tolist())):
+        for i, (row, s) in enumerate(zip(rows.tolist(), shard_of.tolist(), strict=False)):
             if s == PENDING:
                 out[i] = self.buf_vecs[self.buf_slot[row]]
         for s in range(self.config.shards):
@@ -526,7 +551,8 @@ class CapabilityIndex:
         self.stats.rows = n
         self.stats.pending = len(self.buf_slot)
         self.stats.tombstones = sum(len(d) for d in self.shard_deleted)
-        self.stats.shard_sizes = [s.element_count - len(d) for s, d in zip(self.shards, self.shard_deleted)]
+        pairs = zip(self.shards, self.shard_deleted, strict=False)
+        self.stats.shard_sizes = [s.element_count - len(d) for s, d in pairs]
         return self.stats
 
     def memory_bytes(self) -> dict[str, int]:
@@ -538,7 +564,13 @@ class CapabilityIndex:
             hnsw += shard.max_elements * per
         py = sum(len(i) + 49 for i in self.ids if i) + len(self.ids) * 8 + len(self.rows) * 100
         lex = sum(a.nbytes for a in self.lexical.state(len(self.ids)).values()) + self.lexical.start.nbytes // 2
-        return {"hnsw": hnsw, "columns": self.table.nbytes(), "lexical": lex, "python_ids": py, "buffer": self.buf_vecs.nbytes}
+        return {
+            "hnsw": hnsw,
+            "columns": self.table.nbytes(),
+            "lexical": lex,
+            "python_ids": py,
+            "buffer": self.buf_vecs.nbytes,
+        }
 
     # ---- snapshot -------------------------------------------------------------------------
 
@@ -585,7 +617,7 @@ class CapabilityIndex:
         return path
 
     @classmethod
-    def restore(cls, path: str | Path, *, build_threads: int = 0) -> "CapabilityIndex":
+    def restore(cls, path: str | Path, *, build_threads: int = 0) -> CapabilityIndex:
         """Load a snapshot: graphs with hnswlib.load_index, columns with np.load; no re-insert."""
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
@@ -629,7 +661,8 @@ def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tup
     while k > 1:
         k //= 2
         try:
-            return shard.knn_query(q, k=k, num_threads=1, filter=filt)  # type: ignore[no-any-return]
+            found: tuple[np.ndarray, np.ndarray] = shard.knn_query(q, k=k, num_threads=1, filter=filt)  # untyped lib
+            return found
         except RuntimeError:
             continue
     return np.zeros((1, 0), dtype=np.uint64), np.zeros((1, 0), dtype=np.float32)

@@ -42,7 +42,11 @@ _SUFFIXES = (("ies", "y"), ("sses", "ss"), ("ing", ""), ("ed", ""), ("es", ""), 
 def stem(word: str) -> str:
     """A light suffix stripper (taxes→tax, queries→query, optimises/optimise→optimis)."""
     for suffix, repl in _SUFFIXES:
-        if word.endswith(suffix) and len(word) - len(suffix) >= 3 and not word.endswith("ss" if suffix == "s" else "\0"):
+        if (
+            word.endswith(suffix)
+            and len(word) - len(suffix) >= 3
+            and not word.endswith("ss" if suffix == "s" else "\0")
+        ):
             word = word[: -len(suffix)] + repl
             break
     if word.endswith("e") and len(word) > 4:
@@ -150,7 +154,7 @@ class LexicalIndex:
         ids = np.empty(max(total, 1), dtype=np.int32)
         tfs = np.empty(max(total, 1), dtype=np.uint8)
         pos = 0
-        for row, n in zip(rows.tolist(), lens.tolist()):
+        for row, n in zip(rows.tolist(), lens.tolist(), strict=False):
             s = int(self.start[row])
             ids[pos : pos + n] = self.pool_ids[s : s + n]
             tfs[pos : pos + n] = self.pool_tf[s : s + n]
@@ -210,7 +214,7 @@ class LexicalIndex:
         return {"vocab": list(self.vocab), "docs": self.docs, "total_len": self.total_len}
 
     @classmethod
-    def restore(cls, arrays: dict[str, np.ndarray], meta: dict[str, object], capacity: int) -> "LexicalIndex":
+    def restore(cls, arrays: dict[str, np.ndarray], meta: dict[str, object], capacity: int) -> LexicalIndex:
         lex = cls(capacity)
         rows = len(arrays["lex_start"])
         lex.start[:rows] = arrays["lex_start"]
@@ -219,10 +223,10 @@ class LexicalIndex:
         lex.pool_ids = np.array(arrays["lex_pool_ids"], dtype=np.int32)
         lex.pool_tf = np.array(arrays["lex_pool_tf"], dtype=np.uint8)
         lex.pool_used = len(lex.pool_ids)
-        vocab = list(meta["vocab"])  # type: ignore[call-overload]
+        vocab: list[str] = list(meta["vocab"])  # type: ignore[call-overload]  # meta is the JSON we wrote
         lex.vocab = {t: i for i, t in enumerate(vocab)}
         lex.df = np.zeros(max(1024, 2 * len(vocab)), dtype=np.int32)
         lex.df[: len(vocab)] = arrays["lex_df"]
-        lex.docs = int(meta["docs"])  # type: ignore[call-overload]
-        lex.total_len = float(meta["total_len"])  # type: ignore[arg-type]
+        lex.docs = int(meta["docs"])  # type: ignore[call-overload]  # meta is the JSON we wrote
+        lex.total_len = float(meta["total_len"])  # type: ignore[arg-type]  # meta is the JSON we wrote
         return lex

@@ -1,4 +1,4 @@
-"""The α of DESIGN §5, vectorised over candidate rows, with its factor breakdown.
+"""α (docs/architecture.md §5), vectorised over candidate rows, with its factor breakdown.
 
     α = sim · lexical · 1[p_s ⊆ p_a] · 1[skills] · f(r_s, r_a) · g(e_s, e_a) · reputation
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, _positions, normalise_skill
+from fabric.bloom import bit_positions, normalise_skill
 from router.index import SPEC_SCALE, AgentTable, CapabilityIndex
 from router.lexical import LexicalQuery
 
@@ -82,7 +82,7 @@ def skills_gate(index: CapabilityIndex, rows: np.ndarray, skills: list[str]) -> 
     wanted = [normalise_skill(s) for s in skills]
     bloom = index.table.bloom[rows]
     for skill in wanted:
-        for pos in _positions(skill, BLOOM_BITS, BLOOM_HASHES):
+        for pos in bit_positions(skill):
             ok &= (bloom[:, pos >> 3] & (1 << (pos & 7))) != 0
     ids = [index.skill_vocab.get(s, -1) for s in wanted]
     table = index.table
@@ -157,4 +157,4 @@ def gate_mask(index: CapabilityIndex, ctx: QueryContext) -> np.ndarray:
     if ctx.skills:
         rows = np.flatnonzero(ok)
         ok[rows] = skills_gate(index, rows, ctx.skills)
-    return ok
+    return np.asarray(ok, dtype=bool)  # no copy; typed (the in-place `&=` loses the array type)

@@ -32,11 +32,12 @@ from pydantic import ValidationError
 
 from fabric import topics
 from fabric.bus import Bus, Incoming
-from fabric.embeddings import EmbedBatcher, Embedder, shared_embedder
+from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import Envelope
-from fabric.heap import freeze_startup_heap
+from fabric.errors import ConfigError, readable
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
+from fabric.service import ServiceRuntime
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
@@ -90,9 +91,10 @@ class RouterService:
         config = IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name)
         self.index = index or CapabilityIndex(config)
         if self.index.config.embedding_model != embedder.model_name or self.index.config.dim != embedder.dim:
-            raise ValueError(
+            raise ConfigError(
                 f"index was built with {self.index.config.embedding_model} ({self.index.config.dim}-d), "
-                f"router embeds with {embedder.model_name} ({embedder.dim}-d)"
+                f"router embeds with {embedder.model_name} ({embedder.dim}-d): build the index with the "
+                "router's FOA_EMBEDDING_MODEL / FOA_EMBEDDING_DIM"
             )
         self.engine = RouterEngine(self.index)
         self.verify_vcv = verify_vcv
@@ -118,9 +120,15 @@ class RouterService:
     async def start(self) -> None:
         self._load_calibration_file()
         await self.bus.subscribe(topics.AGENT_VCV_WILDCARD, self._on_vcv, body_types=VCV, accept_empty=True)
-        await self.bus.subscribe(topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus, accept_empty=True)
-        await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation, accept_empty=True)
-        await self.bus.subscribe(topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None)
+        await self.bus.subscribe(
+            topics.AGENT_STATUS_WILDCARD, self._on_status, body_types=AgentStatus, accept_empty=True
+        )
+        await self.bus.subscribe(
+            topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation, accept_empty=True
+        )
+        await self.bus.subscribe(
+            topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None
+        )
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
 
@@ -154,7 +162,11 @@ class RouterService:
             self._load_calibration_file()
             if self.auto_calibrate:
                 await self._maybe_calibrate()
-            if self.snapshot_dir is not None and self._dirty and time.monotonic() - last_snapshot > self.snapshot_every_s:
+            if (
+                self.snapshot_dir is not None
+                and self._dirty
+                and time.monotonic() - last_snapshot > self.snapshot_every_s
+            ):
                 self.save()
                 last_snapshot = time.monotonic()
             await asyncio.sleep(1.0)
@@ -202,7 +214,9 @@ class RouterService:
         if self.metrics is not None:
             self.metrics.reject(reason.split(":", 1)[0])
         # every refused VCV is a policy decision: audit it where auditors look
-        audit = AuditEvent(query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason)
+        audit = AuditEvent(
+            query_id=f"vcv:{vcv.agent_id}:{vcv.version}", agent_id=vcv.agent_id, gate="signature", detail=reason
+        )
         task = asyncio.get_running_loop().create_task(self._publish_audit(audit))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -265,11 +279,17 @@ class RouterService:
             elif env.kind == AssignQuery.KIND:
                 query = AssignQuery.model_validate(env.body)
             else:
-                return ErrorReply(code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}")
+                return ErrorReply(
+                    code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}"
+                )
         except ValidationError as exc:
-            return ErrorReply(code="bad_request", message=_readable(exc))
+            return ErrorReply(code="bad_request", message=readable(exc, {"": "query"}))
         flags = query.policies if isinstance(query, RouteQuery) else [p for s in query.subtasks for p in s.policies]
-        unknown = sorted({f.strip().lower() for f in flags} - set(KNOWN_POLICIES) - {f for f in flags if self.index.policy_known(f.strip().lower())})
+        unknown = sorted(
+            {f.strip().lower() for f in flags}
+            - set(KNOWN_POLICIES)
+            - {f for f in flags if self.index.policy_known(f.strip().lower())}
+        )
         if unknown:
             return ErrorReply(
                 code="unknown_policy",
@@ -314,7 +334,9 @@ class RouterService:
         n = len(self.index)
         if n < MIN_AGENTS_TO_CALIBRATE:
             return
-        if self.engine.threshold is not None and abs(n - self._calibrated_at_agents) < 0.25 * max(self._calibrated_at_agents, 1):
+        if self.engine.threshold is not None and abs(n - self._calibrated_at_agents) < 0.25 * max(
+            self._calibrated_at_agents, 1
+        ):
             return
         result = await self.calibrate_from_probes()
         log.info("calibrated abstention threshold", extra={"threshold": result["threshold"], "agents": n})
@@ -331,14 +353,6 @@ class RouterService:
         return {"threshold": cal.threshold, **cal.info()}
 
 
-def _readable(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "query"
-        parts.append(f"{loc}: {err['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)
-
-
 async def run_router(
     settings: Settings,
     *,
@@ -346,50 +360,51 @@ async def run_router(
     verify_vcv: VerifyVCV | None = None,
     ready: asyncio.Event | None = None,
     snapshot: bool = True,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """`foa router`: restore the snapshot if there is one, serve until cancelled, snapshot on exit."""
-    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
-                                                   settings.embedding_device, settings.embedding_threads)
-    snap = snapshot_path(settings) if snapshot else None
-    index = None
-    if snap is not None and (snap / "meta.json").exists():
-        try:
-            index = await asyncio.to_thread(CapabilityIndex.restore, snap)
-            if index.config.embedding_model != embedder.model_name:
-                log.warning("snapshot is from another embedding model; starting empty", extra={"path": str(snap)})
-                index = None
-            else:
-                log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
-    from fabric.metrics import metrics_for
-    from fabric.runtime import resolve_broker
+    """`foa router`: restore the snapshot if there is one, serve until SIGINT/SIGTERM (or `stop`),
+    then snapshot and leave."""
     from fabric.security import VcvGate
 
-    if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
-        verify_vcv = VcvGate.from_settings(settings).check
     client_id = f"router-{os.urandom(4).hex()}"
-    async with Bus(settings, client_id, broker=resolve_broker(settings), persistent=False) as bus:
-        service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
-        service.metrics = metrics_for(settings, "router", client_id)
-        service.metrics.watch_bus(bus)
-        beat = asyncio.create_task(service.metrics.beat_forever())
-        await service.start()
-        freeze_startup_heap()
-        if ready is not None:
-            ready.set()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            beat.cancel()
-            service.metrics.stop()
-            await service.stop()
+    async with ServiceRuntime(settings, "router", instance=client_id, embedder=embedder, stop=stop) as rt:
+        embedder = await rt.embedder()
+        snap = snapshot_path(settings) if snapshot else None
+        index = await asyncio.to_thread(restore_index, snap, embedder.model_name) if snap is not None else None
+        if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
+            verify_vcv = VcvGate.from_settings(settings).check
+        async with Bus(settings, client_id, broker=rt.broker(), persistent=False) as bus:
+            rt.watch_bus(bus)
+            service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
+            service.metrics = rt.metrics
+            await service.start()
+            rt.on_drain(service.stop)  # the snapshot is written while the bus is still open
+            rt.ready()
+            if ready is not None:
+                ready.set()
+            await rt.serve()
+
+
+def restore_index(snap: Path, embedding_model: str) -> CapabilityIndex | None:
+    """The index snapshot at `snap` if there is one from this embedding model, else None (empty start)."""
+    if not (snap / "meta.json").exists():
+        return None
+    try:
+        index = CapabilityIndex.restore(snap)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("cannot restore snapshot; starting empty", extra={"path": str(snap), "error": str(exc)})
+        return None
+    if index.config.embedding_model != embedding_model:
+        log.warning("snapshot is from another embedding model; starting empty", extra={"path": str(snap)})
+        return None
+    log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
+    return index
 
 
 def top_scores(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[float]:
     """Best α per text with abstention off (calibration input)."""
     out = []
-    for text, vec in zip(texts, vecs):
+    for text, vec in zip(texts, vecs, strict=False):
         res = engine.route(RouteQuery(text=text, top_k=1, abstain=False), vec).response
         out.append(res.matches[0].score if res.matches else 0.0)
     return out

@@ -60,7 +60,7 @@ class LlamaServer:
     def log_tail(self, chars: int = 2000) -> str:
         return Path(self._log.name).read_text(errors="replace")[-chars:]
 
-    def start(self) -> "LlamaServer":
+    def start(self) -> LlamaServer:
         self.port = free_port(self.host)
         cmd = [
             sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path),
@@ -92,7 +92,7 @@ class LlamaServer:
         self._proc = None
         self._log.close()
 
-    def __enter__(self) -> "LlamaServer":
+    def __enter__(self) -> LlamaServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -189,7 +189,7 @@ class FlakyProxy:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
-    def __enter__(self) -> "FlakyProxy":
+    def __enter__(self) -> FlakyProxy:
         self._thread.start()
         return self
 
@@ -199,8 +199,8 @@ class FlakyProxy:
         self._thread.join(timeout=5)
 
 
-@pytest.fixture(scope="session")
-def llm_server() -> Iterator[LlamaServer]:
+@pytest.fixture(scope="session", name="llm_server")
+def llm_server_fixture() -> Iterator[LlamaServer]:
     """A real OpenAI-compatible server on the embedded GGUF, for the whole test session."""
     with LlamaServer() as server:
         yield server

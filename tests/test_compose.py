@@ -89,23 +89,45 @@ def agent_services(env: dict[str, str]) -> dict[str, dict[str, Any]]:
 def docker_compose() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.fail("docker-compose is not installed: `apt-get install -y docker-compose` (Debian's 1.29 validates without an engine)")
+        pytest.fail(
+            "docker-compose is not installed: `apt-get install -y docker-compose` "
+            "(Debian's 1.29 validates without an engine)"
+        )
     return binary
 
 
 @pytest.mark.parametrize("profile", ["gpu", "cpu"])
 def test_docker_compose_config_validates(creds: Path, profile: str) -> None:
-    cmd = [docker_compose(), "--env-file", str(creds / acl.ENV_FILE), "-f", str(COMPOSE), "--profile", profile, "config"]
+    cmd = [
+        docker_compose(),
+        "--env-file",
+        str(creds / acl.ENV_FILE),
+        "-f",
+        str(COMPOSE),
+        "--profile",
+        profile,
+        "config",
+    ]
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert {"mosquitto", "router", "orchestrator", "vllm-qwen", "llm-cpu"} <= set(resolved["services"])
-    assert resolved["services"]["router"]["environment"]["FOA_BROKER_PASSWORD"] == read_env_file(creds / acl.ENV_FILE)["FOA_PW_ROUTER"]
+    assert (
+        resolved["services"]["router"]["environment"]["FOA_BROKER_PASSWORD"]
+        == read_env_file(creds / acl.ENV_FILE)["FOA_PW_ROUTER"]
+    )
 
 
 def test_docker_compose_without_creds_says_what_to_do() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_PW_")}
-    result = subprocess.run([docker_compose(), "-f", str(COMPOSE), "config", "-q"], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [docker_compose(), "-f", str(COMPOSE), "config", "-q"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode != 0 and "foa creds init" in result.stderr
 
 
@@ -158,7 +180,11 @@ def test_services_agree_with_specs_and_creds(creds: Path) -> None:
     cpu_aliases = {a for s in cpu.values() for a in s["networks"]["default"]["aliases"]}
     cpu_models = json.loads(
         subprocess.run(
-            [sys.executable, str(ROOT / "deploy" / "llama_cpp_config.py")], capture_output=True, text=True, check=True, cwd=ROOT
+            [sys.executable, str(ROOT / "deploy" / "llama_cpp_config.py")],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
         ).stdout
     )
     cpu_served = {m["model_alias"] for m in cpu_models["models"]}
@@ -179,7 +205,9 @@ def test_services_agree_with_specs_and_creds(creds: Path) -> None:
         assert e["FOA_BROKER_PASSWORD"] == env[acl.Principal(spec.id, "agent", "").env_var()], name
         assert f"./deploy/creds/keys/{spec.id}.key:{e['FOA_AGENT_KEY_DIR']}/{spec.id}.key:ro" in svc["volumes"], name
         host = httpx.URL(e["FOA_LLM_BASE_URL"]).host
-        assert served_by_host.get(host) == spec.llm.model, f"{name}: {host} does not serve {spec.llm.model} on the gpu profile"
+        assert served_by_host.get(host) == spec.llm.model, (
+            f"{name}: {host} does not serve {spec.llm.model} on the gpu profile"
+        )
         assert host in cpu_aliases and spec.llm.model in cpu_served, f"{name}: the cpu profile lacks {spec.llm.model}"
         assert svc["depends_on"]["mosquitto"]["condition"] == "service_healthy"
     for name, svc in svcs.items():
@@ -262,7 +290,9 @@ def test_mosquitto_config_and_health_check(compose_broker: tuple[int, Path], cre
         ["sh", "-c", check], env={**os.environ, **mosq["environment"]}, capture_output=True, text=True, timeout=20
     )
     assert result.returncode == 0, f"compose health check failed: {result.stderr}"
-    bad = subprocess.run(["sh", "-c", check], env={**os.environ, "FOA_HEALTH_PASSWORD": "wrong"}, capture_output=True, timeout=20)
+    bad = subprocess.run(
+        ["sh", "-c", check], env={**os.environ, "FOA_HEALTH_PASSWORD": "wrong"}, capture_output=True, timeout=20
+    )
     assert bad.returncode != 0
 
     async def logins() -> None:
@@ -277,18 +307,20 @@ def test_mosquitto_config_and_health_check(compose_broker: tuple[int, Path], cre
 
 def _self_signed(folder: Path) -> dict[str, Path]:
     """A CA and a server certificate for 127.0.0.1, with the `cryptography` package."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key, srv_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "foa-test-ca")])
     ca = (
         x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     srv = (
@@ -302,7 +334,9 @@ def _self_signed(folder: Path) -> dict[str, Path]:
     paths["ca.crt"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     paths["server.crt"].write_bytes(srv.public_bytes(serialization.Encoding.PEM))
     paths["server.key"].write_bytes(
-        srv_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())
+        srv_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
     )
     return paths
 
@@ -320,12 +354,18 @@ def test_tls_listener_once_uncommented(creds: Path, tmp_path: Path) -> None:
         password = read_env_file(creds / acl.ENV_FILE)["FOA_PW_CLIENT"]
 
         async def connect(ca: Path | None) -> None:
-            settings = Settings(broker_url=f"mqtts://127.0.0.1:{tls['port']}", broker_ca_file=ca, keepalive_s=2, request_timeout_s=3)
+            settings = Settings(
+                broker_url=f"mqtts://127.0.0.1:{tls['port']}", broker_ca_file=ca, keepalive_s=2, request_timeout_s=3
+            )
             async with Bus(settings, "client-tls", username="client", password=password, persistent=False) as bus:
                 assert bus.connected
                 # a burst through TLS: records OpenSSL holds decrypted must still be read
                 got: list[str] = []
-                await bus.subscribe(topics.JOBS_SUBMIT, lambda m: got.append(m.envelope.body.job_id), body_types=JobSubmit)
+                await bus.subscribe(
+                    topics.JOBS_SUBMIT,
+                    lambda m: got.append(m.envelope.body.job_id),  # type: ignore[union-attr]  # subscribed without accept_empty: never None
+                    body_types=JobSubmit,
+                )
                 sent = [f"tls-{i}" for i in range(300)]
                 for job_id in sent:
                     await bus.publish(topics.JOBS_SUBMIT, JobSubmit(job_id=job_id, question="q " * 200), wait=False)
@@ -353,7 +393,8 @@ def cpu_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     config = folder / "llama-models.json"
     subprocess.run(
-        [sys.executable, str(ROOT / "deploy" / "llama_cpp_config.py"), "--port", str(port), "--threads", "1", "--n-ctx", "1024", "--out", str(config)],
+        [sys.executable, str(ROOT / "deploy" / "llama_cpp_config.py"), "--port", str(port), "--threads", "1",
+         "--n-ctx", "1024", "--out", str(config)],
         check=True, cwd=ROOT,
     )  # fmt: skip
     data = json.loads(config.read_text())
@@ -379,7 +420,7 @@ def cpu_llm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.mark.slow
 def test_cpu_profile_serves_every_spec_model(cpu_llm: str) -> None:
-    wanted = {load_spec(p).llm.model for p in SPECS.glob("*.yaml")} - {None}
+    wanted = {model for p in SPECS.glob("*.yaml") if (model := load_spec(p).llm.model)}
     listed = {m["id"] for m in httpx.get(f"{cpu_llm}/models", timeout=5).json()["data"]}
     assert wanted <= listed
     reply = httpx.post(
@@ -394,7 +435,9 @@ def test_cpu_profile_serves_every_spec_model(cpu_llm: str) -> None:
 # ---- the same processes outside Docker ---------------------------------------------------
 
 
-def localise(svc: dict[str, Any], broker_port: int, creds: Path, data: Path, llm_url: str, metrics_port: int) -> tuple[list[str], dict[str, str]]:
+def localise(
+    svc: dict[str, Any], broker_port: int, creds: Path, data: Path, llm_url: str, metrics_port: int
+) -> tuple[list[str], dict[str, str]]:
     """A compose service's command and environment, mapped onto this machine."""
     env = {k: str(v) for k, v in svc.get("environment", {}).items()}
     env["FOA_BROKER_URL"] = f"mqtt://127.0.0.1:{broker_port}"
@@ -462,7 +505,9 @@ def test_compose_processes_run_together_outside_docker(
             online = {a["agent_id"] for a in report["agents"] if a["status"] == "online"}
             if {"pharmacist", "summariser"} <= online:
                 break
-        assert {"pharmacist", "summariser"} <= {a["agent_id"] for a in report["agents"] if a["status"] == "online"}, report
+        assert {"pharmacist", "summariser"} <= {a["agent_id"] for a in report["agents"] if a["status"] == "online"}, (
+            report
+        )
         assert all(s["up"] for s in report["services"]), report["services"]
         signed = {a["agent_id"]: a["signed"] for a in report["agents"]}
         assert signed.get("pharmacist") and signed.get("summariser"), f"agents did not sign their VCVs: {signed}"

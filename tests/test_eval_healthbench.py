@@ -33,7 +33,6 @@ from benchmarks.eval.healthbench_data import (
     parse_jsonl,
 )
 from benchmarks.eval.stats import aggregate, bootstrap_sd, clipped_mean
-
 from fabric.llm.scripted import ScriptedLLM
 
 
@@ -153,7 +152,8 @@ def test_load_examples_reads_the_cached_wheel_without_network(tmp_path: Path) ->
 def test_parse_verdict_accepts_fenced_json_and_string_booleans() -> None:
     assert parse_verdict('```json\n{"explanation": "x", "criteria_met": true}\n```') == GraderVerdict(
         explanation="x", criteria_met=True)
-    assert parse_verdict('Sure! {"explanation": "y", "criteria_met": "no"}').criteria_met is False  # type: ignore[union-attr]
+    verdict = parse_verdict('Sure! {"explanation": "y", "criteria_met": "no"}')
+    assert verdict is not None and verdict.criteria_met is False
     assert parse_verdict("no json here") is None
     assert parse_verdict('{"explanation": "z", "criteria_met": "maybe"}') is None
 

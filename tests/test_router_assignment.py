@@ -9,16 +9,24 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.assignment import AssignmentProblem, optimality_gap, random_problem, solve, solve_exact, solve_greedy, solve_uncontended
+from router.assignment import (
+    AssignmentProblem,
+    optimality_gap,
+    random_problem,
+    solve,
+    solve_exact,
+    solve_greedy,
+    solve_uncontended,
+)
 
 
 def brute_force(p: AssignmentProblem) -> float:
     """Enumerate every 0/1 matrix over the candidate pairs (tiny instances only)."""
-    pairs = list(zip(*np.nonzero(p.alpha > 0)))
+    pairs = list(zip(*np.nonzero(p.alpha > 0), strict=False))
     best = -1.0
     for bits in itertools.product([0, 1], repeat=len(pairs)):
         x = np.zeros(p.alpha.shape, dtype=int)
-        for b, (i, j) in zip(bits, pairs):
+        for b, (i, j) in zip(bits, pairs, strict=False):
             x[i, j] = b
         team = x.sum(1)
         if (team < p.min_agents).any() or (team > p.max_agents).any() or (x.sum(0) > p.capacity).any():
@@ -72,7 +80,9 @@ def test_uncontended_shortcut_is_optimal_or_declines() -> None:
 
 def test_auto_uses_milp_small_and_greedy_large() -> None:
     rng = np.random.default_rng(1)
-    contended = AssignmentProblem(np.array([[0.9, 0.2], [0.8, 0.3]]), np.ones(2, dtype=int), np.ones(2, dtype=int), np.array([1, 1]))
+    contended = AssignmentProblem(
+        np.array([[0.9, 0.2], [0.8, 0.3]]), np.ones(2, dtype=int), np.ones(2, dtype=int), np.array([1, 1])
+    )
     assert solve(contended).solver == "milp"
     big = random_problem(rng, 200, 400, density=0.5)
     result = solve(big)

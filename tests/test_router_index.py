@@ -14,25 +14,25 @@ from tests.router_support import AGENTS, make_vcv
 
 
 @pytest.fixture
-def index(embedder):  # type: ignore[no-untyped-def]
+def index(embedder):
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, shards=3, buffer_size=5))
     for agent_id, text in AGENTS.items():
         assert idx.upsert(make_vcv(embedder, agent_id, text)).accepted
     return idx
 
 
-def ranked(engine: RouterEngine, embedder, text: str, **kw) -> list[str]:  # type: ignore[no-untyped-def]
+def ranked(engine: RouterEngine, embedder, text: str, **kw) -> list[str]:
     q = RouteQuery(text=text, top_k=kw.pop("top_k", 3), abstain=False, **kw)
     return [m.agent_id for m in engine.route(q, embedder.embed_one(text)).response.matches]
 
 
-def test_best_agent_first(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_best_agent_first(index, embedder) -> None:
     engine = RouterEngine(index)
     assert ranked(engine, embedder, "my ECG shows an irregular heart rhythm")[0] == "cardio"
     assert ranked(engine, embedder, "optimise this slow postgres query")[0] == "sql"
 
 
-def test_newer_version_replaces_and_older_is_ignored(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_newer_version_replaces_and_older_is_ignored(index, embedder) -> None:
     engine = RouterEngine(index)
     v2 = make_vcv(embedder, "poetry", "Forecasts rainfall and storms for farmers", version=2)
     assert index.upsert(v2).accepted
@@ -48,7 +48,7 @@ def test_newer_version_replaces_and_older_is_ignored(index, embedder) -> None:  
     assert len(index) == len(AGENTS)
 
 
-def test_tombstone_removes_and_rejoin_reuses_row(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_tombstone_removes_and_rejoin_reuses_row(index, embedder) -> None:
     engine = RouterEngine(index)
     index.flush()
     row = index.rows["tax"]
@@ -63,7 +63,7 @@ def test_tombstone_removes_and_rejoin_reuses_row(index, embedder) -> None:  # ty
     assert len(index) == len(AGENTS) + 1
 
 
-def test_offline_excluded_immediately_and_back_when_online(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_offline_excluded_immediately_and_back_when_online(index, embedder) -> None:
     engine = RouterEngine(index)
     index.set_online("cardio", False)
     assert "cardio" not in ranked(engine, embedder, "interpret my ECG", top_k=len(AGENTS))
@@ -75,25 +75,29 @@ def test_offline_excluded_immediately_and_back_when_online(index, embedder) -> N
     assert "late" not in ranked(engine, embedder, "interpret my ECG", top_k=len(AGENTS))
 
 
-def test_refuses_other_embedding_model(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_refuses_other_embedding_model(index, embedder) -> None:
     vcv = make_vcv(embedder, "alien", "Does anything", model="some-other-model")
     result = index.upsert(vcv)
     assert not result.accepted and "embedding model" in result.reason
     assert "alien" not in index
 
 
-def test_snapshot_restore_gives_identical_answers(index, embedder, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_snapshot_restore_gives_identical_answers(index, embedder, tmp_path: Path) -> None:
     index.set_online("derm", False)
     index.set_reputation("math", 0.9)
     index.delete("travel")
     index.meta["abstain_threshold"] = 0.123
     before_engine = RouterEngine(index)
     texts = ["rash on my arm", "integrate x squared", "translate this letter to French", "plan a trip to Rome"]
-    before = [before_engine.route(RouteQuery(text=t, top_k=5, abstain=False), embedder.embed_one(t)).response for t in texts]
+    before = [
+        before_engine.route(RouteQuery(text=t, top_k=5, abstain=False), embedder.embed_one(t)).response for t in texts
+    ]
     index.snapshot(tmp_path / "snap")
     restored = CapabilityIndex.restore(tmp_path / "snap")
     after_engine = RouterEngine(restored)
-    after = [after_engine.route(RouteQuery(text=t, top_k=5, abstain=False), embedder.embed_one(t)).response for t in texts]
+    after = [
+        after_engine.route(RouteQuery(text=t, top_k=5, abstain=False), embedder.embed_one(t)).response for t in texts
+    ]
     assert [r.model_dump() for r in before] == [r.model_dump() for r in after]
     assert after_engine.threshold == pytest.approx(0.123)
     assert "travel" not in restored and "derm" in restored
@@ -101,9 +105,12 @@ def test_snapshot_restore_gives_identical_answers(index, embedder, tmp_path: Pat
     assert restored.upsert(make_vcv(embedder, "travel", AGENTS["travel"])).accepted
 
 
-def test_compaction_keeps_answers(embedder) -> None:  # type: ignore[no-untyped-def]
-    idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, shards=2, buffer_size=4,
-                                      scheme="centroid", probe=2))
+def test_compaction_keeps_answers(embedder) -> None:
+    idx = CapabilityIndex(
+        IndexConfig(
+            dim=embedder.dim, embedding_model=embedder.model_name, shards=2, buffer_size=4, scheme="centroid", probe=2
+        )
+    )
     for agent_id, text in AGENTS.items():
         idx.upsert(make_vcv(embedder, agent_id, text))
     idx.flush()
@@ -120,7 +127,7 @@ def test_compaction_keeps_answers(embedder) -> None:  # type: ignore[no-untyped-
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-3)
 
 
-def test_repeated_queries_are_served_from_memory_until_the_index_changes(index, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_repeated_queries_are_served_from_memory_until_the_index_changes(index, embedder) -> None:
     engine = RouterEngine(index)
     text = "translate this contract into Spanish"
     first = ranked(engine, embedder, text, top_k=3)
@@ -131,7 +138,9 @@ def test_repeated_queries_are_served_from_memory_until_the_index_changes(index, 
     with pytest.raises(ValueError):
         rows[0] = 0  # a cached answer cannot be altered by a caller
     # a new agent (its vector enters search) is found at once: the remembered answer is dropped
-    assert index.upsert(make_vcv(embedder, "es-legal", "Translates contracts and legal documents into Spanish")).accepted
+    assert index.upsert(
+        make_vcv(embedder, "es-legal", "Translates contracts and legal documents into Spanish")
+    ).accepted
     assert ranked(engine, embedder, text, top_k=3)[0] == "es-legal"
     assert index.delete("es-legal")
     assert ranked(engine, embedder, text, top_k=3) == first

@@ -39,36 +39,54 @@ query_strategy = st.fixed_dictionaries({
 
 
 @pytest.fixture(scope="module")
-def vectors(embedder):  # type: ignore[no-untyped-def]
+def vectors(embedder):
     return {t: make_vcv(embedder, "x", t) for t in TEXTS}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(agents=st.lists(agent_strategy, min_size=1, max_size=14), query=query_strategy)
-def test_gates_are_never_bypassed(embedder, vectors, agents, query) -> None:  # type: ignore[no-untyped-def]
+def test_gates_are_never_bypassed(embedder, vectors, agents, query) -> None:
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, shards=2, buffer_size=4))
     truth = {}
     for i, a in enumerate(agents):
         base = vectors[TEXTS[a["text"]]]
-        vcv = base.model_copy(update={
-            "agent_id": f"a{i}", "policies": a["policies"], "skills": [] if a["bloom_only"] else a["skills"],
-            "skills_bloom": make_bloom(a["skills"]),
-            "resources": base.resources.model_copy(update={"cost_per_1k_input": a["cost"], "cost_per_1k_output": a["cost"],
-                                                           "latency_ms": a["latency"]}),
-        })
+        vcv = base.model_copy(
+            update={
+                "agent_id": f"a{i}",
+                "policies": a["policies"],
+                "skills": [] if a["bloom_only"] else a["skills"],
+                "skills_bloom": make_bloom(a["skills"]),
+                "resources": base.resources.model_copy(
+                    update={"cost_per_1k_input": a["cost"], "cost_per_1k_output": a["cost"], "latency_ms": a["latency"]}
+                ),
+            }
+        )
         assert idx.upsert(vcv).accepted
         idx.set_online(f"a{i}", a["online"])
         idx.set_reputation(f"a{i}", a["reputation"])
         truth[f"a{i}"] = (vcv, a)
     engine = RouterEngine(idx, min_fetch=2, over_fetch=1)
-    q = RouteQuery(text=query["text"], top_k=query["top_k"], policies=query["policies"], skills=query["skills"],
-                   max_cost=query["max_cost"], deadline_ms=query["deadline_ms"], abstain=False)
+    q = RouteQuery(
+        text=query["text"],
+        top_k=query["top_k"],
+        policies=query["policies"],
+        skills=query["skills"],
+        max_cost=query["max_cost"],
+        deadline_ms=query["deadline_ms"],
+        abstain=False,
+    )
     out = engine.route(q, embedder.embed_one(query["text"]), query_id="q")
     eligible = []
     for agent_id, (vcv, a) in truth.items():
-        ok = (a["online"] and set(q.policies) <= set(vcv.policies) and set(q.skills) <= set(a["skills"])
-              and (q.max_cost is None or vcv.resources.expected_cost(q.input_tokens, q.output_tokens) <= q.max_cost + 1e-9)
-              and (q.deadline_ms is None or vcv.resources.expected_latency_ms(q.output_tokens) <= q.deadline_ms + 1e-6))
+        ok = (
+            a["online"]
+            and set(q.policies) <= set(vcv.policies)
+            and set(q.skills) <= set(a["skills"])
+            and (
+                q.max_cost is None or vcv.resources.expected_cost(q.input_tokens, q.output_tokens) <= q.max_cost + 1e-9
+            )
+            and (q.deadline_ms is None or vcv.resources.expected_latency_ms(q.output_tokens) <= q.deadline_ms + 1e-6)
+        )
         if ok:
             eligible.append(agent_id)
     got = [m.agent_id for m in out.response.matches]
@@ -96,19 +114,22 @@ def make_bloom(skills: list[str]) -> str:
     return BloomFilter.of(skills).to_b64()
 
 
-def test_audit_event_for_blocked_top_agent(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_audit_event_for_blocked_top_agent(embedder) -> None:
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
     idx.upsert(make_vcv(embedder, "cardio", AGENTS["cardio"]))
     idx.upsert(make_vcv(embedder, "cardio-hipaa", "General medical assistant", policies=["hipaa"]))
     engine = RouterEngine(idx)
     text = "interpret this ECG heart rhythm"
-    out = engine.route(RouteQuery(text=text, top_k=1, policies=["hipaa"], abstain=False), embedder.embed_one(text), query_id="q1")
+    out = engine.route(
+        RouteQuery(text=text, top_k=1, policies=["hipaa"], abstain=False), embedder.embed_one(text), query_id="q1"
+    )
     assert [m.agent_id for m in out.response.matches] == ["cardio-hipaa"]
     assert [(e.agent_id, e.gate, e.query_id) for e in out.audits] == [("cardio", "policy", "q1")]
-    assert out.audits[0].score_without_gate > out.response.matches[0].score
+    without_gate = out.audits[0].score_without_gate
+    assert without_gate is not None and without_gate > out.response.matches[0].score
 
 
-def test_cheaper_agent_wins_a_tie_and_reputation_reorders(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_cheaper_agent_wins_a_tie_and_reputation_reorders(embedder) -> None:
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
     idx.upsert(make_vcv(embedder, "pricey", AGENTS["sql"], cost_per_1k_input=2.0, cost_per_1k_output=2.0))
     idx.upsert(make_vcv(embedder, "cheap", AGENTS["sql"], cost_per_1k_input=0.0, cost_per_1k_output=0.0))
@@ -124,7 +145,7 @@ def test_cheaper_agent_wins_a_tie_and_reputation_reorders(embedder) -> None:  # 
     assert res.matches[0].agent_id == "pricey" and res.matches[0].factors["reputation"] > 1.0
 
 
-def test_abstains_below_threshold(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_abstains_below_threshold(embedder) -> None:
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
     for agent_id, text in AGENTS.items():
         idx.upsert(make_vcv(embedder, agent_id, text))
@@ -136,15 +157,18 @@ def test_abstains_below_threshold(embedder) -> None:  # type: ignore[no-untyped-
     on, off = scores.values()
     assert on > off
     engine.set_threshold((on + off) / 2)
-    res = engine.route(RouteQuery(text="who won the 1998 world cup?"), embedder.embed_one("who won the 1998 world cup?")).response
+    res = engine.route(
+        RouteQuery(text="who won the 1998 world cup?"), embedder.embed_one("who won the 1998 world cup?")
+    ).response
     assert res.abstained and res.matches == []
-    res = engine.route(RouteQuery(text="solve this integral of x squared"),
-                       embedder.embed_one("solve this integral of x squared")).response
+    res = engine.route(
+        RouteQuery(text="solve this integral of x squared"), embedder.embed_one("solve this integral of x squared")
+    ).response
     assert not res.abstained and res.matches[0].agent_id == "math"
-    assert np.isclose(res.threshold, (on + off) / 2)
+    assert res.threshold is not None and np.isclose(res.threshold, (on + off) / 2)
 
 
-def test_selective_gate_finds_agent_beyond_max_fetch(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_selective_gate_finds_agent_beyond_max_fetch(embedder) -> None:
     """Only the least similar agent holds the flag: the filtered search still returns it."""
     idx = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, shards=2, buffer_size=3))
     for agent_id, text in AGENTS.items():
@@ -152,6 +176,8 @@ def test_selective_gate_finds_agent_beyond_max_fetch(embedder) -> None:  # type:
     idx.flush()
     engine = RouterEngine(idx, over_fetch=1, min_fetch=1, max_fetch=2)
     text = "optimise a SQL query"
-    out = engine.route(RouteQuery(text=text, top_k=2, policies=["gdpr"], abstain=False), embedder.embed_one(text), query_id="q")
+    out = engine.route(
+        RouteQuery(text=text, top_k=2, policies=["gdpr"], abstain=False), embedder.embed_one(text), query_id="q"
+    )
     assert [m.agent_id for m in out.response.matches] == ["poetry"]
     assert any(e.agent_id == "sql" and e.gate == "policy" for e in out.audits)

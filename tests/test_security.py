@@ -31,17 +31,17 @@ from fabric.vcv import VCV
 AGENTS = ["cardiologist", "pharmacist"]
 
 
-def run_async(fn):  # type: ignore[no-untyped-def]
+def run_async(fn):
     """Run an async test body on a fresh event loop (the suite does not use pytest-asyncio)."""
 
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def wrapper(*args, **kwargs):
         return asyncio.run(fn(*args, **kwargs))
 
     return wrapper
 
 
-def make_vcv(embedder, agent_id: str, description: str, policies: list[str] | None = None) -> VCV:  # type: ignore[no-untyped-def]
+def make_vcv(embedder, agent_id: str, description: str, policies: list[str] | None = None) -> VCV:
     vecs = embedder.embed([description, f"You are the {agent_id}. {description}"])
     skills = [agent_id, "medicine"]
     return VCV(
@@ -108,7 +108,7 @@ def test_agent_key_for_settings(tmp_path: Path) -> None:
     assert security.agent_key_for(settings, "a") is not None
 
 
-def test_signature_survives_the_wire_and_detects_tampering(embedder) -> None:  # type: ignore[no-untyped-def]
+def test_signature_survives_the_wire_and_detects_tampering(embedder) -> None:
     key_a, key_b = security.generate_key(), security.generate_key()
     store = security.TrustStore()
     store.add("cardiologist", key_a)
@@ -156,7 +156,7 @@ def test_trust_store_files(tmp_path: Path) -> None:
         security.TrustStore.load(tmp_path / "worse.json")
 
 
-def test_gate_without_trust_store_warns_once(embedder, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+def test_gate_without_trust_store_warns_once(embedder, caplog: pytest.LogCaptureFixture) -> None:
     gate = security.VcvGate.from_settings(Settings(trust_store=None))
     vcv = make_vcv(embedder, "cardiologist", "Cardiology.")
     with caplog.at_level(logging.WARNING, logger="foa.security"):
@@ -238,7 +238,7 @@ def _bus(broker: Mosquitto, tmp_path: Path, client_id: str, username: str, passw
 
 
 @run_async
-async def test_broker_refuses_bad_logins(secured, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+async def test_broker_refuses_bad_logins(secured, tmp_path: Path) -> None:
     broker, passwords, _ = secured
     for user, password in [("cardiologist", "wrong-password"), ("nobody", passwords["cardiologist"])]:
         with pytest.raises(BusError, match="refused the connection"):
@@ -250,7 +250,7 @@ async def test_broker_refuses_bad_logins(secured, tmp_path: Path) -> None:  # ty
 
 
 @run_async
-async def test_acl_keeps_agents_in_their_own_topics(secured, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+async def test_acl_keeps_agents_in_their_own_topics(secured, tmp_path: Path, embedder) -> None:
     broker, passwords, out = secured
     router = _bus(broker, tmp_path, "router-0", "router", passwords["router"])
     impostor = _bus(broker, tmp_path, "cardiologist-0", "cardiologist", passwords["cardiologist"])
@@ -260,7 +260,9 @@ async def test_acl_keeps_agents_in_their_own_topics(secured, tmp_path: Path, emb
     inbox: dict[str, list[str]] = {"cardiologist": [], "pharmacist": []}
     async with router, impostor, honest, orchestrator:
         await router.subscribe(
-            topics.AGENT_VCV_WILDCARD, lambda m: seen.append((m.topic, m.envelope.body)), body_types=VCV
+            topics.AGENT_VCV_WILDCARD,
+            lambda m: seen.append((m.topic, m.envelope.body)),  # type: ignore[union-attr]  # subscribed without accept_empty: never None
+            body_types=VCV,
         )
 
         # the cardiologist's valid login cannot publish on the pharmacist's VCV topic
@@ -272,11 +274,13 @@ async def test_acl_keeps_agents_in_their_own_topics(secured, tmp_path: Path, emb
             await orchestrator.publish(topics.agent_vcv("pharmacist"), fake, retain=True)
 
         # each agent reads only its own inbox
-        def collect(agent: str):  # type: ignore[no-untyped-def]
+        def collect(agent: str):
             return lambda m: inbox[agent].append(m.envelope.body.task_id)
 
         await honest.subscribe(
-            topics.shared(topics.SHARE_GROUP_AGENT, topics.agent_tasks("pharmacist")), collect("pharmacist"), body_types=TaskRequest
+            topics.shared(topics.SHARE_GROUP_AGENT, topics.agent_tasks("pharmacist")),
+            collect("pharmacist"),
+            body_types=TaskRequest,
         )
         try:  # mosquitto may refuse the SUBACK or just never deliver: either way nothing arrives
             await impostor.subscribe(topics.agent_tasks("pharmacist"), collect("cardiologist"), body_types=TaskRequest)
@@ -303,7 +307,7 @@ async def test_acl_keeps_agents_in_their_own_topics(secured, tmp_path: Path, emb
 
 
 @run_async
-async def test_router_trust_store_refuses_impostor_on_its_own_topic(secured, tmp_path: Path, embedder) -> None:  # type: ignore[no-untyped-def]
+async def test_router_trust_store_refuses_impostor_on_its_own_topic(secured, tmp_path: Path, embedder) -> None:
     """The ACL lets the cardiologist publish under its own topic; the signature check catches a
     VCV that claims another agent (and a VCV signed with the wrong key)."""
     broker, passwords, out = secured
@@ -311,6 +315,7 @@ async def test_router_trust_store_refuses_impostor_on_its_own_topic(secured, tmp
     verdicts: list[tuple[str, str | None]] = []
 
     def on_vcv(msg: Incoming) -> None:
+        assert msg.envelope is not None  # subscribed without accept_empty
         vcv = msg.envelope.body
         verdicts.append((vcv.agent_id, gate.check(vcv, msg.topic)))
 

@@ -17,7 +17,13 @@ from tests.fabric_helpers import vcv_for
 
 
 def test_vcv_round_trip_through_envelope(embedder) -> None:
-    vcv = vcv_for(embedder, "cardio", "heart specialist", skills=["ECG interpretation", "hypertension"], policies=["HIPAA", "clinical"])
+    vcv = vcv_for(
+        embedder,
+        "cardio",
+        "heart specialist",
+        skills=["ECG interpretation", "hypertension"],
+        policies=["HIPAA", "clinical"],
+    )
     payload = make(vcv, sender="t").to_json()
     back = decode(payload, VCV).body
     assert back == vcv
@@ -92,7 +98,7 @@ def test_bumped_increments_version(embedder) -> None:
 def test_bloom_false_positive_rate_matches_design() -> None:
     """With 40 skills the theoretical FP rate of m=1024, k=7 is ~0.08%; measure it."""
     rng = random.Random(7)
-    word = lambda: "".join(rng.choices(string.ascii_lowercase, k=10))  # noqa: E731
+    word = lambda: "".join(rng.choices(string.ascii_lowercase, k=10))  # noqa: E731 - a one-line generator reads better inline
     n, probes = 40, 50_000
     skills = [word() for _ in range(n)]
     bloom = BloomFilter.of(skills)

@@ -48,7 +48,7 @@ class BackendPool:
                 await close()
         self._backends.clear()
 
-    async def __aenter__(self) -> "BackendPool":
+    async def __aenter__(self) -> BackendPool:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

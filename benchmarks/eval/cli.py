@@ -7,7 +7,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from benchmarks.eval.healthbench_data import DataError
@@ -16,7 +16,7 @@ from benchmarks.eval.healthbench_data import DataError
 def run_main(
     name: str,
     parse_args: Callable[[Sequence[str] | None], argparse.Namespace],
-    evaluate: Callable[[argparse.Namespace, Any], Awaitable[dict[str, Any]]],
+    evaluate: Callable[[argparse.Namespace, Any], Coroutine[Any, Any, dict[str, Any]]],
     argv: Sequence[str] | None = None,
 ) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -140,7 +140,7 @@ def score_plan(plan: Any, gold: GoldDAG, catalog: dict[str, ApiSpec],
         cos = vecs[:n_pred] @ vecs[n_pred:].T
         hit = np.array([[names_api(n, c.name) for c in gold.calls] for n in nodes], dtype=float)
         rows, cols = linear_sum_assignment(NAME_WEIGHT * hit + cos, maximize=True)
-        for r, c in zip(rows, cols):
+        for r, c in zip(rows, cols, strict=False):
             if hit[r, c] or cos[r, c] >= min_similarity:
                 matching[nodes[r].id] = int(c)
                 named += int(hit[r, c])

@@ -149,7 +149,7 @@ def score_rubrics(rubrics: Sequence[RubricItem], met: Sequence[bool]) -> float |
     possible = sum(r.points for r in rubrics if r.points > 0)
     if possible <= 0:
         return None
-    return sum(r.points for r, m in zip(rubrics, met) if m) / possible
+    return sum(r.points for r, m in zip(rubrics, met, strict=False) if m) / possible
 
 
 def axis_scores(rubrics: Sequence[RubricItem], met: Sequence[bool]) -> dict[str, float]:
@@ -169,34 +169,33 @@ def axis_scores(rubrics: Sequence[RubricItem], met: Sequence[bool]) -> dict[str,
 
 
 async def judge_criterion(grader: Any, prompt: str, *, max_tokens: int) -> tuple[GraderVerdict | None, str]:
-    """One grader call. Uses fabric.llm.structured.complete_json (schema-constrained, with
-    retries) when present; otherwise a plain completion parsed leniently. Never raises for a
-    model failure: returns (None, reason) so one bad call cannot abort a long run."""
+    """One grader call through fabric.llm.structured.complete_json (schema-constrained, with
+    retries). Never raises for a model failure: returns (None, reason) so one bad call cannot
+    abort a long run."""
     from fabric.llm.base import ChatMessage, LLMError
+    from fabric.llm.structured import complete_json
 
     messages = [ChatMessage(role="user", content=prompt)]
     try:
-        try:
-            from fabric.llm.structured import complete_json
-        except ImportError:
-            complete_json = None
-        if complete_json is not None:
-            verdict, _usage, _attempts = await complete_json(
-                grader, messages, GraderVerdict, max_tokens=max_tokens, retries=2, fallback=None
-            )
-            return (verdict if isinstance(verdict, GraderVerdict) else None), "no verdict"
-        completion = await grader.complete(
-            messages, max_tokens=max_tokens, temperature=0.0, json_schema=GraderVerdict.model_json_schema()
+        verdict, _usage, _attempts = await complete_json(
+            grader, messages, GraderVerdict, max_tokens=max_tokens, retries=2, fallback=None
         )
-        verdict = parse_verdict(completion.text)
-        return verdict, "" if verdict else f"unparseable grader output: {completion.text[:120]!r}"
+        return (verdict if isinstance(verdict, GraderVerdict) else None), "no verdict"
     except (LLMError, ValueError) as exc:
         return None, f"{type(exc).__name__}: {exc}"[:300]
 
 
-async def grade_answer(grader: Any, example: HealthBenchExample, answer: str, *, system: str, seed: int,
-                       semaphore: asyncio.Semaphore, max_tokens: int = 256,
-                       answer_failed: bool = False) -> ExampleGrade:
+async def grade_answer(
+    grader: Any,
+    example: HealthBenchExample,
+    answer: str,
+    *,
+    system: str,
+    seed: int,
+    semaphore: asyncio.Semaphore,
+    max_tokens: int = 256,
+    answer_failed: bool = False,
+) -> ExampleGrade:
     """Judge every rubric criterion of one example (concurrently, bounded by `semaphore`)."""
 
     async def one(item: RubricItem) -> CriterionGrade:
@@ -205,16 +204,26 @@ async def grade_answer(grader: Any, example: HealthBenchExample, answer: str, *,
                 grader, grader_prompt(example.prompt, answer, item.criterion), max_tokens=max_tokens
             )
         if verdict is None:
-            return CriterionGrade(criterion=item.criterion, points=item.points, criteria_met=False,
-                                  explanation=reason, failed=True)
-        return CriterionGrade(criterion=item.criterion, points=item.points,
-                              criteria_met=verdict.criteria_met, explanation=verdict.explanation)
+            return CriterionGrade(
+                criterion=item.criterion, points=item.points, criteria_met=False, explanation=reason, failed=True
+            )
+        return CriterionGrade(
+            criterion=item.criterion,
+            points=item.points,
+            criteria_met=verdict.criteria_met,
+            explanation=verdict.explanation,
+        )
 
     criteria = list(await asyncio.gather(*(one(r) for r in example.rubrics)))
     met = [c.criteria_met for c in criteria]
     return ExampleGrade(
-        system=system, seed=seed, prompt_id=example.prompt_id,
-        score=score_rubrics(example.rubrics, met), themes=example.themes,
-        axis_scores=axis_scores(example.rubrics, met), criteria=criteria,
-        answer_chars=len(answer), answer_failed=answer_failed,
+        system=system,
+        seed=seed,
+        prompt_id=example.prompt_id,
+        score=score_rubrics(example.rubrics, met),
+        themes=example.themes,
+        axis_scores=axis_scores(example.rubrics, met),
+        criteria=criteria,
+        answer_chars=len(answer),
+        answer_failed=answer_failed,
     )

@@ -2,8 +2,9 @@
 
 A sample is a request plus a sequence of API calls, each labelled `varN`; an argument such as
 `"$var1.skyId$"` or `"$var3$"` consumes an earlier call's output. Node = call, edge = reference
-(producer → consumer), resolved to the latest earlier call with that label. The trailing pseudo-call `var_result`, which only collects outputs for
-the answer, is not an API call and is left out of the DAG.
+(producer → consumer), resolved to the latest earlier call with that label. The trailing
+pseudo-call `var_result`, which only collects outputs for the answer, is not an API call and is
+left out of the DAG.
 
 The wheel's own loader needs `jsonref` and friends (installed with --no-deps here), so the
 JSON is read directly.
@@ -86,8 +87,10 @@ def gold_dag(sample: dict[str, Any], sample_id: str) -> GoldDAG:
         raw_calls = [c for c in sample["output"] if c.get("name") != RESULT_CALL]
     except (KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"NESTFUL sample {sample_id} lacks input/output: {exc}") from exc
-    calls = [GoldCall(label=str(c.get("label") or f"call{i}"), name=str(c["name"]),
-                      arguments=c.get("arguments") or {}) for i, c in enumerate(raw_calls)]
+    calls = [
+        GoldCall(label=str(c.get("label") or f"call{i}"), name=str(c["name"]), arguments=c.get("arguments") or {})
+        for i, c in enumerate(raw_calls)
+    ]
     edges: set[tuple[int, int]] = set()
     unresolved: list[str] = []
     latest: dict[str, int] = {}  # label -> last call so far that bound it (a few samples reuse labels)
@@ -105,16 +108,21 @@ def data_root() -> Path:
     try:
         root = Path(str(metadata.distribution("nestful-wrapper").locate_file("data_v1")))
     except metadata.PackageNotFoundError as exc:
-        raise DataError("the nestful-wrapper wheel is not installed: .venv/bin/pip install --no-deps nestful-wrapper") from exc
+        raise DataError(
+            "the nestful-wrapper wheel is not installed: .venv/bin/pip install --no-deps nestful-wrapper"
+        ) from exc
     if not root.is_dir():
         raise DataError(f"nestful-wrapper has no data folder at {root}")
     return root
 
 
 def _spec(raw: dict[str, Any]) -> ApiSpec:
-    return ApiSpec(name=str(raw["name"]), description=str(raw.get("description") or ""),
-                   inputs=list((raw.get("query_parameters") or raw.get("parameters") or {}).keys()),
-                   outputs=list((raw.get("output_parameters") or {}).keys()))
+    return ApiSpec(
+        name=str(raw["name"]),
+        description=str(raw.get("description") or ""),
+        inputs=list((raw.get("query_parameters") or raw.get("parameters") or {}).keys()),
+        outputs=list((raw.get("output_parameters") or {}).keys()),
+    )
 
 
 def load_split(split: str, root: Path | None = None) -> tuple[list[GoldDAG], dict[str, ApiSpec]]:

@@ -7,12 +7,15 @@ planner that sees every agent's description is kept as a baseline.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Planner = Callable[[str, list[str]], Awaitable[Any]]
+if TYPE_CHECKING:
+    import numpy as np
+
+Planner = Callable[[str, list[str]], Coroutine[Any, Any, Any]]
 
 
 class _Subtask(BaseModel):
@@ -27,7 +30,7 @@ class SimplePlan(BaseModel):
     subtasks: list[_Subtask]
 
 
-def foa_planner(backend: Any, settings: Any, embed: Callable[[list[str]], Any],
+def foa_planner(backend: Any, settings: Any, embed: Callable[[Sequence[str]], np.ndarray],
                 subtasks_min: int, subtasks_max: int) -> Planner:
     """FoA's own decomposition phase, on the APIs as agents, without a broker in between.
 
@@ -72,7 +75,7 @@ def foa_planner(backend: Any, settings: Any, embed: Callable[[list[str]], Any],
             "subtasks": [{"id": n.node_id, "text": n.text, "depends_on": list(n.depends_on)} for n in dag.nodes],
             "dropped_edges": [list(e) for e in dag.dropped_edges],
             "proposals": [{"agent": agents[i].split(":", 1)[0], "similarity": round(float(sims[i]), 3), "plan": raw}
-                          for i, (_a, _p, raw) in zip(proposers, proposals)],
+                          for i, (_a, _p, raw) in zip(proposers, proposals, strict=False)],
         }
 
     return plan

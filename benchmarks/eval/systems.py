@@ -60,7 +60,7 @@ def chat_messages(system_prompt: str, turns: Sequence[Turn]) -> list[Any]:
     msgs = [ChatMessage(role="system", content=system_prompt)] if system_prompt else []
     for t in turns:
         role = t.role if t.role in ("user", "assistant", "system") else "user"
-        msgs.append(ChatMessage(role=role, content=t.content))  # type: ignore[arg-type]
+        msgs.append(ChatMessage(role=role, content=t.content))  # type: ignore[arg-type]  # narrowed to the Literal above
     return msgs
 
 
@@ -171,5 +171,5 @@ def federation_options(system: str, max_tokens: int | None = None) -> Any:
 
     if system not in FEDERATION_SYSTEMS:
         raise KeyError(system)
-    extra = {"max_tokens_per_call": max_tokens} if max_tokens else {}
+    extra: dict[str, Any] = {"max_tokens_per_call": max_tokens} if max_tokens else {}
     return JobOptions(**FEDERATION_SYSTEMS[system], **extra)

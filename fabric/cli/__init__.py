@@ -1,7 +1,8 @@
 """The `foa` command. Each subcommand group lives in its own module with a `register(sub)`.
 
-A module adds its parsers and sets `func=` on them; `main` dispatches. Modules import their
-heavy dependencies inside the handler, so `foa --help` stays fast.
+A module adds its parsers and sets `func=` on them (and `validate=`, `needs_broker=`: see
+fabric/cli/resolve.py); `main` checks the arguments, resolves the broker, then dispatches.
+Modules import their heavy dependencies inside the handler, so `foa --help` stays fast.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from fabric.cli.resolve import UsageError, prepare
 from fabric.logs import setup_logging
 from fabric.settings import Settings
 
@@ -51,10 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         settings.log_format = args.log_format
     setup_logging(settings, level=logging.DEBUG if args.verbose else None)
     try:
+        prepare(args, settings)  # arguments, then the broker: before anything starts
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # noqa: BLE001 - a CLI prints a clear error, not a traceback
+    except UsageError as exc:
+        print(f"foa: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a CLI prints a clear error, not a traceback (-v shows it)
         if args.verbose:
             raise
         print(f"foa: error: {exc}", file=sys.stderr)

@@ -12,23 +12,29 @@ from typing import Any
 from fabric.settings import Settings
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("agents", help="list the federation's live agents")
     p.add_argument("--json", action="store_true", help="print a JSON array")
     p.add_argument("--all", action="store_true", help="include offline agents")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for the retained snapshot")
-    p.set_defaults(func=cmd_agents)
+    p.set_defaults(func=cmd_agents, needs_broker=True)
 
     p = sub.add_parser("agent", help="run one agent")
     agent_sub = p.add_subparsers(dest="agent_command", metavar="ACTION")
     run = agent_sub.add_parser("run", help="run an LLM worker from a YAML spec until interrupted")
     run.add_argument("spec", help="path to the agent's YAML spec")
     run.add_argument("--replica-id", default=None, help="stable id of this replica (default: random)")
-    run.set_defaults(func=cmd_agent_run)
-    host = agent_sub.add_parser("host", help="run many agents' LLM workers on one connection (specs or folders of specs)")
+    run.set_defaults(func=cmd_agent_run, needs_broker=True)
+    host = agent_sub.add_parser(
+        "host", help="run many agents' LLM workers on one connection (specs or folders of specs)"
+    )
     host.add_argument("specs", nargs="+", help="YAML specs, or folders of them")
-    host.add_argument("--host-id", default=None, help="stable id of this host: a restarted host takes over its session (default: random)")
-    host.set_defaults(func=cmd_agent_host)
+    host.add_argument(
+        "--host-id",
+        default=None,
+        help="stable id of this host: a restarted host takes over its session (default: random)",
+    )
+    host.set_defaults(func=cmd_agent_host, needs_broker=True)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every message")
     p.add_argument("--kind", default=None, help="only this message kind")
@@ -38,10 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 async def fetch_agents(settings: Settings, wait: float) -> list[dict[str, Any]]:
     from fabric.bus import Bus
     from fabric.registry import Registry
-    from fabric.runtime import resolve_broker
 
     registry = Registry()
-    async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False) as bus:
+    async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
         await registry.attach(bus)
         await registry.settle(quiet_s=0.4, max_s=wait)
     return [e.summary() for e in sorted(registry.live(), key=lambda e: e.vcv.agent_id if e.vcv else "")]
@@ -95,7 +100,9 @@ def cmd_schema(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.envelope import Envelope
     from fabric.messages import ALL_BODIES
 
-    schemas: dict[str, Any] = {"envelope": Envelope[dict[str, Any]].model_json_schema(by_alias=True)}  # type: ignore[misc]
+    # the schema of an envelope around any JSON object (BodyT's bound, Body, is for typed use)
+    envelope = Envelope[dict[str, Any]].model_json_schema(by_alias=True)  # type: ignore[type-var]
+    schemas: dict[str, Any] = {"envelope": envelope}
     for body in ALL_BODIES:
         schemas[body.KIND] = body.model_json_schema()
     if args.kind:

@@ -11,6 +11,10 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import ValidationError
+
+from fabric.cli.resolve import UsageError, at_least, require_text
+from fabric.errors import readable
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.settings import Settings
 
@@ -18,12 +22,12 @@ from fabric.settings import Settings
 EMBEDDED_PROFILE = {"max_proposers": 2, "subtasks_max": 3, "agents_per_node": 2, "max_tokens_per_call": 128}
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="answer a question with a whole federation in this process (the main job)")
     p.add_argument("question")
     _job_options(p)
     p.add_argument("--specs", default=None, help="folder of agent specs (default: the shipped agents)")
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, validate=check_job_args)
 
     p = sub.add_parser("up", help="run a local federation (broker, router, orchestrator, agents) until interrupted")
     p.add_argument("--specs", default=None, help="folder of agent specs (default: the shipped agents)")
@@ -33,12 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("submit", help="send a job to a running federation and follow it")
     p.add_argument("question")
     _job_options(p)
-    p.set_defaults(func=cmd_submit)
+    p.set_defaults(func=cmd_submit, validate=check_job_args, needs_broker=True)
 
     p = sub.add_parser("jobs", help="list jobs in the local job store")
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", type=int, default=20)
-    p.set_defaults(func=cmd_jobs)
+    p.set_defaults(func=cmd_jobs, validate=lambda a: at_least(a.limit, 1, "--limit"))
 
     p = sub.add_parser("job", help="inspect one job")
     job_sub = p.add_subparsers(dest="job_command", metavar="ACTION")
@@ -48,7 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.set_defaults(func=cmd_job_show)
 
     p = sub.add_parser("orchestrator", help="run the orchestrator service")
-    p.set_defaults(func=cmd_orchestrator)
+    p.set_defaults(func=cmd_orchestrator, needs_broker=True)
 
 
 def _job_options(p: argparse.ArgumentParser) -> None:
@@ -69,6 +73,41 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=900.0, help="give up following after this many seconds")
 
 
+def check_job_args(args: argparse.Namespace) -> None:
+    """`foa run` / `foa submit` arguments, checked before a broker or an agent starts."""
+    require_text(args.question, "the question", f'foa {args.command} "what are the health benefits of cycling?"')
+    for flag, value, minimum in (
+        ("--proposers", args.proposers, 1),
+        ("--subtasks", args.subtasks, 1),
+        ("--agents-per-node", args.agents_per_node, 1),
+        ("--rounds", args.rounds, 0),
+        ("--max-tokens", args.max_tokens, 8),
+        ("--budget-tokens", args.budget_tokens, 1),
+        ("--budget-cost", args.budget_cost, 0),
+    ):
+        at_least(value, minimum, flag)
+    at_least(args.deadline, 0, "--deadline", strict=True)
+    at_least(args.timeout, 0, "--timeout", strict=True)
+    try:  # whatever the models add beyond the checks above
+        _options(args, Settings(), profile=False)
+    except ValidationError as exc:
+        raise UsageError(readable(exc, _FLAGS)) from None
+
+
+#: JobOptions / Budget fields → the flags that set them (for error messages)
+_FLAGS = {
+    "max_proposers": "--proposers",
+    "subtasks_max": "--subtasks",
+    "agents_per_node": "--agents-per-node",
+    "refine_rounds": "--rounds",
+    "max_tokens_per_call": "--max-tokens",
+    "synth_mode": "--synth",
+    "max_tokens": "--budget-tokens",
+    "max_cost": "--budget-cost",
+    "deadline_s": "--deadline",
+}
+
+
 def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tuple[JobOptions, Budget]:
     base: dict[str, Any] = dict(EMBEDDED_PROFILE) if profile and not settings.llm_base_url else {}
     given = {
@@ -80,7 +119,9 @@ def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tup
         "synth_mode": args.synth,
     }
     base.update({k: v for k, v in given.items() if v is not None})
-    options = JobOptions(**base, clustering=not args.no_clustering, routing="random" if args.random_routing else "routed")
+    options = JobOptions(
+        **base, clustering=not args.no_clustering, routing="random" if args.random_routing else "routed"
+    )
     budget = Budget(max_tokens=args.budget_tokens, max_cost=args.budget_cost, deadline_s=args.deadline)
     return options, budget
 
@@ -146,9 +187,8 @@ def draw_dag(dag: dict[str, Any], rounds: dict[str, Any] | None = None) -> str:
         arrow = f"  ← {', '.join(deps)}" if deps else ""
         lines.append(f"  [{node['id']}] {node['text'][:80]}{arrow}")
         for cid, info in (rounds or {}).get(node["id"], {}).items():
-            lines.append(
-                f"        {cid}: {', '.join(info['members'])} · {info['rounds']} round(s), {info['stopped']} → {info['representative']}"
-            )
+            members, chosen = ", ".join(info["members"]), info["representative"]
+            lines.append(f"        {cid}: {members} · {info['rounds']} round(s), {info['stopped']} → {chosen}")
     return "\n".join(lines)
 
 
@@ -168,9 +208,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print("starting federation (broker, router, orchestrator, agents)...", file=sys.stderr, flush=True)
         # a one-shot run answers its own question; unfinished jobs wait for `foa up` / `foa orchestrator`
         async with LocalFederation(settings, specs, resume_jobs=False) as fed:
-            print(f"federation up: {len(fed.agents)} agents on {fed.address.url if fed.address else '?'}", file=sys.stderr, flush=True)
+            print(
+                f"federation up: {len(fed.agents)} agents on {fed.address.url if fed.address else '?'}",
+                file=sys.stderr,
+                flush=True,
+            )
             return await fed.run_job(
-                args.question, options, budget=budget, policies=args.policy, job_id=args.job_id, on_event=progress, timeout=args.timeout
+                args.question,
+                options,
+                budget=budget,
+                policies=args.policy,
+                job_id=args.job_id,
+                on_event=progress,
+                timeout=args.timeout,
             )
 
     return print_result(asyncio.run(main()), args.json)
@@ -208,9 +258,22 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         async with LocalFederation(settings, specs) as fed:
             assert fed.address is not None
             freeze_startup_heap()  # a long-running service from here on
-            write_runtime(settings, RuntimeInfo(broker_url=fed.address.url, pid=_pid(), started_at=time.time(), agents=[a.agent_id for a in fed.agents]))
-            print(f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr)
-            print(f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"", file=sys.stderr)
+            write_runtime(
+                settings,
+                RuntimeInfo(
+                    broker_url=fed.address.url,
+                    pid=_pid(),
+                    started_at=time.time(),
+                    agents=[a.agent_id for a in fed.agents],
+                ),
+            )
+            print(
+                f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr
+            )
+            print(
+                f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"",
+                file=sys.stderr,
+            )
             print("  Ctrl+C to stop", file=sys.stderr, flush=True)
             try:
                 await stop.wait()
@@ -231,14 +294,20 @@ def _pid() -> int:
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.bus import Bus
     from fabric.client import submit_and_follow
-    from fabric.runtime import resolve_broker
 
     options, budget = _options(args, settings, profile=False)  # the federation's own sizes apply
 
     async def main() -> JobResult:
-        async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False) as bus:
+        async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
             return await submit_and_follow(
-                bus, args.question, job_id=args.job_id, options=options, budget=budget, policies=args.policy, on_event=Progress(), timeout=args.timeout
+                bus,
+                args.question,
+                job_id=args.job_id,
+                options=options,
+                budget=budget,
+                policies=args.policy,
+                on_event=Progress(),
+                timeout=args.timeout,
             )
 
     return print_result(asyncio.run(main()), args.json)

@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+from fabric.cli.resolve import at_least, require_text
 from fabric.settings import Settings
 
 
@@ -17,7 +18,7 @@ def register(sub: Any) -> None:
     route = sub.add_parser(
         "route",
         help="rank the agents of the running federation for a task (or --calibrate abstention)",
-        description="Talks to a running federation through FOA_BROKER_URL.",
+        description="Talks to a running federation: FOA_BROKER_URL, else the `foa up` running in this directory.",
     )
     route.add_argument("text", nargs="?", help="the task to route")
     route.add_argument("--top-k", type=int, default=5)
@@ -34,32 +35,23 @@ def register(sub: Any) -> None:
                        help="with --calibrate: write it to <data_dir>/router/calibration.json (routers load it)")
     route.add_argument("--timeout", type=float, default=None, help="seconds to wait for the router")
     route.add_argument("--json", action="store_true", help="print one JSON object")
-    route.set_defaults(func=_route)
+    route.set_defaults(func=_route, validate=_check_route, needs_broker=True)
 
     router = sub.add_parser("router", help="run a router replica (index + scoring) until interrupted")
     router.add_argument("--no-snapshot", action="store_true", help="neither restore nor write <data_dir>/router/index")
-    router.set_defaults(func=_router)
+    router.set_defaults(func=_router, needs_broker=True)
 
 
-def _need_broker(settings: Settings) -> None:
-    """FOA_BROKER_URL, else the broker of a `foa up` running from this directory."""
-    if settings.broker_url:
-        return
-    from fabric.runtime import resolve_broker
-
-    try:
-        settings.broker_url = resolve_broker(settings).url
-    except RuntimeError as exc:
-        raise SystemExit(f"foa route: {exc}") from None
+def _check_route(args: argparse.Namespace) -> None:
+    if not args.calibrate:
+        require_text(args.text, "the task text", 'foa route "summarise this contract"')
+    at_least(args.top_k, 1, "--top-k")
+    at_least(args.timeout, 0, "--timeout", strict=True)
 
 
 def _route(args: argparse.Namespace, settings: Settings) -> int:
-    _need_broker(settings)
     if args.calibrate:
         return asyncio.run(_calibrate(args, settings))
-    if not args.text or not args.text.strip():
-        print("foa route: give the task text, e.g. foa route \"summarise this contract\"", file=sys.stderr)
-        return 2
     return asyncio.run(_route_once(args, settings))
 
 
@@ -136,7 +128,7 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
             res = await client.route(RouteQuery(text=text, top_k=1, abstain=False))
             tops.append(res.matches[0].score if res.matches else 0.0)
     cal = calibrate(tops[: len(relevant)], tops[len(relevant):])
-    out = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
+    out: dict[str, Any] = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
     if args.save:
         model = sorted(models)[0]
         path = calibration_path(settings)
@@ -154,11 +146,7 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _router(args: argparse.Namespace, settings: Settings) -> int:
-    _need_broker(settings)
     from router.service import run_router
 
-    try:
-        asyncio.run(run_router(settings, snapshot=not args.no_snapshot))
-    except KeyboardInterrupt:
-        return 130
+    asyncio.run(run_router(settings, snapshot=not args.no_snapshot))  # SIGINT/SIGTERM: drain, snapshot, exit 0
     return 0

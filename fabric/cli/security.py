@@ -56,7 +56,9 @@ def _creds_init(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     reused = sum(1 for p in bundle.principals if p.username in existing) if not args.rotate else 0
-    print(f"wrote credentials for {len(ids)} agents and {len(bundle.principals) - len(ids)} service logins to {args.out}")
+    print(
+        f"wrote credentials for {len(ids)} agents and {len(bundle.principals) - len(ids)} service logins to {args.out}"
+    )
     if reused:
         print(f"  kept {reused} existing passwords (use --rotate for new ones)")
     for what, path in written.items():
@@ -82,5 +84,9 @@ def _keys_gen(args: argparse.Namespace, settings: Settings) -> int:
     key = security.generate_key()
     security.save_private_key(key, path)
     pub = security.save_public_key(key, path.with_suffix(".pub"))
-    print(json.dumps({"agent_id": args.agent_id, "key": str(path), "pub": str(pub), "public_key": security.public_key_b64(key)}))
+    print(
+        json.dumps(
+            {"agent_id": args.agent_id, "key": str(path), "pub": str(pub), "public_key": security.public_key_b64(key)}
+        )
+    )
     return 0

@@ -14,6 +14,7 @@ import time
 import uuid
 from typing import Any
 
+from fabric.cli.resolve import at_least
 from fabric.settings import Settings
 
 
@@ -28,12 +29,10 @@ def register(sub: Any) -> None:
         help="a service's /metrics URL (router, orchestrator); repeatable",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=_status)
+    parser.set_defaults(func=_status, needs_broker=True, validate=lambda a: at_least(a.wait, 0, "--wait", strict=True))
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:
-    if not settings.broker_url:
-        raise RuntimeError("foa status needs a running federation: set FOA_BROKER_URL")
     report = asyncio.run(collect(settings, args.wait, args.metrics))
     if args.json:
         print(json.dumps(report, indent=2, default=str))
@@ -97,7 +96,9 @@ async def scrape(url: str) -> dict[str, Any]:
             elif s.name == "foa_agents_indexed":
                 out["agents_indexed"] = s.value
             elif s.name == "foa_bus_connected":
-                out["bus_connected"] = bool(s.value) if out["bus_connected"] is None else out["bus_connected"] and bool(s.value)
+                out["bus_connected"] = (
+                    bool(s.value) if out["bus_connected"] is None else out["bus_connected"] and bool(s.value)
+                )
     return out
 
 
@@ -109,16 +110,17 @@ def render(report: dict[str, Any]) -> str:
     if report["agents"]:
         lines.append(f"  {'agent':24s} {'v':>4s} {'status':8s} {'replicas':>8s}  model")
     for a in report["agents"]:
-        lines.append(
-            f"  {str(a['agent_id'])[:24]:24s} {a['version']:>4} {a['status']:8s} {len(a['replicas_seen']):>8d}  {a.get('llm_model') or '-'}"
-        )
+        agent_id, model = str(a["agent_id"])[:24], a.get("llm_model") or "-"
+        lines.append(f"  {agent_id:24s} {a['version']:>4} {a['status']:8s} {len(a['replicas_seen']):>8d}  {model}")
     for s in report["services"]:
         if not s["up"]:
             lines.append(f"service {s['url']}: DOWN ({s['error']})")
             continue
         jobs = ", ".join(f"{k}={int(v)}" for k, v in sorted(s["jobs"].items()) if v) or "none active"
+        bus = "up" if s["bus_connected"] else "down" if s["bus_connected"] is False else "?"
         lines.append(
-            f"service {s.get('service', '?')} ({s.get('instance', '')}) at {s['url']}: heartbeat {s.get('heartbeat_age_s', '?')}s ago, "
-            f"routes {int(s['routes'])}, jobs {jobs}, rejected {int(s['rejected'])}, bus {'up' if s['bus_connected'] else 'down' if s['bus_connected'] is False else '?'}"
+            f"service {s.get('service', '?')} ({s.get('instance', '')}) at {s['url']}: "
+            f"heartbeat {s.get('heartbeat_age_s', '?')}s ago, routes {int(s['routes'])}, jobs {jobs}, "
+            f"rejected {int(s['rejected'])}, bus {bus}"
         )
     return "\n".join(lines)

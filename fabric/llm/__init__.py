@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import TYPE_CHECKING
 
 from fabric.llm.base import (
     ChatMessage,
@@ -17,19 +16,17 @@ from fabric.llm.base import (
     LLMUnavailable,
     TextStream,
 )
+from fabric.llm.config import LLMConfig
 from fabric.llm.structured import complete_json, extract_json, repair_json
 from fabric.settings import Settings
 
-if TYPE_CHECKING:  # agents imports fabric.llm: no runtime import the other way
-    from agents.spec import LLMConfig
-
 __all__ = [
-    "ChatMessage", "Completion", "LLMBackend", "LLMError", "LLMOutputError", "LLMTimeout",
+    "ChatMessage", "Completion", "LLMBackend", "LLMConfig", "LLMError", "LLMOutputError", "LLMTimeout",
     "LLMUnavailable", "TextStream", "BackendPool", "backend_for", "complete_json", "extract_json", "repair_json",
 ]
 
 
-def backend_for(settings: Settings, llm_config: "LLMConfig | None" = None) -> LLMBackend:
+def backend_for(settings: Settings, llm_config: LLMConfig | None = None) -> LLMBackend:
     """The backend an agent should use: its own endpoint (spec `llm.base_url`), else the
     federation's (FOA_LLM_BASE_URL), else the embedded model. Build it once per agent and
     reuse it (it pools connections / shares the loaded model); `aclose()` at shutdown."""
@@ -65,7 +62,7 @@ class BackendPool:
         self.settings = settings
         self._backends: dict[str, LLMBackend] = {}
 
-    def get(self, llm_config: "LLMConfig | None" = None) -> LLMBackend:
+    def get(self, llm_config: LLMConfig | None = None) -> LLMBackend:
         base_url = (llm_config.base_url if llm_config else None) or self.settings.llm_base_url
         key = f"{base_url}|{llm_config.model if llm_config else None}"
         if key not in self._backends:

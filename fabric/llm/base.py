@@ -11,6 +11,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from fabric.errors import FoAError
 from fabric.messages import Usage
 
 Role = Literal["system", "user", "assistant", "tool"]
@@ -23,15 +24,15 @@ class ChatMessage(BaseModel):
     content: str
 
     @classmethod
-    def system(cls, content: str) -> "ChatMessage":
+    def system(cls, content: str) -> ChatMessage:
         return cls(role="system", content=content)
 
     @classmethod
-    def user(cls, content: str) -> "ChatMessage":
+    def user(cls, content: str) -> ChatMessage:
         return cls(role="user", content=content)
 
     @classmethod
-    def assistant(cls, content: str) -> "ChatMessage":
+    def assistant(cls, content: str) -> ChatMessage:
         return cls(role="assistant", content=content)
 
 
@@ -47,7 +48,7 @@ class Completion(BaseModel):
     latency_ms: float = 0.0
 
 
-class LLMError(RuntimeError):
+class LLMError(FoAError, RuntimeError):
     """Any failure of an LLM call. The message says what happened and what to do about it."""
 
 
@@ -88,7 +89,7 @@ class LLMBackend(Protocol):
         max_tokens: int,
         temperature: float = 0.2,
         stop: Sequence[str] | None = None,
-    ) -> "TextStream":
+    ) -> TextStream:
         """Text deltas as they are generated; usage is on the stream once it is exhausted."""
         ...
 
@@ -111,11 +112,11 @@ class TextStream:
         self.latency_ms = 0.0
         self._source: AsyncIterator[str] | None = None
 
-    def attach(self, source: AsyncIterator[str]) -> "TextStream":
+    def attach(self, source: AsyncIterator[str]) -> TextStream:
         self._source = source
         return self
 
-    def __aiter__(self) -> "TextStream":
+    def __aiter__(self) -> TextStream:
         return self
 
     async def __anext__(self) -> str:

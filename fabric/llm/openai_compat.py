@@ -8,8 +8,8 @@ Why it looks like this:
 - Structured output degrades per backend instance: `response_format` json_schema (vLLM,
   SGLang, llama.cpp server accept it) → json_object with a schema (llama-cpp-python's server)
   → plain json_object → schema described in the prompt, stepping down only when the server
-  rejects a mode (400/422, or any status whose error names the feature), and remembering what worked (a success, never a guess) so
-  later calls do not pay the failed attempts again.
+  rejects a mode (400/422, or any status whose error names the feature), and remembering what
+  worked (a success, never a guess) so later calls do not pay the failed attempts again.
 - Usage is read from the response, for streams from the final chunk
   (`stream_options.include_usage`); servers that reject stream_options are remembered too.
 - Cost is not computed here: the worker multiplies usage by its Resources.
@@ -46,8 +46,14 @@ JsonMode = Literal["json_schema", "json_object_schema", "json_object", "prompt"]
 _MODES: tuple[JsonMode, ...] = ("json_schema", "json_object_schema", "json_object", "prompt")
 _RETRY_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 _FEATURE_WORDS = ("response_format", "json_schema", "stream_options")
-_RETRY_EXC = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.ReadError,
-              httpx.WriteError, httpx.RemoteProtocolError)
+_RETRY_EXC = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+)
 
 
 def normalise_base_url(base_url: str) -> str:
@@ -55,7 +61,9 @@ def normalise_base_url(base_url: str) -> str:
     url = base_url.strip().rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"LLM base URL {base_url!r} needs http:// or https:// and a host, e.g. http://127.0.0.1:8000/v1")
+        raise ValueError(
+            f"LLM base URL {base_url!r} needs http:// or https:// and a host, e.g. http://127.0.0.1:8000/v1"
+        )
     if parts.path in ("", "/"):
         url += "/v1"
     return url
@@ -175,7 +183,7 @@ class OpenAICompatBackend:
             data = await self._post_json(payload, feature_in_play=False)
             return self._parse_completion(data, started)
         first_error: str | None = None
-        for mode in _MODES[_MODES.index(self.json_mode):]:
+        for mode in _MODES[_MODES.index(self.json_mode) :]:
             payload = self._payload(messages, max_tokens, temperature, stop, json_schema, mode)
             try:
                 data = await self._post_json(payload, feature_in_play=mode != "prompt")
@@ -205,7 +213,7 @@ class OpenAICompatBackend:
         if self._own_client:
             await self._client.aclose()
 
-    async def __aenter__(self) -> "OpenAICompatBackend":
+    async def __aenter__(self) -> OpenAICompatBackend:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -309,11 +317,11 @@ class OpenAICompatBackend:
             )
         raise LLMError(f"{self.name} rejected the request ({status}): {msg}")
 
-    async def _backoff_or_raise(
-        self, attempt: int, resp: httpx.Response | None, exc: Exception | None
-    ) -> int:
+    async def _backoff_or_raise(self, attempt: int, resp: httpx.Response | None, exc: Exception | None) -> int:
         """Sleep before the next attempt, or raise once retries are spent. Returns attempt + 1."""
-        what = f"HTTP {resp.status_code}: {_server_message(resp)}" if resp is not None else f"{type(exc).__name__}: {exc}"
+        what = (
+            f"HTTP {resp.status_code}: {_server_message(resp)}" if resp is not None else f"{type(exc).__name__}: {exc}"
+        )
         if attempt >= self.max_retries:
             if resp is None:
                 raise LLMUnavailable(

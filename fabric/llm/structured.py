@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from fabric.errors import FoAError
 from fabric.llm.base import ChatMessage, LLMBackend, LLMOutputError
 from fabric.messages import Usage
 
@@ -30,7 +31,7 @@ _PY_LITERALS = {"True": "true", "False": "false", "None": "null"}
 _MAX_TRIMS = 8
 
 
-class JSONExtractError(ValueError):
+class JSONExtractError(FoAError, ValueError):
     """No JSON object could be read from the text."""
 
 
@@ -76,8 +77,7 @@ def _candidates(text: str) -> list[str]:
     found += [m.group(1).strip() for m in _FENCE.finditer(text)]
     starts = [i for i, c in enumerate(text) if c == "{"][:4]
     found += [_balanced_object(text, i) for i in starts]
-    seen: set[str] = set()
-    return [c for c in found if c and not (c in seen or seen.add(c))]
+    return list(dict.fromkeys(c for c in found if c))  # first occurrence of each, in order
 
 
 def extract_json(text: str, *, repair: bool = True) -> dict[str, Any]:
@@ -104,11 +104,14 @@ def extract_json(text: str, *, repair: bool = True) -> dict[str, Any]:
 # --- repair -------------------------------------------------------------------------------
 
 
+_SMART_QUOTES = str.maketrans("“”‘’", "\"\"''")
+
+
 def _normalise(text: str) -> tuple[str, list[str], bool]:
     """One string-aware pass: single-quoted strings → double-quoted, Python literals → JSON,
     bare keys quoted, raw newlines in strings escaped, trailing commas dropped. Returns the
     text, the closers still open and whether a string is left open."""
-    text = text.translate(str.maketrans({"“": '"', "”": '"', "‘": "'", "’": "'"}))
+    text = text.translate(_SMART_QUOTES)
     out: list[str] = []
     stack: list[str] = []
     quote: str | None = None

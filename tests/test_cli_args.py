@@ -1,0 +1,99 @@
+"""`foa` checks its arguments before anything starts and finds the broker the same way for every
+command (fabric/cli/resolve.py). Real `foa` processes: exit codes and stderr are the interface."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fabric.broker import Mosquitto
+from fabric.runtime import RuntimeInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def foa(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")}
+    return subprocess.run(
+        [sys.executable, "-m", "fabric.cli", *args],
+        cwd=cwd, env=clean | {"PYTHONPATH": str(ROOT)} | env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", ""], "foa: error: the question is empty: give it, e.g. foa run"),
+        (["run", "   "], "foa: error: the question is empty"),
+        (["submit", ""], "foa: error: the question is empty: give it, e.g. foa submit"),
+        (["run", "why?", "--budget-tokens", "-5"], "foa: error: --budget-tokens must be at least 1, not -5"),
+        (["run", "why?", "--budget-cost", "-0.5"], "foa: error: --budget-cost must be at least 0, not -0.5"),
+        (["submit", "why?", "--deadline", "-1"], "foa: error: --deadline must be greater than 0, not -1"),
+        (["submit", "why?", "--deadline", "0"], "foa: error: --deadline must be greater than 0, not 0"),
+        (["run", "why?", "--rounds", "-1"], "foa: error: --rounds must be at least 0, not -1"),
+        (["run", "why?", "--proposers", "0"], "foa: error: --proposers must be at least 1, not 0"),
+        (["run", "why?", "--max-tokens", "4"], "foa: error: --max-tokens must be at least 8, not 4"),
+        (["run", "why?", "--timeout", "nan"], "foa: error: --timeout must be greater than 0, not nan"),
+        (["route", ""], "foa: error: the task text is empty"),
+        (["route", "tax question", "--top-k", "0"], "foa: error: --top-k must be at least 1, not 0"),
+    ],
+)
+def test_bad_arguments_are_refused_before_anything_starts(args: list[str], message: str, tmp_path: Path) -> None:
+    started = time.monotonic()
+    proc = foa(*args, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert "starting federation" not in proc.stderr and "Traceback" not in proc.stderr
+    assert "validation error" not in proc.stderr  # no raw pydantic dump
+    assert not (tmp_path / ".foa").exists()  # no job store, no broker data, no runtime file
+    assert time.monotonic() - started < 30  # it did not wait for a broker or load a model
+
+
+@pytest.mark.parametrize("command", [["status"], ["agents"], ["submit", "why?"], ["route", "tax question"]])
+def test_commands_that_need_a_federation_say_how_to_get_one(command: list[str], tmp_path: Path) -> None:
+    proc = foa(*command, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip() == (
+        "foa: error: no federation to talk to: start one with `foa up` (in this directory) "
+        "or set FOA_BROKER_URL=mqtt://host:1883"
+    )
+
+
+def write_federation_json(folder: Path, broker_url: str, pid: int) -> None:
+    data_dir = folder / ".foa"
+    data_dir.mkdir()
+    info = RuntimeInfo(broker_url=broker_url, pid=pid, started_at=time.time(), agents=[])
+    (data_dir / "federation.json").write_text(info.model_dump_json())
+
+
+def test_status_and_agents_find_the_foa_up_of_this_directory(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """`foa status` read only FOA_BROKER_URL while `foa agents` also read .foa/federation.json."""
+    write_federation_json(tmp_path, mosquitto.url, os.getpid())  # this test process stands in for `foa up`
+    status = foa("status", "--json", "--wait", "0.3", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["broker"] == mosquitto.url.split("@")[-1] and report["agents_total"] == 0
+    agents = foa("agents", "--json", "--wait", "0.5", cwd=tmp_path)
+    assert agents.returncode == 0, agents.stderr
+    assert json.loads(agents.stdout) == []
+
+
+def test_a_stale_federation_json_is_not_a_federation(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    write_federation_json(tmp_path, "mqtt://127.0.0.1:1", int(dead.stdout))
+    proc = foa("status", cwd=tmp_path)
+    assert proc.returncode == 1 and "no federation to talk to" in proc.stderr, proc.stderr
+
+
+def test_foa_broker_url_wins_over_federation_json(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    """An explicit FOA_BROKER_URL is what the user asked for, even beside a `foa up`'s file."""
+    write_federation_json(tmp_path, "mqtt://127.0.0.1:1", os.getpid())
+    proc = foa("status", "--json", "--wait", "0.3", cwd=tmp_path, FOA_BROKER_URL=mosquitto.url)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["broker"] == mosquitto.url.split("@")[-1]
