@@ -317,7 +317,7 @@ async def run_jobs(
         "tasks_per_job": len(dispatch_s) / max(1, len(done)),
         "p50_job_s": statistics.median(walls) if walls else None,
         "p99_job_s": walls[min(len(walls) - 1, int(0.99 * len(walls)))] if walls else None,
-        "job_shape": {"nodes": len(shape.dag.get("nodes", [])), "agents_per_node": [len(v) for v in shape.assignments.values()]} if shape else None,
+        "job_shape": {"nodes": len(shape.dag.nodes), "agents_per_node": [len(v) for v in shape.assignments.values()]} if shape else None,
         "failure_reasons": failures,
         "cpu_s_during_jobs": cpu,
         **cpu_budget(cpu, len(done)),

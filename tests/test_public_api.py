@@ -1,0 +1,56 @@
+"""`foa` exports exactly the public API: everything in `__all__` imports, nothing private leaks
+(in the manner of httpx's tests/test_exported_members.py)."""
+
+from __future__ import annotations
+
+import inspect
+
+import foa
+
+
+def test_all_lists_exactly_the_public_members() -> None:
+    exported = set(foa.__all__)
+    assert len(exported) == len(foa.__all__), "duplicates in foa.__all__"
+    public = {name for name in dir(foa) if not name.startswith("_") and not inspect.ismodule(getattr(foa, name))} - {
+        "annotations"
+    }
+    assert public == exported, (sorted(public - exported), sorted(exported - public))
+    for name in foa.__all__:
+        assert not name.startswith("_")
+        member = getattr(foa, name)
+        module = getattr(member, "__module__", "") or ""
+        assert module.split(".")[0] in ("fabric", "agents", "typing", "builtins", "types", ""), (name, module)
+
+
+def test_the_readme_names_are_exported() -> None:
+    for name in (
+        "Agent",
+        "AgentSpec",
+        "AgentHost",
+        "Settings",
+        "VCV",
+        "DecomposeInput",
+        "Plan",
+        "DraftInput",
+        "DraftOutput",
+        "RefineInput",
+        "RefineOutput",
+        "SynthesiseInput",
+        "SynthesiseOutput",
+        "TaskRequest",
+        "Usage",
+        "JobResult",
+        "submit_and_follow",
+        "cancel_job",
+        "OpenAICompatBackend",
+        "EmbeddedBackend",
+        "FoAError",
+        "TaskFailed",
+        "TaskError",
+        "JobFailed",
+        "ProtocolError",
+        "ConfigError",
+        "TransportError",
+    ):
+        assert name in foa.__all__, name
+    assert issubclass(foa.JobFailed, foa.FoAError) and issubclass(foa.TaskError, foa.FoAError)
