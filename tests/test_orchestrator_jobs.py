@@ -5,6 +5,9 @@ timeouts, duplicates and resuming after the orchestrator dies mid-job."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -386,3 +389,54 @@ def test_a_cancel_before_the_submission_cancels_the_job(mosquitto, tmp_path, emb
     result, calls = run(main())
     assert result.status == "canceled" and result.failure_reason == "never mind"
     assert calls == 0 and result.usage.calls == 0
+
+
+def test_synthesis_goes_to_an_agent_that_declares_the_kind_else_to_a_draft(mosquitto, tmp_path, embedder) -> None:
+    """LLM synthesis (merge): an agent whose spec lists the skill `synthesise` gets a
+    `synthesise` task with the node results; without one, the best writer gets a draft (as before)."""
+    from fabric.orchestrator.synthesis import INSTRUCTIONS
+
+    settings = fed_settings(mosquitto, tmp_path)
+    declaring = [s if s.id != "writer" else s.model_copy(update={"skills": [*s.skills, "synthesise"]}) for s in SPECS]
+
+    async def one(specs, factory) -> JobResult:
+        async with LocalFederation(settings, specs, backend_factory=factory, embedder=embedder) as fed:
+            options = JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=0, synth_mode="merge")
+            return await fed.run_job("Chest pain: what to do?", options)
+
+    def synthesis_prompts(factory) -> list[str]:
+        users = [c.messages[-1].content for b in factory.backends.values() for c in b.calls]
+        return [u for u in users if "Expert results, in dependency order" in u]
+
+    with_kind, without = backend_factory(), backend_factory()
+    declared = run(one(declaring, with_kind))
+    fallback = run(one(SPECS, without))
+    for result in (declared, fallback):
+        assert result.status == "completed", result.failure_reason
+        assert result.usage.synth_mode == "merge" and len(result.dag.nodes) == 4
+    (as_kind,) = synthesis_prompts(with_kind)
+    (as_draft,) = synthesis_prompts(without)
+    assert as_kind.startswith(INSTRUCTIONS["merge"])  # the worker's synthesise prompt: instructions first
+    assert as_draft.startswith("Question: ") and INSTRUCTIONS["merge"] in as_draft  # the draft fallback's
+    assert len(with_kind.backends["writer"].calls) == 1  # the declaring agent wrote it
+
+
+def test_foa_job_cancel_from_the_command_line(mosquitto, tmp_path, embedder) -> None:
+    settings = fed_settings(mosquitto, tmp_path)
+    env = os.environ | {"FOA_BROKER_URL": mosquitto.url, "FOA_DATA_DIR": str(tmp_path / "cli")}
+    factory = backend_factory(latency_s=2.0)
+
+    async def main() -> tuple[JobResult, dict[str, object], int]:
+        async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=embedder) as fed:
+            job_id = f"cli-cancel-{uuid.uuid4().hex[:6]}"
+            submitted = fed.run_job("Chest pain: what to do?", JobOptions(max_proposers=1), job_id=job_id)
+            job = asyncio.create_task(submitted)
+            await asyncio.sleep(1.0)
+            cmd = [sys.executable, "-m", "fabric.cli", "job", "cancel", job_id, "--reason", "from the CLI", "--json"]
+            proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdout=asyncio.subprocess.PIPE)
+            out, _ = await asyncio.wait_for(proc.communicate(), 120)
+            return await asyncio.wait_for(job, 30), json.loads(out), proc.returncode or 0
+
+    result, printed, code = run(main())
+    assert result.status == "canceled" and result.failure_reason == "from the CLI"
+    assert code == 0 and printed == {"job_id": result.job_id, "status": "canceled", "failure_reason": "from the CLI"}
