@@ -12,6 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
+from fabric.bus import Bus
 from fabric.federation import LocalFederation
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.orchestrator.service import OrchestratorService
@@ -191,6 +192,10 @@ def test_a_restarted_orchestrator_resumes_the_job(mosquitto, tmp_path, embedder)
     settings = fed_settings(mosquitto, tmp_path)
     factory = backend_factory(latency_s=0.4)
 
+    def plan_calls() -> int:
+        calls = [c for b in factory.backends.values() for c in b.calls]
+        return sum(1 for c in calls if (c.json_schema or {}).get("title") == "Plan")
+
     async def main() -> tuple[JobResult, int, dict[str, int]]:
         async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=embedder) as fed:
             first = fed.orchestrator
@@ -205,23 +210,19 @@ def test_a_restarted_orchestrator_resumes_the_job(mosquitto, tmp_path, embedder)
                 timeout=60,
                 what="a finished node",
             )
-            decompose_calls = sum(
-                1 for b in factory.backends.values() for c in b.calls if (c.json_schema or {}).get("title") == "Plan"
-            )
+            decompose_calls = plan_calls()
             # the orchestrator dies: its job task is cancelled, its connection dropped
             for task in list(first.running.values()):
                 task.cancel()
             await first.bus.close(clean=False)
             row = JobStore(settings.job_store_path).get("resume-me")
             assert row is not None and row["state"] == "running"
-            second_bus = await fed._bus("orchestrator")
-            second = OrchestratorService(settings, second_bus, embedder)
-            await second.start()  # resumes from the store
-            result = await asyncio.wait_for(job, 120)
-            decompose_after = sum(
-                1 for b in factory.backends.values() for c in b.calls if (c.json_schema or {}).get("title") == "Plan"
-            )
-            second.store.close()
+            async with Bus(settings, f"orchestrator-second-{uuid.uuid4().hex[:6]}", broker=fed.address) as second_bus:
+                second = OrchestratorService(settings, second_bus, embedder)
+                await second.start()  # resumes from the store
+                result = await asyncio.wait_for(job, 120)
+                decompose_after = plan_calls()
+                second.store.close()
             return result, decompose_after - decompose_calls, {"completed": second.completed}
 
     result, extra_decomposes, counts = run(main())
