@@ -54,3 +54,24 @@ def test_the_readme_names_are_exported() -> None:
     ):
         assert name in foa.__all__, name
     assert issubclass(foa.JobFailed, foa.FoAError) and issubclass(foa.TaskError, foa.FoAError)
+
+
+def test_the_errors_of_every_layer_root_at_foa_error() -> None:
+    from agents.server import TaskFailed
+    from fabric.client import JobFailed
+    from fabric.dispatch import TaskError
+    from fabric.envelope import MessageError, decode
+    from fabric.errors import ConfigError, FoAError, ProtocolError
+    from fabric.orchestrator.budget import BudgetError
+    from fabric.orchestrator.engine import NodeFailed
+
+    for cls in (MessageError, TaskError, TaskFailed, NodeFailed, BudgetError, JobFailed):
+        assert issubclass(cls, FoAError), cls
+    assert issubclass(MessageError, ProtocolError) and issubclass(BudgetError, ConfigError)
+    assert issubclass(MessageError, ValueError) and issubclass(BudgetError, ValueError)  # what callers caught before
+    try:
+        decode(b"{not json")
+    except FoAError as exc:
+        assert str(exc).startswith("not a valid envelope")
+    else:
+        raise AssertionError("a malformed payload must raise")

@@ -8,7 +8,8 @@ redelivery. A job id already in the store is not run again: its stored result is
 Cancels arrive on `foa/jobs/+/cancel` (every replica hears them; the one running the job acts):
 its pending calls are abandoned and it ends `canceled` with its usage so far. A cancel for a job
 not running here is remembered for `CANCEL_MEMORY_S`, so a job whose submission arrives after its
-cancel ends `canceled` at once; a cancel for a finished job changes nothing.
+cancel ends `canceled` at once; a cancel for a finished job changes nothing. The subscription is
+not durable: a cancel sent while no orchestrator is connected is lost (send it again).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import collections
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -238,7 +239,9 @@ class OrchestratorService:
             return
         self._start_job(submit, traceparent=msg.envelope.traceparent, fresh=True)
 
-    async def _reject(self, msg: Incoming, submit: JobSubmit, reason: str, status: str = "failed") -> None:
+    async def _reject(
+        self, msg: Incoming, submit: JobSubmit, reason: str, status: Literal["failed", "canceled"] = "failed"
+    ) -> None:
         if status == "canceled":
             result = JobResult(job_id=submit.job_id, status="canceled", failure_reason=reason)
         else:
