@@ -21,6 +21,7 @@ from fabric.dispatch import TaskError, dispatch
 from fabric.messages import RouteQuery, TaskRequest
 from fabric.registry import Registry
 from fabric.settings import Settings
+from fabric.vcv import VCV
 from router.service import RouterService
 from tests.fabric_helpers import eventually
 
@@ -52,7 +53,7 @@ async def snapshot(settings: Settings) -> Registry:
     return registry
 
 
-def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) -> None:
     prefix = f"h{uuid.uuid4().hex[:4]}"
 
     async def main() -> None:
@@ -71,9 +72,10 @@ def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) ->
             view = await snapshot(settings)
             mine = {e.vcv.agent_id: e for e in view.live() if e.vcv and e.vcv.agent_id.startswith(prefix + "-")}
             assert len(mine) == 40
-            assert all(e.status == "online" and e.vcv.version == 1 for e in mine.values())
+            assert all(e.status == "online" and e.vcv is not None and e.vcv.version == 1 for e in mine.values())
             # each VCV carries its own description's embedding
             baking = mine[f"{prefix}-1"].vcv
+            assert baking is not None
             assert float(np.dot(baking.capability_array(), embedder.embed_one("bread and sourdough"))) > 0.3
 
             async with (
@@ -109,11 +111,11 @@ def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) ->
     asyncio.run(main())
 
 
-def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embedder) -> None:
     prefix = f"p{uuid.uuid4().hex[:4]}"
     base = embedder.embed(["solar panel installation and maintenance"])[0]
 
-    def population(description_suffix: str) -> list[tuple[AgentSpec, object]]:
+    def population(description_suffix: str) -> list[tuple[AgentSpec, VCV]]:
         out = []
         rng = np.random.default_rng(0)
         for spec in specs(prefix, 20):
@@ -129,10 +131,10 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
 
     key = Ed25519PrivateKey.generate()
 
-    async def run_host(pop: list[tuple[AgentSpec, object]]) -> dict[str, int]:
+    async def run_host(pop: list[tuple[AgentSpec, VCV]]) -> dict[str, int]:
         host = AgentHost(settings, f"{prefix}-host", embedder=embedder)
         for spec, vcv in pop:
-            host.add(spec, vcv=vcv, signer=lambda v: sign_vcv(v, key))  # type: ignore[arg-type]
+            host.add(spec, vcv=vcv, signer=lambda v: sign_vcv(v, key))
         await host.start()
         versions = {a.agent_id: a.vcv.version for a in host.agents.values() if a.vcv}
         # every published version is signed after its version number was set
@@ -151,7 +153,7 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
     asyncio.run(main())
 
 
-def test_bad_additions_are_refused(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_bad_additions_are_refused(settings: Settings, embedder) -> None:
     host = AgentHost(settings, "refusals", embedder=embedder)
     spec = AgentSpec(id="dup", description="anything")
     host.add(spec)
@@ -165,7 +167,7 @@ def test_bad_additions_are_refused(settings: Settings, embedder) -> None:  # typ
         AgentHost(settings, "a/b")
 
 
-def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp_path) -> None:
     """`foa agent host`: specs from a folder and a file, one process, the embedded LLM answering."""
     import os
     import signal

@@ -20,8 +20,14 @@ from fabric.bus import Bus
 from fabric.dispatch import TaskError, dispatch
 from fabric.messages import TaskRequest
 from fabric.registry import Registry
+from fabric.vcv import VCV
 from tests.conftest import make_settings
 from tests.fabric_helpers import eventually, spec
+
+
+def vcv_of(registry: Registry, agent_id: str) -> VCV | None:
+    entry = registry.get(agent_id)
+    return entry.vcv if entry is not None else None
 
 
 def test_discovery_from_retained_vcvs_by_a_late_client(any_broker, tmp_path, embedder) -> None:
@@ -39,7 +45,8 @@ def test_discovery_from_retained_vcvs_by_a_late_client(any_broker, tmp_path, emb
             await registry.attach(bus)
             await eventually(
                 lambda: (
-                    {f"late-{i}" for i in range(3)} <= {e.vcv.agent_id for e in registry.live() if e.status == "online"}
+                    {f"late-{i}" for i in range(3)}
+                    <= {e.vcv.agent_id for e in registry.live() if e.status == "online" and e.vcv}
                 ),
                 what="retained VCVs and statuses",
             )
@@ -62,7 +69,7 @@ def test_versions_bump_on_change_and_survive_restart(settings, embedder) -> None
             assert a.vcv is not None and a.vcv.version == 1
             await a.update(description="second description")
             assert a.vcv.version == 2
-            await eventually(lambda: (e := registry.get("versioned")) is not None and e.vcv.version == 2, what="v2")
+            await eventually(lambda: (v := vcv_of(registry, "versioned")) is not None and v.version == 2, what="v2")
             await a.stop()
             again = Agent(spec("versioned", "second description"), settings, embedder=embedder)  # restart, same content
             await again.start()
@@ -70,11 +77,14 @@ def test_versions_bump_on_change_and_survive_restart(settings, embedder) -> None
             changed = Agent(spec("versioned", "third description"), settings, embedder=embedder)
             await changed.start()
             assert changed.vcv is not None and changed.vcv.version == 3
-            await eventually(lambda: registry.get("versioned").vcv.description == "third description", what="v3")
+            await eventually(
+                lambda: (v := vcv_of(registry, "versioned")) is not None and v.description == "third description",
+                what="v3",
+            )
             # a late, older VCV (e.g. a stale replica) is ignored by receivers
             await bus.publish(topics.agent_vcv("versioned"), a.vcv, retain=False)
             await asyncio.sleep(0.3)
-            assert registry.get("versioned").vcv.version == 3 and registry.stale_versions >= 1
+            assert (v := vcv_of(registry, "versioned")) is not None and v.version == 3 and registry.stale_versions >= 1
             await changed.leave()
             await again.stop()
             await eventually(lambda: registry.get("versioned") is None, what="tombstone on leave")
@@ -193,7 +203,9 @@ def test_sigkilled_agent_shows_offline_within_keepalive(mosquitto, tmp_path) -> 
             killed_at = time.monotonic()
             os.killpg(proc.pid, signal.SIGKILL)
             await eventually(
-                lambda: registry.get("victim").status == "offline", timeout=10, what="offline via last-will"
+                lambda: (e := registry.get("victim")) is not None and e.status == "offline",
+                timeout=10,
+                what="offline via last-will",
             )
             # MQTT: the will fires after 1.5 × keep-alive without traffic
             assert time.monotonic() - killed_at <= 2 * 1.5 + 1.5

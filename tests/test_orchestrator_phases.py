@@ -38,7 +38,7 @@ def test_merge_never_joins_subtasks_of_one_proposal(embedder) -> None:
     dag = merge_proposals([("gp", a)], embedder.embed, merge_similarity=0.5)
     assert len(dag.nodes) == 2
 
-    def no_model(texts):  # type: ignore[no-untyped-def]
+    def no_model(texts):
         raise AssertionError("a single proposal needs no embeddings")
 
     assert merge_proposals([("gp", a)], no_model, merge_similarity=0.5) == dag
@@ -133,7 +133,7 @@ class ScriptedPeers:
         )
 
 
-def _refine(peers: ScriptedPeers, rounds: int, may=lambda: True, embedder=None):  # type: ignore[no-untyped-def]
+def _refine(peers: ScriptedPeers, rounds: int, may=lambda: True, embedder=None):
     drafts = {a: (f"answer of {a}", 0.5) for a in peers.done_from}
     return asyncio.run(
         refine_cluster(
