@@ -75,3 +75,21 @@ def test_the_errors_of_every_layer_root_at_foa_error() -> None:
         assert str(exc).startswith("not a valid envelope")
     else:
         raise AssertionError("a malformed payload must raise")
+
+
+def test_the_readme_agent_example_serves_typed_drafts() -> None:
+    """The README's agent, run as written (minus the network): `draft` from its input annotation."""
+    import asyncio
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    found = re.search(r"### An agent in a few lines\n\n```python\n(.*?)```", readme, re.S)
+    assert found, "the README's agent example moved: update this test"
+    namespace: dict[str, object] = {}
+    exec(compile(found.group(1).replace("asyncio.run(agent.run())", ""), "README.md", "exec"), namespace)
+    agent = namespace["agent"]
+    assert isinstance(agent, foa.Agent) and agent.tasks.kinds == ["draft"]
+    task = foa.TaskRequest(task_id="t", task_kind="draft", agent_id="echo", input={"question": "q", "subtask": "hello"})
+    result = asyncio.run(agent.tasks.execute(task))
+    assert result.ok and result.output == {"answer": "hello", "confidence": 1.0}
