@@ -22,6 +22,7 @@ from fabric.llm.base import ChatMessage
 from fabric.messages import TaskRequest, Usage
 from fabric.settings import Settings
 from fabric.tasks import (
+    REGISTRY,
     DecomposeInput,
     DraftInput,
     DraftOutput,
@@ -146,11 +147,12 @@ class LLMWorker:
         return SynthesiseOutput(answer=out.text.strip()), self._cost(out.usage)
 
     def attach(self, target: TaskServer | ServesTasks) -> None:
-        """Serve every kind on `target` (an `Agent`, a hosted agent, or their `TaskServer`); the
-        SDK reads each method's kind from its input annotation."""
+        """Serve every registered kind on `target` (an `Agent`, a hosted agent, or their
+        `TaskServer`) with the method of the kind's name; the SDK checks each method's input
+        annotation against the kind (a missing method fails here, and in the registry test)."""
         tasks = target if isinstance(target, TaskServer) else target.tasks
-        for fn in (self.decompose, self.draft, self.refine, self.synthesise):
-            tasks.add_handler(None, fn)
+        for kind in REGISTRY.values():
+            tasks.add_handler(kind, getattr(self, kind.name))
 
 
 def make_worker(
