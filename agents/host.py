@@ -7,9 +7,9 @@ engines, per-tenant wrappers). An `AgentHost` serves any number of them from one
     host = AgentHost(settings, "tools-1")
     calc = host.add(AgentSpec(id="calc", description="evaluates arithmetic expressions"))
 
-    @calc.handler("draft")
-    async def draft(task: TaskRequest) -> dict:
-        return {"answer": str(evaluate(task.input["subtask"]))}
+    @calc.handler
+    async def draft(task: DraftInput) -> DraftOutput:
+        return DraftOutput(answer=str(evaluate(task.subtask)))
 
     await host.run()
 
@@ -17,8 +17,9 @@ Every hosted agent is a full federation member with its own identity on the bus:
 retained VCV on `foa/agents/{id}/vcv` (versions continue from the broker's retained copy, as in
 the SDK), its own retained `online` status, and its own inbox, served through the shared
 subscription `$share/agent/foa/agents/{id}/tasks`, so the same agent can be hosted by several
-hosts (replicas) and a task goes to one of them. Task handling is the SDK's (`Agent`):
-de-duplication of re-sent task ids, deadlines, concurrency slots, errors as answers.
+hosts (replicas) and a task goes to one of them. Task handling is the SDK's `TaskServer`
+(agents/server.py), which `Agent` uses too: typed handlers, de-duplication of re-sent task ids,
+deadlines, concurrency slots, errors as answers.
 
 What differs from one-agent-per-process:
 - registration is batched: descriptions are embedded in one batch (or VCVs come precomputed,
@@ -35,17 +36,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Literal, TypeVar
 
-from agents.sdk import Agent, content_hash
+from agents.sdk import content_hash
+from agents.server import ServesTasks, Signer, TaskHandler, TaskServer
 from agents.spec import AgentSpec
 from fabric import topics
 from fabric.bloom import BloomFilter
-from fabric.bus import Bus, BrokerAddress, Incoming, Will
+from fabric.bus import BrokerAddress, Bus, Incoming, Will
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.envelope import make
-from fabric.messages import AgentStatus, TaskRequest
+from fabric.messages import AgentStatus
 from fabric.settings import Settings
 from fabric.vcv import VCV
 
@@ -54,20 +56,19 @@ log = logging.getLogger("foa.host")
 T = TypeVar("T")
 
 
-class HostedAgent(Agent):
-    """One agent of an `AgentHost`: the SDK's task handling on the host's shared connection.
+class HostedAgent(ServesTasks):
+    """One agent of an `AgentHost`: its own `TaskServer` on the host's shared connection.
 
-    Register handlers exactly as on an `Agent` (`@agent.handler("draft")`, `add_handler`).
-    Lifecycle belongs to the host: `start()` / `stop()` of a single hosted agent are not used.
+    Register handlers exactly as on an `Agent` (`@agent.handler`, `add_handler`). Lifecycle
+    belongs to the host: `stop()` takes just this agent offline.
     """
 
-    def __init__(self, host: "AgentHost", spec: AgentSpec, vcv: VCV | None = None, signer: Callable[[VCV], VCV] | None = None) -> None:
-        super().__init__(spec, host.settings, broker=host.broker, replica_id=host.host_id, signer=signer)
+    def __init__(self, host: AgentHost, spec: AgentSpec, vcv: VCV | None = None, signer: Signer | None = None) -> None:
         self.host = host
+        self.spec = spec
         self.prebuilt = vcv
-
-    async def start(self) -> None:
-        raise RuntimeError(f"{self.agent_id} is hosted by {self.host.host_id}: start the host (AgentHost.start)")
+        self.vcv: VCV | None = None
+        self.tasks = TaskServer(spec.id, host.host_id, max_concurrency=spec.resources.max_concurrency, signer=signer)
 
     async def stop(self) -> None:
         """Take this one agent offline (the host and its other agents keep running)."""
@@ -98,7 +99,7 @@ class AgentHost:
 
     # ---- building the population ---------------------------------------------------------
 
-    def add(self, spec: AgentSpec, *, vcv: VCV | None = None, signer: Callable[[VCV], VCV] | None = None) -> HostedAgent:
+    def add(self, spec: AgentSpec, *, vcv: VCV | None = None, signer: Signer | None = None) -> HostedAgent:
         """Host one more agent. `vcv` (optional) is a ready VCV for it, e.g. with a precomputed
         embedding; otherwise it is built from the spec at `start()` (descriptions in one batch).
         `signer` signs each version before it is published (see fabric/security.py)."""
@@ -106,7 +107,7 @@ class AgentHost:
             raise RuntimeError("add agents before start(), or use add_live()")
         return self._new(spec, vcv, signer)
 
-    def _new(self, spec: AgentSpec, vcv: VCV | None, signer: Callable[[VCV], VCV] | None = None) -> HostedAgent:
+    def _new(self, spec: AgentSpec, vcv: VCV | None, signer: Signer | None = None) -> HostedAgent:
         if spec.id in self.agents:
             raise ValueError(f"agent {spec.id!r} is already hosted by {self.host_id}")
         if vcv is not None and vcv.agent_id != spec.id:
@@ -115,12 +116,13 @@ class AgentHost:
         self.agents[spec.id] = agent
         return agent
 
-    async def add_live(self, spec: AgentSpec, *, vcv: VCV | None = None, handlers: dict[str, Any] | None = None) -> HostedAgent:
+    async def add_live(
+        self, spec: AgentSpec, *, vcv: VCV | None = None, handlers: dict[str, TaskHandler] | None = None
+    ) -> HostedAgent:
         """Host one more agent while the host runs: registered at once."""
         if self.bus is None:
             raise RuntimeError("the host is not started; use add()")
         agent = self._new(spec, vcv)
-        agent.bus = self.bus
         for kind, fn in (handlers or {}).items():
             agent.add_handler(kind, fn)
         await asyncio.to_thread(self._vcvs, [agent])
@@ -136,29 +138,34 @@ class AgentHost:
             )
             vecs = embedder.embed([t for a in todo for t in (a.spec.description, a.spec.spec_text)])
             for i, agent in enumerate(todo):
-                agent.prebuilt = vcv_with_vectors(agent.spec, vecs[2 * i].tolist(), vecs[2 * i + 1].tolist(), embedder.model_name)
-        return [a.prebuilt for a in agents]  # type: ignore[misc]
+                agent.prebuilt = vcv_with_vectors(
+                    agent.spec, vecs[2 * i].tolist(), vecs[2 * i + 1].tolist(), embedder.model_name
+                )
+        return [a.prebuilt for a in agents if a.prebuilt is not None]
 
     # ---- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect once, then register every agent: VCV, `online`, inbox subscription."""
         started = time.perf_counter()
-        offline = make(AgentStatus(agent_id=self.host_id, status="offline", replica_id=self.host_id), sender=self.host_id)
+        offline = make(
+            AgentStatus(agent_id=self.host_id, status="offline", replica_id=self.host_id), sender=self.host_id
+        )
         self.bus = Bus(
             self.settings, f"host-{self.host_id}", broker=self.broker,
             will=Will(topics.agent_status(self.host_id), offline.to_json(), qos=1, retain=True),
         )  # fmt: skip
         await self.bus.connect()
-        for agent in self.agents.values():
-            agent.bus = self.bus
         await asyncio.to_thread(self._vcvs, list(self.agents.values()))
         self.timings["build_s"] = time.perf_counter() - started
         retained = await self._retained_versions()
         await self._register(list(self.agents.values()), retained)
         await self._publish_status(self.host_id, "online")
         self.timings["start_s"] = time.perf_counter() - started
-        log.info("agent host online", extra={"host_id": self.host_id, "agents": len(self.agents), "seconds": round(self.timings["start_s"], 2)})
+        log.info(
+            "agent host online",
+            extra={"host_id": self.host_id, "agents": len(self.agents), "seconds": round(self.timings["start_s"], 2)},
+        )
 
     async def _retained_versions(self, quiet_s: float = 0.5, max_s: float = 30.0) -> dict[str, VCV]:
         """The VCVs the broker retains for our agents (from an earlier run or another host)."""
@@ -190,20 +197,23 @@ class AgentHost:
             fresh = agent.prebuilt
             assert fresh is not None  # _vcvs ran
             current = retained.get(agent.agent_id)
-            version = 1 if current is None else current.version if content_hash(current) == content_hash(fresh) else current.version + 1
-            agent.vcv = fresh.model_copy(update={"version": version, "public_key": None, "signature": None})
-            if agent._signer is not None:  # the version is part of what is signed
-                agent.vcv = agent._signer(agent.vcv)
+            version = (
+                1
+                if current is None
+                else current.version
+                if content_hash(current) == content_hash(fresh)
+                else current.version + 1
+            )
+            agent.vcv = agent.tasks.sign(
+                fresh.model_copy(update={"version": version, "public_key": None, "signature": None})
+            )
             await bus.publish(topics.agent_vcv(agent.agent_id), make(agent.vcv, sender=bus.client_id), retain=True)
 
         async def online(agent: HostedAgent) -> None:
             await self._publish_status(agent.agent_id, "online")
 
         async def inbox(agent: HostedAgent) -> None:
-            await bus.subscribe(
-                topics.shared(topics.SHARE_GROUP_AGENT, topics.agent_tasks(agent.agent_id)), agent._on_task,
-                body_types=TaskRequest, durable=True,
-            )  # fmt: skip
+            await agent.tasks.serve(bus)
 
         await bounded(self.concurrency, (vcv(a) for a in agents))
         self.timings["vcvs_s"] = time.perf_counter() - t0
@@ -213,9 +223,9 @@ class AgentHost:
         await bounded(self.concurrency, (inbox(a) for a in agents))
         self.timings["inboxes_s"] = time.perf_counter() - t1
 
-    async def _publish_status(self, agent_id: str, status: str) -> None:
+    async def _publish_status(self, agent_id: str, status: Literal["online", "offline"]) -> None:
         assert self.bus is not None
-        body = AgentStatus(agent_id=agent_id, status=status, replica_id=self.host_id)  # type: ignore[arg-type]
+        body = AgentStatus(agent_id=agent_id, status=status, replica_id=self.host_id)
         await self.bus.publish(topics.agent_status(agent_id), make(body, sender=self.bus.client_id), retain=True)
 
     async def remove(self, agent_id: str, *, leave: bool = False) -> None:
@@ -223,8 +233,7 @@ class AgentHost:
         agent = self.agents.pop(agent_id, None)
         if agent is None or self.bus is None:
             return
-        agent._stopped.set()
-        await self.bus.unsubscribe(topics.shared(topics.SHARE_GROUP_AGENT, topics.agent_tasks(agent_id)))
+        await agent.tasks.close()
         if leave:
             await self.bus.publish(topics.agent_vcv(agent_id), None, retain=True)
         await self._publish_status(agent_id, "offline")
@@ -260,7 +269,9 @@ class AgentHost:
         return sum(a.served for a in self.agents.values())
 
 
-def vcv_with_vectors(spec: AgentSpec, capability: list[float], spec_embedding: list[float], embedding_model: str, version: int = 1) -> VCV:
+def vcv_with_vectors(
+    spec: AgentSpec, capability: list[float], spec_embedding: list[float], embedding_model: str, version: int = 1
+) -> VCV:
     """A VCV from a spec and ready embeddings (what `build_vcv` does, minus the model call)."""
     return VCV(
         agent_id=spec.id,
@@ -287,4 +298,3 @@ async def bounded(limit: int, coros: Iterable[Awaitable[T]]) -> list[T]:
             return await coro
 
     return await asyncio.gather(*(one(c) for c in coros))
-

@@ -2,11 +2,14 @@
 
     agent = Agent(AgentSpec(id="echo", description="repeats text"), settings)
 
-    @agent.handler("draft")
-    async def draft(task: TaskRequest) -> dict:
-        return {"answer": task.input["text"]}
+    @agent.handler                          # the kind (draft) comes from the input model
+    async def draft(task: DraftInput) -> DraftOutput:
+        return DraftOutput(answer=task.subtask)
 
     await agent.run()
+
+Handlers, their validation and the inbox are the `TaskServer`'s (agents/server.py), which
+`AgentHost` shares; `@agent.handler("my-kind")` serves an agent's own kind with dict in and out.
 
 What the agent does on the bus:
 - publishes its VCV retained on `foa/agents/{id}/vcv`; the version continues from the retained
@@ -23,35 +26,25 @@ What the agent does on the bus:
 from __future__ import annotations
 
 import asyncio
-import collections
 import hashlib
-import inspect
 import logging
-import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
-
+from agents.server import HandlerResult, ServesTasks, Signer, TaskFailed, TaskHandler, TaskServer
+from agents.spec import AgentSpec
 from fabric import topics
 from fabric.bloom import BloomFilter
-from fabric.bus import Bus, BrokerAddress, Incoming, Will
+from fabric.bus import BrokerAddress, Bus, Incoming, Will
 from fabric.embeddings import Embedder, shared_embedder
-from fabric.envelope import make, trace_id_of
-from fabric.messages import AgentStatus, TaskRequest, TaskResult, Usage
+from fabric.envelope import make
+from fabric.messages import AgentStatus
 from fabric.settings import Settings
 from fabric.vcv import VCV
-from agents.spec import AgentSpec
+
+__all__ = ["Agent", "HandlerResult", "TaskFailed", "TaskHandler", "TaskServer", "build_vcv", "content_hash"]
 
 log = logging.getLogger("foa.agent")
-
-HandlerResult = dict[str, Any] | BaseModel | tuple[dict[str, Any] | BaseModel, Usage]
-TaskHandler = Callable[[TaskRequest], Awaitable[HandlerResult] | HandlerResult]
-
-
-class TaskFailed(Exception):
-    """Raise from a handler to answer with a clear error instead of a traceback."""
 
 
 def build_vcv(spec: AgentSpec, embedder: Embedder, version: int = 1) -> VCV:
@@ -78,7 +71,7 @@ def content_hash(vcv: VCV) -> str:
     return hashlib.blake2b(data.encode(), digest_size=16).hexdigest()
 
 
-class Agent:
+class Agent(ServesTasks):
     def __init__(
         self,
         spec: AgentSpec,
@@ -87,7 +80,7 @@ class Agent:
         broker: BrokerAddress | None = None,
         embedder: Embedder | None = None,
         replica_id: str | None = None,
-        signer: Callable[[VCV], VCV] | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.spec = spec
         self.settings = settings
@@ -95,42 +88,34 @@ class Agent:
         self.client_id = f"{spec.id}-{self.replica_id}"
         self._broker = broker
         self._embedder = embedder
-        self._signer = signer
-        self._handlers: dict[str, TaskHandler] = {}
-        self._slots = asyncio.Semaphore(spec.resources.max_concurrency)
+        self.tasks = TaskServer(spec.id, self.replica_id, max_concurrency=spec.resources.max_concurrency, signer=signer)
         self.bus: Bus | None = None
         self.vcv: VCV | None = None
-        self.served = 0
-        self.failed = 0
         self._stopped = asyncio.Event()
-        # task_id -> result (or a future while running): a re-sent task is answered, not re-run
-        self._results: collections.OrderedDict[str, asyncio.Future[TaskResult]] = collections.OrderedDict()
-        self._results_kept = 2048
 
     @property
-    def agent_id(self) -> str:
-        return self.spec.id
+    def stopped(self) -> bool:
+        return self._stopped.is_set()
 
-    def handler(self, task_kind: str) -> Callable[[TaskHandler], TaskHandler]:
-        """Decorator: serve tasks of `task_kind` with the decorated function."""
-
-        def register(fn: TaskHandler) -> TaskHandler:
-            self._handlers[task_kind] = fn
-            return fn
-
-        return register
-
-    def add_handler(self, task_kind: str, fn: TaskHandler) -> None:
-        self._handlers[task_kind] = fn
+    async def wait_stopped(self) -> None:
+        """Return once `stop()` was called (how a worker process waits for its signal)."""
+        await self._stopped.wait()
 
     # ---- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Connect, publish the VCV and `online`, and start serving the inbox."""
-        embedder = self._embedder or await asyncio.to_thread(
-            shared_embedder, self.settings.embedding_model, self.settings.embedding_dim, self.settings.embedding_device
+        embedder = self._embedder
+        if embedder is None:
+            embedder = await asyncio.to_thread(
+                shared_embedder,
+                self.settings.embedding_model,
+                self.settings.embedding_dim,
+                self.settings.embedding_device,
+            )
+        offline = make(
+            AgentStatus(agent_id=self.agent_id, status="offline", replica_id=self.replica_id), sender=self.client_id
         )
-        offline = make(AgentStatus(agent_id=self.agent_id, status="offline", replica_id=self.replica_id), sender=self.client_id)
         self.bus = Bus(
             self.settings,
             self.client_id,
@@ -142,13 +127,11 @@ class Agent:
         await self._publish_vcv(fresh)
         await self._publish_status("online")
         await self.bus.subscribe(topics.agent_status(self.agent_id), self._on_status, body_types=AgentStatus)
-        await self.bus.subscribe(
-            topics.shared(topics.SHARE_GROUP_AGENT, topics.agent_tasks(self.agent_id)),
-            self._on_task,
-            body_types=TaskRequest,
-            durable=True,
+        await self.tasks.serve(self.bus)
+        log.info(
+            "agent online",
+            extra={"agent_id": self.agent_id, "replica": self.replica_id, "version": self.vcv and self.vcv.version},
         )
-        log.info("agent online", extra={"agent_id": self.agent_id, "replica": self.replica_id, "version": self.vcv and self.vcv.version})
 
     async def run(self) -> None:
         """Start and serve until cancelled or `stop()`."""
@@ -164,6 +147,7 @@ class Agent:
         if self.bus is None:
             return
         bus, self.bus = self.bus, None
+        self.tasks.bus = None
         if bus.connected:
             try:
                 await self._publish_status("offline", bus)
@@ -215,17 +199,15 @@ class Agent:
             version = current.version if same else current.version + 1
         else:
             version = 1
-        vcv = fresh.model_copy(update={"version": version})
-        if self._signer is not None:
-            vcv = self._signer(vcv)
+        vcv = self.tasks.sign(fresh.model_copy(update={"version": version}))
         self.vcv = vcv
         env = make(vcv, sender=self.client_id)
         await self.bus.publish(topics.agent_vcv(self.agent_id), env, retain=True)
 
-    async def _publish_status(self, status: str, bus: Bus | None = None) -> None:
+    async def _publish_status(self, status: Literal["online", "offline"], bus: Bus | None = None) -> None:
         bus = bus or self.bus
         assert bus is not None
-        body = AgentStatus(agent_id=self.agent_id, status=status, replica_id=self.replica_id)  # type: ignore[arg-type]
+        body = AgentStatus(agent_id=self.agent_id, status=status, replica_id=self.replica_id)
         await bus.publish(topics.agent_status(self.agent_id), make(body, sender=self.client_id), retain=True)
 
     async def _on_status(self, msg: Incoming) -> None:
@@ -234,58 +216,3 @@ class Agent:
         if status.status == "offline" and status.replica_id != self.replica_id and not self._stopped.is_set():
             log.info("another replica went offline; re-asserting online", extra={"agent_id": self.agent_id})
             await self._publish_status("online")
-
-    # ---- serving ---------------------------------------------------------------------------
-
-    async def _on_task(self, msg: Incoming) -> None:
-        assert msg.envelope is not None and self.bus is not None
-        env = msg.envelope
-        task: TaskRequest = env.body
-        if task.deadline_at is not None and time.time() > task.deadline_at:
-            log.warning("dropping expired task", extra={"agent_id": self.agent_id, "task_id": task.task_id})
-            await self._answer(env, TaskResult(task_id=task.task_id, agent_id=self.agent_id, ok=False, error="deadline passed before the task started"))
-            return
-        known = self._results.get(task.task_id)
-        if known is not None:  # a re-send: answer once the first run is done, never run twice
-            await self._answer(env, await asyncio.shield(known))
-            return
-        fut: asyncio.Future[TaskResult] = asyncio.get_running_loop().create_future()
-        self._results[task.task_id] = fut
-        while len(self._results) > self._results_kept:
-            self._results.popitem(last=False)
-        async with self._slots:
-            log.debug("task", extra={"agent_id": self.agent_id, "task_id": task.task_id, "kind": task.task_kind,
-                                     "job_id": env.job_id, "trace_id": trace_id_of(env.traceparent)})
-            result = await self._execute(task)
-        fut.set_result(result)
-        await self._answer(env, result)
-
-    async def _execute(self, task: TaskRequest) -> TaskResult:
-        started = time.perf_counter()
-        base = {"task_id": task.task_id, "agent_id": self.agent_id, "replica_id": self.replica_id}
-        fn = self._handlers.get(task.task_kind)
-        if fn is None:
-            self.failed += 1
-            return TaskResult(**base, ok=False, error=f"agent {self.agent_id} has no handler for task kind {task.task_kind!r}; it serves {sorted(self._handlers)}")
-        try:
-            out = fn(task)
-            if inspect.isawaitable(out):
-                out = await out
-        except TaskFailed as exc:
-            self.failed += 1
-            return TaskResult(**base, ok=False, error=str(exc), latency_ms=(time.perf_counter() - started) * 1000)
-        except Exception as exc:  # noqa: BLE001 - a handler bug must not take the agent down
-            self.failed += 1
-            log.exception("task handler failed", extra={"agent_id": self.agent_id, "task_id": task.task_id})
-            return TaskResult(**base, ok=False, error=f"{type(exc).__name__}: {exc}", latency_ms=(time.perf_counter() - started) * 1000)
-        usage = Usage()
-        if isinstance(out, tuple):
-            out, usage = out
-        output = out.model_dump(mode="json") if isinstance(out, BaseModel) else dict(out)
-        self.served += 1
-        return TaskResult(**base, ok=True, output=output, usage=usage, latency_ms=(time.perf_counter() - started) * 1000)
-
-    async def _answer(self, request: Any, result: TaskResult) -> None:
-        assert self.bus is not None
-        if request.reply_to:
-            await self.bus.reply(request, result)

@@ -1,25 +1,28 @@
-"""The generic LLM worker: an agent from a YAML spec that serves decompose, draft and refine.
+"""The generic LLM worker: an agent from a YAML spec that serves every registered task kind
+(decompose, draft, refine, synthesise; a test checks it covers `fabric.tasks.REGISTRY`).
 
 The spec text is the system prompt of every call (the agent stays aligned to its Spec). Drafts
 are free text (small models write better prose than JSON); decomposition and refinement need
 structure (subtasks and dependencies; a stop vote), so they are schema-constrained and pass
 through `complete_json`, which repairs, retries and finally falls back — a worker never answers
-a task with a crash.
+a task with a crash. Handlers take the typed input the SDK validated and return the typed output.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
-from agents.sdk import Agent, TaskFailed
+from agents.sdk import Agent
+from agents.server import ServesTasks, TaskFailed, TaskServer
 from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder
 from fabric.llm import BackendPool, LLMBackend, LLMError, backend_for, complete_json
 from fabric.llm.base import ChatMessage
 from fabric.messages import TaskRequest, Usage
-from fabric.orchestrator.tasks import (
+from fabric.settings import Settings
+from fabric.tasks import (
+    REGISTRY,
     DecomposeInput,
     DraftInput,
     DraftOutput,
@@ -27,9 +30,10 @@ from fabric.orchestrator.tasks import (
     ProposedSubtask,
     RefineInput,
     RefineOutput,
+    SynthesiseInput,
+    SynthesiseOutput,
     degenerate,
 )
-from fabric.settings import Settings
 
 log = logging.getLogger("foa.worker")
 
@@ -61,8 +65,16 @@ def refine_prompt(task: RefineInput) -> str:
     )
 
 
+def synthesise_prompt(task: SynthesiseInput) -> str:
+    results = "\n\n".join(f"## {r.answer.strip()}" for r in task.results)  # each: the subtask, then its answer
+    return (
+        f"{task.instructions}\n\nQuestion: {task.question}\n\nExpert results, in dependency order:\n\n{results}\n\n"
+        "Write the final answer to the question."
+    )
+
+
 class LLMWorker:
-    """Binds an AgentSpec to an LLM backend and serves the three task kinds."""
+    """Binds an AgentSpec to an LLM backend and serves every registered task kind."""
 
     def __init__(self, spec: AgentSpec, settings: Settings, backend: LLMBackend) -> None:
         self.spec = spec
@@ -73,14 +85,18 @@ class LLMWorker:
         return ChatMessage(role="system", content=self.spec.spec_text)
 
     def _cost(self, usage: Usage) -> Usage:
-        return usage.model_copy(update={"cost": self.spec.resources.expected_cost(usage.input_tokens, usage.output_tokens)})
+        return usage.model_copy(
+            update={"cost": self.spec.resources.expected_cost(usage.input_tokens, usage.output_tokens)}
+        )
 
     def _max_tokens(self, task: TaskRequest, requested: int | None = None) -> int:
         return requested or task.max_tokens or self.spec.llm.max_tokens or self.settings.llm_max_tokens
 
-    async def decompose(self, task: TaskRequest) -> tuple[dict[str, Any], Usage]:
-        inp = DecomposeInput.model_validate(task.input)
-        messages = [self._system(), ChatMessage(role="user", content=decompose_prompt(inp.question, inp.subtasks_min, inp.subtasks_max))]
+    async def decompose(self, inp: DecomposeInput, task: TaskRequest) -> tuple[Plan, Usage]:
+        messages = [
+            self._system(),
+            ChatMessage(role="user", content=decompose_prompt(inp.question, inp.subtasks_min, inp.subtasks_max)),
+        ]
         plan, usage, attempts = await complete_json(
             self.backend,
             messages,
@@ -90,20 +106,20 @@ class LLMWorker:
             retries=1,
             fallback=lambda: Plan(subtasks=[ProposedSubtask(id="s1", text=inp.question)]),
         )
-        return plan.model_dump(), self._cost(usage)
+        return plan, self._cost(usage)
 
-    async def draft(self, task: TaskRequest) -> tuple[dict[str, Any], Usage]:
-        inp = DraftInput.model_validate(task.input)
+    async def draft(self, inp: DraftInput, task: TaskRequest) -> tuple[DraftOutput, Usage]:
         messages = [self._system(), ChatMessage(role="user", content=draft_prompt(inp))]
         try:
-            out = await self.backend.complete(messages, max_tokens=self._max_tokens(task, inp.max_tokens), temperature=self.spec.llm.temperature)
+            out = await self.backend.complete(
+                messages, max_tokens=self._max_tokens(task, inp.max_tokens), temperature=self.spec.llm.temperature
+            )
         except LLMError as exc:
             raise TaskFailed(f"LLM unavailable for draft: {exc}") from exc
         confidence = 0.4 if out.finish_reason == "length" else 0.6
-        return DraftOutput(answer=out.text.strip(), confidence=confidence).model_dump(), self._cost(out.usage)
+        return DraftOutput(answer=out.text.strip(), confidence=confidence), self._cost(out.usage)
 
-    async def refine(self, task: TaskRequest) -> tuple[dict[str, Any], Usage]:
-        inp = RefineInput.model_validate(task.input)
+    async def refine(self, inp: RefineInput, task: TaskRequest) -> tuple[RefineOutput, Usage]:
         messages = [self._system(), ChatMessage(role="user", content=refine_prompt(inp))]
         out, usage, _ = await complete_json(
             self.backend,
@@ -118,13 +134,25 @@ class LLMWorker:
         if len(out.answer.split()) < 3 or degenerate(out.answer):
             # a revision that is empty, a fragment or a loop is worse than the answer it replaces
             out = out.model_copy(update={"answer": inp.own_answer})
-        return out.model_dump(), self._cost(usage)
+        return out, self._cost(usage)
 
-    def attach(self, agent: Agent) -> Agent:
-        agent.add_handler("decompose", self.decompose)
-        agent.add_handler("draft", self.draft)
-        agent.add_handler("refine", self.refine)
-        return agent
+    async def synthesise(self, inp: SynthesiseInput, task: TaskRequest) -> tuple[SynthesiseOutput, Usage]:
+        messages = [self._system(), ChatMessage(role="user", content=synthesise_prompt(inp))]
+        try:
+            out = await self.backend.complete(
+                messages, max_tokens=self._max_tokens(task, inp.max_tokens), temperature=self.spec.llm.temperature
+            )
+        except LLMError as exc:
+            raise TaskFailed(f"LLM unavailable for synthesise: {exc}") from exc
+        return SynthesiseOutput(answer=out.text.strip()), self._cost(out.usage)
+
+    def attach(self, target: TaskServer | ServesTasks) -> None:
+        """Serve every registered kind on `target` (an `Agent`, a hosted agent, or their
+        `TaskServer`) with the method of the kind's name; the SDK checks each method's input
+        annotation against the kind (a missing method fails here, and in the registry test)."""
+        tasks = target if isinstance(target, TaskServer) else target.tasks
+        for kind in REGISTRY.values():
+            tasks.add_handler(kind, getattr(self, kind.name))
 
 
 def make_worker(
@@ -142,7 +170,8 @@ def make_worker(
     key = agent_key_for(settings, spec.id)  # FOA_AGENT_KEY_DIR/{id}.key, when deployed with keys
     signer = (lambda vcv: sign_vcv(vcv, key)) if key is not None else None
     agent = Agent(spec, settings, broker=broker, embedder=embedder, replica_id=replica_id, signer=signer)
-    return LLMWorker(spec, settings, backend).attach(agent)
+    LLMWorker(spec, settings, backend).attach(agent)
+    return agent
 
 
 async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | None = None) -> None:
@@ -166,7 +195,7 @@ async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | N
         metrics.watch_bus(agent.bus)
     beat = asyncio.create_task(metrics.beat_forever())
     try:
-        await agent._stopped.wait()
+        await agent.wait_stopped()
     finally:
         beat.cancel()
         metrics.stop()

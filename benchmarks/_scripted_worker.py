@@ -36,7 +36,7 @@ async def serve(spec: AgentSpec, settings: Settings, replica_id: str, latency_s:
         loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
     await agent.start()
     try:
-        await agent._stopped.wait()
+        await agent.wait_stopped()
     finally:
         await agent.stop()
 

@@ -338,7 +338,7 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
     lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if not isinstance(outcomes.get(j), JobResult)}
     duplicated = watch.duplicated(job_ids)
     store = store_states(fed.workdir / "orchestrator" / "jobs.sqlite3", job_ids)
-    degraded = sum(1 for j in completed if outcomes[j].usage.get("failures"))  # type: ignore[union-attr]
+    degraded = sum(1 for j in completed if outcomes[j].usage.failures)  # type: ignore[union-attr]
     return {
         "jobs": config.jobs,
         "completed": len(completed),

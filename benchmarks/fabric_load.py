@@ -337,7 +337,7 @@ async def run_jobs(
         "p50_job_s": statistics.median(walls) if walls else None,
         "p99_job_s": walls[min(len(walls) - 1, int(0.99 * len(walls)))] if walls else None,
         "job_shape": {
-            "nodes": len(shape.dag.get("nodes", [])),
+            "nodes": len(shape.dag.nodes),
             "agents_per_node": [len(v) for v in shape.assignments.values()],
         }
         if shape

@@ -43,12 +43,12 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
             wall = time.perf_counter() - started
             if result.status != "completed":
                 raise RuntimeError(f"job failed: {result.failure_reason}")
-            rounds = [info["rounds"] for node in result.rounds.values() for info in node.values()]
+            rounds = [info.rounds for node in result.rounds.values() for info in node.values()]
             shape = {
-                "nodes": len(result.dag["nodes"]),
+                "nodes": len(result.dag.nodes),
                 "agents_per_node": [len(v) for v in result.assignments.values()],
                 "refine_rounds": max(rounds) if rounds else 0,
-                "llm_calls": result.usage["calls"],
+                "llm_calls": result.usage.calls,
             }
             if i >= warmup:
                 walls.append(wall * 1000)

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from fabric import topics
 from fabric.bus import Bus, BusError, Incoming
 from fabric.envelope import make
+from fabric.errors import FoAError
 from fabric.messages import Budget, JobCancel, JobEvent, JobOptions, JobResult, JobSubmit
 
 
-class JobFailed(RuntimeError):
-    pass
+class JobFailed(FoAError, RuntimeError):
+    """A job that could not be followed to its end (no orchestrator, or no result in time)."""
 
 
 def new_job_id() -> str:
@@ -87,7 +88,9 @@ async def submit_and_follow(
             left = deadline - time.monotonic()
             if left <= 0:
                 if not alive.is_set():
-                    raise JobFailed(f"no orchestrator picked up job {submit.job_id}: is `foa orchestrator` (or `foa up`) running?")
+                    raise JobFailed(
+                        f"no orchestrator picked up job {submit.job_id}: is `foa orchestrator` (or `foa up`) running?"
+                    )
                 raise JobFailed(f"job {submit.job_id} did not finish within {timeout:.0f}s")
             try:
                 return await asyncio.wait_for(asyncio.shield(result), min(resend_every, left))
@@ -102,4 +105,6 @@ async def cancel_job(bus: Bus, job_id: str, reason: str = "") -> None:
     """Ask whichever orchestrator owns `job_id` to cancel it (QoS 1; harmless when repeated or
     when the job already ended). The job's result, status `canceled`, arrives on its result topic."""
     topics.validate_id(job_id, "job id")
-    await bus.publish(topics.job_cancel(job_id), make(JobCancel(job_id=job_id, reason=reason), job_id=job_id, sender=bus.client_id))
+    await bus.publish(
+        topics.job_cancel(job_id), make(JobCancel(job_id=job_id, reason=reason), job_id=job_id, sender=bus.client_id)
+    )

@@ -5,6 +5,10 @@ may drop what it held for a shared subscription when it restarts (mosquitto 2.0 
 replica may die mid-task. So the requester re-sends the same task (same `task_id`, new envelope
 id) until a result arrives or the deadline passes, and the agent answers a repeated task_id
 from its cache instead of running it twice.
+
+`dispatch_task(bus, agent, DRAFT, DraftInput(...))` is the typed call for registered kinds (a
+payload of the wrong kind is a type error; the answer is a `DraftOutput`); `dispatch` sends any
+kind, an agent's own included, with dict in and out.
 """
 
 from __future__ import annotations
@@ -12,19 +16,52 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic
+
+from pydantic import ValidationError
 
 from fabric import topics
 from fabric.bus import Bus, BusError, RequestTimeout
+from fabric.errors import FoAError
 from fabric.messages import TaskRequest, TaskResult
+from fabric.tasks import InT, OutT, TaskKind
 
 
-class TaskError(RuntimeError):
-    """The agent answered, but with an error."""
+class TaskError(FoAError, RuntimeError):
+    """The agent answered, but with an error (or with an output its kind does not allow)."""
 
     def __init__(self, agent_id: str, task_kind: str, message: str) -> None:
         super().__init__(f"agent {agent_id} failed {task_kind}: {message}")
         self.agent_id = agent_id
+
+
+@dataclass(frozen=True)
+class Answer(Generic[OutT]):
+    """A typed answer: the kind's output model, and the result it came in (usage, latency)."""
+
+    output: OutT
+    result: TaskResult
+
+
+async def dispatch_task(
+    bus: Bus,
+    agent_id: str,
+    kind: TaskKind[InT, OutT],
+    payload: InT,
+    *,
+    timeout: float,
+    **options: Any,
+) -> Answer[OutT]:
+    """Run one task of a registered kind on `agent_id`: `payload` must be the kind's input model,
+    the answer is its output model. `options` are `dispatch`'s (node_id, job_id, max_tokens, ...)."""
+    result = await dispatch(bus, agent_id, kind.name, payload.model_dump(mode="json"), timeout=timeout, **options)
+    try:
+        return Answer(kind.output.model_validate(result.output), result)
+    except ValidationError as exc:
+        raise TaskError(
+            agent_id, kind.name, f"answer is not a valid {kind.output.__name__}: {exc.errors()[0]['msg']}"
+        ) from None
 
 
 async def dispatch(
@@ -59,7 +96,9 @@ async def dispatch(
         attempt += 1
         left = deadline - time.monotonic()
         if left <= 0:
-            raise RequestTimeout(f"agent {agent_id} did not answer {task_kind} within {timeout:.0f}s ({attempt - 1} attempts)")
+            raise RequestTimeout(
+                f"agent {agent_id} did not answer {task_kind} within {timeout:.0f}s ({attempt - 1} attempts)"
+            )
         try:
             env = await bus.request(
                 topics.agent_tasks(agent_id),

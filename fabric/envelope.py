@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast, overload
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fabric.errors import ProtocolError
 
 SCHEMA_VERSION = "foa/1"
 
@@ -75,7 +77,7 @@ class RawEnvelope(Envelope[Any]):
     body: dict[str, Any]
 
 
-class MessageError(ValueError):
+class MessageError(ProtocolError):
     """A payload that is not a valid envelope of the expected kind."""
 
 
@@ -91,11 +93,15 @@ def envelope_type(body_type: type[BodyT]) -> type[Envelope[Any]]:
     return cls
 
 
-def make(body: Body, **fields: Any) -> Envelope[Any]:
-    return envelope_type(type(body))(kind=body.KIND, body=body, **fields)
+def make(body: BodyT, **fields: Any) -> Envelope[BodyT]:
+    return cast(Envelope[BodyT], envelope_type(type(body))(kind=body.KIND, body=body, **fields))
 
 
-def decode(payload: bytes, body_type: type[BodyT] | None = None) -> Envelope[Any]:
+@overload
+def decode(payload: bytes, body_type: None = None) -> Envelope[Any]: ...
+@overload
+def decode(payload: bytes, body_type: type[BodyT]) -> Envelope[BodyT]: ...
+def decode(payload: bytes, body_type: type[BodyT] | None = None) -> Envelope[Any] | Envelope[BodyT]:
     """Parse and validate a payload; raises MessageError with a reason a person can read."""
     try:
         raw = RawEnvelope.model_validate_json(payload)
@@ -111,7 +117,7 @@ def decode(payload: bytes, body_type: type[BodyT] | None = None) -> Envelope[Any
 _HEADER = ("kind", "id", "job_id", "correlation_id", "reply_to", "sender", "sent_at", "traceparent")
 
 
-def typed(raw: Envelope[Any], body_type: type[BodyT]) -> Envelope[Any]:
+def typed(raw: Envelope[Any], body_type: type[BodyT]) -> Envelope[BodyT]:
     """Validate an already-parsed envelope's body as `body_type` (no second JSON parse)."""
     if raw.kind != body_type.KIND:
         raise MessageError(f"expected kind {body_type.KIND!r}, got {raw.kind!r}")
@@ -119,9 +125,10 @@ def typed(raw: Envelope[Any], body_type: type[BodyT]) -> Envelope[Any]:
         body = body_type.model_validate(raw.body)
     except ValidationError as exc:
         raise MessageError(f"invalid {raw.kind} body: {_short(exc)}") from None
-    return envelope_type(body_type).model_construct(
+    env = envelope_type(body_type).model_construct(
         **{k: getattr(raw, k) for k in _HEADER}, schema_=raw.schema_, body=body
     )
+    return cast(Envelope[BodyT], env)
 
 
 def decode_any(payload: bytes, body_types: dict[str, type[Body]]) -> Envelope[Any]:
@@ -140,10 +147,10 @@ def decode_any(payload: bytes, body_types: dict[str, type[Body]]) -> Envelope[An
             if env.kind == body_type.KIND and env.schema_ == SCHEMA_VERSION:
                 return env
     raw = decode(payload)
-    body_type = body_types.get(raw.kind)
-    if body_type is None:
+    expected = body_types.get(raw.kind)
+    if expected is None:
         raise MessageError(f"unexpected kind {raw.kind!r}; expected one of {sorted(body_types)}")
-    return typed(raw, body_type)
+    return typed(raw, expected)
 
 
 def _short(exc: ValidationError) -> str:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fabric.envelope import Body
+from fabric.tasks import REGISTRY, check_kind_name
 from fabric.vcv import VCV
 
 
@@ -23,7 +24,7 @@ class Usage(BaseModel):
     def tokens(self) -> int:
         return self.input_tokens + self.output_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
@@ -44,21 +45,23 @@ class AgentStatus(Body):
     at: float = Field(default_factory=time.time)
 
 
-TaskKind = str  # "decompose", "draft", "refine", "synthesise", or an agent's own kinds
-
-
 class TaskRequest(Body):
-    """Work sent to `foa/agents/{id}/tasks`; the answer goes to the envelope's reply_to."""
+    """Work sent to `foa/agents/{id}/tasks`; the answer goes to the envelope's reply_to.
+
+    `task_kind` is a name on the wire: one of `fabric.tasks.REGISTRY` (whose models then type
+    `input` and the result's `output`) or one of the agent's own kinds."""
 
     KIND: ClassVar[str] = "task"
 
     task_id: str
-    task_kind: TaskKind
+    task_kind: str = Field(description=f"one of {sorted(REGISTRY)} or a kind the agent declares")
     agent_id: str
     node_id: str | None = None
     input: dict[str, Any] = Field(default_factory=dict)
     deadline_at: float | None = Field(default=None, description="epoch seconds; a late task is dropped")
     max_tokens: int | None = None
+
+    _kind = field_validator("task_kind")(classmethod(lambda cls, v: check_kind_name(v)))
 
 
 class TaskResult(Body):
@@ -238,6 +241,57 @@ class JobEvent(Body):
     at: float = Field(default_factory=time.time)
 
 
+class DagSummaryNode(BaseModel):
+    id: str
+    text: str
+    support: int
+    proposers: list[str] = Field(default_factory=list)
+
+
+class DagSummary(BaseModel):
+    """The job's plan as results and progress events show it."""
+
+    nodes: list[DagSummaryNode] = Field(default_factory=list)
+    edges: list[tuple[str, str]] = Field(default_factory=list, description="(dependency, dependent) pairs")
+
+    def depends_on(self, node_id: str) -> list[str]:
+        return [src for src, dst in self.edges if dst == node_id]
+
+
+class ClusterSummary(BaseModel):
+    """How one cluster's refinement went."""
+
+    members: list[str]
+    rounds: int
+    stopped: str = Field(description="consensus | max_rounds | budget | single | failed")
+    representative: str
+    votes: list[dict[str, bool]] = Field(default_factory=list, description="each round's stop votes")
+
+
+class JobUsage(BaseModel):
+    """What a job spent (so far, for a failed or canceled job), and how it ended up."""
+
+    tokens: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float = 0.0
+    calls: int = 0
+    synth_mode: str = ""
+    failures: list[str] = Field(default_factory=list, description="calls and nodes that failed without failing the job")
+
+    @classmethod
+    def of(cls, used: Usage, *, synth_mode: str = "", failures: list[str] | None = None) -> JobUsage:
+        return cls(
+            tokens=used.tokens,
+            input_tokens=used.input_tokens,
+            output_tokens=used.output_tokens,
+            cost=round(used.cost, 6),
+            calls=used.calls,
+            synth_mode=synth_mode,
+            failures=list(failures or []),
+        )
+
+
 class JobResult(Body):
     KIND: ClassVar[str] = "job_result"
 
@@ -245,11 +299,13 @@ class JobResult(Body):
     status: Literal["completed", "failed", "canceled"]
     answer: str = ""
     failure_reason: str | None = None
-    dag: dict[str, Any] = Field(default_factory=dict)
-    assignments: dict[str, Any] = Field(default_factory=dict)
-    clusters: dict[str, Any] = Field(default_factory=dict)
-    rounds: dict[str, Any] = Field(default_factory=dict)
-    usage: dict[str, Any] = Field(default_factory=dict)
+    dag: DagSummary = Field(default_factory=DagSummary)
+    assignments: dict[str, list[Match]] = Field(default_factory=dict, description="node -> the agents that drafted it")
+    clusters: dict[str, list[list[str]]] = Field(default_factory=dict, description="node -> its clusters' members")
+    rounds: dict[str, dict[str, ClusterSummary]] = Field(
+        default_factory=dict, description="node -> cluster -> refinement"
+    )
+    usage: JobUsage = Field(default_factory=JobUsage)
     timings: dict[str, float] = Field(default_factory=dict)
 
 

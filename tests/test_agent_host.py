@@ -21,15 +21,26 @@ from fabric.dispatch import TaskError, dispatch
 from fabric.messages import RouteQuery, TaskRequest
 from fabric.registry import Registry
 from fabric.settings import Settings
-from tests.fabric_helpers import eventually
+from fabric.vcv import VCV
 from router.service import RouterService
+from tests.fabric_helpers import eventually
 
-TOPICS = ["tax law for freelancers", "sourdough baking", "kubernetes networking", "marathon training", "medieval history"]
+TOPICS = [
+    "tax law for freelancers",
+    "sourdough baking",
+    "kubernetes networking",
+    "marathon training",
+    "medieval history",
+]
 
 
 def specs(prefix: str, n: int) -> list[AgentSpec]:
     return [
-        AgentSpec(id=f"{prefix}-{i}", description=f"Expert in {TOPICS[i % len(TOPICS)]}, agent number {i}", skills=[TOPICS[i % len(TOPICS)]])
+        AgentSpec(
+            id=f"{prefix}-{i}",
+            description=f"Expert in {TOPICS[i % len(TOPICS)]}, agent number {i}",
+            skills=[TOPICS[i % len(TOPICS)]],
+        )
         for i in range(n)
     ]
 
@@ -42,7 +53,7 @@ async def snapshot(settings: Settings) -> Registry:
     return registry
 
 
-def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) -> None:
     prefix = f"h{uuid.uuid4().hex[:4]}"
 
     async def main() -> None:
@@ -61,18 +72,27 @@ def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) ->
             view = await snapshot(settings)
             mine = {e.vcv.agent_id: e for e in view.live() if e.vcv and e.vcv.agent_id.startswith(prefix + "-")}
             assert len(mine) == 40
-            assert all(e.status == "online" and e.vcv.version == 1 for e in mine.values())
+            assert all(e.status == "online" and e.vcv is not None and e.vcv.version == 1 for e in mine.values())
             # each VCV carries its own description's embedding
             baking = mine[f"{prefix}-1"].vcv
+            assert baking is not None
             assert float(np.dot(baking.capability_array(), embedder.embed_one("bread and sourdough"))) > 0.3
 
-            async with Bus(settings, f"test-router-{prefix}", persistent=False) as rbus, Bus(settings, f"test-cli-{prefix}", persistent=False) as cli:
+            async with (
+                Bus(settings, f"test-router-{prefix}", persistent=False) as rbus,
+                Bus(settings, f"test-cli-{prefix}", persistent=False) as cli,
+            ):
                 router = RouterService(settings, rbus, embedder, auto_calibrate=False)
                 await router.start()
                 await asyncio.wait_for(router.synced.wait(), 15)
-                env = await cli.request(topics.ROUTER_QUERY, RouteQuery(text="how do I keep a sourdough starter alive", top_k=3, abstain=False))
+                env = await cli.request(
+                    topics.ROUTER_QUERY,
+                    RouteQuery(text="how do I keep a sourdough starter alive", top_k=3, abstain=False),
+                )
                 top = [m["agent_id"] for m in env.body["matches"]]
-                assert top and all(t.startswith(prefix) and int(t.rsplit("-", 1)[1]) % len(TOPICS) == 1 for t in top), top
+                assert top and all(t.startswith(prefix) and int(t.rsplit("-", 1)[1]) % len(TOPICS) == 1 for t in top), (
+                    top
+                )
 
                 # its own inbox, its own handler; a re-sent task id runs once
                 target = top[0]
@@ -91,11 +111,11 @@ def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) ->
     asyncio.run(main())
 
 
-def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embedder) -> None:
     prefix = f"p{uuid.uuid4().hex[:4]}"
     base = embedder.embed(["solar panel installation and maintenance"])[0]
 
-    def population(description_suffix: str) -> list[tuple[AgentSpec, object]]:
+    def population(description_suffix: str) -> list[tuple[AgentSpec, VCV]]:
         out = []
         rng = np.random.default_rng(0)
         for spec in specs(prefix, 20):
@@ -111,10 +131,10 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
 
     key = Ed25519PrivateKey.generate()
 
-    async def run_host(pop: list[tuple[AgentSpec, object]]) -> dict[str, int]:
+    async def run_host(pop: list[tuple[AgentSpec, VCV]]) -> dict[str, int]:
         host = AgentHost(settings, f"{prefix}-host", embedder=embedder)
         for spec, vcv in pop:
-            host.add(spec, vcv=vcv, signer=lambda v: sign_vcv(v, key))  # type: ignore[arg-type]
+            host.add(spec, vcv=vcv, signer=lambda v: sign_vcv(v, key))
         await host.start()
         versions = {a.agent_id: a.vcv.version for a in host.agents.values() if a.vcv}
         # every published version is signed after its version number was set
@@ -133,7 +153,7 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
     asyncio.run(main())
 
 
-def test_bad_additions_are_refused(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_bad_additions_are_refused(settings: Settings, embedder) -> None:
     host = AgentHost(settings, "refusals", embedder=embedder)
     spec = AgentSpec(id="dup", description="anything")
     host.add(spec)
@@ -147,7 +167,7 @@ def test_bad_additions_are_refused(settings: Settings, embedder) -> None:  # typ
         AgentHost(settings, "a/b")
 
 
-def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp_path) -> None:
     """`foa agent host`: specs from a folder and a file, one process, the embedded LLM answering."""
     import os
     import signal
@@ -156,7 +176,7 @@ def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp
 
     import yaml
 
-    from fabric.orchestrator.tasks import DraftInput
+    from fabric.tasks import DraftInput
 
     folder = tmp_path / "specs"
     folder.mkdir()
@@ -164,7 +184,11 @@ def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp
         (folder / f"{agent_id}.yaml").write_text(yaml.safe_dump({"id": agent_id, "description": f"Expert in {what}"}))
     extra = tmp_path / "h-run.yaml"
     extra.write_text(yaml.safe_dump({"id": "h-run", "description": "Expert in marathon training"}))
-    env = os.environ | {"FOA_BROKER_URL": settings.broker_url or "", "FOA_DATA_DIR": str(tmp_path), "FOA_LLM_BASE_URL": ""}
+    env = os.environ | {
+        "FOA_BROKER_URL": settings.broker_url or "",
+        "FOA_DATA_DIR": str(tmp_path),
+        "FOA_LLM_BASE_URL": "",
+    }
     cmd = [sys.executable, "-m", "fabric.cli", "agent", "host", str(folder), str(extra), "--host-id", "cli-host"]
 
     dup = subprocess.run([*cmd[:-2], str(extra)], env=env, capture_output=True, text=True, timeout=120)
@@ -183,7 +207,9 @@ def test_foa_agent_host_serves_llm_workers_and_signs_off(settings: Settings, tmp
                 return entry.status if entry else None
 
             await eventually(lambda: all(status(i) == "online" for i in ids), timeout=120, what="hosted agents online")
-            payload = DraftInput(question="How do I start running?", subtask="Give one tip for a first run", max_tokens=12)
+            payload = DraftInput(
+                question="How do I start running?", subtask="Give one tip for a first run", max_tokens=12
+            )
             result = await dispatch(bus, "h-run", "draft", payload.model_dump(mode="json"), timeout=120, max_tokens=12)
             assert result.agent_id == "h-run" and result.output["answer"].strip()
             assert result.usage.output_tokens > 0  # a real model ran

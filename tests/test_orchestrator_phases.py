@@ -14,7 +14,7 @@ from fabric.orchestrator.clusters import Member, cluster_members, similarity_mat
 from fabric.orchestrator.consensus import refine_cluster, representative
 from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
 from fabric.orchestrator.synthesis import concat, predecessor_context, synthesise
-from fabric.orchestrator.tasks import Plan, ProposedSubtask, RefineInput, RefineOutput
+from fabric.tasks import Plan, ProposedSubtask, RefineInput, RefineOutput
 
 
 def plan(*subs: tuple[str, str, list[str]]) -> Plan:
@@ -38,7 +38,7 @@ def test_merge_never_joins_subtasks_of_one_proposal(embedder) -> None:
     dag = merge_proposals([("gp", a)], embedder.embed, merge_similarity=0.5)
     assert len(dag.nodes) == 2
 
-    def no_model(texts):  # type: ignore[no-untyped-def]
+    def no_model(texts):
         raise AssertionError("a single proposal needs no embeddings")
 
     assert merge_proposals([("gp", a)], no_model, merge_similarity=0.5) == dag
@@ -67,14 +67,20 @@ def test_cycles_are_broken_at_the_weakest_edge(embedder) -> None:
 
 
 def test_subtasks_max_keeps_best_supported(embedder) -> None:
-    p1 = plan(("a", "Explain the diagnosis of diabetes", []), ("b", "Write a poem about autumn", []), ("c", "List the causes of diabetes", []))
+    p1 = plan(
+        ("a", "Explain the diagnosis of diabetes", []),
+        ("b", "Write a poem about autumn", []),
+        ("c", "List the causes of diabetes", []),
+    )
     p2 = plan(("a", "Explain how diabetes is diagnosed", []), ("c", "Causes of diabetes", []))
     dag = merge_proposals([("1", p1), ("2", p2)], embedder.embed, subtasks_max=2)
     assert len(dag.nodes) == 2 and all(n.support == 2 for n in dag.nodes)
 
 
 def test_clean_plan_drops_dangling_and_self_dependencies() -> None:
-    p = plan(("a", "first part", ["a", "zzz"]), ("b", "second part", ["a"]), ("b", "duplicate id", []), ("c", "third", []))
+    p = plan(
+        ("a", "first part", ["a", "zzz"]), ("b", "second part", ["a"]), ("b", "duplicate id", []), ("c", "third", [])
+    )
     cleaned = clean_plan(p, subtasks_max=2)
     assert [(s.id, s.depends_on) for s in cleaned.subtasks] == [("a", []), ("b", ["a"])]
 
@@ -122,15 +128,25 @@ class ScriptedPeers:
         self.calls.append((agent_id, payload.round))
         assert all(p.agent_id != agent_id for p in payload.peers)
         done = payload.round >= self.done_from[agent_id]
-        return RefineOutput(answer=payload.own_answer + f" (r{payload.round})", done=done, confidence=0.8), Usage(output_tokens=5)
+        return RefineOutput(answer=payload.own_answer + f" (r{payload.round})", done=done, confidence=0.8), Usage(
+            output_tokens=5
+        )
 
 
-def _refine(peers: ScriptedPeers, rounds: int, may=lambda: True, embedder=None):  # type: ignore[no-untyped-def]
+def _refine(peers: ScriptedPeers, rounds: int, may=lambda: True, embedder=None):
     drafts = {a: (f"answer of {a}", 0.5) for a in peers.done_from}
     return asyncio.run(
         refine_cluster(
-            cluster_id="c1", members=list(drafts), drafts=drafts, question="q", subtask="s", rounds=rounds,
-            call=peers, embed=embedder.embed, reputation=lambda a: 1.0, may_continue=may,
+            cluster_id="c1",
+            members=list(drafts),
+            drafts=drafts,
+            question="q",
+            subtask="s",
+            rounds=rounds,
+            call=peers,
+            embed=embedder.embed,
+            reputation=lambda a: 1.0,
+            may_continue=may,
         )
     )
 
@@ -174,11 +190,13 @@ def test_budget_tracker_and_impossible_budgets() -> None:
 
 
 def test_synthesis_follows_topological_order() -> None:
-    dag = Dag(nodes=[
-        DagNode(node_id="n3", text="final advice", depends_on=["n1", "n2"]),
-        DagNode(node_id="n2", text="second", depends_on=["n1"]),
-        DagNode(node_id="n1", text="first"),
-    ])
+    dag = Dag(
+        nodes=[
+            DagNode(node_id="n3", text="final advice", depends_on=["n1", "n2"]),
+            DagNode(node_id="n2", text="second", depends_on=["n1"]),
+            DagNode(node_id="n1", text="first"),
+        ]
+    )
     answers = {"n1": "A", "n2": "B", "n3": "C"}
     assert concat(dag, answers) == "## first\nA\n\n## second\nB\n\n## final advice\nC"
     ctx = predecessor_context(dag, "n3", answers)

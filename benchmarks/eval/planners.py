@@ -49,7 +49,7 @@ def foa_planner(backend: Any, settings: Any, embed: Callable[[Sequence[str]], np
     from agents.worker import LLMWorker
     from fabric.messages import TaskRequest
     from fabric.orchestrator.dag import clean_plan, merge_proposals
-    from fabric.orchestrator.tasks import DecomposeInput, Plan
+    from fabric.tasks import DecomposeInput, Plan
 
     async def plan(task: str, agents: list[str]) -> Any:
         if not agents:
@@ -65,8 +65,9 @@ def foa_planner(backend: Any, settings: Any, embed: Callable[[Sequence[str]], np
             spec = AgentSpec(id=f"api-{i}", description=agents[i], spec=agents[i])
             request = TaskRequest(task_id=uuid.uuid4().hex, task_kind="decompose", agent_id=spec.id,
                                   input=payload.model_dump())
-            raw, _usage = await LLMWorker(spec, settings, backend).decompose(request)
-            return spec.id, clean_plan(Plan.model_validate(raw), subtasks_max), raw
+            proposal, _usage = await LLMWorker(spec, settings, backend).decompose(payload, request)
+            raw = proposal.model_dump()
+            return spec.id, clean_plan(proposal, subtasks_max), raw
 
         proposals = [await propose(i) for i in proposers]  # sequential: one model, one lock
         dag = merge_proposals([(a, p) for a, p, _ in proposals], embed,

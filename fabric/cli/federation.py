@@ -1,4 +1,4 @@
-"""`foa run`, `foa up`, `foa submit`, `foa jobs`, `foa job show`, `foa orchestrator`."""
+"""`foa run`, `foa up`, `foa submit`, `foa jobs`, `foa job show|cancel`, `foa orchestrator`."""
 
 from __future__ import annotations
 
@@ -9,20 +9,21 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
 
 from fabric.cli.resolve import UsageError, at_least, require_text
 from fabric.errors import readable
-from fabric.messages import Budget, JobEvent, JobOptions, JobResult
+from fabric.messages import Budget, ClusterSummary, DagSummary, JobEvent, JobOptions, JobResult
 from fabric.settings import Settings
 
 #: `foa run` on the embedded CPU model: small enough to answer in well under 3 minutes on 2 cores
 EMBEDDED_PROFILE = {"max_proposers": 2, "subtasks_max": 3, "agents_per_node": 2, "max_tokens_per_call": 128}
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("run", help="answer a question with a whole federation in this process (the main job)")
     p.add_argument("question")
     _job_options(p)
@@ -50,6 +51,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("job_id")
     show.add_argument("--json", action="store_true")
     show.set_defaults(func=cmd_job_show)
+    cancel = job_sub.add_parser("cancel", help="cancel a running job: it ends `canceled` with its usage so far")
+    cancel.add_argument("job_id")
+    cancel.add_argument("--reason", default="canceled from the command line")
+    cancel.add_argument(
+        "--wait", type=float, default=10.0, help="seconds to wait for the job's result (0: do not wait)"
+    )
+    cancel.add_argument("--json", action="store_true")
+    cancel.set_defaults(func=cmd_job_cancel, needs_broker=True)
 
     p = sub.add_parser("orchestrator", help="run the orchestrator service")
     p.set_defaults(func=cmd_orchestrator, needs_broker=True)
@@ -126,8 +135,23 @@ def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tup
     return options, budget
 
 
+def _votes(e: JobEvent) -> str | None:
+    votes = e.data.get("votes") or {}
+    return ", ".join(f"{a}: {'done' if v else 'again'}" for a, v in votes.items()) or None
+
+
+#: a detail line under the event of each task kind's phase (a test checks every registered kind has one)
+KIND_PROGRESS: dict[str, Callable[[JobEvent], str | None]] = {
+    "decompose": lambda e: ", ".join(p["agent_id"] for p in e.data.get("proposers", [])) or None,
+    "draft": lambda e: ", ".join(e.data.get("drafts", {})) or None,
+    "refine": _votes,
+    "synthesise": lambda e: f"{e.data['mode']} synthesis, {e.data['chars']} characters" if "mode" in e.data else None,
+}
+
+
 class Progress:
-    """Live progress on stderr: one line per event, with elapsed time."""
+    """Live progress on stderr: one line per event, with elapsed time, and a detail line for
+    assignments and for each task kind's phase."""
 
     def __init__(self, quiet: bool = False) -> None:
         self.started = time.monotonic()
@@ -142,53 +166,58 @@ class Progress:
             for node, matches in event.data.get("assignments", {}).items():
                 shown = ", ".join(f"{m['agent_id']} (α={m['score']:.2f})" for m in matches)
                 print(f"{'':>20}{node}: {shown}", file=sys.stderr)
+        detail = KIND_PROGRESS.get(event.phase)
+        line = detail(event) if detail is not None else None
+        if line:
+            print(f"{'':>20}{line}", file=sys.stderr)
+
+
+RESULT_FIELDS = (
+    "job_id",
+    "status",
+    "answer",
+    "failure_reason",
+    "dag",
+    "assignments",
+    "clusters",
+    "rounds",
+    "usage",
+    "timings",
+)
 
 
 def result_json(result: JobResult) -> dict[str, Any]:
-    return {
-        "job_id": result.job_id,
-        "status": result.status,
-        "answer": result.answer,
-        "failure_reason": result.failure_reason,
-        "dag": result.dag,
-        "assignments": result.assignments,
-        "clusters": result.clusters,
-        "rounds": result.rounds,
-        "usage": result.usage,
-        "timings": result.timings,
-    }
+    return result.model_dump(mode="json", include=set(RESULT_FIELDS))
 
 
 def print_result(result: JobResult, as_json: bool) -> int:
     if as_json:
         print(json.dumps(result_json(result), indent=2))
     else:
-        if result.dag:
+        if result.dag.nodes:
             print(draw_dag(result.dag, result.rounds), file=sys.stderr)
         if result.status == "completed":
             print(result.answer)
         else:
-            print(f"job {result.job_id} failed: {result.failure_reason}", file=sys.stderr)
-        usage = result.usage or {}
+            print(f"job {result.job_id} {result.status}: {result.failure_reason}", file=sys.stderr)
         print(
             f"\n[{result.job_id}] {result.status} in {result.timings.get('total', 0):.1f}s, "
-            f"{usage.get('tokens', 0)} tokens, cost {usage.get('cost', 0):.4f}",
+            f"{result.usage.tokens} tokens, cost {result.usage.cost:.4f}",
             file=sys.stderr,
         )
     return 0 if result.status == "completed" else 1
 
 
-def draw_dag(dag: dict[str, Any], rounds: dict[str, Any] | None = None) -> str:
+def draw_dag(dag: DagSummary, rounds: dict[str, dict[str, ClusterSummary]] | None = None) -> str:
     """The DAG in the terminal: nodes in topological order, their inputs and who answered."""
     lines = ["DAG:"]
-    edges = dag.get("edges", [])
-    for node in dag.get("nodes", []):
-        deps = [src for src, dst in edges if dst == node["id"]]
+    for node in dag.nodes:
+        deps = dag.depends_on(node.id)
         arrow = f"  ← {', '.join(deps)}" if deps else ""
-        lines.append(f"  [{node['id']}] {node['text'][:80]}{arrow}")
-        for cid, info in (rounds or {}).get(node["id"], {}).items():
-            members, chosen = ", ".join(info["members"]), info["representative"]
-            lines.append(f"        {cid}: {members} · {info['rounds']} round(s), {info['stopped']} → {chosen}")
+        lines.append(f"  [{node.id}] {node.text[:80]}{arrow}")
+        for cid, info in (rounds or {}).get(node.id, {}).items():
+            outcome = f"{info.rounds} round(s), {info.stopped} → {info.representative}"
+            lines.append(f"        {cid}: {', '.join(info.members)} · {outcome}")
     return "\n".join(lines)
 
 
@@ -343,17 +372,65 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(row | {"events": [e.model_dump() for e in events]}, indent=2, default=str))
         return 0
     print(f"job {row['job_id']}: {row['state']} ({row['phase']})\nquestion: {row['question']}")
-    result = row["result"] or {}
-    if result.get("dag"):
-        print(draw_dag(result["dag"], result.get("rounds")))
-    for node, matches in (result.get("assignments") or {}).items():
-        print(f"  {node}: " + ", ".join(f"{m['agent_id']} (α={m['score']:.2f})" for m in matches))
-    if result.get("answer"):
-        print("\nanswer:\n" + result["answer"])
+    result = JobResult.model_validate(row["result"]) if row["result"] else None
+    if result is not None and result.dag.nodes:
+        print(draw_dag(result.dag, result.rounds))
+    for node, matches in (result.assignments if result else {}).items():
+        print(f"  {node}: " + ", ".join(f"{m.agent_id} (α={m.score:.2f})" for m in matches))
+    if result is not None and result.answer:
+        print("\nanswer:\n" + result.answer)
     if row["failure"]:
         print(f"\nfailure: {row['failure']}")
     print(f"\n{len(events)} events; `foa job show {args.job_id} --json` for all")
     return 0
+
+
+def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    """Publish the cancel, then wait (up to --wait s) for the job's retained result."""
+    from fabric import topics
+    from fabric.bus import Bus, Incoming
+    from fabric.client import cancel_job
+    from fabric.runtime import resolve_broker
+
+    topics.validate_id(args.job_id, "job id")
+
+    async def main() -> JobResult | None:
+        async with Bus(
+            settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False
+        ) as bus:
+            ended: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
+            await cancel_job(bus, args.job_id, args.reason)
+            if args.wait <= 0:
+                return None
+
+            def on_result(msg: Incoming) -> None:
+                if msg.envelope is not None and not ended.done():
+                    ended.set_result(msg.envelope.body)
+
+            await bus.subscribe(topics.job_result(args.job_id), on_result, body_types=JobResult)
+            try:
+                return await asyncio.wait_for(ended, args.wait)
+            except TimeoutError:
+                return None
+
+    result = asyncio.run(main())
+    status = result.status if result else None
+    if args.json:
+        print(
+            json.dumps(
+                {"job_id": args.job_id, "status": status, "failure_reason": result.failure_reason if result else None}
+            )
+        )
+    elif result is None and args.wait > 0:
+        print(
+            f"cancel sent for {args.job_id}; no result within {args.wait:.0f}s (is the job's orchestrator running?)",
+            file=sys.stderr,
+        )
+    elif result is None:
+        print(f"cancel sent for {args.job_id}")
+    else:  # canceled, or it had already ended (then the cancel changed nothing)
+        print(f"job {args.job_id}: {status}" + (f" ({result.failure_reason})" if result.failure_reason else ""))
+    return 1 if result is None and args.wait > 0 else 0
 
 
 def cmd_orchestrator(args: argparse.Namespace, settings: Settings) -> int:

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 
+from fabric.errors import ConfigError
 from fabric.messages import Budget, Usage
 
 
-class BudgetError(ValueError):
+class BudgetError(ConfigError):
     """A budget that no job could meet (e.g. a deadline already in the past)."""
 
 

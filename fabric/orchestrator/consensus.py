@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fabric.messages import Usage
+from fabric.messages import ClusterSummary, Usage
 from fabric.orchestrator.dag import EmbedFn
-from fabric.orchestrator.tasks import PeerAnswer, RefineInput, RefineOutput
+from fabric.tasks import PeerAnswer, RefineInput, RefineOutput
 
 log = logging.getLogger("foa.orchestrator.consensus")
 
@@ -96,7 +95,9 @@ async def refine_cluster(
             break
         active = list(answers)
 
-        async def one(agent_id: str, rnd: int = rnd) -> tuple[str, RefineOutput | None, Usage]:
+        async def one(
+            agent_id: str, rnd: int = rnd, active: list[str] = active
+        ) -> tuple[str, RefineOutput | None, Usage]:
             peers = [PeerAnswer(agent_id=p, answer=answers[p]) for p in active if p != agent_id]
             payload = RefineInput(
                 question=question,
@@ -161,14 +162,14 @@ def pick_node_answer(outcomes: Sequence[ClusterOutcome], reputation: Callable[[s
     return max(outcomes, key=weight)
 
 
-def summarise_rounds(outcomes: Sequence[ClusterOutcome]) -> dict[str, Any]:
+def summarise_rounds(outcomes: Sequence[ClusterOutcome]) -> dict[str, ClusterSummary]:
     return {
-        o.cluster_id: {
-            "members": o.members,
-            "rounds": o.rounds_run,
-            "stopped": o.stopped,
-            "representative": o.representative,
-            "votes": [r.votes for r in o.history],
-        }
+        o.cluster_id: ClusterSummary(
+            members=list(o.members),
+            rounds=o.rounds_run,
+            stopped=o.stopped,
+            representative=o.representative,
+            votes=[dict(r.votes) for r in o.history],
+        )
         for o in outcomes
     }

@@ -18,7 +18,8 @@ import networkx as nx
 import numpy as np
 from pydantic import BaseModel, Field, PrivateAttr
 
-from fabric.orchestrator.tasks import Plan
+from fabric.messages import DagSummary, DagSummaryNode
+from fabric.tasks import Plan, ProposedSubtask
 
 EmbedFn = Callable[[Sequence[str]], np.ndarray]
 
@@ -67,14 +68,17 @@ class Dag(BaseModel):
             seen.add(n.node_id)
         return list(self.nodes)
 
-    def summary(self) -> dict[str, object]:
-        return {
-            "nodes": [{"id": n.node_id, "text": n.text, "support": n.support, "proposers": n.proposers} for n in self.nodes],
-            "edges": [list(e) for e in self.edges],
-        }
+    def summary(self) -> DagSummary:
+        return DagSummary(
+            nodes=[
+                DagSummaryNode(id=n.node_id, text=n.text, support=n.support, proposers=list(n.proposers))
+                for n in self.nodes
+            ],
+            edges=self.edges,
+        )
 
     @classmethod
-    def single(cls, question: str) -> "Dag":
+    def single(cls, question: str) -> Dag:
         """The fallback plan: the whole question as one node."""
         return cls(nodes=[DagNode(node_id="n1", text=question, proposers=[], support=0)])
 
@@ -105,14 +109,17 @@ class _Group:
 def clean_plan(plan: Plan, subtasks_max: int) -> Plan:
     """Unique ids, known dependencies only, no self-dependencies, at most `subtasks_max` subtasks."""
     seen: set[str] = set()
-    kept = []
+    kept: list[ProposedSubtask] = []
     for sub in plan.subtasks:
         if sub.id in seen or len(kept) >= subtasks_max:
             continue
         seen.add(sub.id)
         kept.append(sub)
     ids = {s.id for s in kept}
-    fixed = [s.model_copy(update={"depends_on": [d for d in dict.fromkeys(s.depends_on) if d in ids and d != s.id]}) for s in kept]
+    fixed = [
+        s.model_copy(update={"depends_on": [d for d in dict.fromkeys(s.depends_on) if d in ids and d != s.id]})
+        for s in kept
+    ]
     return Plan(subtasks=fixed)
 
 

@@ -12,37 +12,61 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Coroutine, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any, Literal, Protocol, TypeVar
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from fabric.dispatch import Answer
+from fabric.envelope import child_traceparent, trace_id_of
+from fabric.errors import FoAError
 from fabric.messages import (
     AssignQuery,
     AssignResponse,
     ChannelMessage,
+    ClusterSummary,
+    DagSummary,
     JobEvent,
     JobResult,
     JobSubmit,
+    JobUsage,
     Match,
     Reputation,
     RouteQuery,
     RouteResponse,
     SubtaskQuery,
-    TaskResult,
     Usage,
 )
-from fabric.envelope import child_traceparent, trace_id_of
 from fabric.orchestrator.budget import BudgetTracker
 from fabric.orchestrator.clusters import Member, cluster_members
-from fabric.orchestrator.consensus import ClusterOutcome, RoundRecord, pick_node_answer, refine_cluster, summarise_rounds
-from fabric.orchestrator.dag import Dag, clean_plan, merge_proposals
+from fabric.orchestrator.consensus import (
+    ClusterOutcome,
+    RoundRecord,
+    pick_node_answer,
+    refine_cluster,
+    summarise_rounds,
+)
+from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import JobStore
-from fabric.orchestrator.synthesis import predecessor_context, synthesise
-from fabric.orchestrator.tasks import DecomposeInput, DraftInput, DraftOutput, Plan, RefineInput, RefineOutput
+from fabric.orchestrator.synthesis import INSTRUCTIONS, predecessor_context, synthesis_results, synthesise
 from fabric.settings import Settings
+from fabric.tasks import (
+    DECOMPOSE,
+    DRAFT,
+    REFINE,
+    SYNTHESISE,
+    DecomposeInput,
+    DraftInput,
+    InT,
+    OutT,
+    Plan,
+    RefineInput,
+    RefineOutput,
+    SynthesiseInput,
+    TaskKind,
+)
 from fabric.vcv import VCV
 
 log = logging.getLogger("foa.orchestrator")
@@ -55,9 +79,17 @@ class Ports(Protocol):
     async def route(self, query: RouteQuery) -> RouteResponse: ...
     async def assign(self, query: AssignQuery) -> AssignResponse: ...
     async def call(
-        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float,
-        max_tokens: int | None, traceparent: str | None = None,
-    ) -> TaskResult: ...
+        self,
+        agent_id: str,
+        kind: TaskKind[InT, OutT],
+        payload: InT,
+        *,
+        job_id: str,
+        node_id: str | None,
+        timeout: float,
+        max_tokens: int | None,
+        traceparent: str | None = None,
+    ) -> Answer[OutT]: ...
     def embed(self, texts: Sequence[str]) -> np.ndarray: ...
     def vcv(self, agent_id: str) -> VCV | None: ...
     def live_agents(self) -> list[VCV]: ...
@@ -66,8 +98,19 @@ class Ports(Protocol):
     async def publish_reputation(self, record: Reputation) -> None: ...
 
 
-class NodeFailed(RuntimeError):
-    pass
+class NodeFailed(FoAError, RuntimeError):
+    """A subtask no agent could answer (or the budget ran out): the job fails with this reason."""
+
+
+class NodeResult(BaseModel):
+    """One subtask's outcome, checkpointed as `node:{id}` and read by the phases after it."""
+
+    answer: str
+    by: str = Field(description="the agent whose answer represents the node")
+    cluster: str | None = Field(
+        default=None, description="the winning cluster (None: kept the best draft after a timeout)"
+    )
+    clusters: dict[str, ClusterSummary] = Field(default_factory=dict)
 
 
 async def gather_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -118,6 +161,19 @@ class JobRunner:
         self._failures: list[str] = []
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
         self._pending_nodes: set[str] = set()  # nodes whose drafting has not started
+        self.dag: Dag | None = None
+        self.cancel_reason: str | None = None
+        self._ending = False  # past the phases: too late to cancel
+        self.outcomes: dict[str, list[ClusterOutcome]] = {}  # node -> its clusters' refinement, this run
+
+    def cancel(self, reason: str) -> bool:
+        """Mark the job canceled. True: the caller should now cancel the task running `run()`,
+        which abandons pending calls and ends the job `canceled` with its usage so far (a job not
+        started yet ends so at once). False: already canceled, or past its last phase."""
+        if self.cancel_reason is not None or self._ending:
+            return False
+        self.cancel_reason = reason or "canceled"
+        return True
 
     # ---- the data path -------------------------------------------------------------------
 
@@ -125,31 +181,53 @@ class JobRunner:
         job = self.job
         self.store.set_state(job.job_id, "running", "start")
         self.store.checkpoint(job.job_id, "started_at", self.budget.started_at)
+        if self.cancel_reason is not None:  # canceled before it started
+            self._ending = True
+            return await self._finish(self._ended("canceled", self.cancel_reason))
         try:
-            dag = await self._phase("decompose", self.decompose)
+            dag = self.dag = await self._phase("decompose", self.decompose)
             assignments = await self._phase("assign", lambda: self.assign(dag))
             node_results = await self._phase("execute", lambda: self.execute(dag, assignments))
             answer, synth_mode = await self._phase("synthesise", lambda: self.synthesise(dag, node_results))
+        except asyncio.CancelledError:
+            if self.cancel_reason is None:
+                raise  # the orchestrator is stopping: the job resumes from its checkpoints
+            self._ending = True
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # handled: later awaits (publishing the result) must not see it
+            log.info("job canceled", extra={"job_id": job.job_id, "reason": self.cancel_reason})
+            return await self._finish(self._ended("canceled", self.cancel_reason))
         except Exception as exc:  # noqa: BLE001 - every job ends with an explicit reason
+            self._ending = True
             log.exception("job failed", extra={"job_id": job.job_id})
-            return await self._finish(JobResult(job_id=job.job_id, status="failed", failure_reason=f"{type(exc).__name__}: {exc}"))
+            return await self._finish(self._ended("failed", f"{type(exc).__name__}: {exc}"))
+        self._ending = True
         await self._update_reputations(node_results)
         result = JobResult(
             job_id=job.job_id,
             status="completed",
             answer=answer,
             dag=dag.summary(),
-            assignments={n: [m.model_dump() for m in ms] for n, ms in assignments.items()},
-            clusters={n: [o["members"] for o in r["clusters"].values()] for n, r in node_results.items()},
-            rounds={n: r["clusters"] for n, r in node_results.items()},
-            usage={"tokens": self.budget.used.tokens, "input_tokens": self.budget.used.input_tokens,
-                   "output_tokens": self.budget.used.output_tokens, "cost": round(self.budget.used.cost, 6),
-                   "calls": self.budget.used.calls, "synth_mode": synth_mode, "failures": self._failures},
+            assignments=assignments,
+            clusters={n: [c.members for c in r.clusters.values()] for n, r in node_results.items()},
+            rounds={n: r.clusters for n, r in node_results.items()},
+            usage=JobUsage.of(self.budget.used, synth_mode=synth_mode, failures=self._failures),
             timings=self.timings,
         )
         return await self._finish(result)
 
-    async def _phase(self, name: str, fn: Any) -> Any:
+    def _ended(self, status: Literal["failed", "canceled"], reason: str) -> JobResult:
+        """A job that did not complete: its reason, its plan if it got one, what it spent so far."""
+        return JobResult(
+            job_id=self.job.job_id,
+            status=status,
+            failure_reason=reason,
+            dag=self.dag.summary() if self.dag is not None else DagSummary(),
+            usage=JobUsage.of(self.budget.used, failures=self._failures),
+        )
+
+    async def _phase(self, name: str, fn: Callable[[], Awaitable[T]]) -> T:
         self.store.set_state(self.job.job_id, "running", name)
         started = time.perf_counter()
         out = await fn()
@@ -163,10 +241,19 @@ class JobRunner:
         job = self.job
         if "dag" in self.saved:
             dag = Dag.model_validate(self.saved["dag"])
-            await self.emit("decompose", f"resumed with a {len(dag.nodes)}-node plan", {"dag": dag.summary()})
+            await self.emit(
+                "decompose",
+                f"resumed with a {len(dag.nodes)}-node plan",
+                {"dag": dag.summary().model_dump(mode="json")},
+            )
             return dag
         route = await self.ports.route(
-            RouteQuery(text=job.question, top_k=max(self.settings.compat_top_k, self.max_proposers * 2), policies=job.policies, abstain=False)
+            RouteQuery(
+                text=job.question,
+                top_k=max(self.settings.compat_top_k, self.max_proposers * 2),
+                policies=job.policies,
+                abstain=False,
+            )
         )
         # τ is the paper's *similarity* threshold (App. C), so it applies to the sim factor of α
         compatible = [m for m in route.matches if m.factors.get("sim", m.score) >= self.settings.compat_threshold]
@@ -180,12 +267,14 @@ class JobRunner:
             f"{len(proposers)} of {len(route.matches)} candidate agents propose a plan",
             {"proposers": [{"agent_id": m.agent_id, "score": round(m.score, 3)} for m in proposers]},
         )
-        payload = DecomposeInput(question=job.question, subtasks_min=self.settings.subtasks_min, subtasks_max=self.subtasks_max)
+        payload = DecomposeInput(
+            question=job.question, subtasks_min=self.settings.subtasks_min, subtasks_max=self.subtasks_max
+        )
 
         async def propose(match: Match) -> tuple[str, Plan] | None:
             try:
-                res = await self._call(match.agent_id, "decompose", payload, None)
-                return match.agent_id, clean_plan(Plan.model_validate(res.output), self.subtasks_max)
+                res = await self._call(match.agent_id, DECOMPOSE, payload, None)
+                return match.agent_id, clean_plan(res.output, self.subtasks_max)
             except Exception as exc:  # noqa: BLE001 - a bad proposal is skipped, not fatal
                 self._failures.append(f"decompose by {match.agent_id}: {exc}")
                 return None
@@ -193,12 +282,19 @@ class JobRunner:
         proposals = [p for p in await gather_all([propose(m) for m in proposers]) if p]
         if proposals:
             dag = merge_proposals(
-                proposals, self.ports.embed, merge_similarity=self.settings.merge_similarity, subtasks_max=self.subtasks_max
+                proposals,
+                self.ports.embed,
+                merge_similarity=self.settings.merge_similarity,
+                subtasks_max=self.subtasks_max,
             )
         else:
             dag = Dag.single(job.question)
         self.store.checkpoint(job.job_id, "dag", dag.model_dump())
-        await self.emit("decompose", f"plan: {len(dag.nodes)} subtasks, {len(dag.edges)} dependencies", {"dag": dag.summary(), "proposals": len(proposals)})
+        await self.emit(
+            "decompose",
+            f"plan: {len(dag.nodes)} subtasks, {len(dag.edges)} dependencies",
+            {"dag": dag.summary().model_dump(mode="json"), "proposals": len(proposals)},
+        )
         return dag
 
     # ---- assignment: 1..r_i agents per node, policy-gated and cost-biased -----------------------
@@ -231,11 +327,18 @@ class JobRunner:
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
             if missing:
                 raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
-        self.store.checkpoint(job.job_id, "assignments", {n: [m.model_dump() for m in ms] for n, ms in assignments.items()})
+        self.store.checkpoint(
+            job.job_id, "assignments", {n: [m.model_dump(mode="json") for m in ms] for n, ms in assignments.items()}
+        )
         await self.emit(
             "assign",
             "assigned " + ", ".join(f"{n}: {[m.agent_id for m in ms]}" for n, ms in assignments.items()),
-            {"assignments": {n: [{"agent_id": m.agent_id, "score": round(m.score, 3), "factors": m.factors} for m in ms] for n, ms in assignments.items()}},
+            {
+                "assignments": {
+                    n: [{"agent_id": m.agent_id, "score": round(m.score, 3), "factors": m.factors} for m in ms]
+                    for n, ms in assignments.items()
+                }
+            },
         )
         return assignments
 
@@ -264,8 +367,8 @@ class JobRunner:
         """Tokens to keep for the one draft each not-yet-started node needs."""
         return len(self._pending_nodes) * self._per_call
 
-    async def execute(self, dag: Dag, assignments: dict[str, list[Match]]) -> dict[str, dict[str, Any]]:
-        results: dict[str, dict[str, Any]] = {k[5:]: v for k, v in self.saved.items() if k.startswith("node:")}
+    async def execute(self, dag: Dag, assignments: dict[str, list[Match]]) -> dict[str, NodeResult]:
+        results = {k[5:]: NodeResult.model_validate(v) for k, v in self.saved.items() if k.startswith("node:")}
         self._pending_nodes = {n.node_id for n in dag.nodes} - set(results)
         done = {node_id: asyncio.Event() for node_id in (n.node_id for n in dag.nodes)}
         for node_id in results:
@@ -276,20 +379,22 @@ class JobRunner:
             for dep in node.depends_on:
                 await done[dep].wait()
             if node_id not in results:
-                answers = {n: r["answer"] for n, r in results.items()}
+                answers = {n: r.answer for n, r in results.items()}
                 try:
                     results[node_id] = await asyncio.wait_for(
                         self.run_node(dag, node_id, assignments[node_id], answers), self.settings.node_timeout_s
                     )
                 except TimeoutError:
-                    results[node_id] = self._best_draft_after_timeout(node_id, [m.agent_id for m in assignments[node_id]])
-                self.store.checkpoint(self.job.job_id, f"node:{node_id}", results[node_id])
+                    results[node_id] = self._best_draft_after_timeout(
+                        node_id, [m.agent_id for m in assignments[node_id]]
+                    )
+                self.store.checkpoint(self.job.job_id, f"node:{node_id}", results[node_id].model_dump(mode="json"))
             done[node_id].set()
 
         await asyncio.gather(*(run_node(n.node_id) for n in dag.nodes))
         return results
 
-    async def run_node(self, dag: Dag, node_id: str, matches: list[Match], answers: dict[str, str]) -> dict[str, Any]:
+    async def run_node(self, dag: Dag, node_id: str, matches: list[Match], answers: dict[str, str]) -> NodeResult:
         node = dag.node(node_id)
         job = self.job
         context = predecessor_context(dag, node_id, answers)
@@ -303,13 +408,14 @@ class JobRunner:
         while len(drafters) > 1 and not self.budget.allows(tokens=len(drafters) * self._per_call + self._reserve()):
             drafters.pop()
         if len(drafters) < len(matches):
-            await self.emit("budget", f"{node_id}: {len(drafters)} of {len(matches)} drafters within budget", {"node": node_id})
+            await self.emit(
+                "budget", f"{node_id}: {len(drafters)} of {len(matches)} drafters within budget", {"node": node_id}
+            )
         matches = drafters
 
         async def draft(agent_id: str) -> None:
             try:
-                res = await self._call(agent_id, "draft", draft_in, node_id)
-                out = DraftOutput.model_validate(res.output)
+                out = (await self._call(agent_id, DRAFT, draft_in, node_id)).output
                 if out.answer.strip():
                     drafts[agent_id] = (out.answer, out.confidence)
             except Exception as exc:  # noqa: BLE001
@@ -337,8 +443,12 @@ class JobRunner:
 
         # phase 4: each cluster refines on its own channel for ≤ k rounds
         outcomes = await gather_all(
-            [self._refine(node_id, node.text, f"{job.job_id}-{node_id}-c{i + 1}", members, drafts) for i, members in enumerate(clusters)]
+            [
+                self._refine(node_id, node.text, f"{job.job_id}-{node_id}-c{i + 1}", members, drafts)
+                for i, members in enumerate(clusters)
+            ]
         )
+        self.outcomes[node_id] = outcomes
         best = pick_node_answer(outcomes, self.reputation.weight)
         for o in outcomes:
             for agent_id, answer in o.final_answers.items():
@@ -347,52 +457,87 @@ class JobRunner:
         if len(drafts) > 1:
             await self.emit("node_done", f"{node_id} answered by cluster {best.cluster_id}", done)
         else:
-            await self.emit("node_done", f"{node_id} answered by its only draft ({best.representative})", done | {"drafts": shown})
-        return {"answer": best.answer, "by": best.representative, "cluster": best.cluster_id, "clusters": summarise_rounds(outcomes)}
+            await self.emit(
+                "node_done", f"{node_id} answered by its only draft ({best.representative})", done | {"drafts": shown}
+            )
+        return NodeResult(
+            answer=best.answer, by=best.representative, cluster=best.cluster_id, clusters=summarise_rounds(outcomes)
+        )
 
     def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:
         draft_vecs = self.ports.embed([drafts[a][0] for a in agent_ids])
         members = []
-        for agent_id, dvec in zip(agent_ids, draft_vecs):
+        for agent_id, dvec in zip(agent_ids, draft_vecs, strict=True):
             vcv = self.ports.vcv(agent_id)
             if vcv is None:  # left meanwhile: compare on the draft alone
                 members.append(Member(agent_id, dvec, np.ones(7), dvec, dvec))
             else:
-                members.append(Member(agent_id, vcv.capability_array(), vcv.resources.as_vector(), dvec, vcv.spec_array()))
-        return cluster_members(members, threshold=self.settings.cluster_threshold, max_size=self.settings.cluster_max_size)
+                members.append(
+                    Member(agent_id, vcv.capability_array(), vcv.resources.as_vector(), dvec, vcv.spec_array())
+                )
+        return cluster_members(
+            members, threshold=self.settings.cluster_threshold, max_size=self.settings.cluster_max_size
+        )
 
-    async def _refine(self, node_id: str, subtask: str, cluster_id: str, members: list[str], drafts: dict[str, tuple[str, float]]) -> ClusterOutcome:
+    async def _refine(
+        self, node_id: str, subtask: str, cluster_id: str, members: list[str], drafts: dict[str, tuple[str, float]]
+    ) -> ClusterOutcome:
         async def call(agent_id: str, payload: RefineInput) -> tuple[RefineOutput, Usage]:
-            res = await self._call(agent_id, "refine", payload, node_id)
-            out = RefineOutput.model_validate(res.output)
+            res = await self._call(agent_id, REFINE, payload, node_id)
+            out = res.output
             await self.ports.channel(
-                ChannelMessage(cluster_id=cluster_id, node_id=node_id, round=payload.round, agent_id=agent_id,
-                               answer=out.answer, vote_done=out.done, confidence=out.confidence, provenance=[self.job.job_id, node_id])
+                ChannelMessage(
+                    cluster_id=cluster_id,
+                    node_id=node_id,
+                    round=payload.round,
+                    agent_id=agent_id,
+                    answer=out.answer,
+                    vote_done=out.done,
+                    confidence=out.confidence,
+                    provenance=[self.job.job_id, node_id],
+                )
             )
-            return out, Usage()  # usage is charged in _call
+            return out, self._charged(res)  # charged to the budget in _call; reported per cluster too
 
         async def on_round(record: RoundRecord) -> None:
-            await self.emit("refine", f"{cluster_id} round {record.round}: votes {record.votes}", {"node": node_id, "cluster": cluster_id, "round": record.round, "votes": record.votes})
+            await self.emit(
+                "refine",
+                f"{cluster_id} round {record.round}: votes {record.votes}",
+                {"node": node_id, "cluster": cluster_id, "round": record.round, "votes": record.votes},
+            )
 
         def may_continue() -> bool:
             # a round costs a call per member; keep a reserve for the drafts still to come
             return self.budget.allows(tokens=len(members) * self._per_call + self._reserve(), seconds=5.0)
 
         return await refine_cluster(
-            cluster_id=cluster_id, members=members, drafts=drafts, question=self.job.question, subtask=subtask,
-            rounds=self.rounds, call=call, embed=self.ports.embed, reputation=self.reputation.weight,
-            may_continue=may_continue, on_round=on_round, max_tokens=self.max_tokens,
+            cluster_id=cluster_id,
+            members=members,
+            drafts=drafts,
+            question=self.job.question,
+            subtask=subtask,
+            rounds=self.rounds,
+            call=call,
+            embed=self.ports.embed,
+            reputation=self.reputation.weight,
+            may_continue=may_continue,
+            on_round=on_round,
+            max_tokens=self.max_tokens,
         )
 
-    async def _reassign(self, node: Any, failed: list[str]) -> str | None:
+    async def _reassign(self, node: DagNode, failed: list[str]) -> str | None:
         """A node whose agents all failed gets one more agent, if the router knows one."""
-        route = await self.ports.route(RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False))
+        route = await self.ports.route(
+            RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False)
+        )
         if not route.matches:
             return None
-        await self.emit("reassign", f"{node.node_id}: reassigned to {route.matches[0].agent_id}", {"node": node.node_id})
+        await self.emit(
+            "reassign", f"{node.node_id}: reassigned to {route.matches[0].agent_id}", {"node": node.node_id}
+        )
         return route.matches[0].agent_id
 
-    def _best_draft_after_timeout(self, node_id: str, assigned: list[str]) -> dict[str, Any]:
+    def _best_draft_after_timeout(self, node_id: str, assigned: list[str]) -> NodeResult:
         """The paper's timeout rule: accept the highest-scoring draft (confidence × reputation)."""
         drafts = self._drafts.get(node_id) or {}
         if not drafts:
@@ -401,56 +546,100 @@ class JobRunner:
         silent = [a for a in assigned if a not in drafts]
         for a in silent:
             self._contributions.append((a, node_id, ""))
-        self._failures.append(f"{node_id}: timed out after {self.settings.node_timeout_s}s waiting for {silent}; kept the best draft ({agent_id})")
-        return {"answer": answer, "by": agent_id, "cluster": None, "clusters": {}}
+        waited = f"{node_id}: timed out after {self.settings.node_timeout_s}s waiting for {silent}"
+        self._failures.append(f"{waited}; kept the best draft ({agent_id})")
+        return NodeResult(answer=answer, by=agent_id)
 
     # ---- phase 6: synthesis ---------------------------------------------------------------------
 
-    async def synthesise(self, dag: Dag, node_results: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        answers = {n: r["answer"] for n, r in node_results.items()}
+    async def synthesise(self, dag: Dag, node_results: dict[str, NodeResult]) -> tuple[str, str]:
+        answers = {n: r.answer for n, r in node_results.items()}
         mode = self.synth_mode
         if mode != "concat" and not self.budget.allows(tokens=3 * self.max_tokens):
             mode = "concat"
         call = None
         if mode != "concat":
-            writer = await self._synthesiser()
-            if writer:
+            writer, declared = await self._synthesiser()
+            if writer and declared:  # an agent that serves `synthesise` gets the node results as such
+                how: Literal["rebase", "merge"] = "merge" if mode == "merge" else "rebase"
+
                 async def call(system: str, user: str, max_tokens: int) -> tuple[str, Usage]:
-                    payload = DraftInput(question=self.job.question, subtask=f"{system}\n\n{user}", max_tokens=max_tokens)
-                    res = await self._call(writer, "draft", payload, None)
-                    return DraftOutput.model_validate(res.output).answer, Usage()
-        answer, _, used_mode = await synthesise(dag, answers, question=self.job.question, mode=mode, call=call, max_tokens=self.max_tokens * 2)
+                    payload = SynthesiseInput(
+                        question=self.job.question,
+                        mode=how,
+                        instructions=INSTRUCTIONS[how],
+                        results=synthesis_results(dag, answers),
+                        max_tokens=max_tokens,
+                    )
+                    res = await self._call(writer, SYNTHESISE, payload, None)
+                    return res.output.answer, self._charged(res)
+
+            elif writer:  # the fallback every agent serves: the synthesis as one draft
+
+                async def call(system: str, user: str, max_tokens: int) -> tuple[str, Usage]:
+                    payload = DraftInput(
+                        question=self.job.question, subtask=f"{system}\n\n{user}", max_tokens=max_tokens
+                    )
+                    res = await self._call(writer, DRAFT, payload, None)
+                    return res.output.answer, self._charged(res)
+
+        answer, _, used_mode = await synthesise(
+            dag, answers, question=self.job.question, mode=mode, call=call, max_tokens=self.max_tokens * 2
+        )
         await self.emit("synthesise", f"answer synthesised ({used_mode})", {"mode": used_mode, "chars": len(answer)})
         return answer, used_mode
 
-    async def _synthesiser(self) -> str | None:
-        route = await self.ports.route(RouteQuery(text="merge several expert answers into one clear answer", top_k=1, policies=self.job.policies, abstain=False))
-        return route.matches[0].agent_id if route.matches else None
+    async def _synthesiser(self) -> tuple[str | None, bool]:
+        """The writer for LLM synthesis, and whether it declares the `synthesise` kind: the best
+        of the top 3 that lists the skill, else the best match (which gets a draft)."""
+        route = await self.ports.route(
+            RouteQuery(
+                text="merge several expert answers into one clear answer",
+                top_k=3,
+                policies=self.job.policies,
+                abstain=False,
+            )
+        )
+        for m in route.matches:
+            vcv = self.ports.vcv(m.agent_id)
+            if vcv is not None and SYNTHESISE.skill in vcv.skills:
+                return m.agent_id, True
+        return (route.matches[0].agent_id, False) if route.matches else (None, False)
 
     # ---- accounting, reputation, events ---------------------------------------------------------
 
-    async def _call(self, agent_id: str, kind: str, payload: BaseModel, node_id: str | None) -> TaskResult:
+    async def _call(self, agent_id: str, kind: TaskKind[InT, OutT], payload: InT, node_id: str | None) -> Answer[OutT]:
         reason = self.budget.exhausted()
         if reason:
             raise NodeFailed(f"budget: {reason}")
         timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
         res = await self.ports.call(
-            agent_id, kind, payload, job_id=self.job.job_id, node_id=node_id, timeout=timeout, max_tokens=self.max_tokens,
+            agent_id,
+            kind,
+            payload,
+            job_id=self.job.job_id,
+            node_id=node_id,
+            timeout=timeout,
+            max_tokens=self.max_tokens,
             traceparent=child_traceparent(self.traceparent),
         )
-        usage = res.usage.model_copy(update={"calls": max(1, res.usage.calls)})
-        self.budget.charge(usage)
+        self.budget.charge(self._charged(res))
         self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump())
         return res
 
-    async def _update_reputations(self, node_results: dict[str, dict[str, Any]]) -> None:
+    @staticmethod
+    def _charged(res: Answer[Any]) -> Usage:
+        """What one call costs: its reported usage, counted as at least one call."""
+        return res.result.usage.model_copy(update={"calls": max(1, res.result.usage.calls)})
+
+    async def _update_reputations(self, node_results: dict[str, NodeResult]) -> None:
         if not self._contributions:
             return
-        texts = [a for _, _, a in self._contributions if a] + [r["answer"] for r in node_results.values()]
+        texts = [a for _, _, a in self._contributions if a] + [r.answer for r in node_results.values()]
         vecs = self.ports.embed(texts) if texts else np.zeros((0, 1))
         index = {t: vecs[i] for i, t in enumerate(texts)}
         for agent_id, node_id, answer in self._contributions:
-            node_answer = node_results.get(node_id, {}).get("answer")
+            node_answer = node_results[node_id].answer if node_id in node_results else None
             quality = float(np.clip(index[answer] @ index[node_answer], 0, 1)) if answer and node_answer else 0.0
             record = self.reputation.observe(agent_id, quality)
             try:
@@ -472,5 +661,9 @@ class JobRunner:
         result.timings = result.timings or self.timings
         result.timings["total"] = round(time.time() - self.budget.started_at, 3)
         self.store.finish(result)
-        await self.emit("done", f"job {result.status}" + (f": {result.failure_reason}" if result.failure_reason else ""), {"status": result.status})
+        await self.emit(
+            "done",
+            f"job {result.status}" + (f": {result.failure_reason}" if result.failure_reason else ""),
+            {"status": result.status},
+        )
         return result

@@ -4,21 +4,28 @@ Jobs arrive on `$share/orchestrators/foa/jobs/submit` (replicas split them) on a
 subscription: a job is acknowledged once it is recorded in the store, so a crash after that
 point is recovered by `resume()` at the next start, and a crash before it by the broker's
 redelivery. A job id already in the store is not run again: its stored result is re-published.
+
+Cancels arrive on `foa/jobs/+/cancel` (every replica hears them; the one running the job acts):
+its pending calls are abandoned and it ends `canceled` with its usage so far. A cancel for a job
+not running here is remembered for `CANCEL_MEMORY_S`, so a job whose submission arrives after its
+cancel ends `canceled` at once; a cancel for a finished job changes nothing. The subscription is
+not durable: a cancel sent while no orchestrator is connected is lost (send it again).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel
 
 from fabric import topics
 from fabric.bus import Bus, Incoming, RequestTimeout
-from fabric.dispatch import dispatch
+from fabric.dispatch import Answer, dispatch_task
 from fabric.embeddings import Embedder
 from fabric.envelope import make
 from fabric.heap import freeze_startup_heap
@@ -27,27 +34,31 @@ from fabric.messages import (
     AssignResponse,
     ChannelMessage,
     ErrorReply,
+    JobCancel,
     JobEvent,
     JobResult,
     JobSubmit,
     Reputation,
     RouteQuery,
     RouteResponse,
-    TaskResult,
 )
+from fabric.metrics import Metrics
 from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import JobStore
-from fabric.metrics import Metrics
 from fabric.registry import Registry
 from fabric.settings import Settings
+from fabric.tasks import InT, OutT, TaskKind
 from fabric.vcv import VCV
 
 log = logging.getLogger("foa.orchestrator")
 
 RESULT_EXPIRY_S = 7 * 24 * 3600
 REPUTATION_FLUSH_S = 0.5
+#: how long a cancel for a job not running here is remembered (a submission re-sent after it still ends canceled)
+CANCEL_MEMORY_S = 3600.0
+CANCELS_KEPT = 10_000
 
 
 class BusPorts:
@@ -81,12 +92,27 @@ class BusPorts:
         raise AssertionError("unreachable")
 
     async def call(
-        self, agent_id: str, kind: str, payload: BaseModel, *, job_id: str, node_id: str | None, timeout: float,
-        max_tokens: int | None, traceparent: str | None = None,
-    ) -> TaskResult:
-        return await dispatch(
-            self.bus, agent_id, kind, payload.model_dump(mode="json"), timeout=timeout, node_id=node_id, job_id=job_id,
-            max_tokens=max_tokens, traceparent=traceparent,
+        self,
+        agent_id: str,
+        kind: TaskKind[InT, OutT],
+        payload: InT,
+        *,
+        job_id: str,
+        node_id: str | None,
+        timeout: float,
+        max_tokens: int | None,
+        traceparent: str | None = None,
+    ) -> Answer[OutT]:
+        return await dispatch_task(
+            self.bus,
+            agent_id,
+            kind,
+            payload,
+            timeout=timeout,
+            node_id=node_id,
+            job_id=job_id,
+            max_tokens=max_tokens,
+            traceparent=traceparent,
         )
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -102,10 +128,14 @@ class BusPorts:
     async def emit(self, event: JobEvent) -> None:
         # QoS 0: progress is best effort (the store keeps every event; `foa job show` reads it),
         # and a job emits ~17 of them, so acknowledgements would be a third of its messages
-        await self.bus.publish(topics.job_events(event.job_id), make(event, job_id=event.job_id, sender=self.bus.client_id), qos=0)
+        await self.bus.publish(
+            topics.job_events(event.job_id), make(event, job_id=event.job_id, sender=self.bus.client_id), qos=0
+        )
 
     async def channel(self, message: ChannelMessage) -> None:
-        await self.bus.publish(topics.cluster_channel(message.cluster_id), make(message, sender=self.bus.client_id), wait=False)
+        await self.bus.publish(
+            topics.cluster_channel(message.cluster_id), make(message, sender=self.bus.client_id), wait=False
+        )
 
     async def publish_reputation(self, record: Reputation) -> None:
         """Coalesced: the retained topic only needs each agent's latest score, and a busy agent
@@ -122,7 +152,9 @@ class BusPorts:
         pending, self._reputation_pending = self._reputation_pending, {}
         for record in pending.values():
             try:
-                await self.bus.publish(topics.reputation(record.agent_id), make(record, sender=self.bus.client_id), retain=True, wait=False)
+                await self.bus.publish(
+                    topics.reputation(record.agent_id), make(record, sender=self.bus.client_id), retain=True, wait=False
+                )
             except Exception:  # noqa: BLE001 - reputation is advisory; the next score goes out
                 log.warning("could not publish reputation", extra={"agent_id": record.agent_id})
 
@@ -154,17 +186,25 @@ class OrchestratorService:
         self.reputation = ReputationBook()
         self.ports = BusPorts(bus, self.registry, embedder, settings)
         self.running: dict[str, asyncio.Task[JobResult]] = {}
+        self.runners: dict[str, JobRunner] = {}
         self.completed = 0
         self.failed = 0
+        self.canceled = 0
+        # job_id -> (reason, when): cancels for jobs not running here (yet)
+        self.cancels: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
 
     async def start(self) -> None:
         await self.registry.attach(self.bus)
         await self.bus.subscribe(topics.REPUTATION_WILDCARD, self._on_reputation, body_types=Reputation)
         await self.registry.settle(quiet_s=0.2, max_s=3.0)
+        await self.bus.subscribe(topics.JOBS_CANCEL_WILDCARD, self._on_cancel, body_types=JobCancel)
         if self.resume_on_start:
             await self.resume()
         await self.bus.subscribe(
-            topics.shared(topics.SHARE_GROUP_ORCHESTRATOR, topics.JOBS_SUBMIT), self._on_submit, body_types=JobSubmit, durable=True
+            topics.shared(topics.SHARE_GROUP_ORCHESTRATOR, topics.JOBS_SUBMIT),
+            self._on_submit,
+            body_types=JobSubmit,
+            durable=True,
         )
         log.info("orchestrator ready", extra={"client_id": self.bus.client_id, "agents": len(self.registry.live())})
 
@@ -185,36 +225,90 @@ class OrchestratorService:
         except BudgetError as exc:
             await self._reject(msg, submit, str(exc))
             return
+        cancel = self._cancel_for(submit.job_id)
+        if cancel is not None:
+            await self._reject(msg, submit, cancel, status="canceled")
+            return
         if not self.store.admit(submit, owner=self.bus.client_id):
             stored = self.store.result(submit.job_id)
-            log.info("duplicate job submission ignored", extra={"job_id": submit.job_id, "finished": stored is not None})
+            log.info(
+                "duplicate job submission ignored", extra={"job_id": submit.job_id, "finished": stored is not None}
+            )
             if stored is not None:
                 await self._publish_result(stored)
             return
         self._start_job(submit, traceparent=msg.envelope.traceparent, fresh=True)
 
-    async def _reject(self, msg: Incoming, submit: JobSubmit, reason: str) -> None:
-        result = JobResult(job_id=submit.job_id, status="failed", failure_reason=f"rejected: {reason}")
+    async def _reject(
+        self, msg: Incoming, submit: JobSubmit, reason: str, status: Literal["failed", "canceled"] = "failed"
+    ) -> None:
+        if status == "canceled":
+            result = JobResult(job_id=submit.job_id, status="canceled", failure_reason=reason)
+        else:
+            result = JobResult(job_id=submit.job_id, status="failed", failure_reason=f"rejected: {reason}")
         if self.store.admit(submit, owner=self.bus.client_id):
             self.store.finish(result)
         await self._publish_result(result)
-        if msg.envelope and msg.envelope.reply_to:
+        if status == "failed" and msg.envelope and msg.envelope.reply_to:
             await self.bus.reply(msg.envelope, ErrorReply(code="bad_budget", message=reason))
+
+    async def _on_cancel(self, msg: Incoming) -> None:
+        """Cancel the job if it runs here; otherwise remember the cancel (see the module docstring)."""
+        assert msg.envelope is not None
+        cancel: JobCancel = msg.envelope.body
+        if msg.topic != topics.job_cancel(cancel.job_id):
+            log.warning(
+                "cancel ignored: its job id does not match its topic",
+                extra={"topic": msg.topic, "job_id": cancel.job_id},
+            )
+            return
+        reason = cancel.reason or "canceled by request"
+        runner, task = self.runners.get(cancel.job_id), self.running.get(cancel.job_id)
+        if runner is not None and task is not None:
+            if runner.cancel(reason):
+                log.info("canceling job", extra={"job_id": cancel.job_id, "reason": reason})
+                task.cancel()
+            else:
+                log.info("cancel ignored: the job is already ending", extra={"job_id": cancel.job_id})
+            return
+        if self.store.result(cancel.job_id) is not None:
+            log.info("cancel for a finished job ignored", extra={"job_id": cancel.job_id})
+            return
+        log.info("cancel for a job not running here: remembered", extra={"job_id": cancel.job_id})
+        self.cancels[cancel.job_id] = (reason, time.monotonic())
+        self.cancels.move_to_end(cancel.job_id)
+        while len(self.cancels) > CANCELS_KEPT:
+            self.cancels.popitem(last=False)
+
+    def _cancel_for(self, job_id: str) -> str | None:
+        """The reason of a remembered, recent cancel for `job_id` (None: not canceled)."""
+        while self.cancels and time.monotonic() - next(iter(self.cancels.values()))[1] > CANCEL_MEMORY_S:
+            self.cancels.popitem(last=False)
+        found = self.cancels.get(job_id)
+        return found[0] if found else None
 
     def _start_job(self, submit: JobSubmit, traceparent: str | None = None, fresh: bool = False) -> None:
         if submit.job_id in self.running:
             return
-        runner = JobRunner(submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent, fresh=fresh)
+        runner = JobRunner(
+            submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent, fresh=fresh
+        )
+        cancel = self._cancel_for(submit.job_id)
+        if cancel is not None:  # canceled while it waited (e.g. before a resume): run() ends it at once
+            runner.cancel(cancel)
         if self.metrics is not None:
             self.metrics.job_state("running")
         task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
         self.running[submit.job_id] = task
+        self.runners[submit.job_id] = runner
 
     async def _run(self, runner: JobRunner) -> JobResult:
         try:
             result = await runner.run()
             if result.status == "completed":
                 self.completed += 1
+            elif result.status == "canceled":
+                self.canceled += 1
             else:
                 self.failed += 1
             if self.metrics is not None:
@@ -224,10 +318,14 @@ class OrchestratorService:
             return result
         finally:
             self.running.pop(runner.job.job_id, None)
+            self.runners.pop(runner.job.job_id, None)
 
     async def _publish_result(self, result: JobResult) -> None:
         await self.bus.publish(
-            topics.job_result(result.job_id), make(result, job_id=result.job_id, sender=self.bus.client_id), retain=True, expiry_s=RESULT_EXPIRY_S
+            topics.job_result(result.job_id),
+            make(result, job_id=result.job_id, sender=self.bus.client_id),
+            retain=True,
+            expiry_s=RESULT_EXPIRY_S,
         )
 
     async def drain(self) -> None:
@@ -235,11 +333,19 @@ class OrchestratorService:
             await asyncio.gather(*self.running.values(), return_exceptions=True)
 
 
-async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: Embedder | None = None, stop: asyncio.Event | None = None) -> None:
+async def run_orchestrator(
+    settings: Settings, *, broker: Any = None, embedder: Embedder | None = None, stop: asyncio.Event | None = None
+) -> None:
     from fabric.embeddings import shared_embedder
 
-    embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
-                                                   settings.embedding_device, settings.embedding_threads)
+    if embedder is None:
+        embedder = await asyncio.to_thread(
+            shared_embedder,
+            settings.embedding_model,
+            settings.embedding_dim,
+            settings.embedding_device,
+            settings.embedding_threads,
+        )
     # a stable client id: a restarted orchestrator takes over its own broker session
     from fabric.metrics import metrics_for
 

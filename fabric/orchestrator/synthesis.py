@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 
 from fabric.messages import Usage
 from fabric.orchestrator.dag import Dag
-from fabric.orchestrator.tasks import PeerAnswer
+from fabric.tasks import PeerAnswer
 
 log = logging.getLogger("foa.orchestrator.synthesis")
 
@@ -37,7 +37,20 @@ INSTRUCTIONS = {
 def predecessor_context(dag: Dag, node_id: str, answers: dict[str, str]) -> list[PeerAnswer]:
     """What a node's drafters see of the subtasks it depends on (the SYNTH of partial results)."""
     node = dag.node(node_id)
-    return [PeerAnswer(agent_id=dep, answer=f"{dag.node(dep).text}\n{answers[dep]}") for dep in node.depends_on if dep in answers]
+    return [
+        PeerAnswer(agent_id=dep, answer=f"{dag.node(dep).text}\n{answers[dep]}")
+        for dep in node.depends_on
+        if dep in answers
+    ]
+
+
+def synthesis_results(dag: Dag, answers: dict[str, str]) -> list[PeerAnswer]:
+    """The node results a `synthesise` task carries: subtask and answer, in topological order."""
+    return [
+        PeerAnswer(agent_id=n.node_id, answer=f"{n.text}\n{answers[n.node_id].strip()}")
+        for n in dag.topological()
+        if n.node_id in answers
+    ]
 
 
 def concat(dag: Dag, answers: dict[str, str]) -> str:
@@ -63,7 +76,10 @@ async def synthesise(
     joined = concat(dag, answers)
     if mode == "concat" or call is None or len(answers) < 2:
         return joined, Usage(), "concat"
-    user = f"Question: {question}\n\nExpert results, in dependency order:\n\n{joined}\n\nWrite the final answer to the question."
+    user = (
+        f"Question: {question}\n\nExpert results, in dependency order:\n\n{joined}\n\n"
+        "Write the final answer to the question."
+    )
     try:
         text, usage = await call(INSTRUCTIONS[mode], user, max_tokens)
     except Exception as exc:  # noqa: BLE001 - fall back rather than lose the job
