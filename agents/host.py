@@ -45,7 +45,7 @@ from agents.spec import AgentSpec
 from fabric import topics
 from fabric.bloom import BloomFilter
 from fabric.bus import BrokerAddress, Bus, Incoming, Will
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import Embedder
 from fabric.envelope import make
 from fabric.messages import AgentStatus
 from fabric.settings import Settings
@@ -133,9 +133,7 @@ class AgentHost:
         """The agents' VCVs: the precomputed ones, the rest embedded in one batch."""
         todo = [a for a in agents if a.prebuilt is None]
         if todo:
-            embedder = self._embedder or shared_embedder(
-                self.settings.embedding_model, self.settings.embedding_dim, self.settings.embedding_device
-            )
+            embedder = self._embedder or Embedder.from_settings(self.settings)
             vecs = embedder.embed([t for a in todo for t in (a.spec.description, a.spec.spec_text)])
             for i, agent in enumerate(todo):
                 agent.prebuilt = vcv_with_vectors(

@@ -36,7 +36,7 @@ from agents.spec import AgentSpec
 from fabric import topics
 from fabric.bloom import BloomFilter
 from fabric.bus import BrokerAddress, Bus, Incoming, Will
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import Embedder
 from fabric.envelope import make
 from fabric.messages import AgentStatus
 from fabric.settings import Settings
@@ -105,14 +105,7 @@ class Agent(ServesTasks):
 
     async def start(self) -> None:
         """Connect, publish the VCV and `online`, and start serving the inbox."""
-        embedder = self._embedder
-        if embedder is None:
-            embedder = await asyncio.to_thread(
-                shared_embedder,
-                self.settings.embedding_model,
-                self.settings.embedding_dim,
-                self.settings.embedding_device,
-            )
+        embedder = self._embedder or await asyncio.to_thread(Embedder.from_settings, self.settings)
         offline = make(
             AgentStatus(agent_id=self.agent_id, status="offline", replica_id=self.replica_id), sender=self.client_id
         )
@@ -164,7 +157,7 @@ class Agent(ServesTasks):
     async def update(self, **changes: Any) -> VCV:
         """Change the spec (description, skills, resources, ...), bump the version, republish."""
         self.spec = self.spec.model_copy(update=changes)
-        embedder = self._embedder or shared_embedder(self.settings.embedding_model, self.settings.embedding_dim)
+        embedder = self._embedder or Embedder.from_settings(self.settings)
         fresh = await asyncio.to_thread(build_vcv, self.spec, embedder)
         await self._publish_vcv(fresh)
         assert self.vcv is not None

@@ -175,67 +175,46 @@ def make_worker(
 
 
 async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | None = None) -> None:
-    """`foa agent run SPEC.yaml`: one worker process until interrupted (SIGTERM: clean leave)."""
+    """`foa agent run SPEC.yaml`: one worker process until SIGINT/SIGTERM (then a clean leave)."""
     import asyncio
-    import signal
 
-    from fabric.heap import freeze_startup_heap
-    from fabric.metrics import metrics_for
     from fabric.runtime import resolve_broker
+    from fabric.service import ServiceRuntime
 
     backend = backend_for(settings, spec.llm)
-    agent = make_worker(spec, settings, backend=backend, broker=resolve_broker(settings), replica_id=replica_id)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(agent.stop()))
-    await agent.start()
-    freeze_startup_heap()
-    metrics = metrics_for(settings, "agent", agent.client_id)
-    if agent.bus is not None:
-        metrics.watch_bus(agent.bus)
-    beat = asyncio.create_task(metrics.beat_forever())
-    try:
-        await agent.wait_stopped()
-    finally:
-        beat.cancel()
-        metrics.stop()
-        await agent.stop()
-        await backend.aclose()
+    embedder = await asyncio.to_thread(Embedder.from_settings, settings)
+    broker = resolve_broker(settings)
+    agent = make_worker(spec, settings, backend=backend, broker=broker, embedder=embedder, replica_id=replica_id)
+    async with ServiceRuntime(settings, "agent", instance=agent.client_id, embedder=embedder) as rt:
+        rt.on_drain(backend.aclose)
+        rt.on_drain(agent.stop)  # runs first: `offline` while the connection is up
+        await agent.start()
+        if agent.bus is not None:
+            rt.watch_bus(agent.bus)
+        rt.ready()
+        await rt.serve()
 
 
 async def run_host(specs: list[AgentSpec], settings: Settings, *, host_id: str) -> None:
     """`foa agent host SPEC...`: LLM workers for many specs on one connection (agents/host.py),
-    one backend per (server, model), until interrupted (SIGTERM: every agent goes offline)."""
-    import asyncio
-    import signal
-
+    one backend per (server, model), until SIGINT/SIGTERM (then every agent goes offline)."""
     from agents.host import AgentHost
-    from fabric.heap import freeze_startup_heap
-    from fabric.metrics import metrics_for
     from fabric.runtime import resolve_broker
     from fabric.security import agent_key_for, sign_vcv
+    from fabric.service import ServiceRuntime
 
-    host = AgentHost(settings, host_id, broker=resolve_broker(settings))
-    backends = BackendPool(settings)
-    for spec in specs:
-        backend = backends.get(spec.llm)
-        private = agent_key_for(settings, spec.id)
-        signer = (lambda vcv, k=private: sign_vcv(vcv, k)) if private is not None else None
-        LLMWorker(spec, settings, backend).attach(host.add(spec, signer=signer))
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stopping.set)
-    await host.start()
-    freeze_startup_heap()
-    metrics = metrics_for(settings, "agent-host", f"host-{host_id}")
-    if host.bus is not None:
-        metrics.watch_bus(host.bus)
-    beat = asyncio.create_task(metrics.beat_forever())
-    try:
-        await stopping.wait()
-    finally:
-        beat.cancel()
-        metrics.stop()
-        await host.stop()
-        await backends.aclose()
+    async with ServiceRuntime(settings, "agent-host", instance=f"host-{host_id}") as rt:
+        host = AgentHost(settings, host_id, broker=resolve_broker(settings), embedder=await rt.embedder())
+        backends = BackendPool(settings)
+        rt.on_drain(backends.aclose)
+        for spec in specs:
+            backend = backends.get(spec.llm)
+            private = agent_key_for(settings, spec.id)
+            signer = (lambda vcv, k=private: sign_vcv(vcv, k)) if private is not None else None
+            LLMWorker(spec, settings, backend).attach(host.add(spec, signer=signer))
+        rt.on_drain(host.stop)  # runs first: every agent `offline` while the connection is up
+        await host.start()
+        if host.bus is not None:
+            rt.watch_bus(host.bus)
+        rt.ready()
+        await rt.serve()

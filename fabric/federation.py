@@ -19,7 +19,7 @@ from agents.spec import AgentSpec, default_specs_dir, load_specs
 from fabric.broker import EmbeddedBroker, Mosquitto, local_broker
 from fabric.bus import Bus, BrokerAddress
 from fabric.client import submit_and_follow
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import Embedder
 from fabric.llm import BackendPool, LLMBackend
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.orchestrator.service import OrchestratorService
@@ -80,9 +80,7 @@ class LocalFederation:
         from agents.worker import make_worker
 
         if self._embedder is None:
-            self._embedder = await asyncio.to_thread(
-                shared_embedder, self.settings.embedding_model, self.settings.embedding_dim, self.settings.embedding_device
-            )
+            self._embedder = await asyncio.to_thread(Embedder.from_settings, self.settings)
         if self.settings.broker_url:
             self.address = BrokerAddress.parse(self.settings.broker_url)
         else:

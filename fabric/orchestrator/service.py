@@ -28,7 +28,6 @@ from fabric.bus import Bus, Incoming, RequestTimeout
 from fabric.dispatch import Answer, dispatch_task
 from fabric.embeddings import Embedder
 from fabric.envelope import make
-from fabric.heap import freeze_startup_heap
 from fabric.messages import (
     AssignQuery,
     AssignResponse,
@@ -336,32 +335,20 @@ class OrchestratorService:
 async def run_orchestrator(
     settings: Settings, *, broker: Any = None, embedder: Embedder | None = None, stop: asyncio.Event | None = None
 ) -> None:
-    from fabric.embeddings import shared_embedder
+    """`foa orchestrator`: serve jobs until SIGINT/SIGTERM (or `stop`), then publish what is pending, close."""
+    from fabric.service import ServiceRuntime
 
-    if embedder is None:
-        embedder = await asyncio.to_thread(
-            shared_embedder,
-            settings.embedding_model,
-            settings.embedding_dim,
-            settings.embedding_device,
-            settings.embedding_threads,
-        )
-    # a stable client id: a restarted orchestrator takes over its own broker session
-    from fabric.metrics import metrics_for
-
-    bus = Bus(settings, f"orchestrator-{settings.instance_id}", broker=broker)
-    await bus.connect()
-    metrics = metrics_for(settings, "orchestrator", bus.client_id)
-    metrics.watch_bus(bus)
-    service = OrchestratorService(settings, bus, embedder, metrics=metrics)
-    beat = asyncio.create_task(metrics.beat_forever())
-    try:
-        await service.start()
-        freeze_startup_heap()
-        await (stop or asyncio.Event()).wait()
-    finally:
-        beat.cancel()
-        metrics.stop()
-        await service.ports.close()
-        await bus.close()
-        service.store.close()
+    client_id = f"orchestrator-{settings.instance_id}"  # stable: a restart takes over its broker session
+    async with ServiceRuntime(settings, "orchestrator", instance=client_id, embedder=embedder, stop=stop) as rt:
+        embedder = await rt.embedder()
+        store = JobStore(settings.job_store_path)
+        try:
+            async with Bus(settings, client_id, broker=broker or rt.broker()) as bus:
+                rt.watch_bus(bus)
+                service = OrchestratorService(settings, bus, embedder, store, metrics=rt.metrics)
+                rt.on_drain(service.ports.close)  # pending reputation goes out while the bus is open
+                await service.start()
+                rt.ready()
+                await rt.serve()
+        finally:
+            store.close()
