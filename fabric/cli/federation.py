@@ -211,6 +211,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
             write_runtime(settings, RuntimeInfo(broker_url=fed.address.url, pid=_pid(), started_at=time.time(), agents=[a.agent_id for a in fed.agents]))
             print(f"federation up on {fed.address.url}: {len(fed.agents)} agents, router, orchestrator", file=sys.stderr)
             print(f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"", file=sys.stderr)
+            print("  web console: foa ui (then open http://127.0.0.1:8780/)", file=sys.stderr)
             print("  Ctrl+C to stop", file=sys.stderr, flush=True)
             try:
                 await stop.wait()

@@ -1,0 +1,128 @@
+"""`foa ui` in a real browser: Debian's chromium driven by Playwright (pointed at the system
+browser; Playwright's own download cannot work offline), against a real federation (mosquitto,
+router, orchestrator, scripted agents: ScriptedLLM, for orchestration logic only).
+
+Screenshots go to the test's tmp dir; set FOA_UI_SCREENSHOTS=DIR to keep them (docs/console-job.png
+is the job page taken here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.scripted_federation import SPECS
+from tests.test_ui import fed_settings, federation_and_console
+
+pytest.importorskip("fastapi", reason="the console needs the ui extra: pip install -e '.[ui]'")
+playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is installed by scripts/test.sh")
+
+CHROMIUM = next((p for p in (os.environ.get("FOA_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                             shutil.which("chromium-browser")) if p and os.path.exists(p)), None)
+pytestmark = pytest.mark.skipif(CHROMIUM is None,
+                                reason="no chromium: scripts/test.sh installs Debian's `chromium` (apt)")
+
+LIVE_TIMEOUT_MS = 30_000
+
+
+def shots_dir(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("FOA_UI_SCREENSHOTS") or tmp_path / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
+    settings = fed_settings(mosquitto.url, tmp_path)
+    shots = shots_dir(tmp_path)
+
+    async def main() -> None:
+        async with federation_and_console(settings, embedder, allow_submit=True, latency_s=0.4) as (fed, base), \
+                playwright_api.async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            try:
+                # agents appear; one going offline turns offline on the page without a reload
+                await page.goto(f"{base}/#/agents")
+                rows = page.locator("#agents tbody tr[data-agent]")
+                await playwright_api.expect(rows).to_have_count(len(SPECS), timeout=LIVE_TIMEOUT_MS)
+                gp_status = page.locator('tr[data-agent="gp"] [data-testid=status]')
+                await playwright_api.expect(gp_status).to_have_text("online")
+                await playwright_api.expect(page.locator("#health")).to_contain_text("connected")
+                await page.fill("#filter", "cardio")
+                await playwright_api.expect(rows).to_have_count(1)
+                await page.fill("#filter", "")
+                loads = await page.evaluate("performance.getEntriesByType('navigation').length")
+                gp = next(a for a in fed.agents if a.agent_id == "gp")
+                await gp.stop()
+                await playwright_api.expect(gp_status).to_have_text("offline", timeout=LIVE_TIMEOUT_MS)
+                assert await page.evaluate("performance.getEntriesByType('navigation').length") == loads
+                await page.screenshot(path=str(shots / "console-agents.png"), full_page=True)
+                await page.click('tr[data-agent="cardio"]')
+                await playwright_api.expect(page.locator("#detail")).to_contain_text("cardiology")
+                await playwright_api.expect(page.locator("#detail")).to_contain_text("max_concurrency")
+
+                # a route query shows each factor as a bar, and the gated agents and why
+                await page.goto(f"{base}/#/route")
+                await page.fill("textarea[name=text]", "chest pain: when should we call an ambulance?")
+                await page.fill("input[name=policies]", "hipaa")
+                await page.click("#routeform button[type=submit]")
+                first = page.locator("#matches tbody tr").first
+                sim_bar = first.locator("[data-factor=sim] .bar")
+                await playwright_api.expect(sim_bar).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+                for factor in ("lexical", "resources", "spec", "reputation", "policy"):
+                    await playwright_api.expect(first.locator(f"[data-factor={factor}]")).to_be_visible()
+                await playwright_api.expect(page.locator("#gated")).to_contain_text("policy: lacks hipaa")
+                await page.screenshot(path=str(shots / "console-route.png"), full_page=True)
+                await page.fill("textarea[name=text]", "  ")
+                await page.click("#routeform button[type=submit]")
+                await playwright_api.expect(page.locator("[data-testid=error]")).to_contain_text("the task is empty")
+
+                # the capability map highlights the agents routed for the last query
+                await page.goto(f"{base}/#/map")
+                points = page.locator("#map g.pt")
+                await playwright_api.expect(points).to_have_count(len(SPECS), timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(page.locator("#map circle.routed").first).to_be_visible()
+                await page.hover('#map g.pt[data-agent="writer"] circle >> nth=-1')
+                await playwright_api.expect(page.locator("#tooltip")).to_contain_text("writer")
+                await page.screenshot(path=str(shots / "console-map.png"), full_page=True)
+
+                # a submitted job: its DAG and rounds render and update live
+                await page.goto(f"{base}/#/jobs")
+                await page.fill("textarea[name=question]", "My father has sudden chest pain. What should we do?")
+                await page.click("#submitform button[type=submit]")
+                await page.wait_for_url("**/#/jobs/job-*", timeout=LIVE_TIMEOUT_MS)
+                state = page.locator("[data-testid=jobstate]")
+                await playwright_api.expect(page.locator("#dag g.node")).to_have_count(4, timeout=LIVE_TIMEOUT_MS)
+                seen_running = await state.text_content()
+                await playwright_api.expect(page.locator(".roundbox").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(state).to_have_text("completed", timeout=120_000)
+                assert seen_running in ("submitted", "running")
+                await playwright_api.expect(page.locator("#dag g.node.done")).to_have_count(4)
+                await playwright_api.expect(page.locator("[data-testid=answer]")).to_contain_text("(revised)")
+                await playwright_api.expect(page.locator(".roundbox table").first).to_contain_text("✔ done")
+                await playwright_api.expect(page.locator("#timeline")).to_be_visible()
+                await page.screenshot(path=str(shots / "console-job-full.png"), full_page=True)
+                await page.screenshot(path=str(shots / "console-job.png"))  # the first screen, for the README
+                job_url = page.url
+
+                # the job list shows it; an unknown job id shows its message
+                await page.goto(f"{base}/#/jobs")
+                await playwright_api.expect(page.locator("#jobs tbody tr[data-job]").first).to_contain_text("completed")
+                await page.goto(f"{base}/#/jobs/job-that-never-was")
+                await playwright_api.expect(page.locator("[data-testid=error]")).to_contain_text(
+                    "no job 'job-that-never-was'", timeout=LIVE_TIMEOUT_MS)
+                await page.goto(job_url)
+                await playwright_api.expect(state).to_have_text("completed")
+                assert not errors, errors
+            finally:
+                await browser.close()
+
+    asyncio.run(main())
+    assert (shots / "console-job.png").stat().st_size > 10_000
