@@ -27,6 +27,7 @@ from fabric.messages import JobCancel, JobResult
 from fabric.settings import Settings
 from fabric.ui import create_app
 from fabric.ui.app import make_server
+from fabric.ui.jobs import JobBook
 from tests.conftest import make_settings
 from tests.scripted_federation import SPECS, backend_factory
 
@@ -173,7 +174,7 @@ async def sse_events(base: str, into: list[tuple[str, dict[str, Any]]]) -> None:
 def test_a_submitted_job_streams_live_and_its_page_fills_in(mosquitto, tmp_path, embedder) -> None:
     settings = fed_settings(mosquitto.url, tmp_path)
 
-    async def main() -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], dict[str, Any], list[int]]:
+    async def main() -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]], dict[str, Any]]:
         events: list[tuple[str, dict[str, Any]]] = []
         async with federation_and_console(settings, embedder, allow_submit=True, latency_s=0.05) as (fed, base):
             reader = asyncio.create_task(sse_events(base, events))
@@ -184,14 +185,18 @@ def test_a_submitted_job_streams_live_and_its_page_fills_in(mosquitto, tmp_path,
                 job = {"question": "My father has chest pain. What should we do?",
                        "options": {"max_proposers": 2, "agents_per_node": 3}}
                 job_id = (await http.post("/api/jobs", json=job)).json()["job_id"]
-                node_counts: list[int] = []
 
                 async def finished() -> dict[str, Any] | None:
                     detail = (await http.get(f"/api/jobs/{job_id}")).json()
-                    node_counts.append(len(detail["nodes"]))
                     return detail if detail["summary"]["state"] in ("completed", "failed") else None
 
                 detail = await until(finished, 90, "the job to finish")
+
+                async def streamed_end() -> bool:  # the stream may trail the HTTP answer by a moment
+                    return any(kind == "job" and data["job_id"] == job_id and data["state"] == "completed"
+                               for kind, data in events)
+
+                await until(streamed_end, 10, "the stream to carry the job's end")
                 listed = (await http.get("/api/jobs")).json()
                 assert listed[0]["job_id"] == job_id and listed[0]["question"].startswith("My father")
             reader.cancel()
@@ -204,9 +209,9 @@ def test_a_submitted_job_streams_live_and_its_page_fills_in(mosquitto, tmp_path,
             assert bad.status_code == 400 and "invalid job id" in bad.json()["detail"]
             read_only = await http.post("/api/jobs", json={"question": "hi"})
             assert read_only.status_code == 403 and "--allow-submit" in read_only.json()["detail"]
-        return detail, events, late, node_counts
+        return detail, events, late
 
-    detail, events, late, node_counts = asyncio.run(main())
+    detail, events, late = asyncio.run(main())
     summary = detail["summary"]
     assert summary["state"] == "completed", detail["failure_reason"]
     assert summary["tokens"] > 0 and summary["cost"] > 0
@@ -287,6 +292,7 @@ def test_broker_gone_gives_clear_errors_and_the_server_keeps_serving(tmp_path) -
                 submit = await http.post("/api/jobs", json={"question": "anything"})
                 assert submit.status_code == 503
                 assert (await http.get("/api/agents")).status_code == 200 and (await http.get("/")).status_code == 200
+                assert (await http.get("/api/health")).json()["refused"] == {"503": 2}  # counted, by status
                 broker.start()  # same port: the bus reconnects by itself
 
                 async def back() -> bool:
@@ -321,3 +327,61 @@ def test_foa_ui_command_serves_the_console(mosquitto, tmp_path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=15)
     assert f"FoA console on http://127.0.0.1:{port}/" in err
+
+
+def test_job_book_is_bounded_and_sketches_a_running_job_from_its_events() -> None:
+    """Pure logic, no broker: the in-memory view forgets the least recently active job first,
+    caps events per job, ignores repeated events (QoS 1 redelivery) and draws a running job's
+    page from its events alone."""
+    book = JobBook(max_jobs=3, max_events=5)
+    for i in range(4):
+        book.on_submit({"job_id": f"j{i}", "question": f"q{i}"})
+    assert [s.job_id for s in book.summaries()] == ["j3", "j2", "j1"]  # j0 forgotten
+    dag = {"nodes": [{"id": "n1", "text": "first"}, {"id": "n2", "text": "second"}], "edges": [["n1", "n2"]]}
+    events = [
+        {"job_id": "j1", "seq": 0, "phase": "decompose", "message": "plan", "data": {"dag": dag}, "at": 100.0},
+        {"job_id": "j1", "seq": 1, "phase": "assign", "message": "assigned", "at": 100.5,
+         "data": {"assignments": {"n1": [{"agent_id": "a", "score": 0.5}, {"agent_id": "b", "score": 0.4}]}}},
+        {"job_id": "j1", "seq": 2, "phase": "draft", "message": "2 drafts", "at": 101.0,
+         "data": {"node": "n1", "drafts": {"a": "x"}}},
+        {"job_id": "j1", "seq": 3, "phase": "refine", "message": "round 1", "at": 102.0,
+         "data": {"node": "n1", "cluster": "c1", "round": 1, "votes": {"a": False, "b": True}}},
+    ]
+    for event in events + events[:2]:  # redelivered
+        book.on_event(event)
+    detail = book.jobs["j1"].detail()
+    assert detail.summary.state == "running" and detail.summary.events == 4 and detail.summary.question == "q1"
+    n1, n2 = detail.nodes
+    assert (n1.state, n2.state, n2.depends_on) == ("refining", "pending", ["n1"])
+    assert n1.rounds["c1"]["rounds"] == [{"round": 1, "votes": {"a": False, "b": True}}]
+    assert n1.drafts == {"a": "x"} and [m["agent_id"] for m in n1.assigned] == ["a", "b"]
+    assert [t.t for t in detail.timeline] == [0.0, 0.5, 1.0, 2.0]
+    for seq in range(4, 9):
+        book.on_event({"job_id": "j1", "seq": seq, "phase": "refine", "message": "", "data": {}, "at": 103.0})
+    assert len(book.jobs["j1"].events) == 5  # capped
+    book.on_result({"job_id": "j1", "status": "failed", "failure_reason": "budget"})
+    failed = book.jobs["j1"].detail()
+    assert failed.summary.state == "failed" and failed.failure_reason == "budget"
+    assert all(n.state == "pending" for n in failed.nodes)  # nothing finished: the result lists no rounds
+
+
+def test_capability_map_projection_matches_an_svd_on_both_paths() -> None:
+    """Pure logic: the projection takes an SVD for few agents and eigh for many; both must be the
+    data's first two principal components (up to sign) with the same variance shares."""
+    import numpy as np
+
+    from fabric.ui.console import pca_2d
+
+    rng = np.random.default_rng(7)
+    for n in (1, 2, 5, 64, 300):  # d = 32: n ≤ d takes the SVD, n > d eigh
+        data = rng.standard_normal((n, 32)) * np.linspace(3, 0.1, 32)
+        centred = data - data.mean(axis=0)
+        xy, explained = pca_2d(centred)
+        assert xy.shape == (n, 2)
+        if n == 1:
+            assert explained == [] and not xy.any()
+            continue
+        _, s, vt = np.linalg.svd(centred, full_matrices=False)
+        k = min(2, n - 1)
+        assert np.allclose(np.abs(xy[:, :k]), np.abs(centred @ vt[:k].T), atol=1e-8)
+        assert explained == [round(float(v**2 / (s**2).sum()), 4) for v in s[:k]]

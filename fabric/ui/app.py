@@ -57,10 +57,12 @@ def create_app(
 
     @app.exception_handler(ConsoleError)
     async def console_error(request: Request, exc: ConsoleError) -> JSONResponse:
+        console.refused[exc.status] = console.refused.get(exc.status, 0) + 1
         return JSONResponse({"detail": str(exc)}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        console.refused[422] = console.refused.get(422, 0) + 1
         parts = [f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors()]
         return JSONResponse({"detail": "bad request: " + "; ".join(parts)}, status_code=422)
 

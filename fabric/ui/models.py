@@ -21,6 +21,8 @@ class Health(BaseModel):
     allow_submit: bool
     agents: int
     jobs: int
+    refused: dict[int, int] = Field(default_factory=dict, description="requests answered with an error, by HTTP status")
+    dropped_events: int = Field(default=0, description="live updates dropped for pages that could not keep up")
 
 
 class AgentRow(BaseModel):

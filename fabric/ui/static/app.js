@@ -176,7 +176,8 @@ async function refreshMapNow() {
   const [x0, x1] = [Math.min(...xs, -1e-6), Math.max(...xs, 1e-6)], [y0, y1] = [Math.min(...ys, -1e-6), Math.max(...ys, 1e-6)];
   const sx = (x) => PAD + ((x - x0) / (x1 - x0)) * (MAP_W - 2 * PAD), sy = (y) => MAP_H - PAD - ((y - y0) / (y1 - y0)) * (MAP_H - 2 * PAD);
   const fill = (p) => state.colour === "reputation" ? repColour(p.reputation) : p.status === "offline" ? "#d64545" : p.status === "online" ? "#1f9d55" : "#c98a00";
-  const placed = [];  // label boxes so far: nearby agents' labels are stacked, not overprinted
+  // the points and the label boxes placed so far: a label moves down until it covers neither
+  const placed = pts.map((p) => ({ x0: sx(p.x) - 16, x1: sx(p.x) + 16, y: sy(p.y) + 4 }));
   const label = (p) => {
     const right = sx(p.x) > MAP_W / 2, w = 7 * p.agent_id.length;
     const x = sx(p.x) + (right ? -18 : 18), x0 = right ? x - w : x, x1 = right ? x : x + w;
