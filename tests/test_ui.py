@@ -150,6 +150,14 @@ def test_route_playground_factors_gates_and_bad_input(mosquitto, tmp_path, embed
             costly = (await http.post("/api/route", json={"text": "chest pain", "max_cost": 0.0008, "top_k": 4})).json()
             assert any(r.startswith("budget: expected cost") for g in costly["gated"] for r in g["reasons"])
 
+            async def calibrated() -> dict[str, Any] | None:  # the router calibrates itself shortly after start
+                body = {"text": "tune the carburettor of a 1970s motorbike"}
+                res = (await http.post("/api/route", json=body)).json()["response"]
+                return res if res["threshold"] is not None else None
+
+            off_topic = await until(calibrated, 30, "the router's self-calibrated abstention threshold")
+            assert off_topic["abstained"] is True and off_topic["matches"] == [] and off_topic["threshold"] > 0
+
             empty = await http.post("/api/route", json={"text": "   "})
             assert empty.status_code == 422 and "the task is empty" in empty.json()["detail"]
             typo = await http.post("/api/route", json={"text": "chest pain", "policies": ["hipa"]})

@@ -34,6 +34,9 @@ def cmd_ui(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     from fabric.runtime import resolve_broker
 
+    if args.allow_submit and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"foa ui: warning: --allow-submit on {args.host}: anyone who reaches this port can submit and cancel "
+              "jobs (the console has no login; put it behind an authenticating proxy)", file=sys.stderr)
     broker = resolve_broker(settings)
     server = make_server(create_app(settings, broker, allow_submit=args.allow_submit), args.host, args.port)
     mode = "submit and cancel enabled" if args.allow_submit else "read-only; --allow-submit to submit jobs"

@@ -260,7 +260,7 @@ function showRoute(res) {
   } else if (!r.matches.length) {
     html += `<div class="card">No agent passes the gates.</div>`;
   } else {
-    html += `<table id="matches"><thead><tr><th>#</th><th>agent</th><th class="nocase">score α</th><th>factors of α</th><th>expected cost</th><th>expected latency</th></tr></thead><tbody>`
+    html += `<table id="matches"><thead><tr><th>#</th><th>agent</th><th class="nocase">score α</th><th class="nocase">factors of α</th><th>expected cost</th><th>expected latency</th></tr></thead><tbody>`
       + r.matches.map((m, i) => `<tr data-agent="${esc(m.agent_id)}"><td>${i + 1}</td><td><a href="#/agents/${encodeURIComponent(m.agent_id)}">${esc(m.agent_id)}</a> v${m.version}</td>
         <td class="num"><b>${num(m.score, 4)}</b></td><td>${factorBars(m.factors)}</td>
         <td class="num">${Number(m.expected_cost).toPrecision(3)}</td><td class="num">${num(m.expected_latency_ms, 0)} ms</td></tr>`).join("")
@@ -268,7 +268,7 @@ function showRoute(res) {
   }
   if (res.gated.length) {
     html += `<h3>Removed by a gate</h3><table id="gated"><thead><tr><th>agent</th><th class="nocase">α without the gate</th><th>why</th></tr></thead><tbody>`
-      + res.gated.map((g) => `<tr><td>${esc(g.agent_id)}</td><td class="num">${num(g.score_without_gate, 4)}</td><td>${g.reasons.map(esc).join("; ")}</td></tr>`).join("")
+      + res.gated.map((g) => `<tr><td>${esc(g.agent_id)}</td><td class="num">${Number(g.score_without_gate).toPrecision(3)}</td><td>${g.reasons.map(esc).join("; ")}</td></tr>`).join("")
       + `</tbody></table>`;
   }
   out.innerHTML = html;
