@@ -270,6 +270,13 @@ def test_cancel_is_published_and_the_canceled_result_shows(mosquitto, tmp_path) 
                 return detail if detail["summary"]["state"] == "canceled" else None
 
             detail = await until(canceled, 5, "the canceled result")
+            # garbage on a job's topic is refused and counted; the console keeps serving
+            await bus.publish(topics.job_events("job-c1"), b"{not json")
+
+            async def counted() -> bool:
+                return bool((await http.get("/api/health")).json()["rejected_messages"] == 1)
+
+            await until(counted, 5, "the bad message to be counted")
             await bus.publish(topics.job_result("job-c1"), None, retain=True)  # clear the retained result
             bad = await http.post("/api/jobs/bad+id/cancel")
             return seen, detail, bad.status_code
@@ -349,7 +356,8 @@ def test_job_book_is_bounded_and_sketches_a_running_job_from_its_events() -> Non
     events = [
         {"job_id": "j1", "seq": 0, "phase": "decompose", "message": "plan", "data": {"dag": dag}, "at": 100.0},
         {"job_id": "j1", "seq": 1, "phase": "assign", "message": "assigned", "at": 100.5,
-         "data": {"assignments": {"n1": [{"agent_id": "a", "score": 0.5}, {"agent_id": "b", "score": 0.4}]}}},
+         "data": {"assignments": {"n1": [{"agent_id": "a", "score": 0.5}, {"agent_id": "b", "score": 0.4}],
+                                  "n2": [{"agent_id": "a", "score": 0.3}]}}},
         {"job_id": "j1", "seq": 2, "phase": "draft", "message": "2 drafts", "at": 101.0,
          "data": {"node": "n1", "drafts": {"a": "x"}}},
         {"job_id": "j1", "seq": 3, "phase": "refine", "message": "round 1", "at": 102.0,
@@ -360,7 +368,7 @@ def test_job_book_is_bounded_and_sketches_a_running_job_from_its_events() -> Non
     detail = book.jobs["j1"].detail()
     assert detail.summary.state == "running" and detail.summary.events == 4 and detail.summary.question == "q1"
     n1, n2 = detail.nodes
-    assert (n1.state, n2.state, n2.depends_on) == ("refining", "pending", ["n1"])
+    assert (n1.state, n2.state, n2.depends_on) == ("refining", "pending", ["n1"])  # n2 waits for n1
     assert n1.rounds["c1"]["rounds"] == [{"round": 1, "votes": {"a": False, "b": True}}]
     assert n1.drafts == {"a": "x"} and [m["agent_id"] for m in n1.assigned] == ["a", "b"]
     assert [t.t for t in detail.timeline] == [0.0, 0.5, 1.0, 2.0]

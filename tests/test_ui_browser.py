@@ -117,6 +117,7 @@ def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
                 state = page.locator("[data-testid=jobstate]")
                 await playwright_api.expect(page.locator("#dag g.node")).to_have_count(4, timeout=LIVE_TIMEOUT_MS)
                 seen_running = await state.text_content()
+                await page.screenshot(path=str(shots / "console-job-running.png"), full_page=True)
                 await playwright_api.expect(page.locator(".roundbox").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
                 await playwright_api.expect(state).to_have_text("completed", timeout=120_000)
                 assert seen_running in ("submitted", "running")

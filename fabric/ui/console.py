@@ -226,6 +226,7 @@ class Console:
             jobs=len(self.jobs),
             refused=dict(self.refused),
             dropped_events=self.events.dropped,
+            rejected_messages=self.rejected + (self.bus.stats.rejected_total if self.bus else 0),
         )
 
     def _need_bus(self) -> Bus:

@@ -197,6 +197,10 @@ def derive(record: JobRecord) -> JobDetail:
             view.drafts.update({str(k): str(v) for k, v in _dict(data.get("drafts")).items()})
             view.state = "done"
 
+    for view in nodes.values():  # assigned, but still waiting for its inputs
+        if view.state == "drafting" and any(nodes[d].state != "done" for d in view.depends_on if d in nodes):
+            view.state = "pending"
+
     for node_id, clusters in _dict(result.get("rounds")).items():
         view = node(node_id)
         view.state = "done"

@@ -23,6 +23,7 @@ class Health(BaseModel):
     jobs: int
     refused: dict[int, int] = Field(default_factory=dict, description="requests answered with an error, by HTTP status")
     dropped_events: int = Field(default=0, description="live updates dropped for pages that could not keep up")
+    rejected_messages: int = Field(default=0, description="bus messages refused (unparsable, wrong kind or topic)")
 
 
 class AgentRow(BaseModel):
