@@ -15,8 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from fabric import topics
+from fabric.broker import Mosquitto
+from fabric.bus import Bus, Incoming
+from fabric.envelope import make
+from fabric.messages import JobCancel, JobResult
 from tests.scripted_federation import SPECS
-from tests.test_ui import fed_settings, federation_and_console
+from tests.test_ui import fed_settings, federation_and_console, running_console
 
 pytest.importorskip("fastapi", reason="the console needs the ui extra: pip install -e '.[ui]'")
 playwright_api = pytest.importorskip("playwright.async_api", reason="playwright is installed by scripts/test.sh")
@@ -143,3 +148,65 @@ def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
 
     asyncio.run(main())
     assert (shots / "console-job.png").stat().st_size > 10_000
+
+
+def test_cancel_and_a_lost_broker_on_the_page(tmp_path) -> None:
+    """No orchestrator here: a submitted job waits, its Cancel publishes the cancel request, and the
+    canceled result (published as the owning orchestrator would) turns the page without a reload.
+    Then the broker goes away: the page says so, and recovers when it is back."""
+    broker = Mosquitto(data_dir=tmp_path / "broker").start()
+    settings = fed_settings(broker.url, tmp_path)
+    shots = shots_dir(tmp_path)
+
+    async def main() -> list[JobCancel]:
+        cancels: list[JobCancel] = []
+
+        def on_cancel(msg: Incoming) -> None:
+            assert msg.envelope is not None
+            cancels.append(msg.envelope.body)
+
+        async with running_console(settings, allow_submit=True) as base, playwright_api.async_playwright() as pw, \
+                Bus(settings, "orchestrator-test", persistent=False) as bus:
+            await bus.subscribe(topics.JOBS_CANCEL_WILDCARD, on_cancel, body_types=JobCancel)
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                               args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+            page = await browser.new_page(viewport={"width": 1200, "height": 800})
+            try:
+                await page.goto(f"{base}/#/jobs")
+                await page.click("#submitform button[type=submit]")  # empty question
+                error = page.locator("[data-testid=error]")
+                await playwright_api.expect(error).to_contain_text("the question is empty")
+                await page.fill("textarea[name=question]", "Is anyone there?")
+                await page.click("#submitform button[type=submit]")
+                await page.wait_for_url("**/#/jobs/job-*", timeout=LIVE_TIMEOUT_MS)
+                job_id = page.url.rsplit("/", 1)[1]
+                state = page.locator("[data-testid=jobstate]")
+                await playwright_api.expect(state).to_have_text("submitted")
+                await page.click("#cancel")
+                await playwright_api.expect(page.locator("#cancel")).to_have_text("Cancel sent")
+                for _ in range(50):
+                    if cancels:
+                        break
+                    await asyncio.sleep(0.1)
+                result = JobResult(job_id=job_id, status="canceled", failure_reason="canceled from the console")
+                await bus.publish(topics.job_result(job_id), make(result, job_id=job_id, sender=bus.client_id))
+                await playwright_api.expect(state).to_have_text("canceled", timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(page.locator("#cancel")).to_have_count(0)
+
+                banner = page.locator("#banner")
+                await playwright_api.expect(banner).to_be_hidden()
+                broker.stop()
+                await playwright_api.expect(banner).to_contain_text("lost the broker", timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(page.locator("#health")).to_have_text("broker disconnected")
+                await page.screenshot(path=str(shots / "console-broker-lost.png"))
+                broker.start()
+                await playwright_api.expect(banner).to_be_hidden(timeout=LIVE_TIMEOUT_MS)
+            finally:
+                await browser.close()
+        return cancels
+
+    try:
+        cancels = asyncio.run(main())
+    finally:
+        broker.stop()
+    assert [c.reason for c in cancels] == ["canceled from the console"]

@@ -330,9 +330,9 @@ async function refreshJobNow() {
     <p>${esc(s.question || "(question not seen by this console)")}</p>
     ${s.error ? errorBox(s.error) : ""}${d.failure_reason ? errorBox(`${s.state}: ${d.failure_reason}`) : ""}
     <div class="muted">phase ${esc(s.phase || "–")} · ${s.events} events · ${s.tokens} tokens · cost ${num(s.cost, 4)}</div>
-    <h3>DAG</h3>${dagSvg(d)}
-    <h3>Nodes</h3><div class="cards">${d.nodes.map(nodeCard).join("") || "<p class='muted'>no plan yet</p>"}</div>
-    <h3>Synthesis</h3>${d.answer ? `<div class="card" data-testid="answer"><div class="muted">${esc(d.synthesis.mode || d.usage.synth_mode || "")}</div><pre>${esc(d.answer)}</pre></div>` : "<p class='muted'>not yet</p>"}
+    <h3>DAG</h3>${d.nodes.length || !finished ? dagSvg(d) : "<p class='muted'>none: the job ended before it had a plan</p>"}
+    <h3>Nodes</h3><div class="cards">${d.nodes.map(nodeCard).join("") || `<p class='muted'>${finished ? "none" : "no plan yet"}</p>`}</div>
+    <h3>Synthesis</h3>${d.answer ? `<div class="card" data-testid="answer"><div class="muted">${esc(d.synthesis.mode || d.usage.synth_mode || "")}</div><pre>${esc(d.answer)}</pre></div>` : `<p class='muted'>${finished ? "none" : "not yet"}</p>`}
     <h3>Usage and timings</h3>${usageBlock(d)}${timelineSvg(d)}`;
   const btn = document.getElementById("cancel");
   if (btn) btn.addEventListener("click", async () => {
