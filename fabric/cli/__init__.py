@@ -23,6 +23,7 @@ MODULES = [
     "fabric.cli.routing",  # route, router
     "fabric.cli.security",  # creds, acl, keys
     "fabric.cli.status",  # status
+    "fabric.cli.ui",  # ui
 ]
 
 

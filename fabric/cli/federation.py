@@ -303,6 +303,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
                 f"  other shells: FOA_BROKER_URL={fed.address.url} foa agents | foa submit \"QUESTION\"",
                 file=sys.stderr,
             )
+            print("  web console: foa ui (then open http://127.0.0.1:8780/)", file=sys.stderr)
             print("  Ctrl+C to stop", file=sys.stderr, flush=True)
             try:
                 await stop.wait()
