@@ -13,7 +13,7 @@ broker's own health check). What each may do:
 - orchestrator: publishes tasks to any agent, jobs, clusters, reputation, route queries,
   replies, audit; subscribes VCVs, status, jobs (+ `$share/orchestrators/...`), clusters,
   reputation, audit.
-- client: publishes `foa/jobs/submit`, `foa/router/query`; subscribes jobs, VCVs, status,
+- client: publishes `foa/jobs/submit`, `foa/jobs/+/cancel`, `foa/router/query`; subscribes jobs, VCVs, status,
   reputation, audit.
 - everyone: subscribes `foa/replies/{client_id}` (its own reply topic, via `pattern ... %c`).
 
@@ -164,6 +164,7 @@ def role_rules(role: Role) -> list[tuple[str, str]]:
     if role == "client":
         return [
             ("write", topics.JOBS_SUBMIT),
+            ("write", topics.JOBS_CANCEL_WILDCARD),
             ("read", f"{topics.ROOT}/jobs/#"),
             ("write", topics.ROUTER_QUERY),
             ("read", vcvs),
