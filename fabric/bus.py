@@ -528,7 +528,9 @@ class Bus:
         if qos == 0 or not wait:
             return
         assert self._loop is not None
-        if info.is_published():
+        # not connected (MQTT_ERR_NO_CONN): paho keeps the QoS 1 message and sends it on
+        # reconnecting, so wait for that acknowledgement; is_published() would raise here
+        if info.rc == mqtt.MQTT_ERR_SUCCESS and info.is_published():
             return
         fut = self._loop.create_future()
         self._pending_acks[info.mid] = fut

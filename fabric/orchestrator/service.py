@@ -38,7 +38,8 @@ from fabric.messages import (
 from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
 from fabric.orchestrator.reputation import ReputationBook
-from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.leases import LeaseKeeper
+from fabric.orchestrator.store import FencedOut, JobStore, open_store
 from fabric.metrics import Metrics
 from fabric.registry import Registry
 from fabric.settings import Settings
@@ -149,13 +150,15 @@ class OrchestratorService:
         self.resume_on_start = resume
         self.bus = bus
         self.embedder = embedder
-        self.store = store or JobStore(settings.job_store_path)
+        self.store = store or open_store(settings)
         self.registry = Registry()
         self.reputation = ReputationBook()
         self.ports = BusPorts(bus, self.registry, embedder, settings)
         self.running: dict[str, asyncio.Task[JobResult]] = {}
         self.completed = 0
         self.failed = 0
+        # leases in the store: renewed while jobs run, expired ones taken over (fabric/orchestrator/leases.py)
+        self.leases = LeaseKeeper(self.store, bus.client_id, settings, start_job=self._start_job, abandon=self._abandon, takeover=resume)
 
     async def start(self) -> None:
         await self.registry.attach(self.bus)
@@ -163,12 +166,17 @@ class OrchestratorService:
         await self.registry.settle(quiet_s=0.2, max_s=3.0)
         if self.resume_on_start:
             await self.resume()
+        elif self.leases.enabled:
+            await self.leases.start()  # renew the leases of jobs this process admits
         await self.bus.subscribe(
             topics.shared(topics.SHARE_GROUP_ORCHESTRATOR, topics.JOBS_SUBMIT), self._on_submit, body_types=JobSubmit, durable=True
         )
         log.info("orchestrator ready", extra={"client_id": self.bus.client_id, "agents": len(self.registry.live())})
 
     async def resume(self) -> None:
+        if self.leases.enabled:
+            await self.leases.start()  # own jobs back at once, others' once their leases expire
+            return
         for submit in self.store.unfinished():
             log.info("resuming job", extra={"job_id": submit.job_id})
             self._start_job(submit)
@@ -210,9 +218,19 @@ class OrchestratorService:
         task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
         self.running[submit.job_id] = task
 
+    def _abandon(self, job_id: str) -> None:
+        """Another replica took this job over (our lease expired while we were paused or cut off)."""
+        task = self.running.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
     async def _run(self, runner: JobRunner) -> JobResult:
         try:
-            result = await runner.run()
+            try:
+                result = await runner.run()
+            except FencedOut:
+                log.warning("job abandoned: another replica owns it now", extra={"job_id": runner.job.job_id})
+                raise asyncio.CancelledError from None
             if result.status == "completed":
                 self.completed += 1
             else:
@@ -224,6 +242,7 @@ class OrchestratorService:
             return result
         finally:
             self.running.pop(runner.job.job_id, None)
+            self.store.release(runner.job.job_id)  # unfinished (cancelled): free for another replica now
 
     async def _publish_result(self, result: JobResult) -> None:
         await self.bus.publish(
@@ -256,6 +275,7 @@ async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: 
     finally:
         beat.cancel()
         metrics.stop()
+        await service.leases.stop()
         await service.ports.close()
         await bus.close()
         service.store.close()
