@@ -167,7 +167,7 @@ def _cmdline(pid: int) -> list[str]:
         return []
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -186,7 +186,7 @@ def orphan_brokers(data_dir: Path) -> list[int]:
     if pid_file.exists():
         try:
             pid = int(pid_file.read_text().split()[0])
-            if _pid_alive(pid) and (not Path("/proc").exists() or conf in _cmdline(pid)):
+            if pid_alive(pid) and (not Path("/proc").exists() or conf in _cmdline(pid)):
                 found.add(pid)
         except (ValueError, IndexError, OSError):
             pass
@@ -213,9 +213,9 @@ def reap_orphans(data_dir: Path, timeout: float = 5.0) -> list[int]:
             continue
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

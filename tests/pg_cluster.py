@@ -44,12 +44,14 @@ def _free_port() -> int:
 class PostgresCluster:
     """`with PostgresCluster() as pg: pg.url` — a fresh database `foa` owned by user `foa`."""
 
-    def __init__(self, base_dir: Path | None = None) -> None:
+    def __init__(self) -> None:
+        """The cluster lives in the system temp dir: as root it runs as `postgres`, which must be
+        able to reach it (pytest's per-test dirs are private to root)."""
         bindir = pg_bindir()
         if bindir is None:
             raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql; scripts/test.sh does it)")
         self.bindir = bindir
-        self._tmp = tempfile.mkdtemp(prefix="foa-pg-", dir=base_dir)
+        self._tmp = tempfile.mkdtemp(prefix="foa-pg-")
         self.dir = Path(self._tmp)
         self.data = self.dir / "data"
         self.port = _free_port()

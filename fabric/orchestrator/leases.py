@@ -108,8 +108,7 @@ class LeaseKeeper:
             try:
                 now = time.monotonic()
                 if now - self._renewed_at >= lease_s / 3:
-                    for job_id in self.store.renew(self.owner):
-                        self._fenced(job_id)
+                    self.store.renew(self.owner)  # lost leases come back through on_fenced
                     self._renewed_at = now
                 if self.takeover:
                     self.claim()

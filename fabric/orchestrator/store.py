@@ -91,7 +91,7 @@ def shown_state(row: dict[str, Any]) -> str:
     """The state a person should see: `orphaned` instead of a stale `running`."""
     return ORPHANED if row.get("orphaned") else str(row["state"])
 
-JOB_COLUMNS = "job_id, submit, state, phase, created_at, updated_at, result, failure, owner, lease_expires, lease_token, takeovers"
+JOB_COLUMNS = "job_id, submit, state, phase, created_at, updated_at, result, failure, owner, lease_expires, lease_token, takeovers, lease_acquired_at"
 
 log = logging.getLogger("foa.orchestrator")
 
@@ -368,6 +368,7 @@ class JobStore:
             "lease_expires": lease_expires,
             "lease_token": int(row[10] or 0),
             "takeovers": int(row[11] or 0),
+            "lease_acquired_at": float(row[12] or 0),
         }
 
     # ---- leases -----------------------------------------------------------------------------
@@ -394,7 +395,7 @@ class JobStore:
 
     def renew(self, owner: str) -> list[str]:
         """Extend every lease held here; returns the jobs whose lease was lost (taken over while
-        this replica was paused or cut off): they are no longer held and must be abandoned."""
+        this replica was paused or cut off): they are no longer held, and `on_fenced` is told."""
         with self._lock:
             if not self._held:
                 return []
@@ -415,9 +416,7 @@ class JobStore:
                 if self._in_transaction():
                     self._db.execute("ROLLBACK")
                 raise
-        for job_id in lost:
-            self._held.pop(job_id, None)
-            self._lost.add(job_id)
+        self._fence(set(lost))  # logged, and reported to on_fenced
         return lost
 
     def release(self, job_id: str) -> None:
