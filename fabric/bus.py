@@ -581,6 +581,8 @@ class Bus:
         self._subs.append(sub)
         self._index(sub)
         result, mid = self._client.subscribe(topic_filter, qos=qos)
+        if result == mqtt.MQTT_ERR_NO_CONN:
+            return  # the broker is away: `_on_connect` subscribes every registered filter on reconnecting
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise BusError(f"subscribe to {topic_filter} failed: {mqtt.error_string(result)}")
         fut = self._loop.create_future()
