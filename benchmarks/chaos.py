@@ -103,7 +103,9 @@ class Proc:
         self.starts += 1
         with self.log.open("ab") as fh:
             fh.write(f"\n===== start {self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            self.p = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.p = subprocess.Popen(
+                self.cmd, env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def running(self) -> bool:
@@ -141,7 +143,9 @@ class ProcessFederation:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(data_dir=workdir / "broker", persistence=True)
         self.postgres: PostgresCluster | None = PostgresCluster() if config.store == "postgres" else None
-        self.settings = Settings(broker_url=self.broker.url, data_dir=workdir / "client", keepalive_s=5, request_timeout_s=10.0)
+        self.settings = Settings(
+            broker_url=self.broker.url, data_dir=workdir / "client", keepalive_s=5, request_timeout_s=10.0
+        )
         base = {
             **os.environ,
             "FOA_BROKER_URL": self.broker.url,
@@ -156,14 +160,21 @@ class ProcessFederation:
         specs_dir = workdir / "specs"
         specs_dir.mkdir(exist_ok=True)
         foa = str(VENV_BIN / "foa")
-        self.router = Proc("router", [foa, "router", "--no-snapshot"], {**base, "FOA_DATA_DIR": str(workdir / "router")}, self.logs / "router.log")
+        self.router = Proc(
+            "router",
+            [foa, "router", "--no-snapshot"],
+            {**base, "FOA_DATA_DIR": str(workdir / "router")},
+            self.logs / "router.log",
+        )
         orch_env = {**base, "FOA_DATA_DIR": str(workdir / "orchestrator"), "FOA_LEASE_S": str(config.lease_s)}
         if self.postgres is not None:
             orch_env["FOA_STORE_URL"] = self.postgres.url
         self.orchestrators = [
             Proc(name, [foa, "orchestrator"], {**orch_env, "FOA_INSTANCE_ID": instance}, self.logs / f"{name}.log")
             for k in range(config.orchestrators)
-            for name, instance in [("orchestrator" if k == 0 else f"orchestrator-{k + 1}", "chaos" if k == 0 else f"chaos-{k + 1}")]
+            for name, instance in [
+                ("orchestrator" if k == 0 else f"orchestrator-{k + 1}", "chaos" if k == 0 else f"chaos-{k + 1}")
+            ]
         ]
         self.orchestrator = self.orchestrators[0]
         self.agents: dict[str, Proc] = {}
@@ -172,8 +183,9 @@ class ProcessFederation:
             path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
             for k in range(1, config.replicas.get(spec.id, 1) + 1):
                 name = f"{spec.id}-r{k}"
-                cmd = [sys.executable, str(ROOT / "benchmarks" / "_scripted_worker.py"), str(path), "--replica-id", f"r{k}",
-                       "--latency-s", str(config.llm_latency_s)]  # fmt: skip
+                worker = str(ROOT / "benchmarks" / "_scripted_worker.py")
+                latency = str(config.llm_latency_s)
+                cmd = [sys.executable, worker, str(path), "--replica-id", f"r{k}", "--latency-s", latency]
                 env = {**base, "FOA_DATA_DIR": str(workdir / "agents")}
                 if config.agent_session_expiry_s is not None:
                     env["FOA_SESSION_EXPIRY_S"] = str(int(config.agent_session_expiry_s))
@@ -205,7 +217,9 @@ class ProcessFederation:
         """The orchestrators' job store, read-only (no leases)."""
         from fabric.orchestrator.store import open_store
 
-        settings = Settings(data_dir=self.workdir / "orchestrator", store_url=self.postgres.url if self.postgres else None)
+        settings = Settings(
+            data_dir=self.workdir / "orchestrator", store_url=self.postgres.url if self.postgres else None
+        )
         return open_store(settings, leases=False)
 
     def dead(self) -> list[str]:
@@ -230,13 +244,20 @@ async def wait_ready(bus: Bus, fed: ProcessFederation, timeout: float) -> float:
         online = {e.vcv.agent_id for e in registry.live() if e.vcv is not None and e.status == "online"}
         if want <= online:
             try:
-                env = await bus.request(topics.ROUTER_QUERY, RouteQuery(text="chest pain", top_k=10, abstain=False), expect=RouteResponse, timeout=2.0)
+                env = await bus.request(
+                    topics.ROUTER_QUERY,
+                    RouteQuery(text="chest pain", top_k=10, abstain=False),
+                    expect=RouteResponse,
+                    timeout=2.0,
+                )
                 if want <= {m.agent_id for m in env.body.matches}:
                     return time.monotonic() - started
             except Exception:  # noqa: BLE001 - router still starting
                 pass
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"federation not ready after {timeout:.0f}s; online: {sorted(e.vcv.agent_id for e in registry.live() if e.vcv)}")
+    raise RuntimeError(
+        f"federation not ready after {timeout:.0f}s; online: {sorted(e.vcv.agent_id for e in registry.live() if e.vcv)}"
+    )
 
 
 class ResultWatch:
@@ -290,7 +311,11 @@ class Chaos:
                     await asyncio.to_thread(self.fed.broker.restart)
                     self.broker_restarts += 1
                     self._note("broker back")
-                if cfg.orchestrators > 1 and not (self.orchestrator_kills or self.orchestrator_pauses) and done >= cfg.orchestrator_restart_at:
+                if (
+                    cfg.orchestrators > 1
+                    and not (self.orchestrator_kills or self.orchestrator_pauses)
+                    and done >= cfg.orchestrator_restart_at
+                ):
                     victim = self.fed.orchestrator
                     self.killed_at = time.time()
                     if cfg.orchestrator_pause_s is None:
@@ -344,8 +369,10 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         await bus.subscribe(f"{topics.ROOT}/jobs/+/result", watch.on_result, body_types=JobResult)
         ready_s = await wait_ready(bus, fed, timeout=240)
         progress(f"federation ready in {ready_s:.1f}s; warm-up job")
-        warm = await submit_and_follow(bus, "warm-up: chest pain at home, what now?", job_id=f"chaos-warmup-{os.getpid()}",
-                                       options=config.options, timeout=120)  # fmt: skip
+        warm = await submit_and_follow(
+            bus, "warm-up: chest pain at home, what now?", job_id=f"chaos-warmup-{os.getpid()}", options=config.options,
+            timeout=120,
+        )
         if warm.status != "completed":
             raise RuntimeError(f"warm-up job failed: {warm.failure_reason}")
 
@@ -383,7 +410,11 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         await asyncio.sleep(3.0)  # late re-publications would show up as duplicates here
 
     completed = [j for j in job_ids if isinstance(outcomes.get(j), JobResult) and outcomes[j].status == "completed"]  # type: ignore[union-attr]
-    failed = {j: outcomes[j].failure_reason for j in job_ids if isinstance(outcomes.get(j), JobResult) and outcomes[j].status != "completed"}  # type: ignore[union-attr]
+    failed = {
+        j: outcomes[j].failure_reason
+        for j in job_ids
+        if isinstance(outcomes.get(j), JobResult) and outcomes[j].status != "completed"
+    }  # type: ignore[union-attr]
     lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if not isinstance(outcomes.get(j), JobResult)}
     duplicated = watch.duplicated(job_ids)
     store = store_states(fed, job_ids)
@@ -407,7 +438,9 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         "orchestrator_pauses": chaos.orchestrator_pauses,
         "takeovers": len(takeovers),
         "takeover_p50_s": round(statistics.median(takeovers), 3) if takeovers else None,
-        "takeover_p99_s": round(sorted(takeovers)[min(len(takeovers) - 1, int(0.99 * len(takeovers)))], 3) if takeovers else None,
+        "takeover_p99_s": round(sorted(takeovers)[min(len(takeovers) - 1, int(0.99 * len(takeovers)))], 3)
+        if takeovers
+        else None,
         "takeover_max_s": round(max(takeovers), 3) if takeovers else None,
         "completed_with_failed_calls": degraded,
         "store_states": store,
@@ -415,7 +448,12 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         "lost_jobs": dict(list(lost.items())[:10]),
         "duplicated_jobs": duplicated[:10],
         "chaos_log": chaos.log,
-        "processes": {"agents": len(fed.agents), "replicas": config.replicas, "router": 1, "orchestrators": config.orchestrators},
+        "processes": {
+            "agents": len(fed.agents),
+            "replicas": config.replicas,
+            "router": 1,
+            "orchestrators": config.orchestrators,
+        },
         "store": config.store,
         "lease_s": config.lease_s,
         "options": config.options.model_dump(exclude_none=True),
@@ -448,7 +486,11 @@ def takeover_latencies(fed: ProcessFederation, job_ids: list[str], killed_at: fl
     store = fed.store()
     try:
         rows = [store.get(j) for j in job_ids]
-        return [r["lease_acquired_at"] - killed_at for r in rows if r and r["takeovers"] and r["lease_acquired_at"] >= killed_at]
+        return [
+            r["lease_acquired_at"] - killed_at
+            for r in rows
+            if r and r["takeovers"] and r["lease_acquired_at"] >= killed_at
+        ]
     finally:
         store.close()
 
@@ -469,7 +511,9 @@ def main() -> None:
     ap.add_argument("--agent-kills", type=int, default=8)
     ap.add_argument("--kill-every", type=float, default=6.0, help="seconds between agent kills (randomised ±50%%)")
     ap.add_argument("--node-timeout", type=float, default=20.0)
-    ap.add_argument("--agent-session-expiry", type=float, default=5.0, help="agents' FOA_SESSION_EXPIRY_S; <0 = fabric default")
+    ap.add_argument(
+        "--agent-session-expiry", type=float, default=5.0, help="agents' FOA_SESSION_EXPIRY_S; <0 = fabric default"
+    )
     ap.add_argument("--orchestrators", type=int, default=1, help="replicas; 2+: one is SIGKILLed for good mid-run")
     ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite", help="the orchestrators' job store")
     ap.add_argument("--lease", type=float, default=10.0, help="FOA_LEASE_S of the orchestrators")
@@ -477,10 +521,11 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None, help="keep logs, stores and specs in this folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    config = ChaosConfig(jobs=args.jobs, concurrency=args.concurrency, agent_kills=args.agent_kills, kill_every_s=args.kill_every,
-                         node_timeout_s=args.node_timeout, seed=args.seed, orchestrators=args.orchestrators,
-                         store=args.store, lease_s=args.lease,
-                         agent_session_expiry_s=None if args.agent_session_expiry < 0 else args.agent_session_expiry)  # fmt: skip
+    config = ChaosConfig(
+        jobs=args.jobs, concurrency=args.concurrency, agent_kills=args.agent_kills, kill_every_s=args.kill_every,
+        node_timeout_s=args.node_timeout, seed=args.seed, orchestrators=args.orchestrators, store=args.store,
+        lease_s=args.lease, agent_session_expiry_s=None if args.agent_session_expiry < 0 else args.agent_session_expiry,
+    )  # fmt: skip
     if args.keep:
         if args.keep.exists():
             shutil.rmtree(args.keep)

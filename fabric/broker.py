@@ -87,13 +87,13 @@ class LocalBroker:
     def url(self) -> str:
         return self.address.url
 
-    def start(self) -> "LocalBroker":
+    def start(self) -> LocalBroker:
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self) -> LocalBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -119,7 +119,7 @@ class EmbeddedBroker(LocalBroker):
         )
         self._broker = Broker(config_path=str(conf))
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         self._broker.start()
         log.info("embedded broker listening", extra={"url": self.url})
         return self
@@ -273,7 +273,7 @@ class Mosquitto(LocalBroker):
         self.die_with_parent = die_with_parent
         self.pid_file = self.data_dir / "broker.pid"
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         self._proc = subprocess.Popen(
             [self.binary, "-c", str(self.conf_path.resolve())],
             stdout=subprocess.DEVNULL,

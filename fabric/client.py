@@ -97,7 +97,9 @@ async def submit_and_follow(
                 try:
                     # no wait for the acknowledgement: while the broker is away the bus keeps the
                     # message and sends it on reconnecting, and the result must not wait on it
-                    await bus.publish(topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=bus.client_id), wait=False)
+                    await bus.publish(
+                        topics.JOBS_SUBMIT, make(submit, job_id=submit.job_id, sender=bus.client_id), wait=False
+                    )
                 except BusError:  # broker away: the next round sends it again
                     pass
                 sent_at = time.monotonic()
@@ -105,7 +107,8 @@ async def submit_and_follow(
             if left <= 0:
                 if not alive.is_set():
                     raise JobTimeout(
-                        f"no orchestrator picked up job {submit.job_id} within {timeout:.0f}s: is `foa orchestrator` (or `foa up`) running?"
+                        f"no orchestrator picked up job {submit.job_id} within {timeout:.0f}s: "
+                        "is `foa orchestrator` (or `foa up`) running?"
                     )
                 raise JobTimeout(
                     f"job {submit.job_id} did not finish within {timeout:.0f}s; it may still finish: "
@@ -176,7 +179,13 @@ async def follow_federation(
         try:
             follow = asyncio.create_task(
                 submit_and_follow(
-                    bus, question, job_id=job_id, options=options, budget=budget, policies=policies, on_event=once,
+                    bus,
+                    question,
+                    job_id=job_id,
+                    options=options,
+                    budget=budget,
+                    policies=policies,
+                    on_event=once,
                     timeout=max(0.1, deadline - time.monotonic()),
                 )
             )
@@ -203,4 +212,6 @@ async def cancel_job(bus: Bus, job_id: str, reason: str = "") -> None:
     """Ask whichever orchestrator owns `job_id` to cancel it (QoS 1; harmless when repeated or
     when the job already ended). The job's result, status `canceled`, arrives on its result topic."""
     topics.validate_id(job_id, "job id")
-    await bus.publish(topics.job_cancel(job_id), make(JobCancel(job_id=job_id, reason=reason), job_id=job_id, sender=bus.client_id))
+    await bus.publish(
+        topics.job_cancel(job_id), make(JobCancel(job_id=job_id, reason=reason), job_id=job_id, sender=bus.client_id)
+    )

@@ -26,8 +26,8 @@ from typing import IO, Any
 
 from agents.sdk import Agent
 from agents.spec import AgentSpec, default_specs_dir, load_specs
-from fabric.broker import EmbeddedBroker, Mosquitto, free_port, local_broker, reap_orphans
-from fabric.bus import Bus, BrokerAddress
+from fabric.broker import LocalBroker, Mosquitto, free_port, local_broker, reap_orphans
+from fabric.bus import BrokerAddress, Bus
 from fabric.client import submit_and_follow
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.errors import ConfigError
@@ -108,7 +108,7 @@ class LocalFederation:
         self.with_router = with_router
         self.with_orchestrator = with_orchestrator
         self.resume_jobs = resume_jobs
-        self.broker: EmbeddedBroker | Mosquitto | None = None
+        self.broker: LocalBroker | None = None
         self.address: BrokerAddress | None = None
         self.agents: list[Agent] = []
         self.orchestrator: OrchestratorService | None = None
@@ -121,7 +121,7 @@ class LocalFederation:
         self._lock: DataDirLock | None = None
         self._watch: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "LocalFederation":
+    async def __aenter__(self) -> LocalFederation:
         await self.start()
         return self
 
@@ -145,7 +145,10 @@ class LocalFederation:
             self._lock = DataDirLock(self.settings.data_dir).acquire()
         if self._embedder is None:
             self._embedder = await asyncio.to_thread(
-                shared_embedder, self.settings.embedding_model, self.settings.embedding_dim, self.settings.embedding_device
+                shared_embedder,
+                self.settings.embedding_model,
+                self.settings.embedding_dim,
+                self.settings.embedding_device,
             )
         if self.settings.broker_url:
             self.address = BrokerAddress.parse(self.settings.broker_url)
@@ -159,10 +162,19 @@ class LocalFederation:
             from router.service import RouterService
 
             bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
-            self.router = RouterService(self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check)
+            self.router = RouterService(
+                self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check
+            )
             await self.router.start()
         self.agents = [
-            make_worker(spec, self.settings, backend=self._backend(spec), broker=self.address, embedder=self.embedder, replica_id="local")
+            make_worker(
+                spec,
+                self.settings,
+                backend=self._backend(spec),
+                broker=self.address,
+                embedder=self.embedder,
+                replica_id="local",
+            )
             for spec in self.specs
         ]
         await asyncio.gather(*(agent.start() for agent in self.agents))
@@ -213,7 +225,9 @@ class LocalFederation:
                 await asyncio.sleep(1.0)
 
     async def _bus(self, role: str, *, persistent: bool = True, client_id: str | None = None) -> Bus:
-        bus = Bus(self.settings, client_id or f"{role}-{uuid.uuid4().hex[:8]}", broker=self.address, persistent=persistent)
+        bus = Bus(
+            self.settings, client_id or f"{role}-{uuid.uuid4().hex[:8]}", broker=self.address, persistent=persistent
+        )
         await bus.connect()
         self._buses.append(bus)
         return bus
@@ -237,7 +251,14 @@ class LocalFederation:
     ) -> JobResult:
         bus = await self.client()
         return await submit_and_follow(
-            bus, question, job_id=job_id, options=options, budget=budget, policies=policies, on_event=on_event, timeout=timeout
+            bus,
+            question,
+            job_id=job_id,
+            options=options,
+            budget=budget,
+            policies=policies,
+            on_event=on_event,
+            timeout=timeout,
         )
 
     async def stop(self) -> None:

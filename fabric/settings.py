@@ -95,7 +95,9 @@ class Settings(BaseSettings):
         description="how long an orchestrator's claim on a job outlives its last renewal (renewed every third of "
         "it); a dead replica's jobs are taken over within lease_s + lease_scan_s",
     )
-    lease_scan_s: float = Field(default=2.0, gt=0, le=60, description="how often a replica looks for expired leases to take over")
+    lease_scan_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often a replica looks for expired leases to take over"
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
 

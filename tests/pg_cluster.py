@@ -28,7 +28,10 @@ def pg_bindir() -> Path | None:
         out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
         if out and (Path(out) / "initdb").exists():
             return Path(out)
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+        key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0,
+    )
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
@@ -49,7 +52,9 @@ class PostgresCluster:
         able to reach it (pytest's per-test dirs are private to root)."""
         bindir = pg_bindir()
         if bindir is None:
-            raise RuntimeError("PostgreSQL is not installed (Debian: apt-get install postgresql; scripts/test.sh does it)")
+            raise RuntimeError(
+                "PostgreSQL is not installed (Debian: apt-get install postgresql; scripts/test.sh does it)"
+            )
         self.bindir = bindir
         self._tmp = tempfile.mkdtemp(prefix="foa-pg-")
         self.dir = Path(self._tmp)
@@ -63,7 +68,9 @@ class PostgresCluster:
 
                 pw = pwd.getpwnam(self.user)
             except KeyError:
-                raise RuntimeError("running as root, PostgreSQL needs the 'postgres' system user (apt-get install postgresql)") from None
+                raise RuntimeError(
+                    "running as root, PostgreSQL needs the 'postgres' system user (apt-get install postgresql)"
+                ) from None
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
             os.chmod(self.dir, 0o700)
         self.url = f"postgresql://foa@127.0.0.1:{self.port}/foa"
@@ -75,13 +82,32 @@ class PostgresCluster:
             argv = ["runuser", "-u", self.user, "--", *argv]
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False, cwd=self.dir)
         if proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+            raise RuntimeError(
+                f"{' '.join(cmd[:2])} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}"
+            )
         return proc.stdout
 
     def start(self) -> PostgresCluster:
-        self._run(str(self.bindir / "initdb"), "-D", str(self.data), "-U", "foa", "--auth=trust", "-E", "UTF8", "--no-sync")
-        opts = f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir} -c fsync=off -c max_connections=200"
-        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(self.dir / "postgres.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.data), "-U", "foa", "--auth=trust", "-E", "UTF8", "--no-sync"
+        )
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir}"
+            " -c fsync=off -c max_connections=200"
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-l",
+            str(self.dir / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._started = True
         self._run(str(self.bindir / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "foa", "foa")
         return self
@@ -89,7 +115,9 @@ class PostgresCluster:
     def stop(self) -> None:
         if self._started:
             try:
-                self._run(str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30)
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop", timeout=30
+                )
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             self._started = False

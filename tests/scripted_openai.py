@@ -24,7 +24,10 @@ from tests.scripted_federation import scripted_answer
 
 
 def answer(payload: dict[str, Any]) -> str:
-    messages = [ChatMessage(role=m.get("role", "user"), content=str(m.get("content") or "")) for m in payload.get("messages", [])]
+    messages = [
+        ChatMessage(role=m.get("role", "user"), content=str(m.get("content") or ""))
+        for m in payload.get("messages", [])
+    ]
     fmt = payload.get("response_format") or {}
     schema = (fmt.get("json_schema") or {}).get("schema") or fmt.get("schema")
     agent = str(payload.get("model") or "agent")
@@ -46,11 +49,21 @@ class ScriptedOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 time.sleep(latency)
                 text = answer(body)
-                self._send({
-                    "id": "scripted", "object": "chat.completion", "model": body.get("model", "scripted"),
-                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                    "usage": {"prompt_tokens": 20, "completion_tokens": max(1, len(text) // 4), "total_tokens": 20 + len(text) // 4},
-                })
+                self._send(
+                    {
+                        "id": "scripted",
+                        "object": "chat.completion",
+                        "model": body.get("model", "scripted"),
+                        "choices": [
+                            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        ],
+                        "usage": {
+                            "prompt_tokens": 20,
+                            "completion_tokens": max(1, len(text) // 4),
+                            "total_tokens": 20 + len(text) // 4,
+                        },
+                    }
+                )
 
             def _send(self, data: dict[str, Any]) -> None:
                 raw = json.dumps(data).encode()

@@ -36,7 +36,9 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
     opened: list[JobStore] = []
 
     def factory(lease_s: float | None = None) -> JobStore:
-        settings = Settings(data_dir=tmp_path, store_url=None if request.param == "sqlite" else target, lease_s=lease_s or 10.0)
+        settings = Settings(
+            data_dir=tmp_path, store_url=None if request.param == "sqlite" else target, lease_s=lease_s or 10.0
+        )
         store = open_store(settings, leases=lease_s is not None)
         opened.append(store)
         return store
@@ -61,7 +63,11 @@ def test_admit_once_and_read_back(make_store: StoreFactory) -> None:
     store.checkpoint("j1", "dag", {"nodes": [1, 2]})
     store.add_event(JobEvent(job_id="j1", seq=1, phase="decompose", message="planned"))
     row = store.get("j1")
-    assert row is not None and (row["state"], row["phase"], row["question"]) == ("running", "decompose", "question of j1")
+    assert row is not None and (row["state"], row["phase"], row["question"]) == (
+        "running",
+        "decompose",
+        "question of j1",
+    )
     assert store.checkpoints("j1") == {"dag": {"nodes": [1, 2]}}
     assert [e.message for e in store.events("j1")] == ["planned"]
     assert store.next_seq("j1") == 2
@@ -110,7 +116,12 @@ def test_lease_blocks_others_until_it_expires(make_store: StoreFactory) -> None:
     assert b.claimable("B") == ["l1"]
     assert b.acquire("l1", "B") == 2  # the fencing token grows on every acquisition
     row = b.get("l1")
-    assert row is not None and (row["owner"], row["lease_token"], row["takeovers"], shown_state(row)) == ("B", 2, 1, "queued")
+    assert row is not None and (row["owner"], row["lease_token"], row["takeovers"], shown_state(row)) == (
+        "B",
+        2,
+        1,
+        "queued",
+    )
     assert a.renew("A") == ["l1"]  # A learns it lost the job
     assert a.held() == {}
 
@@ -177,10 +188,14 @@ def test_sqlite_file_from_before_leases_gains_the_columns(tmp_path: Path) -> Non
     path = tmp_path / "old.sqlite3"
     db = sqlite3.connect(path)
     db.executescript(
-        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, submit TEXT NOT NULL, state TEXT NOT NULL, phase TEXT NOT NULL DEFAULT '',"
-        " owner TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL, result TEXT, failure TEXT);"
+        "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, submit TEXT NOT NULL, state TEXT NOT NULL,"
+        " phase TEXT NOT NULL DEFAULT '', owner TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL,"
+        " result TEXT, failure TEXT);"
     )
-    db.execute("INSERT INTO jobs VALUES ('old', ?, 'running', 'execute', 'o', 1, 1, NULL, NULL)", (submit("old").model_dump_json(),))
+    db.execute(
+        "INSERT INTO jobs VALUES ('old', ?, 'running', 'execute', 'o', 1, 1, NULL, NULL)",
+        (submit("old").model_dump_json(),),
+    )
     db.commit()
     db.close()
     store = JobStore(path, lease_s=5.0)

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fabric.broker import Mosquitto, pid_alive, mosquitto_binary, orphan_brokers
+from fabric.broker import Mosquitto, mosquitto_binary, orphan_brokers, pid_alive
 from fabric.orchestrator.store import JobStore
 from tests.scripted_federation import SPECS
 from tests.scripted_openai import ScriptedOpenAI
@@ -131,8 +131,8 @@ def broker_pid(workdir: Path) -> int | None:
 
 
 def jobs_state(workdir: Path, env: dict[str, str], job_id: str) -> str | None:
-    out = subprocess.run([sys.executable, "-m", "fabric.cli", "jobs", "--json"], cwd=workdir, env=env, capture_output=True,
-                         text=True, timeout=60, check=True).stdout  # fmt: skip
+    argv = [sys.executable, "-m", "fabric.cli", "jobs", "--json"]
+    out = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=True).stdout
     return next((r["state"] for r in json.loads(out) if r["job_id"] == job_id), None)
 
 
@@ -159,7 +159,9 @@ def test_foa_up_sigkilled_mid_job_and_started_again(workdir: tuple[Path, dict[st
         first.p.wait(10)
         wait_for(lambda: not pid_alive(old_broker), 10, "the broker to die with its `foa up`")
         # no orchestrator holds the job now: `foa jobs` says so once its lease (FOA_LEASE_S=4) ran out
-        wait_for(lambda: jobs_state(path, env, "killed-mid-job") == "orphaned", 20, "`foa jobs` to show the job orphaned")
+        wait_for(
+            lambda: jobs_state(path, env, "killed-mid-job") == "orphaned", 20, "`foa jobs` to show the job orphaned"
+        )
         second = Up(path, env, "up-2")
         second.wait_ready()
         result = finish(sub)
@@ -171,7 +173,9 @@ def test_foa_up_sigkilled_mid_job_and_started_again(workdir: tuple[Path, dict[st
             assert row is not None and row["state"] == "completed"
             done = [e for e in store.events("killed-mid-job") if e.phase == "done"]
             assert len(done) == 1  # completed once
-            assert "resumed with a" in " ".join(e.message for e in store.events("killed-mid-job"))  # from its checkpoint
+            assert "resumed with a" in " ".join(
+                e.message for e in store.events("killed-mid-job")
+            )  # from its checkpoint
         finally:
             store.close()
         new_broker = broker_pid(path)
@@ -218,8 +222,8 @@ def test_submit_timeout_is_a_clear_error(mosquitto: Mosquitto, tmp_path: Path) -
     """No orchestrator on the broker: `foa submit --timeout 2` gives up with a message and exit 1."""
     env = {**os.environ, "FOA_BROKER_URL": mosquitto.url, "FOA_DATA_DIR": str(tmp_path)}
     started_at = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "fabric.cli", "submit", QUESTION, "--timeout", "2"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    argv = [sys.executable, "-m", "fabric.cli", "submit", QUESTION, "--timeout", "2"]
+    proc = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "no orchestrator picked up job" in proc.stderr and "within 2s" in proc.stderr, proc.stderr
     assert time.monotonic() - started_at < 30

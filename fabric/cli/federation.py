@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import time
-import uuid
 from typing import Any
 
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
@@ -229,8 +228,8 @@ def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> JobResult:
         # follows the federation across restarts: re-reads .foa/federation.json, reconnects, re-sends by job id
         return await follow_federation(
-            settings, lambda: resolve_broker(settings), args.question, job_id=args.job_id, options=options, budget=budget,
-            policies=args.policy, on_event=Progress(), timeout=args.timeout,
+            settings, lambda: resolve_broker(settings), args.question, job_id=args.job_id, options=options,
+            budget=budget, policies=args.policy, on_event=Progress(), timeout=args.timeout,
         )
 
     return print_result(asyncio.run(main()), args.json)

@@ -158,7 +158,9 @@ class OrchestratorService:
         self.completed = 0
         self.failed = 0
         # leases in the store: renewed while jobs run, expired ones taken over (fabric/orchestrator/leases.py)
-        self.leases = LeaseKeeper(self.store, bus.client_id, settings, start_job=self._start_job, abandon=self._abandon, takeover=resume)
+        self.leases = LeaseKeeper(
+            self.store, bus.client_id, settings, start_job=self._start_job, abandon=self._abandon, takeover=resume
+        )
 
     async def start(self) -> None:
         await self.registry.attach(self.bus)

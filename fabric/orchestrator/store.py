@@ -27,6 +27,7 @@ that was paused or cut off abandons it instead of running it twice.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import sqlite3
@@ -91,7 +92,11 @@ def shown_state(row: dict[str, Any]) -> str:
     """The state a person should see: `orphaned` instead of a stale `running`."""
     return ORPHANED if row.get("orphaned") else str(row["state"])
 
-JOB_COLUMNS = "job_id, submit, state, phase, created_at, updated_at, result, failure, owner, lease_expires, lease_token, takeovers, lease_acquired_at"
+
+JOB_COLUMNS = (
+    "job_id, submit, state, phase, created_at, updated_at, result, failure, "
+    "owner, lease_expires, lease_token, takeovers, lease_acquired_at"
+)
 
 log = logging.getLogger("foa.orchestrator")
 
@@ -109,18 +114,18 @@ class Store(Protocol):
     def set_state(self, job_id: str, state: str, phase: str = "") -> None: ...
     def finish(self, result: JobResult) -> None: ...
     def get(self, job_id: str) -> dict[str, Any] | None: ...
-    def list(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]: ...
-    def unfinished(self) -> list[JobSubmit]: ...
+    def list(self, limit: int = 50, state: str | None = None) -> builtins.list[dict[str, Any]]: ...
+    def unfinished(self) -> builtins.list[JobSubmit]: ...
     def result(self, job_id: str) -> JobResult | None: ...
     def add_event(self, event: JobEvent) -> None: ...
-    def events(self, job_id: str) -> list[JobEvent]: ...
+    def events(self, job_id: str) -> builtins.list[JobEvent]: ...
     def next_seq(self, job_id: str) -> int: ...
     def checkpoint(self, job_id: str, key: str, value: Any) -> None: ...
     def checkpoints(self, job_id: str) -> dict[str, Any]: ...
     def acquire(self, job_id: str, owner: str) -> int | None: ...
-    def renew(self, owner: str) -> list[str]: ...
+    def renew(self, owner: str) -> builtins.list[str]: ...
     def release(self, job_id: str) -> None: ...
-    def claimable(self, owner: str, limit: int = 100) -> list[str]: ...
+    def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]: ...
     def held(self) -> dict[str, int]: ...
     def flush(self, final: tuple[str, tuple[Any, ...]] | None = None) -> None: ...
     def close(self) -> None: ...
@@ -143,7 +148,7 @@ class JobStore:
         self._held: dict[str, int] = {}  # job id -> the fencing token this store holds
         self._lost: set[str] = set()  # jobs taken over from this store: their writes are dropped here
         # this turn's writes: events in order; checkpoints and job states, newest per key
-        self._events: list[tuple[Any, ...]] = []
+        self._events: builtins.list[tuple[Any, ...]] = []
         self._checkpoints: dict[tuple[str, str], Any] = {}
         self._states: dict[str, tuple[str, str, float]] = {}
         self._flush_scheduled = False
@@ -217,7 +222,9 @@ class JobStore:
         if not held:
             return lost
         marks = ",".join("?" * len(held))
-        rows = self._db.execute(self._sql(f"SELECT job_id, lease_token FROM jobs WHERE job_id IN ({marks}){self._lock_rows}"), held)
+        rows = self._db.execute(
+            self._sql(f"SELECT job_id, lease_token FROM jobs WHERE job_id IN ({marks}){self._lock_rows}"), held
+        )
         current = {r[0]: int(r[1]) for r in rows.fetchall()}
         return lost | {j for j in held if current.get(j) != self._held[j]}
 
@@ -259,7 +266,9 @@ class JobStore:
                 state_rows = [(*v, job_id) for job_id, v in states.items() if job_id not in fenced]
                 event_rows = [e for e in events if e[0] not in fenced]
                 if state_rows:
-                    self._db.executemany(self._sql("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?"), state_rows)
+                    self._db.executemany(
+                        self._sql("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?"), state_rows
+                    )
                 if event_rows:
                     self._db.executemany(
                         self._sql(
@@ -283,12 +292,17 @@ class JobStore:
             except self._errors():
                 if self._in_transaction():
                     self._db.execute("ROLLBACK")
-                log.exception("job store write failed", extra={"statements": len(events) + len(checkpoints) + len(states) + bool(final)})
+                log.exception(
+                    "job store write failed",
+                    extra={"statements": len(events) + len(checkpoints) + len(states) + bool(final)},
+                )
                 raise
         if fenced:
             self._fence(fenced)
             if final_job in fenced:
-                raise FencedOut(f"job {final_job}: another orchestrator replica took it over; its result is not written here")
+                raise FencedOut(
+                    f"job {final_job}: another orchestrator replica took it over; its result is not written here"
+                )
 
     # ---- jobs ---------------------------------------------------------------------------
 
@@ -298,7 +312,8 @@ class JobStore:
         now = time.time()
         token, expires = (1, now + self.lease_s) if self.lease_s else (0, 0.0)
         cur = self._exec(
-            "INSERT INTO jobs(job_id, submit, state, owner, created_at, updated_at, lease_token, lease_expires, lease_acquired_at) "
+            "INSERT INTO jobs(job_id, submit, state, owner, created_at, updated_at, "
+            "lease_token, lease_expires, lease_acquired_at) "
             "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id) DO NOTHING",
             (submit.job_id, submit.model_dump_json(), "queued", owner, now, now, token, expires, now),
         )
@@ -318,14 +333,17 @@ class JobStore:
         sql = "UPDATE jobs SET state=?, phase='done', result=?, failure=?, updated_at=?, lease_expires=0 WHERE job_id=?"
         with self._lock:
             self._states.pop(result.job_id, None)  # the final state wins
-            self.flush((sql, (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id)), result.job_id)
+            self.flush(
+                (sql, (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id)),
+                result.job_id,
+            )
             self._held.pop(result.job_id, None)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self._exec(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return self._row(row) if row else None
 
-    def list(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
+    def list(self, limit: int = 50, state: str | None = None) -> builtins.list[dict[str, Any]]:
         sql = f"SELECT {JOB_COLUMNS} FROM jobs"
         args: tuple[Any, ...] = ()
         if state:
@@ -334,9 +352,11 @@ class JobStore:
         rows = self._exec(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._row(r) for r in rows]
 
-    def unfinished(self) -> list[JobSubmit]:
+    def unfinished(self) -> builtins.list[JobSubmit]:
         marks = ",".join("?" * len(TERMINAL))
-        rows = self._exec(f"SELECT submit FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at", TERMINAL).fetchall()
+        rows = self._exec(
+            f"SELECT submit FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at", TERMINAL
+        ).fetchall()
         return [JobSubmit.model_validate_json(r[0]) for r in rows]
 
     def submit_of(self, job_id: str) -> JobSubmit | None:
@@ -393,7 +413,7 @@ class JobStore:
         self._lost.discard(job_id)
         return int(row[0])
 
-    def renew(self, owner: str) -> list[str]:
+    def renew(self, owner: str) -> builtins.list[str]:
         """Extend every lease held here; returns the jobs whose lease was lost (taken over while
         this replica was paused or cut off): they are no longer held, and `on_fenced` is told."""
         with self._lock:
@@ -401,7 +421,7 @@ class JobStore:
                 return []
             self.flush()
             expires = time.time() + self.lease_s if self.lease_s else 0.0
-            lost: list[str] = []
+            lost: builtins.list[str] = []
             self._begin()
             try:
                 for job_id, token in list(self._held.items()):
@@ -427,14 +447,16 @@ class JobStore:
         if token is None:
             return
         try:
-            self._exec("UPDATE jobs SET lease_expires=? WHERE job_id=? AND lease_token=?", (time.time() - 1, job_id, token))
+            self._exec(
+                "UPDATE jobs SET lease_expires=? WHERE job_id=? AND lease_token=?", (time.time() - 1, job_id, token)
+            )
         except Exception:  # noqa: BLE001 - closed on the way out: the lease then simply expires
             log.debug("could not release lease", extra={"job_id": job_id}, exc_info=True)
 
     def held(self) -> dict[str, int]:
         return dict(self._held)
 
-    def claimable(self, owner: str, limit: int = 100) -> list[str]:
+    def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]:
         """Unfinished jobs this owner may acquire: lease expired, or already its own but not
         held by this store (left by this replica's previous life)."""
         marks = ",".join("?" * len(TERMINAL))
@@ -449,12 +471,18 @@ class JobStore:
 
     def add_event(self, event: JobEvent) -> None:
         with self._lock:
-            self._events.append((event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at))
+            self._events.append(
+                (event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at)
+            )
             self._queued()
 
-    def events(self, job_id: str) -> list[JobEvent]:
-        rows = self._exec("SELECT seq, phase, message, data, at FROM events WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
-        return [JobEvent(job_id=job_id, seq=r[0], phase=r[1], message=r[2], data=json.loads(r[3]), at=r[4]) for r in rows]
+    def events(self, job_id: str) -> builtins.list[JobEvent]:
+        rows = self._exec(
+            "SELECT seq, phase, message, data, at FROM events WHERE job_id=? ORDER BY seq", (job_id,)
+        ).fetchall()
+        return [
+            JobEvent(job_id=job_id, seq=r[0], phase=r[1], message=r[2], data=json.loads(r[3]), at=r[4]) for r in rows
+        ]
 
     def next_seq(self, job_id: str) -> int:
         row = self._exec("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)).fetchone()

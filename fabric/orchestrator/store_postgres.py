@@ -69,7 +69,9 @@ class _Connection:
         try:
             import psycopg
         except ImportError:
-            raise ConfigError("FOA_STORE_URL names PostgreSQL but psycopg is not installed: pip install 'foa[postgres]'") from None
+            raise ConfigError(
+                "FOA_STORE_URL names PostgreSQL but psycopg is not installed: pip install 'foa[postgres]'"
+            ) from None
         self._psycopg = psycopg
         self.url = url
         self.conn = self._open()
