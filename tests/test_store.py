@@ -204,3 +204,20 @@ def test_sqlite_file_from_before_leases_gains_the_columns(tmp_path: Path) -> Non
     assert store.claimable("new-owner") == ["old"]  # never leased: free to take
     assert store.acquire("old", "new-owner") == 1
     store.close()
+
+
+def test_postgres_store_survives_a_server_restart(postgres: PostgresCluster, tmp_path: Path) -> None:  # noqa: F811
+    """Replicas outlive a PostgreSQL restart (upgrade, failover): the next statement reconnects."""
+    url = postgres.new_database(f"t_{uuid.uuid4().hex[:10]}")
+    store = open_store(Settings(data_dir=tmp_path, store_url=url, lease_s=30.0))
+    try:
+        assert store.admit(submit("pg1"), owner="A")
+        store.checkpoint("pg1", "dag", {"n": 1})
+        postgres.restart()
+        store.checkpoint("pg1", "dag", {"n": 2})  # the first write after the restart: a new connection
+        assert store.checkpoints("pg1") == {"dag": {"n": 2}}
+        assert store.renew("A") == []
+        store.finish(JobResult(job_id="pg1", status="completed", answer="a"))
+        assert store.get("pg1")["state"] == "completed"  # type: ignore[index]
+    finally:
+        store.close()

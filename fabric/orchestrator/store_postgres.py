@@ -75,6 +75,7 @@ class _Connection:
         self._psycopg = psycopg
         self.url = url
         self.conn = self._open()
+        self._tx = False  # between our BEGIN and COMMIT/ROLLBACK
 
     def _open(self) -> Any:
         try:
@@ -84,17 +85,38 @@ class _Connection:
 
     @property
     def in_transaction(self) -> bool:
-        from psycopg.pq import TransactionStatus
-
-        return bool(self.conn.info.transaction_status != TransactionStatus.IDLE)
+        return self._tx
 
     def execute(self, sql: str, args: Any = ()) -> Any:
-        if self.conn.closed and sql != "BEGIN":
-            raise self._psycopg.OperationalError("connection to the job store lost inside a transaction")
+        """A statement; after a lost connection (the server restarted) the next statement outside
+        a transaction reconnects. Inside one the transaction is gone: the caller's commit fails."""
         if self.conn.closed:
+            if self._tx:
+                if sql == "ROLLBACK":  # nothing left to roll back
+                    self._tx = False
+                    return None
+                raise self._psycopg.OperationalError("connection to the job store lost inside a transaction")
             log.warning("job store connection lost; reconnecting", extra={"url": _redact(self.url)})
             self.conn = self._open()
-        return self.conn.execute(sql, args or None)
+        try:
+            try:
+                cur = self.conn.execute(sql, args or None)
+            except self._psycopg.OperationalError:
+                if self._tx or not self.conn.closed:
+                    raise
+                # a statement outside a transaction (or its BEGIN) on a connection the server
+                # closed (restart, failover): once more on a new one. A write whose commit was lost
+                # with the reply may run twice; every statement here is idempotent or guarded
+                # (admit: ON CONFLICT; acquire: the owner check)
+                log.warning("job store connection lost; reconnecting", extra={"url": _redact(self.url)})
+                self.conn = self._open()
+                cur = self.conn.execute(sql, args or None)
+            if sql == "BEGIN":
+                self._tx = True
+            return cur
+        finally:
+            if sql in ("COMMIT", "ROLLBACK"):
+                self._tx = False
 
     def executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> Any:
         cur = self.conn.cursor()
