@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fabric.broker import Mosquitto, mosquitto_binary, orphan_brokers, pid_alive
+from fabric.broker import Mosquitto, mosquitto_binary, orphan_brokers, pid_alive, reap_orphans
 from fabric.orchestrator.store import JobStore
 from tests.scripted_federation import SPECS
 from tests.scripted_openai import ScriptedOpenAI
@@ -227,3 +227,23 @@ def test_submit_timeout_is_a_clear_error(mosquitto: Mosquitto, tmp_path: Path) -
     assert proc.returncode == 1
     assert "no orchestrator picked up job" in proc.stderr and "within 2s" in proc.stderr, proc.stderr
     assert time.monotonic() - started_at < 30
+
+
+def test_orphaned_broker_is_found_and_stopped(tmp_path: Path) -> None:
+    """A broker a dead run left on the data dir (no parent-death signal: another OS, an older
+    version) is found from its pid file or, without one, from /proc, and stopped."""
+    data = tmp_path / "broker"
+    orphan = Mosquitto(data_dir=data, persistence=True)  # not die_with_parent: it would outlive us
+    orphan.start()
+    pid = orphan.pid
+    assert pid is not None
+    try:
+        assert orphan_brokers(data) == [pid]
+        (data / "broker.pid").unlink()  # even without its pid file
+        assert orphan_brokers(data) == [pid]
+        assert orphan_brokers(tmp_path / "elsewhere") == []  # other data dirs' brokers are not ours
+        assert reap_orphans(data) == [pid]
+        wait_for(lambda: orphan.running is False, 10, "the orphan to exit")
+        assert orphan_brokers(data) == []
+    finally:
+        orphan.stop()
