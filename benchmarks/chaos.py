@@ -409,17 +409,14 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         await asyncio.sleep(3.0)  # late re-publications would show up as duplicates here
 
-    completed = [j for j in job_ids if isinstance(outcomes.get(j), JobResult) and outcomes[j].status == "completed"]  # type: ignore[union-attr]
-    failed = {
-        j: outcomes[j].failure_reason
-        for j in job_ids
-        if isinstance(outcomes.get(j), JobResult) and outcomes[j].status != "completed"
-    }  # type: ignore[union-attr]
-    lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if not isinstance(outcomes.get(j), JobResult)}
+    results = {j: r for j, r in outcomes.items() if isinstance(r, JobResult)}
+    completed = [j for j in job_ids if j in results and results[j].status == "completed"]
+    failed = {j: results[j].failure_reason for j in job_ids if j in results and results[j].status != "completed"}
+    lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if j not in results}
     duplicated = watch.duplicated(job_ids)
     store = store_states(fed, job_ids)
     takeovers = takeover_latencies(fed, job_ids, chaos.killed_at)
-    degraded = sum(1 for j in completed if outcomes[j].usage.get("failures"))  # type: ignore[union-attr]
+    degraded = sum(1 for j in completed if results[j].usage.get("failures"))
     return {
         "jobs": config.jobs,
         "completed": len(completed),
