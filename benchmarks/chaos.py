@@ -8,13 +8,17 @@ follows them (`fabric.client.submit_and_follow`) while this script:
 
 - SIGKILLs random agent processes and restarts them with the same replica id,
 - restarts the broker once (SIGTERM, mosquitto saves its persistence file, start again),
-- SIGKILLs the orchestrator once and starts it again (it resumes jobs from its store).
+- SIGKILLs the orchestrator once and starts it again (it resumes jobs from its store);
+  with `--orchestrators 2` it SIGKILLs one replica for good instead: the other takes over its
+  unfinished jobs when their leases expire (`--store postgres`: the replicas share a PostgreSQL
+  job store, a throwaway cluster this script starts with initdb + pg_ctl; `sqlite`: one file).
 
 Every job must end `completed`, or `failed` with a reason; a job is `lost` when the client never
 gets a result and `duplicated` when two different results are published for one job id (every
 result on `foa/jobs/+/result` is watched, not only the first). Prints one JSON object.
 
     python benchmarks/chaos.py --json [--jobs 100] [--concurrency 8] [--keep DIR]
+    python benchmarks/chaos.py --json --orchestrators 2 --store postgres --jobs 60
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from fabric.client import JobFailed, submit_and_follow  # noqa: E402
 from fabric.messages import JobOptions, JobResult, RouteQuery, RouteResponse  # noqa: E402
 from fabric.registry import Registry  # noqa: E402
 from fabric.settings import Settings  # noqa: E402
+from tests.pg_cluster import PostgresCluster  # noqa: E402
 from tests.scripted_federation import SPECS  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -73,6 +78,12 @@ class ChaosConfig:
     #: out of rotation quickly; None = the fabric default (FOA_SESSION_EXPIRY_S, 30 s)
     agent_session_expiry_s: float | None = 5.0
     job_timeout_s: float = 300.0
+    orchestrators: int = 1  # 2+: one is SIGKILLed for good at orchestrator_restart_at, not restarted
+    store: str = "sqlite"  # or "postgres" (a throwaway cluster)
+    lease_s: float = 10.0
+    #: with 2+ orchestrators: SIGSTOP one for this long (then SIGCONT) instead of killing it: its
+    #: jobs are taken over meanwhile, and the fencing tokens must keep it from writing after
+    orchestrator_pause_s: float | None = None
     llm_latency_s: float = 0.05
     seed: int = 0
     options: JobOptions = field(
@@ -92,7 +103,9 @@ class Proc:
         self.starts += 1
         with self.log.open("ab") as fh:
             fh.write(f"\n===== start {self.starts} at {time.strftime('%H:%M:%S')} =====\n".encode())
-            self.p = subprocess.Popen(self.cmd, env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+            self.p = subprocess.Popen(
+                self.cmd, env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     @property
     def running(self) -> bool:
@@ -129,7 +142,10 @@ class ProcessFederation:
         self.logs = workdir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.broker = Mosquitto(data_dir=workdir / "broker", persistence=True)
-        self.settings = Settings(broker_url=self.broker.url, data_dir=workdir / "client", keepalive_s=5, request_timeout_s=10.0)
+        self.postgres: PostgresCluster | None = PostgresCluster() if config.store == "postgres" else None
+        self.settings = Settings(
+            broker_url=self.broker.url, data_dir=workdir / "client", keepalive_s=5, request_timeout_s=10.0
+        )
         base = {
             **os.environ,
             "FOA_BROKER_URL": self.broker.url,
@@ -144,19 +160,32 @@ class ProcessFederation:
         specs_dir = workdir / "specs"
         specs_dir.mkdir(exist_ok=True)
         foa = str(VENV_BIN / "foa")
-        self.router = Proc("router", [foa, "router", "--no-snapshot"], {**base, "FOA_DATA_DIR": str(workdir / "router")}, self.logs / "router.log")
-        self.orchestrator = Proc(
-            "orchestrator", [foa, "orchestrator"],
-            {**base, "FOA_DATA_DIR": str(workdir / "orchestrator"), "FOA_INSTANCE_ID": "chaos"}, self.logs / "orchestrator.log",
-        )  # fmt: skip
+        self.router = Proc(
+            "router",
+            [foa, "router", "--no-snapshot"],
+            {**base, "FOA_DATA_DIR": str(workdir / "router")},
+            self.logs / "router.log",
+        )
+        orch_env = {**base, "FOA_DATA_DIR": str(workdir / "orchestrator"), "FOA_LEASE_S": str(config.lease_s)}
+        if self.postgres is not None:
+            orch_env["FOA_STORE_URL"] = self.postgres.url
+        self.orchestrators = [
+            Proc(name, [foa, "orchestrator"], {**orch_env, "FOA_INSTANCE_ID": instance}, self.logs / f"{name}.log")
+            for k in range(config.orchestrators)
+            for name, instance in [
+                ("orchestrator" if k == 0 else f"orchestrator-{k + 1}", "chaos" if k == 0 else f"chaos-{k + 1}")
+            ]
+        ]
+        self.orchestrator = self.orchestrators[0]
         self.agents: dict[str, Proc] = {}
         for spec in SPECS:
             path = specs_dir / f"{spec.id}.yaml"
             path.write_text(yaml.safe_dump(spec.model_dump(mode="json")))
             for k in range(1, config.replicas.get(spec.id, 1) + 1):
                 name = f"{spec.id}-r{k}"
-                cmd = [sys.executable, str(ROOT / "benchmarks" / "_scripted_worker.py"), str(path), "--replica-id", f"r{k}",
-                       "--latency-s", str(config.llm_latency_s)]  # fmt: skip
+                worker = str(ROOT / "benchmarks" / "_scripted_worker.py")
+                latency = str(config.llm_latency_s)
+                cmd = [sys.executable, worker, str(path), "--replica-id", f"r{k}", "--latency-s", latency]
                 env = {**base, "FOA_DATA_DIR": str(workdir / "agents")}
                 if config.agent_session_expiry_s is not None:
                     env["FOA_SESSION_EXPIRY_S"] = str(int(config.agent_session_expiry_s))
@@ -164,9 +193,11 @@ class ProcessFederation:
 
     @property
     def procs(self) -> list[Proc]:
-        return [self.router, self.orchestrator, *self.agents.values()]
+        return [self.router, *self.orchestrators, *self.agents.values()]
 
     def start(self) -> None:
+        if self.postgres is not None:
+            self.postgres.start()
         self.broker.start()
         for proc in self.procs:
             proc.start()
@@ -179,10 +210,24 @@ class ProcessFederation:
             except Exception as exc:  # noqa: BLE001 - keep cleaning up the rest
                 progress(f"could not stop {proc.name}: {exc}")
         self.broker.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+    def store(self) -> Any:
+        """The orchestrators' job store, read-only (no leases)."""
+        from fabric.orchestrator.store import open_store
+
+        settings = Settings(
+            data_dir=self.workdir / "orchestrator", store_url=self.postgres.url if self.postgres else None
+        )
+        return open_store(settings, leases=False)
 
     def dead(self) -> list[str]:
         """Processes that exited on their own (not killed by the chaos)."""
         return [p.name for p in self.procs if p.p is not None and p.p.poll() is not None]
+
+    def killed_for_good(self) -> list[str]:
+        return [p.name for p in self.orchestrators if p.starts and p.p is None]
 
 
 async def wait_ready(bus: Bus, fed: ProcessFederation, timeout: float) -> float:
@@ -199,13 +244,20 @@ async def wait_ready(bus: Bus, fed: ProcessFederation, timeout: float) -> float:
         online = {e.vcv.agent_id for e in registry.live() if e.vcv is not None and e.status == "online"}
         if want <= online:
             try:
-                env = await bus.request(topics.ROUTER_QUERY, RouteQuery(text="chest pain", top_k=10, abstain=False), expect=RouteResponse, timeout=2.0)
+                env = await bus.request(
+                    topics.ROUTER_QUERY,
+                    RouteQuery(text="chest pain", top_k=10, abstain=False),
+                    expect=RouteResponse,
+                    timeout=2.0,
+                )
                 if want <= {m.agent_id for m in env.body.matches}:
                     return time.monotonic() - started
             except Exception:  # noqa: BLE001 - router still starting
                 pass
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"federation not ready after {timeout:.0f}s; online: {sorted(e.vcv.agent_id for e in registry.live() if e.vcv)}")
+    raise RuntimeError(
+        f"federation not ready after {timeout:.0f}s; online: {sorted(e.vcv.agent_id for e in registry.live() if e.vcv)}"
+    )
 
 
 class ResultWatch:
@@ -237,6 +289,9 @@ class Chaos:
         self.agent_restarts = 0
         self.broker_restarts = 0
         self.orchestrator_restarts = 0
+        self.orchestrator_kills = 0
+        self.orchestrator_pauses = 0
+        self.killed_at: float | None = None  # wall clock of the for-good kill (takeover latency)
         self.started = time.monotonic()
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -256,7 +311,26 @@ class Chaos:
                     await asyncio.to_thread(self.fed.broker.restart)
                     self.broker_restarts += 1
                     self._note("broker back")
-                if not self.orchestrator_restarts and done >= cfg.orchestrator_restart_at:
+                if (
+                    cfg.orchestrators > 1
+                    and not (self.orchestrator_kills or self.orchestrator_pauses)
+                    and done >= cfg.orchestrator_restart_at
+                ):
+                    victim = self.fed.orchestrator
+                    self.killed_at = time.time()
+                    if cfg.orchestrator_pause_s is None:
+                        self._note("orchestrator SIGKILL for good", orchestrator=victim.name)
+                        await asyncio.to_thread(victim.kill, signal.SIGKILL)
+                        self.orchestrator_kills += 1
+                    else:
+                        assert victim.p is not None
+                        self._note("orchestrator SIGSTOP", orchestrator=victim.name, for_s=cfg.orchestrator_pause_s)
+                        os.killpg(victim.p.pid, signal.SIGSTOP)
+                        self.orchestrator_pauses += 1
+                        await asyncio.sleep(cfg.orchestrator_pause_s)
+                        os.killpg(victim.p.pid, signal.SIGCONT)
+                        self._note("orchestrator SIGCONT", orchestrator=victim.name)
+                if cfg.orchestrators == 1 and not self.orchestrator_restarts and done >= cfg.orchestrator_restart_at:
                     self._note("orchestrator SIGKILL")
                     await asyncio.to_thread(self.fed.orchestrator.kill, signal.SIGKILL)
                     await asyncio.sleep(self.rng.uniform(0.2, 1.0))
@@ -295,8 +369,10 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         await bus.subscribe(f"{topics.ROOT}/jobs/+/result", watch.on_result, body_types=JobResult)
         ready_s = await wait_ready(bus, fed, timeout=240)
         progress(f"federation ready in {ready_s:.1f}s; warm-up job")
-        warm = await submit_and_follow(bus, "warm-up: chest pain at home, what now?", job_id=f"chaos-warmup-{os.getpid()}",
-                                       options=config.options, timeout=120)  # fmt: skip
+        warm = await submit_and_follow(
+            bus, "warm-up: chest pain at home, what now?", job_id=f"chaos-warmup-{os.getpid()}", options=config.options,
+            timeout=120,
+        )
         if warm.status != "completed":
             raise RuntimeError(f"warm-up job failed: {warm.failure_reason}")
 
@@ -333,12 +409,14 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         elapsed = time.monotonic() - started
         await asyncio.sleep(3.0)  # late re-publications would show up as duplicates here
 
-    completed = [j for j in job_ids if isinstance(outcomes.get(j), JobResult) and outcomes[j].status == "completed"]  # type: ignore[union-attr]
-    failed = {j: outcomes[j].failure_reason for j in job_ids if isinstance(outcomes.get(j), JobResult) and outcomes[j].status != "completed"}  # type: ignore[union-attr]
-    lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if not isinstance(outcomes.get(j), JobResult)}
+    results = {j: r for j, r in outcomes.items() if isinstance(r, JobResult)}
+    completed = [j for j in job_ids if j in results and results[j].status == "completed"]
+    failed = {j: results[j].failure_reason for j in job_ids if j in results and results[j].status != "completed"}
+    lost = {j: str(outcomes.get(j, "no outcome")) for j in job_ids if j not in results}
     duplicated = watch.duplicated(job_ids)
-    store = store_states(fed.workdir / "orchestrator" / "jobs.sqlite3", job_ids)
-    degraded = sum(1 for j in completed if outcomes[j].usage.failures)  # type: ignore[union-attr]
+    store = store_states(fed, job_ids)
+    takeovers = takeover_latencies(fed, job_ids, chaos.killed_at)
+    degraded = sum(1 for j in completed if results[j].usage.failures)
     return {
         "jobs": config.jobs,
         "completed": len(completed),
@@ -353,26 +431,39 @@ async def drive(fed: ProcessFederation, config: ChaosConfig) -> dict[str, Any]:
         "agent_restarts": chaos.agent_restarts,
         "broker_restarts": chaos.broker_restarts,
         "orchestrator_restarts": chaos.orchestrator_restarts,
+        "orchestrator_kills": chaos.orchestrator_kills,
+        "orchestrator_pauses": chaos.orchestrator_pauses,
+        "takeovers": len(takeovers),
+        "takeover_p50_s": round(statistics.median(takeovers), 3) if takeovers else None,
+        "takeover_p99_s": round(sorted(takeovers)[min(len(takeovers) - 1, int(0.99 * len(takeovers)))], 3)
+        if takeovers
+        else None,
+        "takeover_max_s": round(max(takeovers), 3) if takeovers else None,
         "completed_with_failed_calls": degraded,
         "store_states": store,
         "failure_reasons": dict(list(failed.items())[:10]),
         "lost_jobs": dict(list(lost.items())[:10]),
         "duplicated_jobs": duplicated[:10],
         "chaos_log": chaos.log,
-        "processes": {"agents": len(fed.agents), "replicas": config.replicas, "router": 1, "orchestrator": 1},
+        "processes": {
+            "agents": len(fed.agents),
+            "replicas": config.replicas,
+            "router": 1,
+            "orchestrators": config.orchestrators,
+        },
+        "store": config.store,
+        "lease_s": config.lease_s,
         "options": config.options.model_dump(exclude_none=True),
         "node_timeout_s": config.node_timeout_s,
         "agent_session_expiry_s": config.agent_session_expiry_s,
     }
 
 
-def store_states(path: Path, job_ids: list[str]) -> dict[str, int]:
-    """What the orchestrator's own store says about the jobs (a cross-check of the client's view)."""
-    from fabric.orchestrator.store import JobStore
-
-    if not path.exists():
+def store_states(fed: ProcessFederation, job_ids: list[str]) -> dict[str, int]:
+    """What the orchestrators' own store says about the jobs (a cross-check of the client's view)."""
+    if fed.postgres is None and not (fed.workdir / "orchestrator" / "jobs.sqlite3").exists():
         return {}
-    store = JobStore(path)
+    store = fed.store()
     try:
         counts: dict[str, int] = {}
         for job_id in job_ids:
@@ -380,6 +471,23 @@ def store_states(path: Path, job_ids: list[str]) -> dict[str, int]:
             state = row["state"] if row else "unknown"
             counts[state] = counts.get(state, 0) + 1
         return counts
+    finally:
+        store.close()
+
+
+def takeover_latencies(fed: ProcessFederation, job_ids: list[str], killed_at: float | None) -> list[float]:
+    """Seconds from the for-good kill to the moment the surviving replica acquired each job the
+    dead one held (the store records who took a lease over, and when)."""
+    if killed_at is None:
+        return []
+    store = fed.store()
+    try:
+        rows = [store.get(j) for j in job_ids]
+        return [
+            r["lease_acquired_at"] - killed_at
+            for r in rows
+            if r and r["takeovers"] and r["lease_acquired_at"] >= killed_at
+        ]
     finally:
         store.close()
 
@@ -400,14 +508,21 @@ def main() -> None:
     ap.add_argument("--agent-kills", type=int, default=8)
     ap.add_argument("--kill-every", type=float, default=6.0, help="seconds between agent kills (randomised ±50%%)")
     ap.add_argument("--node-timeout", type=float, default=20.0)
-    ap.add_argument("--agent-session-expiry", type=float, default=5.0, help="agents' FOA_SESSION_EXPIRY_S; <0 = fabric default")
+    ap.add_argument(
+        "--agent-session-expiry", type=float, default=5.0, help="agents' FOA_SESSION_EXPIRY_S; <0 = fabric default"
+    )
+    ap.add_argument("--orchestrators", type=int, default=1, help="replicas; 2+: one is SIGKILLed for good mid-run")
+    ap.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite", help="the orchestrators' job store")
+    ap.add_argument("--lease", type=float, default=10.0, help="FOA_LEASE_S of the orchestrators")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", type=Path, default=None, help="keep logs, stores and specs in this folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    config = ChaosConfig(jobs=args.jobs, concurrency=args.concurrency, agent_kills=args.agent_kills, kill_every_s=args.kill_every,
-                         node_timeout_s=args.node_timeout, seed=args.seed,
-                         agent_session_expiry_s=None if args.agent_session_expiry < 0 else args.agent_session_expiry)  # fmt: skip
+    config = ChaosConfig(
+        jobs=args.jobs, concurrency=args.concurrency, agent_kills=args.agent_kills, kill_every_s=args.kill_every,
+        node_timeout_s=args.node_timeout, seed=args.seed, orchestrators=args.orchestrators, store=args.store,
+        lease_s=args.lease, agent_session_expiry_s=None if args.agent_session_expiry < 0 else args.agent_session_expiry,
+    )  # fmt: skip
     if args.keep:
         if args.keep.exists():
             shutil.rmtree(args.keep)

@@ -1,21 +1,31 @@
-"""Brokers: the embedded one (iotcore, in a child process) and a mosquitto launcher.
+"""Brokers: a mosquitto launcher and the embedded one (iotcore, in a child process).
 
 `broker_for(settings)` gives the fabric a broker: the external one at FOA_BROKER_URL when set,
-otherwise a local one (`local_broker`: mosquitto when installed, else iotcore; FOA_EMBEDDED_BROKER).
+otherwise a local one bound to 127.0.0.1 (`local_broker`: mosquitto when installed, the
+embedded iotcore broker as the zero-install fallback).
+
+A broker a local federation starts must not outlive it (an orphaned mosquitto keeps its port and
+its persistence directory, and the next `foa up` would start a second one on the same files):
+it runs in its own process group and, on Linux, receives SIGTERM the moment its parent dies
+(`PR_SET_PDEATHSIG`, `die_with_parent=True`), SIGKILL of the parent included. It records its pid
+in `broker.pid` next to its persistence file, so leftovers of a run that died anyway (another
+OS, an older version) are found and stopped by `reap_orphans` before a new one starts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from fabric.bus import BrokerAddress
@@ -77,13 +87,13 @@ class LocalBroker:
     def url(self) -> str:
         return self.address.url
 
-    def start(self) -> "LocalBroker":
+    def start(self) -> LocalBroker:
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
 
-    def __enter__(self) -> "LocalBroker":
+    def __enter__(self) -> LocalBroker:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -109,7 +119,7 @@ class EmbeddedBroker(LocalBroker):
         )
         self._broker = Broker(config_path=str(conf))
 
-    def start(self) -> "EmbeddedBroker":
+    def start(self) -> EmbeddedBroker:
         self._broker.start()
         log.info("embedded broker listening", extra={"url": self.url})
         return self
@@ -135,6 +145,85 @@ log_type warning
 """
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+#: loaded before any fork: the child between fork and exec only calls into it
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """In the child between fork and exec: SIGTERM this process when its parent dies. A no-op
+    off Linux (`reap_orphans` is the fallback there). Only async-signal-safe calls: ctypes prctl."""
+    if _LIBC is None:
+        return
+    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except OSError:
+        return []
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def orphan_brokers(data_dir: Path) -> list[int]:
+    """mosquitto processes still using `data_dir` (its mosquitto.conf): from its pid file, and on
+    Linux from /proc (a broker of a version that wrote none)."""
+    conf = str((data_dir / "mosquitto.conf").resolve())
+    found: set[int] = set()
+    pid_file = data_dir / "broker.pid"
+    if pid_file.exists():
+        try:
+            pid = int(pid_file.read_text().split()[0])
+            if pid_alive(pid) and (not Path("/proc").exists() or conf in _cmdline(pid)):
+                found.add(pid)
+        except (ValueError, IndexError, OSError):
+            pass
+    if Path("/proc").exists():
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                cmd = _cmdline(int(entry.name))
+                if cmd and "mosquitto" in Path(cmd[0]).name and conf in cmd:
+                    found.add(int(entry.name))
+    return sorted(found)
+
+
+def reap_orphans(data_dir: Path, timeout: float = 5.0) -> list[int]:
+    """Stop brokers a dead run left on `data_dir` (SIGTERM: mosquitto saves its persistence file
+    first; SIGKILL after `timeout`), and remove its stale pid file. Returns the pids stopped.
+    Call it only while holding the data directory's lock (`fabric.federation.DataDirLock`):
+    then no live federation owns them."""
+    pids = orphan_brokers(data_dir)
+    for pid in pids:
+        log.warning("stopping a broker left by a dead federation", extra={"pid": pid, "data_dir": str(data_dir)})
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    (data_dir / "broker.pid").unlink(missing_ok=True)
+    return pids
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or next(
         (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
@@ -153,7 +242,10 @@ class Mosquitto(LocalBroker):
         extra_conf: str = "",
         anonymous: bool = True,
         max_packet: int = 2 * 1024 * 1024,
+        die_with_parent: bool = False,
     ) -> None:
+        """`die_with_parent`: the broker gets SIGTERM when the thread that starts it exits, so
+        start it from the main thread of a long-lived process (`foa up`), not a worker thread."""
         binary = mosquitto_binary()
         if binary is None:
             raise RuntimeError("mosquitto is not installed (Debian: apt-get install mosquitto)")
@@ -178,14 +270,18 @@ class Mosquitto(LocalBroker):
             )
         )
         self._proc: subprocess.Popen[bytes] | None = None
+        self.die_with_parent = die_with_parent
+        self.pid_file = self.data_dir / "broker.pid"
 
-    def start(self, timeout: float = 10.0) -> "Mosquitto":
+    def start(self, timeout: float = 10.0) -> Mosquitto:
         self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self.conf_path)],
+            [self.binary, "-c", str(self.conf_path.resolve())],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            start_new_session=True,
+            start_new_session=True,  # its own process group: a Ctrl+C in the shell goes to us, not it
+            preexec_fn=die_with_parent if self.die_with_parent else None,  # only prctl runs there
         )
+        self.pid_file.write_text(f"{self._proc.pid} {self.port}\n")
         try:
             wait_listening(self.host, self.port, timeout)
         except RuntimeError:
@@ -206,6 +302,11 @@ class Mosquitto(LocalBroker):
                 self._proc.kill()
                 self._proc.wait(timeout)
         self._proc = None
+        self.pid_file.unlink(missing_ok=True)
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
 
     def restart(self) -> None:
         self.stop()
@@ -214,7 +315,6 @@ class Mosquitto(LocalBroker):
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
-
 
 
 def local_broker(settings: Settings) -> LocalBroker:
@@ -232,6 +332,7 @@ def local_broker(settings: Settings) -> LocalBroker:
             settings.embedded_broker_port,
             data_dir=settings.data_dir / "broker",
             persistence=True,
+            die_with_parent=True,
         )
     if choice == "auto":
         log.warning("mosquitto is not installed; using the in-process iotcore broker")

@@ -528,7 +528,9 @@ class Bus:
         if qos == 0 or not wait:
             return
         assert self._loop is not None
-        if info.is_published():
+        # not connected (MQTT_ERR_NO_CONN): paho keeps the QoS 1 message and sends it on
+        # reconnecting, so wait for that acknowledgement; is_published() would raise here
+        if info.rc == mqtt.MQTT_ERR_SUCCESS and info.is_published():
             return
         fut = self._loop.create_future()
         self._pending_acks[info.mid] = fut
@@ -579,6 +581,8 @@ class Bus:
         self._subs.append(sub)
         self._index(sub)
         result, mid = self._client.subscribe(topic_filter, qos=qos)
+        if result == mqtt.MQTT_ERR_NO_CONN:
+            return  # the broker is away: `_on_connect` subscribes every registered filter on reconnecting
         if result != mqtt.MQTT_ERR_SUCCESS:
             raise BusError(f"subscribe to {topic_filter} failed: {mqtt.error_string(result)}")
         fut = self._loop.create_future()

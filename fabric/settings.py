@@ -85,6 +85,19 @@ class Settings(BaseSettings):
 
     # --- storage, logs ------------------------------------------------------------------
     data_dir: Path = Path(".foa")
+    store_url: str | None = Field(
+        default=None,
+        description="postgresql://user:pass@host:5432/db: the job store replicas share (takeover across machines); "
+        "unset = SQLite in the data dir (one machine)",
+    )
+    lease_s: float = Field(
+        default=10.0, gt=0, le=300,
+        description="how long an orchestrator's claim on a job outlives its last renewal (renewed every third of "
+        "it); a dead replica's jobs are taken over within lease_s + lease_scan_s",
+    )
+    lease_scan_s: float = Field(
+        default=2.0, gt=0, le=60, description="how often a replica looks for expired leases to take over"
+    )
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
 

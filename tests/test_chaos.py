@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.chaos import ChaosConfig, run_chaos
@@ -53,7 +54,7 @@ def test_restarted_replica_serves_tasks_queued_in_its_session(mosquitto: Mosquit
     async def main() -> tuple[int, int]:
         got = {"a": 0, "b": 0}
 
-        def count(name: str):  # type: ignore[no-untyped-def]
+        def count(name: str) -> Callable[[Incoming], None]:
             def handler(msg: Incoming) -> None:
                 got[name] += 1
 
@@ -81,3 +82,37 @@ def test_restarted_replica_serves_tasks_queued_in_its_session(mosquitto: Mosquit
     a_got, b_got = asyncio.run(main())
     assert a_got + b_got == 10, (a_got, b_got)
     assert b_got > 0  # the broker did queue some for the dead member, and none were dropped
+
+
+def test_two_replicas_on_postgres_one_killed_for_good(tmp_path: Path) -> None:
+    """Two orchestrators share a PostgreSQL job store (a throwaway cluster the run starts); one is
+    SIGKILLed mid-run and never comes back: the other takes over its jobs when their leases
+    expire and every job completes, once."""
+    config = ChaosConfig(
+        jobs=12, concurrency=4, pace_s=1.0, replicas={"er-doc": 1, "cardio": 1, "gp": 1, "writer": 1}, agent_kills=0,
+        broker_restart_at=2.0, orchestrator_restart_at=0.3, job_timeout_s=150, orchestrators=2, store="postgres",
+        lease_s=4.0, llm_latency_s=0.3,
+    )  # fmt: skip
+    out = run_chaos(config, tmp_path)
+    assert out["orchestrator_kills"] == 1 and out["orchestrator_restarts"] == 0
+    assert (out["lost"], out["duplicated"], out["failed"]) == (0, 0, 0), out
+    assert out["completed"] == 12 and out["store_states"] == {"completed": 12}
+    assert out["takeovers"] >= 1, out  # the dead replica held jobs, and they finished on the other
+    assert out["takeover_p99_s"] <= 4.0 + 2.0 + 2.0  # lease + scan interval + slack on 2 shared cores
+
+
+def test_paused_replica_cannot_write_after_takeover(tmp_path: Path) -> None:
+    """SIGSTOP one of two replicas past its lease: its jobs are taken over; after SIGCONT its
+    writes carry a stale fencing token, are rejected, and it abandons the jobs (no duplicate)."""
+    config = ChaosConfig(
+        jobs=10, concurrency=4, pace_s=0.8, replicas={"er-doc": 1, "cardio": 1, "gp": 1, "writer": 1}, agent_kills=0,
+        broker_restart_at=2.0, orchestrator_restart_at=0.3, job_timeout_s=150, orchestrators=2, store="postgres",
+        lease_s=3.0, orchestrator_pause_s=9.0, llm_latency_s=0.3,
+    )  # fmt: skip
+    out = run_chaos(config, tmp_path)
+    assert out["orchestrator_pauses"] == 1
+    assert (out["lost"], out["duplicated"], out["failed"]) == (0, 0, 0), out
+    assert out["completed"] == 10 and out["store_states"] == {"completed": 10}
+    assert out["takeovers"] >= 1, out
+    paused_log = (tmp_path / "logs" / "orchestrator.log").read_text()
+    assert "lease lost" in paused_log  # it woke up, tried to go on, and was fenced out

@@ -444,6 +444,7 @@ def localise(
     env["FOA_METRICS_PORT"] = str(metrics_port)
     env["FOA_METRICS_HOST"] = "127.0.0.1"
     env["FOA_DATA_DIR"] = str(data)
+    env.pop("FOA_STORE_URL", None)  # the compose postgres service: outside Docker the SQLite store
     for key in ("FOA_TRUST_STORE", "FOA_AGENT_KEY_DIR"):
         if key in env:
             env[key] = env[key].replace("/creds/", f"{creds}/")

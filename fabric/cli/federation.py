@@ -257,21 +257,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     from agents.spec import load_specs
-    from fabric.broker import free_port
     from fabric.federation import LocalFederation
     from fabric.heap import freeze_startup_heap
     from fabric.runtime import RuntimeInfo, clear_runtime, write_runtime
 
     if not settings.broker_url:
-        port = args.port
-        if port:
-            import socket
-
-            with socket.socket() as s:
-                if s.connect_ex((settings.embedded_broker_host, port)) == 0:
-                    port = free_port()
-                    print(f"port {args.port} is busy; the embedded broker takes {port}", file=sys.stderr)
-        settings.embedded_broker_port = port
+        settings.embedded_broker_port = args.port  # busy (another program): LocalFederation takes a free one
     if not settings.llm_base_url:  # embedded model: the same small sizes as `foa run`
         settings.max_proposers = EMBEDDED_PROFILE["max_proposers"]
         settings.subtasks_max = EMBEDDED_PROFILE["subtasks_max"]
@@ -284,7 +275,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with LocalFederation(settings, specs) as fed:
+        async with LocalFederation(settings, specs, port_fallback=True) as fed:
             assert fed.address is not None
             freeze_startup_heap()  # a long-running service from here on
             write_runtime(
@@ -322,35 +313,41 @@ def _pid() -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.bus import Bus
-    from fabric.client import submit_and_follow
+    from fabric.client import follow_federation
+    from fabric.runtime import resolve_broker
 
     options, budget = _options(args, settings, profile=False)  # the federation's own sizes apply
+    # `main` resolved the broker once (settings.broker_url); to follow a `foa up` that restarts on
+    # another port, every reconnect looks again: FOA_BROKER_URL if set, else .foa/federation.json
+    unresolved = settings.model_copy(update={"broker_url": Settings().broker_url})
 
     async def main() -> JobResult:
-        async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
-            return await submit_and_follow(
-                bus,
-                args.question,
-                job_id=args.job_id,
-                options=options,
-                budget=budget,
-                policies=args.policy,
-                on_event=Progress(),
-                timeout=args.timeout,
-            )
+        # follows the federation across restarts: re-reads .foa/federation.json, reconnects, re-sends by job id
+        return await follow_federation(
+            settings,
+            lambda: resolve_broker(unresolved),
+            args.question,
+            job_id=args.job_id,
+            options=options,
+            budget=budget,
+            policies=args.policy,
+            on_event=Progress(),
+            timeout=args.timeout,
+        )
 
     return print_result(asyncio.run(main()), args.json)
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.orchestrator.store import JobStore
+    from fabric.orchestrator.store import open_store, shown_state
 
-    if not settings.job_store_path.exists():
+    if not settings.store_url and not settings.job_store_path.exists():
         print(f"no job store at {settings.job_store_path}", file=sys.stderr)
         return 1
-    store = JobStore(settings.job_store_path)
+    store = open_store(settings, leases=False)
     rows = store.list(limit=args.limit)
+    for r in rows:  # `orphaned`: unfinished, and no orchestrator holds it (its lease expired)
+        r["state"] = shown_state(r)
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "result"} for r in rows], indent=2))
         return 0
@@ -361,9 +358,9 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.orchestrator.store import JobStore
+    from fabric.orchestrator.store import open_store, shown_state
 
-    store = JobStore(settings.job_store_path)
+    store = open_store(settings, leases=False)
     row = store.get(args.job_id)
     if row is None:
         print(f"no job {args.job_id!r} in {settings.job_store_path}", file=sys.stderr)
@@ -372,7 +369,7 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(row | {"events": [e.model_dump() for e in events]}, indent=2, default=str))
         return 0
-    print(f"job {row['job_id']}: {row['state']} ({row['phase']})\nquestion: {row['question']}")
+    print(f"job {row['job_id']}: {shown_state(row)} ({row['phase']})\nquestion: {row['question']}")
     result = JobResult.model_validate(row["result"]) if row["result"] else None
     if result is not None and result.dag.nodes:
         print(draw_dag(result.dag, result.rounds))

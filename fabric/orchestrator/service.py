@@ -45,7 +45,8 @@ from fabric.metrics import Metrics
 from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
 from fabric.orchestrator.reputation import ReputationBook
-from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.leases import LeaseKeeper
+from fabric.orchestrator.store import FencedOut, JobStore, open_store
 from fabric.registry import Registry
 from fabric.settings import Settings
 from fabric.tasks import InT, OutT, TaskKind
@@ -180,7 +181,7 @@ class OrchestratorService:
         self.resume_on_start = resume
         self.bus = bus
         self.embedder = embedder
-        self.store = store or JobStore(settings.job_store_path)
+        self.store = store or open_store(settings)
         self.registry = Registry()
         self.reputation = ReputationBook()
         self.ports = BusPorts(bus, self.registry, embedder, settings)
@@ -191,6 +192,10 @@ class OrchestratorService:
         self.canceled = 0
         # job_id -> (reason, when): cancels for jobs not running here (yet)
         self.cancels: collections.OrderedDict[str, tuple[str, float]] = collections.OrderedDict()
+        # leases in the store: renewed while jobs run, expired ones taken over (fabric/orchestrator/leases.py)
+        self.leases = LeaseKeeper(
+            self.store, bus.client_id, settings, start_job=self._start_job, abandon=self._abandon, takeover=resume
+        )
 
     async def start(self) -> None:
         await self.registry.attach(self.bus)
@@ -199,6 +204,8 @@ class OrchestratorService:
         await self.bus.subscribe(topics.JOBS_CANCEL_WILDCARD, self._on_cancel, body_types=JobCancel)
         if self.resume_on_start:
             await self.resume()
+        elif self.leases.enabled:
+            await self.leases.start()  # renew the leases of jobs this process admits
         await self.bus.subscribe(
             topics.shared(topics.SHARE_GROUP_ORCHESTRATOR, topics.JOBS_SUBMIT),
             self._on_submit,
@@ -208,6 +215,9 @@ class OrchestratorService:
         log.info("orchestrator ready", extra={"client_id": self.bus.client_id, "agents": len(self.registry.live())})
 
     async def resume(self) -> None:
+        if self.leases.enabled:
+            await self.leases.start()  # own jobs back at once, others' once their leases expire
+            return
         for submit in self.store.unfinished():
             log.info("resuming job", extra={"job_id": submit.job_id})
             self._start_job(submit)
@@ -301,9 +311,19 @@ class OrchestratorService:
         self.running[submit.job_id] = task
         self.runners[submit.job_id] = runner
 
+    def _abandon(self, job_id: str) -> None:
+        """Another replica took this job over (our lease expired while we were paused or cut off)."""
+        task = self.running.pop(job_id, None)
+        if task is not None:
+            task.cancel()
+
     async def _run(self, runner: JobRunner) -> JobResult:
         try:
-            result = await runner.run()
+            try:
+                result = await runner.run()
+            except FencedOut:
+                log.warning("job abandoned: another replica owns it now", extra={"job_id": runner.job.job_id})
+                raise asyncio.CancelledError from None
             if result.status == "completed":
                 self.completed += 1
             elif result.status == "canceled":
@@ -318,6 +338,7 @@ class OrchestratorService:
         finally:
             self.running.pop(runner.job.job_id, None)
             self.runners.pop(runner.job.job_id, None)
+            self.store.release(runner.job.job_id)  # unfinished (cancelled): free for another replica now
 
     async def _publish_result(self, result: JobResult) -> None:
         await self.bus.publish(
@@ -341,12 +362,13 @@ async def run_orchestrator(
     client_id = f"orchestrator-{settings.instance_id}"  # stable: a restart takes over its broker session
     async with ServiceRuntime(settings, "orchestrator", instance=client_id, embedder=embedder, stop=stop) as rt:
         embedder = await rt.embedder()
-        store = JobStore(settings.job_store_path)
+        store = open_store(settings)
         try:
             async with Bus(settings, client_id, broker=broker or rt.broker()) as bus:
                 rt.watch_bus(bus)
                 service = OrchestratorService(settings, bus, embedder, store, metrics=rt.metrics)
                 rt.on_drain(service.ports.close)  # pending reputation goes out while the bus is open
+                rt.on_drain(service.leases.stop)  # runs first: no renewals once draining
                 await service.start()
                 rt.ready()
                 await rt.serve()

@@ -1,8 +1,13 @@
-"""The job store: SQLite, one row per job, an event log, and checkpoints for resuming.
+"""The job store: one row per job, an event log, checkpoints for resuming, and job leases.
 
-Every state transition is written before the job moves on, so a restarted orchestrator resumes
-each unfinished job from its last checkpoint (plan, assignments, finished nodes). A job id is the
-primary key: a job submitted twice runs once.
+Every state transition is written before the job moves on, so a restarted orchestrator (or
+another replica) resumes each unfinished job from its last checkpoint (plan, assignments,
+finished nodes). A job id is the primary key: a job submitted twice runs once.
+
+`Store` is the interface the orchestrator uses; two implementations pass one test suite
+(tests/test_store.py): `JobStore`, SQLite, embedded, the default; and
+`fabric.orchestrator.store_postgres.PostgresJobStore` (`FOA_STORE_URL=postgresql://…`), shared by
+replicas on several machines. `open_store(settings)` picks one.
 
 Group commit: on an event loop, the writes made during one loop turn share one transaction
 (committed at the end of that turn) instead of one commit each — a job makes ~40 writes, and a
@@ -11,32 +16,46 @@ the same job replaces the older one before anything is serialised (a job checkpo
 after every call; drafts of a node often land in the same turn). Admission and the final result
 commit at once: those two are what redelivery and duplicate detection rely on. Reads see pending
 writes (they commit first).
+
+Leases and fencing: a replica owns a job through a lease (owner, expiry, fencing token). Every
+acquisition increments the token; the store remembers the token it holds for each job, and a
+commit first re-reads the tokens of the jobs it writes (locked against a concurrent takeover) and
+drops the writes of a job whose token moved on. That job is reported to `on_fenced`: the replica
+that was paused or cut off abandons it instead of running it twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from fabric.errors import FoAError
 from fabric.messages import JobEvent, JobResult, JobSubmit
+from fabric.settings import Settings
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     submit TEXT NOT NULL,
-    state TEXT NOT NULL,           -- queued | running | completed | failed
+    state TEXT NOT NULL,           -- queued | running | completed | failed | canceled
     phase TEXT NOT NULL DEFAULT '',
     owner TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     result TEXT,
-    failure TEXT
+    failure TEXT,
+    lease_token INTEGER NOT NULL DEFAULT 0,
+    lease_expires REAL NOT NULL DEFAULT 0,
+    lease_acquired_at REAL NOT NULL DEFAULT 0,
+    takeovers INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 CREATE TABLE IF NOT EXISTS events (
@@ -56,26 +75,116 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 """
 
-TERMINAL = ("completed", "failed")
+#: columns added after the first release: an older SQLite file gains them on open
+LEASE_COLUMNS = {
+    "lease_token": "INTEGER NOT NULL DEFAULT 0",
+    "lease_expires": "REAL NOT NULL DEFAULT 0",
+    "lease_acquired_at": "REAL NOT NULL DEFAULT 0",
+    "takeovers": "INTEGER NOT NULL DEFAULT 0",
+}
+
+TERMINAL = ("completed", "failed", "canceled")
+#: what `foa jobs` shows for an unfinished job whose lease expired: no orchestrator runs it now
+ORPHANED = "orphaned"
+
+
+def shown_state(row: dict[str, Any]) -> str:
+    """The state a person should see: `orphaned` instead of a stale `running`."""
+    return ORPHANED if row.get("orphaned") else str(row["state"])
+
+
+JOB_COLUMNS = (
+    "job_id, submit, state, phase, created_at, updated_at, result, failure, "
+    "owner, lease_expires, lease_token, takeovers, lease_acquired_at"
+)
 
 log = logging.getLogger("foa.orchestrator")
 
 
+class FencedOut(FoAError):
+    """This replica's lease on a job was taken over: its write was rejected; abandon the job."""
+
+
+class Store(Protocol):
+    """What the orchestrator needs from a job store (SQLite or PostgreSQL)."""
+
+    on_fenced: Callable[[str], None] | None
+
+    def admit(self, submit: JobSubmit, owner: str) -> bool: ...
+    def set_state(self, job_id: str, state: str, phase: str = "") -> None: ...
+    def finish(self, result: JobResult) -> None: ...
+    def get(self, job_id: str) -> dict[str, Any] | None: ...
+    def list(self, limit: int = 50, state: str | None = None) -> builtins.list[dict[str, Any]]: ...
+    def unfinished(self) -> builtins.list[JobSubmit]: ...
+    def result(self, job_id: str) -> JobResult | None: ...
+    def add_event(self, event: JobEvent) -> None: ...
+    def events(self, job_id: str) -> builtins.list[JobEvent]: ...
+    def next_seq(self, job_id: str) -> int: ...
+    def checkpoint(self, job_id: str, key: str, value: Any) -> None: ...
+    def checkpoints(self, job_id: str) -> dict[str, Any]: ...
+    def acquire(self, job_id: str, owner: str) -> int | None: ...
+    def renew(self, owner: str) -> builtins.list[str]: ...
+    def release(self, job_id: str) -> None: ...
+    def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]: ...
+    def held(self) -> dict[str, int]: ...
+    def flush(self, final: tuple[str, tuple[Any, ...]] | None = None) -> None: ...
+    def close(self) -> None: ...
+
+
 class JobStore:
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(SCHEMA)
+    """The SQLite store (embedded default). `PostgresJobStore` subclasses it and swaps the
+    connection and the few dialect hooks (`_connect`, `_sql`, `_begin`, `_lock_rows`)."""
+
+    #: SQL for "lock the job rows read here against a concurrent takeover until commit"
+    _lock_rows = ""
+    _db: Any
+
+    def __init__(self, path: Path | str, *, lease_s: float | None = None) -> None:
+        """`lease_s`: when set, `admit` takes a lease for its owner and the store fences writes."""
+        self.path = Path(path) if not str(path).startswith("postgres") else Path(".")
+        self.lease_s = lease_s
+        self.on_fenced: Callable[[str], None] | None = None
         self._lock = threading.RLock()
+        self._held: dict[str, int] = {}  # job id -> the fencing token this store holds
+        self._lost: set[str] = set()  # jobs taken over from this store: their writes are dropped here
         # this turn's writes: events in order; checkpoints and job states, newest per key
-        self._events: list[tuple[Any, ...]] = []
+        self._events: builtins.list[tuple[Any, ...]] = []
         self._checkpoints: dict[tuple[str, str], Any] = {}
         self._states: dict[str, tuple[str, str, float]] = {}
         self._flush_scheduled = False
+        self._connect(path)
+
+    # ---- dialect hooks ----------------------------------------------------------------------
+
+    def _connect(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")  # replicas on one host may share the file
+        self._db.executescript(SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        for column, decl in LEASE_COLUMNS.items():
+            if column not in have:
+                self._db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {decl}")
+
+    def _sql(self, sql: str) -> str:
+        """SQL is written with `?` placeholders (SQLite's); other dialects translate."""
+        return sql
+
+    def _begin(self) -> None:
+        # IMMEDIATE: the fencing check and the writes after it are one atomic step against
+        # another process writing the same file
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def _in_transaction(self) -> bool:
+        return bool(self._db.in_transaction)
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        return (sqlite3.Error,)
+
+    # ---- plumbing ---------------------------------------------------------------------------
 
     @property
     def pending(self) -> int:
@@ -86,11 +195,11 @@ class JobStore:
         self.flush()
         self._db.close()
 
-    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         """Run now (reads, and writes whose result matters); pending writes commit first."""
         self.flush()
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._db.execute(self._sql(sql), args)
 
     def _queued(self) -> None:
         """A write was queued (lock held): commit it at the end of this loop turn, or now without a loop."""
@@ -104,8 +213,36 @@ class JobStore:
         self._flush_scheduled = True
         loop.call_soon(self.flush)
 
-    def flush(self, final: tuple[str, tuple[Any, ...]] | None = None) -> None:
-        """Commit the pending writes (and `final`, a statement that must land with them) as one transaction."""
+    def _fenced_jobs(self, job_ids: Iterable[str]) -> set[str]:
+        """Of the jobs about to be written, those whose lease token moved past the one held here
+        (in the open transaction; PostgreSQL locks the rows until commit)."""
+        wanted = set(job_ids)
+        held = [j for j in wanted if j in self._held]
+        lost = wanted & self._lost
+        if not held:
+            return lost
+        marks = ",".join("?" * len(held))
+        rows = self._db.execute(
+            self._sql(f"SELECT job_id, lease_token FROM jobs WHERE job_id IN ({marks}){self._lock_rows}"), held
+        )
+        current = {r[0]: int(r[1]) for r in rows.fetchall()}
+        return lost | {j for j in held if current.get(j) != self._held[j]}
+
+    def _fence(self, job_ids: set[str]) -> None:
+        for job_id in job_ids - self._lost:
+            self._held.pop(job_id, None)
+            self._lost.add(job_id)
+            log.warning("lease lost: another replica took this job over; abandoning it", extra={"job_id": job_id})
+            if self.on_fenced is not None:
+                try:
+                    self.on_fenced(job_id)
+                except Exception:  # noqa: BLE001 - a callback must not break the commit
+                    log.exception("on_fenced callback failed", extra={"job_id": job_id})
+
+    def flush(self, final: tuple[str, tuple[Any, ...]] | None = None, final_job: str | None = None) -> None:
+        """Commit the pending writes (and `final`, a statement for `final_job` that must land with
+        them) as one transaction. Writes of a job fenced out are dropped; a fenced `final` raises."""
+        fenced: set[str] = set()
         with self._lock:
             self._flush_scheduled = False
             events, self._events = self._events, []
@@ -113,42 +250,77 @@ class JobStore:
             states, self._states = self._states, {}
             if not (events or checkpoints or states or final):
                 return
-            rows = []
-            for (job_id, key), value in checkpoints.items():
-                try:
-                    rows.append((job_id, key, json.dumps(value, default=str)))
-                except (TypeError, ValueError):  # e.g. a cycle: lose this checkpoint, not the turn
-                    log.exception("checkpoint not serialisable", extra={"job_id": job_id, "key": key})
             try:
-                self._db.execute("BEGIN")
-                if states:
+                self._begin()
+                if self._held or self._lost:
+                    touched = [e[0] for e in events] + [k[0] for k in checkpoints] + list(states)
+                    fenced = self._fenced_jobs([*touched, *([final_job] if final_job else [])])
+                rows = []
+                for (job_id, key), value in checkpoints.items():
+                    if job_id in fenced:
+                        continue
+                    try:
+                        rows.append((job_id, key, json.dumps(value, default=str)))
+                    except (TypeError, ValueError):  # e.g. a cycle: lose this checkpoint, not the turn
+                        log.exception("checkpoint not serialisable", extra={"job_id": job_id, "key": key})
+                state_rows = [(*v, job_id) for job_id, v in states.items() if job_id not in fenced]
+                event_rows = [e for e in events if e[0] not in fenced]
+                if state_rows:
                     self._db.executemany(
-                        "UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?",
-                        [(*v, job_id) for job_id, v in states.items()],
+                        self._sql("UPDATE jobs SET state=?, phase=?, updated_at=? WHERE job_id=?"), state_rows
                     )
-                if events:
-                    self._db.executemany("INSERT OR REPLACE INTO events(job_id, seq, phase, message, data, at) VALUES (?,?,?,?,?,?)", events)
+                if event_rows:
+                    self._db.executemany(
+                        self._sql(
+                            "INSERT INTO events(job_id, seq, phase, message, data, at) VALUES (?,?,?,?,?,?) "
+                            "ON CONFLICT (job_id, seq) DO UPDATE SET phase=excluded.phase, message=excluded.message, "
+                            "data=excluded.data, at=excluded.at"
+                        ),
+                        event_rows,
+                    )
                 if rows:
-                    self._db.executemany("INSERT OR REPLACE INTO checkpoints(job_id, key, value) VALUES (?,?,?)", rows)
-                if final:
-                    self._db.execute(*final)
+                    self._db.executemany(
+                        self._sql(
+                            "INSERT INTO checkpoints(job_id, key, value) VALUES (?,?,?) "
+                            "ON CONFLICT (job_id, key) DO UPDATE SET value=excluded.value"
+                        ),
+                        rows,
+                    )
+                if final and final_job not in fenced:
+                    self._db.execute(self._sql(final[0]), final[1])
                 self._db.execute("COMMIT")
-            except sqlite3.Error:
-                if self._db.in_transaction:
+            except self._errors():
+                if self._in_transaction():
                     self._db.execute("ROLLBACK")
-                log.exception("job store write failed", extra={"statements": len(events) + len(checkpoints) + len(states) + bool(final)})
+                log.exception(
+                    "job store write failed",
+                    extra={"statements": len(events) + len(checkpoints) + len(states) + bool(final)},
+                )
                 raise
+        if fenced:
+            self._fence(fenced)
+            if final_job in fenced:
+                raise FencedOut(
+                    f"job {final_job}: another orchestrator replica took it over; its result is not written here"
+                )
 
     # ---- jobs ---------------------------------------------------------------------------
 
     def admit(self, submit: JobSubmit, owner: str) -> bool:
-        """Record a new job; False when the id is already known (a duplicate submission)."""
+        """Record a new job (with a lease for `owner` when leases are on); False when the id is
+        already known (a duplicate submission)."""
         now = time.time()
+        token, expires = (1, now + self.lease_s) if self.lease_s else (0, 0.0)
         cur = self._exec(
-            "INSERT OR IGNORE INTO jobs(job_id, submit, state, owner, created_at, updated_at) VALUES (?,?,?,?,?,?)",
-            (submit.job_id, submit.model_dump_json(), "queued", owner, now, now),
+            "INSERT INTO jobs(job_id, submit, state, owner, created_at, updated_at, "
+            "lease_token, lease_expires, lease_acquired_at) "
+            "VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT (job_id) DO NOTHING",
+            (submit.job_id, submit.model_dump_json(), "queued", owner, now, now, token, expires, now),
         )
-        return cur.rowcount == 1
+        admitted = bool(cur.rowcount == 1)
+        if admitted and token:
+            self._held[submit.job_id] = token
+        return admitted
 
     def set_state(self, job_id: str, state: str, phase: str = "") -> None:
         with self._lock:
@@ -156,18 +328,23 @@ class JobStore:
             self._queued()
 
     def finish(self, result: JobResult) -> None:
-        """The result, with everything still pending, in one commit before this returns."""
-        sql = "UPDATE jobs SET state=?, phase='done', result=?, failure=?, updated_at=? WHERE job_id=?"
+        """The result, with everything still pending, in one commit before this returns.
+        Raises `FencedOut` when another replica holds the job now (nothing of it is written)."""
+        sql = "UPDATE jobs SET state=?, phase='done', result=?, failure=?, updated_at=?, lease_expires=0 WHERE job_id=?"
         with self._lock:
             self._states.pop(result.job_id, None)  # the final state wins
-            self.flush((sql, (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id)))
+            self.flush(
+                (sql, (result.status, result.model_dump_json(), result.failure_reason, time.time(), result.job_id)),
+                result.job_id,
+            )
+            self._held.pop(result.job_id, None)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        row = self._exec("SELECT job_id, submit, state, phase, created_at, updated_at, result, failure FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        row = self._exec(f"SELECT {JOB_COLUMNS} FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return self._row(row) if row else None
 
-    def list(self, limit: int = 50, state: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT job_id, submit, state, phase, created_at, updated_at, result, failure FROM jobs"
+    def list(self, limit: int = 50, state: str | None = None) -> builtins.list[dict[str, Any]]:
+        sql = f"SELECT {JOB_COLUMNS} FROM jobs"
         args: tuple[Any, ...] = ()
         if state:
             sql += " WHERE state=?"
@@ -175,38 +352,137 @@ class JobStore:
         rows = self._exec(sql + " ORDER BY created_at DESC LIMIT ?", (*args, limit)).fetchall()
         return [self._row(r) for r in rows]
 
-    def unfinished(self) -> list[JobSubmit]:
-        rows = self._exec("SELECT submit FROM jobs WHERE state NOT IN (?, ?) ORDER BY created_at", TERMINAL).fetchall()
+    def unfinished(self) -> builtins.list[JobSubmit]:
+        marks = ",".join("?" * len(TERMINAL))
+        rows = self._exec(
+            f"SELECT submit FROM jobs WHERE state NOT IN ({marks}) ORDER BY created_at", TERMINAL
+        ).fetchall()
         return [JobSubmit.model_validate_json(r[0]) for r in rows]
+
+    def submit_of(self, job_id: str) -> JobSubmit | None:
+        row = self._exec("SELECT submit FROM jobs WHERE job_id=?", (job_id,)).fetchone()
+        return JobSubmit.model_validate_json(row[0]) if row else None
 
     def result(self, job_id: str) -> JobResult | None:
         row = self._exec("SELECT result FROM jobs WHERE job_id=?", (job_id,)).fetchone()
         return JobResult.model_validate_json(row[0]) if row and row[0] else None
 
     @staticmethod
-    def _row(row: tuple[Any, ...]) -> dict[str, Any]:
+    def _row(row: Sequence[Any]) -> dict[str, Any]:
         submit = json.loads(row[1])
+        lease_expires = float(row[9] or 0)
         return {
             "job_id": row[0],
             "question": submit.get("question", ""),
             "state": row[2],
+            # a lease that ran out on an unfinished job: its orchestrator is gone (or cut off) and
+            # no replica has taken it over yet (`foa jobs` shows it as ORPHANED). Jobs of a store
+            # without leases (expiry 0) are never flagged.
+            "orphaned": row[2] not in TERMINAL and 0 < lease_expires < time.time(),
             "phase": row[3],
             "created_at": row[4],
             "updated_at": row[5],
             "result": json.loads(row[6]) if row[6] else None,
             "failure": row[7],
+            "owner": row[8],
+            "lease_expires": lease_expires,
+            "lease_token": int(row[10] or 0),
+            "takeovers": int(row[11] or 0),
+            "lease_acquired_at": float(row[12] or 0),
         }
+
+    # ---- leases -----------------------------------------------------------------------------
+
+    def acquire(self, job_id: str, owner: str) -> int | None:
+        """Take the lease of an unfinished job when it is free, expired or already `owner`'s
+        (a restarted replica with a stable id gets its own jobs back at once). Atomic: of two
+        replicas racing for one expired lease exactly one gets a token. Returns the new fencing
+        token, or None."""
+        assert self.lease_s, "leases are off (lease_s=None)"
+        now = time.time()
+        marks = ",".join("?" * len(TERMINAL))
+        row = self._exec(
+            "UPDATE jobs SET lease_token=lease_token+1, lease_expires=?, lease_acquired_at=?, "
+            "takeovers=takeovers + CASE WHEN owner=? THEN 0 ELSE 1 END, owner=? "
+            f"WHERE job_id=? AND state NOT IN ({marks}) AND (owner=? OR lease_expires<?) RETURNING lease_token",
+            (now + self.lease_s, now, owner, owner, job_id, *TERMINAL, owner, now),
+        ).fetchone()
+        if row is None:
+            return None
+        self._held[job_id] = int(row[0])
+        self._lost.discard(job_id)
+        return int(row[0])
+
+    def renew(self, owner: str) -> builtins.list[str]:
+        """Extend every lease held here; returns the jobs whose lease was lost (taken over while
+        this replica was paused or cut off): they are no longer held, and `on_fenced` is told."""
+        with self._lock:
+            if not self._held:
+                return []
+            self.flush()
+            expires = time.time() + self.lease_s if self.lease_s else 0.0
+            lost: builtins.list[str] = []
+            self._begin()
+            try:
+                for job_id, token in list(self._held.items()):
+                    cur = self._db.execute(
+                        self._sql("UPDATE jobs SET lease_expires=? WHERE job_id=? AND lease_token=? AND owner=?"),
+                        (expires, job_id, token, owner),
+                    )
+                    if cur.rowcount != 1:
+                        lost.append(job_id)
+                self._db.execute("COMMIT")
+            except self._errors():
+                if self._in_transaction():
+                    self._db.execute("ROLLBACK")
+                raise
+        self._fence(set(lost))  # logged, and reported to on_fenced
+        return lost
+
+    def release(self, job_id: str) -> None:
+        """Give up `job_id` (its task was cancelled: a shutdown, not a crash): its lease ends now,
+        so another replica takes it over at its next scan instead of after `lease_s`. A no-op for
+        a finished or fenced job (no longer held)."""
+        token = self._held.pop(job_id, None)
+        if token is None:
+            return
+        try:
+            self._exec(
+                "UPDATE jobs SET lease_expires=? WHERE job_id=? AND lease_token=?", (time.time() - 1, job_id, token)
+            )
+        except Exception:  # noqa: BLE001 - closed on the way out: the lease then simply expires
+            log.debug("could not release lease", extra={"job_id": job_id}, exc_info=True)
+
+    def held(self) -> dict[str, int]:
+        return dict(self._held)
+
+    def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]:
+        """Unfinished jobs this owner may acquire: lease expired, or already its own but not
+        held by this store (left by this replica's previous life)."""
+        marks = ",".join("?" * len(TERMINAL))
+        rows = self._exec(
+            f"SELECT job_id FROM jobs WHERE state NOT IN ({marks}) AND (lease_expires<? OR owner=?) "
+            "ORDER BY created_at LIMIT ?",
+            (*TERMINAL, time.time(), owner, limit + len(self._held)),
+        ).fetchall()
+        return [r[0] for r in rows if r[0] not in self._held][:limit]
 
     # ---- events and checkpoints ------------------------------------------------------------
 
     def add_event(self, event: JobEvent) -> None:
         with self._lock:
-            self._events.append((event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at))
+            self._events.append(
+                (event.job_id, event.seq, event.phase, event.message, json.dumps(event.data, default=str), event.at)
+            )
             self._queued()
 
-    def events(self, job_id: str) -> list[JobEvent]:
-        rows = self._exec("SELECT seq, phase, message, data, at FROM events WHERE job_id=? ORDER BY seq", (job_id,)).fetchall()
-        return [JobEvent(job_id=job_id, seq=r[0], phase=r[1], message=r[2], data=json.loads(r[3]), at=r[4]) for r in rows]
+    def events(self, job_id: str) -> builtins.list[JobEvent]:
+        rows = self._exec(
+            "SELECT seq, phase, message, data, at FROM events WHERE job_id=? ORDER BY seq", (job_id,)
+        ).fetchall()
+        return [
+            JobEvent(job_id=job_id, seq=r[0], phase=r[1], message=r[2], data=json.loads(r[3]), at=r[4]) for r in rows
+        ]
 
     def next_seq(self, job_id: str) -> int:
         row = self._exec("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)).fetchone()
@@ -221,3 +497,14 @@ class JobStore:
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         rows = self._exec("SELECT key, value FROM checkpoints WHERE job_id=?", (job_id,)).fetchall()
         return {k: json.loads(v) for k, v in rows}
+
+
+def open_store(settings: Settings, *, leases: bool = True) -> JobStore:
+    """The store `settings` name: PostgreSQL at FOA_STORE_URL, else SQLite in the data dir.
+    `leases=False` for readers (`foa jobs`) that never own a job."""
+    lease_s = settings.lease_s if leases else None
+    if settings.store_url:
+        from fabric.orchestrator.store_postgres import PostgresJobStore
+
+        return PostgresJobStore(settings.store_url, lease_s=lease_s)
+    return JobStore(settings.job_store_path, lease_s=lease_s)
