@@ -30,6 +30,7 @@ from fabric.orchestrator.tasks import (
     degenerate,
 )
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 
 log = logging.getLogger("foa.worker")
 
@@ -154,6 +155,7 @@ async def run_worker(spec: AgentSpec, settings: Settings, *, replica_id: str | N
     from fabric.metrics import metrics_for
     from fabric.runtime import resolve_broker
 
+    install_paho_speedups()
     backend = backend_for(settings, spec.llm)
     agent = make_worker(spec, settings, backend=backend, broker=resolve_broker(settings), replica_id=replica_id)
     loop = asyncio.get_running_loop()
@@ -186,6 +188,7 @@ async def run_host(specs: list[AgentSpec], settings: Settings, *, host_id: str) 
     from fabric.runtime import resolve_broker
     from fabric.security import agent_key_for, sign_vcv
 
+    install_paho_speedups()
     host = AgentHost(settings, host_id, broker=resolve_broker(settings))
     backends = BackendPool(settings)
     for spec in specs:

@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -25,15 +26,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress  # noqa: E402
-from fabric import paho_speedups  # noqa: E402
-from fabric.broker import Mosquitto  # noqa: E402
-from fabric.bus import BrokerAddress, Bus, Incoming  # noqa: E402
-from fabric.messages import TaskRequest, TaskResult  # noqa: E402
-from fabric.settings import Settings  # noqa: E402
+from benchmarks._common import emit, progress  # noqa: E402 - after the sys.path line above
+from fabric.broker import Mosquitto  # noqa: E402 - after the sys.path line above
+from fabric.bus import BrokerAddress, Bus, Incoming  # noqa: E402 - after the sys.path line above
+from fabric.messages import TaskRequest, TaskResult  # noqa: E402 - after the sys.path line above
+from fabric.settings import Settings  # noqa: E402 - after the sys.path line above
+from fabric.transports import paho_speedups  # noqa: E402 - after the sys.path line above
+from fabric.transports.paho import install_paho_speedups  # noqa: E402 - after the sys.path line above
 
 
-def _nodelay(client: mqtt.Client, userdata: object, sock: socket.socket) -> None:
+def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
@@ -49,7 +51,10 @@ def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
         return c
 
     server, client = make("raw-server"), make("raw-client")
-    server.on_message = lambda c, u, m: c.publish("bench/raw/pong", m.payload, qos=1)
+    def pong(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
+        c.publish("bench/raw/pong", m.payload, qos=1)
+
+    server.on_message = pong
     client.on_message = lambda c, u, m: got.set()
     server.subscribe("bench/raw/ping", qos=1)
     client.subscribe("bench/raw/pong", qos=1)
@@ -72,7 +77,11 @@ def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
 
 async def fabric(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
     settings = Settings(broker_url=addr.url)
-    async with Bus(settings, "bench-server", broker=addr, persistent=False) as server, Bus(settings, "bench-client", broker=addr, persistent=False) as client:
+    async with (
+        Bus(settings, "bench-server", broker=addr, persistent=False) as server,
+        Bus(settings, "bench-client", broker=addr, persistent=False) as client,
+    ):
+
         async def serve(msg: Incoming) -> None:
             assert msg.envelope is not None
             await server.reply(msg.envelope, TaskResult(task_id=msg.envelope.body.task_id, agent_id="a"))
@@ -81,7 +90,9 @@ async def fabric(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
         out = []
         for i in range(n + warmup):
             t = time.perf_counter()
-            await client.request("foa/agents/a/tasks", TaskRequest(task_id=str(i), task_kind="ping", agent_id="a"), expect=TaskResult)
+            await client.request(
+                "foa/agents/a/tasks", TaskRequest(task_id=str(i), task_kind="ping", agent_id="a"), expect=TaskResult
+            )
             if i >= warmup:
                 out.append((time.perf_counter() - t) * 1000)
         return out
@@ -94,6 +105,7 @@ def main() -> None:
     ap.add_argument("--broker-url", default=None, help="use this broker instead of a fresh mosquitto")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    install_paho_speedups()  # as the services do at start
     broker = None
     if args.broker_url:
         addr = BrokerAddress.parse(args.broker_url)

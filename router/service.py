@@ -38,6 +38,7 @@ from fabric.heap import freeze_startup_heap
 from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
 from fabric.metrics import Metrics
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
 from router.engine import RouterEngine, assign
@@ -348,6 +349,7 @@ async def run_router(
     snapshot: bool = True,
 ) -> None:
     """`foa router`: restore the snapshot if there is one, serve until cancelled, snapshot on exit."""
+    install_paho_speedups()
     embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
                                                    settings.embedding_device, settings.embedding_threads)
     snap = snapshot_path(settings) if snapshot else None

@@ -42,6 +42,7 @@ from fabric.orchestrator.store import JobStore
 from fabric.metrics import Metrics
 from fabric.registry import Registry
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 from fabric.vcv import VCV
 
 log = logging.getLogger("foa.orchestrator")
@@ -238,6 +239,7 @@ class OrchestratorService:
 async def run_orchestrator(settings: Settings, *, broker: Any = None, embedder: Embedder | None = None, stop: asyncio.Event | None = None) -> None:
     from fabric.embeddings import shared_embedder
 
+    install_paho_speedups()
     embedder = embedder or await asyncio.to_thread(shared_embedder, settings.embedding_model, settings.embedding_dim,
                                                    settings.embedding_device, settings.embedding_threads)
     # a stable client id: a restarted orchestrator takes over its own broker session
