@@ -51,6 +51,7 @@ def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
         return c
 
     server, client = make("raw-server"), make("raw-client")
+
     def pong(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
         c.publish("bench/raw/pong", m.payload, qos=1)
 

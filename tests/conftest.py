@@ -57,9 +57,19 @@ def make_settings(url: str, data_dir: Path, **overrides: Any) -> Settings:
     return Settings(broker_url=url, data_dir=data_dir, **values)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "in_memory: `settings` points at an in-process MemoryBroker (a test of logic, no broker process)"
+    )
+
+
 @pytest.fixture
-def settings(mosquitto: Mosquitto, tmp_path: Path) -> Settings:
-    return make_settings(mosquitto.url, tmp_path)
+def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings on this module's mosquitto, or on a MemoryBroker for tests marked `in_memory`."""
+    if request.node.get_closest_marker("in_memory") is not None:
+        memory: Settings = request.getfixturevalue("memory_settings")
+        return memory
+    return make_settings(request.getfixturevalue("mosquitto").url, tmp_path)
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +15,9 @@ from fabric.broker import Mosquitto
 from fabric.bus import Bus, BusError, Incoming, PayloadTooLarge, RequestTimeout
 from fabric.envelope import make
 from fabric.messages import AgentStatus, TaskRequest, TaskResult
+from fabric.settings import Settings
 from tests.conftest import make_settings
-from tests.fabric_helpers import eventually
+from tests.fabric_helpers import body, envelope, eventually
 
 
 def test_request_response_and_shared_subscription(any_broker, tmp_path) -> None:
@@ -26,7 +28,7 @@ def test_request_response_and_shared_subscription(any_broker, tmp_path) -> None:
 
             async def serve(msg: Incoming) -> None:
                 assert msg.envelope is not None
-                await srv.reply(msg.envelope, TaskResult(task_id=msg.envelope.body.task_id, agent_id="x"))
+                await srv.reply(msg.envelope, TaskResult(task_id=body(msg).task_id, agent_id="x"))
 
             await srv.subscribe(topics.shared("g", topics.agent_tasks("x")), serve, body_types=TaskRequest)
             reply = await cli.request(
@@ -37,7 +39,7 @@ def test_request_response_and_shared_subscription(any_broker, tmp_path) -> None:
     asyncio.run(main())
 
 
-def test_request_without_responder_times_out_clearly(memory_settings) -> None:  # type: ignore[no-untyped-def]
+def test_request_without_responder_times_out_clearly(memory_settings: Settings) -> None:
     settings = memory_settings
 
     async def main() -> None:
@@ -79,12 +81,10 @@ def test_bad_payloads_are_rejected_counted_and_serving_continues(any_broker, tmp
             # retained statuses left by earlier tests on this broker are not part of this test
             await victim.subscribe(
                 "foa/agents/+/status",
-                lambda m: m.retain or got.append(m.envelope.body.agent_id),
+                lambda m: None if m.retain else got.append(body(m).agent_id),
                 body_types=AgentStatus,
             )
-            await victim.subscribe(
-                "foa/agents/v/tasks", lambda m: got.append(m.envelope.body.task_id), body_types=TaskRequest
-            )
+            await victim.subscribe("foa/agents/v/tasks", lambda m: got.append(body(m).task_id), body_types=TaskRequest)
             bad = [
                 b"not json at all",
                 b"{}",
@@ -111,13 +111,13 @@ def test_bad_payloads_are_rejected_counted_and_serving_continues(any_broker, tmp
     asyncio.run(main())
 
 
-def test_duplicate_envelopes_are_dropped(memory_settings) -> None:  # type: ignore[no-untyped-def]
+def test_duplicate_envelopes_are_dropped(memory_settings: Settings) -> None:
     settings = memory_settings
 
     async def main() -> None:
         got: list[str] = []
         async with Bus(settings, "dst") as dst, Bus(settings, "src") as src:
-            await dst.subscribe("foa/agents/d/tasks", lambda m: got.append(m.envelope.id), body_types=TaskRequest)
+            await dst.subscribe("foa/agents/d/tasks", lambda m: got.append(envelope(m).id), body_types=TaskRequest)
             env = make(TaskRequest(task_id="t", task_kind="k", agent_id="d"))
             for _ in range(3):  # QoS 1 may redeliver: same envelope id three times
                 await src.publish("foa/agents/d/tasks", env)
@@ -142,7 +142,7 @@ def test_retained_last_will_and_message_expiry(any_broker, tmp_path) -> None:
             await doomed.connect()
             await doomed.publish(topics.agent_status("w"), AgentStatus(agent_id="w", status="online"), retain=True)
             await watcher.subscribe(
-                topics.agent_status("w"), lambda m: seen.append(m.envelope.body.status), body_types=AgentStatus
+                topics.agent_status("w"), lambda m: seen.append(body(m).status), body_types=AgentStatus
             )
             await eventually(lambda: seen == ["online"], what="retained online")
             await doomed.close(clean=False)  # drop the socket: the broker fires the will
@@ -168,7 +168,7 @@ def test_broker_restart_delivers_inflight_qos1_tasks(tmp_path) -> None:
 
         async def slow(msg: Incoming) -> None:
             await asyncio.sleep(0.02)
-            got.append(msg.envelope.body.task_id)
+            got.append(body(msg).task_id)
 
         worker = Bus(settings, "worker")
         sender = Bus(settings, "sender")
@@ -203,7 +203,7 @@ def test_broker_restart_delivers_inflight_qos1_tasks(tmp_path) -> None:
         broker.stop()
 
 
-def test_memory_urls_name_a_broker_of_this_process(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_memory_urls_name_a_broker_of_this_process(tmp_path: Path) -> None:
     """memory://NAME reaches the MemoryBroker registered as NAME, only while it is; a clear error
     otherwise, and one name cannot be taken twice."""
     from fabric.bus import BrokerAddress
@@ -222,9 +222,7 @@ def test_memory_urls_name_a_broker_of_this_process(tmp_path) -> None:  # type: i
                 MemoryBroker("unit").start()
             async with Bus(settings, "member") as bus:
                 got: list[str] = []
-                await bus.subscribe(
-                    "foa/agents/m/status", lambda m: got.append(m.envelope.body.status), body_types=AgentStatus
-                )
+                await bus.subscribe("foa/agents/m/status", lambda m: got.append(body(m).status), body_types=AgentStatus)
                 await bus.publish("foa/agents/m/status", AgentStatus(agent_id="m", status="online"))
                 await eventually(lambda: got == ["online"])
                 broker.drop_connections()  # a network failure: the bus reconnects and resubscribes

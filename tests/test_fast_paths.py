@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +27,7 @@ from fabric.orchestrator.store import JobStore
 from fabric.transports import paho_speedups
 from fabric.transports.paho import PahoTransport, PublishProperties, install_paho_speedups
 from tests.conftest import make_settings
-from tests.fabric_helpers import eventually
+from tests.fabric_helpers import body, eventually
 
 
 def _publish_packet(props: bytes, payload: bytes = b"{}") -> bytes:
@@ -43,14 +45,15 @@ def test_fast_properties_parse_like_paho() -> None:
     full.CorrelationData = b"abc"
     full.UserProperty = ("k1", "v1")
     full.UserProperty = ("k2", "v2")
-    for props in (full.pack(), PublishProperties("foa/replies/y", "c-1", None).pack(), b"\x00"):
+    ours = PublishProperties("foa/replies/y", "c-1", 30, [("k1", "v1"), ("k2", "v2")])
+    for props in (full.pack(), ours.pack(), PublishProperties("foa/replies/y", "c-1", None).pack(), b"\x00"):
         fast = _packet.decode_publish(0x32, _publish_packet(props), MQTTProtocolVersion.MQTTv5).properties
         slow, _ = Properties(PacketTypes.PUBLISH).unpack(props)
         assert isinstance(fast, paho_speedups.FastProperties)
         assert {k: v for k, v in vars(fast).items() if k != "packetType"} == {
             k: v for k, v in vars(slow).items() if k not in ("packetType", "types", "names", "properties")
         }
-    assert fast.isEmpty()
+    assert fast is not None and fast.isEmpty()
     with paho_speedups.stock_paho():  # benchmarks' baseline: paho as shipped
         stock = _packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties
         assert type(stock) is Properties
@@ -93,10 +96,10 @@ def test_inline_handlers_run_in_order_and_unawaited_publishes_leave_no_state(mos
             def handler(msg: Incoming) -> None:  # a plain function: the bus calls it inline
                 nonlocal failures
                 assert msg.envelope is not None
-                if msg.envelope.body.agent_id == "boom":
+                if body(msg).agent_id == "boom":
                     failures += 1
                     raise RuntimeError("handler bug")
-                seen.append(msg.envelope.body.agent_id)
+                seen.append(body(msg).agent_id)
 
             await sub.subscribe(topics.AGENT_STATUS_WILDCARD, handler, body_types=AgentStatus)
             names = [f"a{i:03d}" for i in range(200)]
@@ -154,13 +157,15 @@ def test_job_store_group_commit_is_read_back_and_survives_reopen(tmp_path) -> No
 
     asyncio.run(main())
     reopened = JobStore(path)
-    assert reopened.get("j1")["state"] == "completed"
+    row = reopened.get("j1")
+    assert row is not None and row["state"] == "completed"
     assert reopened.checkpoints("j1")["usage"] == {"tokens": 3}
-    assert [e.message for e in reopened.events("j1")] == ["m"]
+    events: Sequence[JobEvent] = reopened.events("j1")
+    assert [e.message for e in events] == ["m"]
     reopened.close()
 
 
-def test_reputation_scores_are_coalesced_to_the_latest(memory_settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_reputation_scores_are_coalesced_to_the_latest(memory_settings, embedder) -> None:
     from fabric.orchestrator.service import BusPorts
     from fabric.registry import Registry
 
@@ -172,9 +177,7 @@ def test_reputation_scores_are_coalesced_to_the_latest(memory_settings, embedder
             Bus(settings, "rep-watch", persistent=False) as watch,
         ):
             got: list[float] = []
-            await watch.subscribe(
-                topics.reputation("busy"), lambda m: got.append(m.envelope.body.score), body_types=Reputation
-            )
+            await watch.subscribe(topics.reputation("busy"), lambda m: got.append(body(m).score), body_types=Reputation)
             ports = BusPorts(bus, Registry(), embedder, settings)
             for i in range(50):
                 await ports.publish_reputation(Reputation(agent_id="busy", score=i / 100, jobs=i + 1))
@@ -243,7 +246,7 @@ def test_freezing_the_startup_heap_spares_later_collections() -> None:
         gc.set_threshold(*thresholds)
 
 
-def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignore[no-untyped-def]
+def test_replies_leave_during_a_long_loop_turn(settings) -> None:
     """A responder whose loop turn runs a burst of handlers (here 120 × 3 ms) sends replies as
     it goes (WRITE_DELAY_MAX_S), not all at the end of the turn: the requester, in its own
     thread and loop, holds half of them before the responder has started its last handler."""
@@ -261,7 +264,7 @@ def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignor
                 async def handle(msg: Incoming) -> None:
                     last_started[:] = [time.monotonic()]
                     time.sleep(0.003)  # CPU work that keeps the loop turn going
-                    await bus.publish(f"test/burst/reply/{msg.topic.rsplit('/', 1)[1]}", msg.envelope.body, qos=0)
+                    await bus.publish(f"test/burst/reply/{msg.topic.rsplit('/', 1)[1]}", body(msg), qos=0)
 
                 await bus.subscribe("test/burst/ask/+", handle, body_types=AgentStatus, qos=0)
                 ready.set()
@@ -300,7 +303,7 @@ def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignor
     assert sorted(arrivals)[n // 2] < last_started[0]
 
 
-def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None:
     """With SharedConditionInfo installed, paho's own wait_for_publish() (a thread waiting on
     the shared condition) still returns once each QoS 1 message is acknowledged."""
     import paho.mqtt.client as mqtt
@@ -341,7 +344,7 @@ def test_the_paho_internals_the_speedups_patch_are_where_they_were() -> None:
     assert {"types", "names", "properties", "packetType"} <= set(vars(Properties(PacketTypes.PUBLISH)))
     assert all(len(spec) == 2 for spec in Properties(PacketTypes.PUBLISH).properties.values())  # (type, packet types)
     # 2. SharedConditionInfo fills exactly the slots the stock MQTTMessageInfo.__init__ fills
-    stock = paho_speedups.SharedConditionInfo.__bases__[0]
+    stock: Any = paho_speedups.SharedConditionInfo.__bases__[0]
     assert stock.__module__ == "paho.mqtt.client"
     assert set(stock.__slots__) == {"mid", "_published", "_condition", "rc", "_iterpos"}
     assert list(inspect.signature(stock.__init__).parameters) == ["self", "mid"]

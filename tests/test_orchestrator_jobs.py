@@ -18,16 +18,16 @@ from tests.fabric_helpers import eventually
 from tests.scripted_federation import SPECS, backend_factory
 
 
-def fed_settings(mosquitto, tmp_path: Path, **kw: object) -> Settings:  # type: ignore[no-untyped-def]
-    return make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, **kw)
+def fed_settings(broker, tmp_path: Path, **kw: object) -> Settings:  # type: ignore[no-untyped-def]
+    return make_settings(broker.url, tmp_path, request_timeout_s=10.0, **kw)
 
 
 def run(coro):  # type: ignore[no-untyped-def]
     return asyncio.run(coro)
 
 
-def test_a_job_runs_every_phase(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_a_job_runs_every_phase(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory(done_from_round=2)
 
     async def main() -> tuple[JobResult, list[str]]:
@@ -62,10 +62,10 @@ def test_a_job_runs_every_phase(mosquitto, tmp_path, embedder) -> None:
         assert phase in phases
 
 
-def test_a_single_drafter_node_reports_its_draft_once(mosquitto, tmp_path, embedder) -> None:
+def test_a_single_drafter_node_reports_its_draft_once(memory_broker, tmp_path, embedder) -> None:
     """One agent per node: its draft is the node's answer, so one node_done event carries it
     (no separate draft event), and the job store keeps exactly what was published."""
-    settings = fed_settings(mosquitto, tmp_path)
+    settings = fed_settings(memory_broker, tmp_path)
 
     async def main() -> tuple[JobResult, list[JobEvent], list[JobEvent]]:
         events: list[JobEvent] = []
@@ -86,8 +86,8 @@ def test_a_single_drafter_node_reports_its_draft_once(mosquitto, tmp_path, embed
     assert [(e.seq, e.phase, e.message) for e in stored] == [(e.seq, e.phase, e.message) for e in events]
 
 
-def test_policies_gate_assignment_and_impossible_ones_fail_clearly(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_policies_gate_assignment_and_impossible_ones_fail_clearly(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
 
     async def main() -> tuple[JobResult, JobResult]:
         async with LocalFederation(settings, SPECS, backend_factory=backend_factory(), embedder=embedder) as fed:
@@ -102,8 +102,8 @@ def test_policies_gate_assignment_and_impossible_ones_fail_clearly(mosquitto, tm
     assert bad.status == "failed" and "eu-residency" in (bad.failure_reason or "")
 
 
-def test_budget_stops_refinement_and_impossible_budget_is_refused(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path, llm_max_tokens=64)
+def test_budget_stops_refinement_and_impossible_budget_is_refused(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path, llm_max_tokens=64)
 
     async def main() -> tuple[JobResult, JobResult]:
         async with LocalFederation(settings, SPECS, backend_factory=backend_factory(done_from_round=99), embedder=embedder) as fed:
@@ -120,8 +120,8 @@ def test_budget_stops_refinement_and_impossible_budget_is_refused(mosquitto, tmp
     assert tight.usage["tokens"] <= 2200 + 3 * 64 * 3  # at most one round of calls beyond the check
 
 
-def test_unresponsive_agents_time_out_and_the_job_still_answers(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path, node_timeout_s=4.0)
+def test_unresponsive_agents_time_out_and_the_job_still_answers(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path, node_timeout_s=4.0)
     factory = backend_factory()
 
     async def main() -> JobResult:
@@ -139,8 +139,8 @@ def test_unresponsive_agents_time_out_and_the_job_still_answers(mosquitto, tmp_p
     assert any("cardio" in f for f in result.usage["failures"]), (result.dag, result.usage["failures"])
 
 
-def test_duplicate_submission_runs_once(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_duplicate_submission_runs_once(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory()
 
     async def main() -> tuple[JobResult, JobResult, int]:
@@ -156,8 +156,8 @@ def test_duplicate_submission_runs_once(mosquitto, tmp_path, embedder) -> None:
     assert second.answer == first.answer and extra_calls == 0
 
 
-def test_a_restarted_orchestrator_resumes_the_job(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_a_restarted_orchestrator_resumes_the_job(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory(latency_s=0.4)
 
     async def main() -> tuple[JobResult, int, dict[str, int]]:

@@ -8,7 +8,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
 from fabric import topics
@@ -17,12 +19,13 @@ from fabric.messages import AgentStatus, AssignQuery, AuditEvent, Reputation, Ro
 from fabric.settings import Settings
 from router.client import RouterClient
 from router.service import RouterService
+from tests.fabric_helpers import body
 from tests.router_support import AGENTS, make_vcv
 
 pytestmark = pytest.mark.timeout(120)
 
 
-async def wait_for(predicate, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
         if asyncio.get_running_loop().time() > deadline:
@@ -37,7 +40,7 @@ async def clear_retained(bus: Bus, agent_ids: list[str]) -> None:
         await bus.publish(topics.reputation(agent_id), None, retain=True)
 
 
-def test_service_routes_while_vcvs_stream_in(memory_settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_service_routes_while_vcvs_stream_in(memory_settings: Settings, embedder) -> None:
     settings = memory_settings
 
     async def main() -> None:
@@ -57,9 +60,7 @@ def test_service_routes_while_vcvs_stream_in(memory_settings: Settings, embedder
             await service.start()
             client = RouterClient(cbus, timeout=5.0)
             audits: list[AuditEvent] = []
-            await cbus.subscribe(
-                topics.POLICY_ENFORCEMENT, lambda m: audits.append(m.envelope.body), body_types=AuditEvent
-            )
+            await cbus.subscribe(topics.POLICY_ENFORCEMENT, lambda m: audits.append(body(m)), body_types=AuditEvent)
             try:
                 # stream VCVs in and query between them: each answer reflects what has arrived
                 for n, (agent_id, text) in enumerate(AGENTS.items(), 1):
@@ -94,19 +95,19 @@ def test_service_routes_while_vcvs_stream_in(memory_settings: Settings, embedder
                 await agents.publish(
                     topics.agent_status("svc-cardio"), AgentStatus(agent_id="svc-cardio", status="offline"), retain=True
                 )
-                await wait_for(lambda: not service.index.table.online[service.index.rows["svc-cardio"]])
+                await wait_for(lambda: not column(service, "online")[service.index.rows["svc-cardio"]])
                 res = await client.route(RouteQuery(text="my ECG shows arrhythmia", top_k=12, abstain=False))
                 assert "svc-cardio" not in [m.agent_id for m in res.matches]
                 await agents.publish(
                     topics.agent_status("svc-cardio"), AgentStatus(agent_id="svc-cardio", status="online"), retain=True
                 )
-                await wait_for(lambda: bool(service.index.table.online[service.index.rows["svc-cardio"]]))
+                await wait_for(lambda: bool(column(service, "online")[service.index.rows["svc-cardio"]]))
 
                 # reputation flows into α
                 await agents.publish(
                     topics.reputation("svc-math"), Reputation(agent_id="svc-math", score=1.0), retain=True
                 )
-                await wait_for(lambda: service.index.table.reputation[service.index.rows["svc-math"]] == 1.0)
+                await wait_for(lambda: column(service, "reputation")[service.index.rows["svc-math"]] == 1.0)
                 res = await client.route(RouteQuery(text="integrate x squared", top_k=1, abstain=False))
                 assert res.matches[0].factors["reputation"] == pytest.approx(1.25)
 
@@ -157,12 +158,17 @@ def test_service_routes_while_vcvs_stream_in(memory_settings: Settings, embedder
     asyncio.run(main())
 
 
+def column(service: RouterService, name: str) -> np.ndarray:
+    """A column of the router's agent table (AgentTable sets them by name, so by name here)."""
+    return np.asarray(getattr(service.index.table, name))
+
+
 def unchecked(**changes: object) -> RouteQuery:
     """A query the client-side model would refuse: the service must refuse it too."""
     return RouteQuery.model_construct(**(RouteQuery(text="hello", abstain=True).model_dump() | changes))
 
 
-def test_bad_queries_get_clear_errors(memory_settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_bad_queries_get_clear_errors(memory_settings: Settings, embedder) -> None:
     settings = memory_settings
 
     async def main() -> None:
@@ -194,7 +200,7 @@ def test_bad_queries_get_clear_errors(memory_settings: Settings, embedder) -> No
     asyncio.run(main())
 
 
-def test_cli_route_json_against_running_router(settings: Settings, embedder) -> None:  # type: ignore[no-untyped-def]
+def test_cli_route_json_against_running_router(settings: Settings, embedder) -> None:
     async def main() -> None:
         async with (
             Bus(settings, "test-agents3", persistent=False) as agents,
@@ -253,9 +259,9 @@ def test_cli_route_json_against_running_router(settings: Settings, embedder) -> 
                 await service.stop()
                 await clear_retained(agents, ["cli-sql", "cli-python", "cli-tax"])
         env = {k: v for k, v in os.environ.items() if k != "FOA_BROKER_URL"}
-        proc = subprocess.run(
+        done = subprocess.run(
             [sys.executable, "-m", "fabric.cli", "route", "hello"], env=env, capture_output=True, text=True
         )
-        assert proc.returncode != 0 and "FOA_BROKER_URL" in proc.stderr
+        assert done.returncode != 0 and "FOA_BROKER_URL" in done.stderr
 
     asyncio.run(main())
