@@ -38,8 +38,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 log = logging.getLogger("foa.bus")
 
@@ -100,7 +102,7 @@ class SharedConditionInfo(mqtt.MQTTMessageInfo):
         self.mid = mid
         self._published = False
         self._condition = _SHARED_CONDITION
-        self.rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         self._iterpos = 0
 
 
