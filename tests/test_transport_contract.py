@@ -38,6 +38,7 @@ class Case:
     url: str
     data_dir: Path
     prefix: str
+    drop_connections: Callable[[], None]  # every client loses its connection; the broker keeps its state
 
     def settings(self, **overrides: object) -> Settings:
         return make_settings(self.url, self.data_dir, **overrides)
@@ -60,10 +61,11 @@ def contract_mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mos
 def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     prefix = uuid.uuid4().hex[:8]
     if request.param == "mosquitto":
-        yield Case("mosquitto", request.getfixturevalue("contract_mosquitto").url, tmp_path, prefix)
+        mosquitto = request.getfixturevalue("contract_mosquitto")
+        yield Case("mosquitto", mosquitto.url, tmp_path, prefix, mosquitto.restart)  # a graceful restart saves state
         return
     with MemoryBroker(f"contract-{prefix}", max_payload_bytes=BROKER_MAX) as broker:
-        yield Case("memory", broker.url, tmp_path, prefix)
+        yield Case("memory", broker.url, tmp_path, prefix, broker.drop_connections)
 
 
 def status(agent_id: str, state: Literal["online", "offline"] = "online") -> AgentStatus:
@@ -143,6 +145,28 @@ def test_qos1_unacknowledged_message_is_redelivered_to_the_resumed_session(case:
             await asyncio.sleep(0.5)
             assert again == ["t1"]  # acknowledged: not sent a third time
             await third.close()
+
+    asyncio.run(main())
+
+
+def test_a_dropped_connection_reconnects_resubscribes_and_delivers_what_was_published_meanwhile(case: Case) -> None:
+    topic = case.topic("after-drop")
+
+    async def main() -> None:
+        got: list[str] = []
+        async with (
+            Bus(case.settings(), f"stay-{case.prefix}") as stay,
+            Bus(case.settings(), f"talk-{case.prefix}", persistent=False) as talk,
+        ):
+            await stay.subscribe(topic, collector(got), body_types=AgentStatus, durable=True)
+            await talk.publish(topic, status("before"))
+            await eventually(lambda: got == ["before"], what="delivery before the drop")
+            await asyncio.to_thread(case.drop_connections)
+            await talk.publish(topic, status("meanwhile"), wait=False)  # kept by the client until it is back
+            await eventually(lambda: stay.connected and talk.connected, what="both reconnected")
+            await talk.publish(topic, status("after"))
+            await eventually(lambda: got == ["before", "meanwhile", "after"], what="delivery after the reconnect")
+            assert stay.stats.reconnects >= 1 and talk.stats.reconnects >= 1
 
     asyncio.run(main())
 
