@@ -100,8 +100,18 @@ def test_publish_subscribe_with_wildcards(case: Case) -> None:
             await pub.publish(case.topic("b", "x"), status("two"))
             await pub.publish(case.topic("b", "y", "z"), status("three"), qos=0)
             await eventually(lambda: len(hashed) == 3, what="all three on #")
+            # wildcards at the root never match a $-topic; the exact filter does
+            dollar = f"$contract-{case.prefix}/x"
+            root: list[str] = []
+            named: list[str] = []
+            await sub.subscribe("#", lambda m: root.append(m.topic), body_types=None)
+            await sub.subscribe("+/x", lambda m: root.append(m.topic), body_types=None)
+            await sub.subscribe(dollar, collector(named), body_types=AgentStatus)
+            await pub.publish(dollar, status("dollar"))
+            await eventually(lambda: named == ["dollar"], what="the $-topic on its exact filter")
             await asyncio.sleep(0.1)
             assert exact == ["one"] and plus == ["one", "two"] and hashed == ["one", "two", "three"]
+            assert not [t for t in root if t.startswith("$")]
 
     asyncio.run(main())
 
@@ -261,6 +271,31 @@ def test_persistent_session_queues_while_offline_and_a_clean_one_does_not(case: 
             assert got == [f"q{i}" for i in range(5)]  # in order, once, and none for the clean session
             await back.close()
             await fresh.close()
+
+    asyncio.run(main())
+
+
+def test_an_expired_session_is_gone_with_its_queue(case: Case) -> None:
+    topic = case.topic("expiring")
+    short = case.settings(session_expiry_s=1)
+
+    async def main() -> None:
+        got: list[str] = []
+        async with Bus(case.settings(), f"xpub-{case.prefix}", persistent=False) as pub:
+            away = Bus(short, f"short-{case.prefix}")
+            await away.connect()
+            await away.subscribe(topic, collector(got), body_types=AgentStatus)
+            await away.close(clean=False)
+            await pub.publish(topic, status("queued"))  # for the session, while it lives
+            await asyncio.sleep(2.5)
+            back = Bus(short, f"short-{case.prefix}")
+            await back.connect()
+            await back.subscribe(topic, collector(got), body_types=AgentStatus)
+            await asyncio.sleep(0.5)
+            assert got == []  # the session expired, and its queued message with it
+            await pub.publish(topic, status("fresh"))
+            await eventually(lambda: got == ["fresh"], what="delivery to the new session")
+            await back.close()
 
     asyncio.run(main())
 

@@ -18,7 +18,9 @@ without a broker process. It keeps the semantics the fabric relies on (the contr
   subscriber gets it), and a client is not sent packets over the maximum it declared at CONNECT;
 - topic filters with `+` and `#`, which never match `$...` topics.
 
-Not modelled: QoS 2, subscription options, topic aliases, will delay, flow control.
+Not modelled: QoS 2, subscription options, topic aliases, will delay, flow control, and the
+properties of a delivered message (the bus reads topic, payload, QoS and retain; the envelope
+carries what the v5 properties mirror).
 
 Broker selection: `with MemoryBroker("NAME"):` registers the broker under NAME for the block,
 and `Settings(broker_url="memory://NAME")` (or `BrokerAddress.parse("memory://NAME")`) makes a
