@@ -27,11 +27,12 @@ from paho.mqtt.enums import CallbackAPIVersion
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import emit, progress
-from fabric import paho_speedups
 from fabric.broker import Mosquitto
 from fabric.bus import BrokerAddress, Bus, Incoming
 from fabric.messages import TaskRequest, TaskResult
 from fabric.settings import Settings
+from fabric.transports import paho_speedups
+from fabric.transports.paho import install_paho_speedups
 
 
 def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
@@ -50,7 +51,8 @@ def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
         return c
 
     server, client = make("raw-server"), make("raw-client")
-    def pong(c: mqtt.Client, userdata: Any, m: mqtt.MQTTMessage) -> None:
+
+    def pong(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
         c.publish("bench/raw/pong", m.payload, qos=1)
 
     server.on_message = pong
@@ -104,6 +106,7 @@ def main() -> None:
     ap.add_argument("--broker-url", default=None, help="use this broker instead of a fresh mosquitto")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    install_paho_speedups()  # as the services do at start
     broker = None
     if args.broker_url:
         addr = BrokerAddress.parse(args.broker_url)

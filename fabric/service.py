@@ -37,6 +37,7 @@ from fabric.embeddings import Embedder
 from fabric.heap import freeze_startup_heap
 from fabric.metrics import Metrics, metrics_for
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 
 if TYPE_CHECKING:
     from fabric.bus import BrokerAddress, Bus
@@ -89,6 +90,7 @@ class ServiceRuntime:
     # ---- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> ServiceRuntime:
+        install_paho_speedups()  # every service talks MQTT through paho; idempotent
         self.metrics = metrics_for(self.settings, self.name, self.instance)
         self._beat = asyncio.create_task(self.metrics.beat_forever(self.heartbeat_s), name=f"{self.name}-heartbeat")
         if self.handle_signals:

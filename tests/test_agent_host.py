@@ -53,6 +53,7 @@ async def snapshot(settings: Settings) -> Registry:
     return registry
 
 
+@pytest.mark.in_memory
 def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) -> None:
     prefix = f"h{uuid.uuid4().hex[:4]}"
 
@@ -111,6 +112,7 @@ def test_hosted_agents_register_route_and_serve(settings: Settings, embedder) ->
     asyncio.run(main())
 
 
+@pytest.mark.in_memory
 def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embedder) -> None:
     prefix = f"p{uuid.uuid4().hex[:4]}"
     base = embedder.embed(["solar panel installation and maintenance"])[0]
@@ -153,6 +155,7 @@ def test_precomputed_vcvs_and_versions_across_restarts(settings: Settings, embed
     asyncio.run(main())
 
 
+@pytest.mark.in_memory
 def test_bad_additions_are_refused(settings: Settings, embedder) -> None:
     host = AgentHost(settings, "refusals", embedder=embedder)
     spec = AgentSpec(id="dup", description="anything")

@@ -59,6 +59,7 @@ def test_discovery_from_retained_vcvs_by_a_late_client(any_broker, tmp_path, emb
     asyncio.run(main())
 
 
+@pytest.mark.in_memory
 def test_versions_bump_on_change_and_survive_restart(settings, embedder) -> None:
     async def main() -> None:
         registry = Registry()
@@ -92,6 +93,7 @@ def test_versions_bump_on_change_and_survive_restart(settings, embedder) -> None
     asyncio.run(main())
 
 
+@pytest.mark.in_memory
 def test_two_replicas_split_100_tasks_none_lost_none_twice(settings, embedder) -> None:
     async def main() -> None:
         served: Counter[str] = Counter()
@@ -122,6 +124,7 @@ def test_two_replicas_split_100_tasks_none_lost_none_twice(settings, embedder) -
     asyncio.run(main())
 
 
+@pytest.mark.in_memory
 def test_handler_errors_and_unknown_kinds_answer_clearly(settings, embedder) -> None:
     async def main() -> None:
         agent = Agent(spec("fragile", "breaks"), settings, embedder=embedder)

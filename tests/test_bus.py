@@ -1,9 +1,12 @@
-"""The MQTT bus against real brokers: mosquitto (reference) and the embedded iotcore broker."""
+"""The bus: its own logic on the in-process broker; what needs a real broker (a dead one, a restart,
+the iotcore broker) on mosquitto and iotcore. tests/test_transport_contract.py holds both transports
+to the broker semantics."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 
@@ -12,8 +15,9 @@ from fabric.broker import Mosquitto
 from fabric.bus import Bus, BusError, Incoming, PayloadTooLarge, RequestTimeout
 from fabric.envelope import make
 from fabric.messages import AgentStatus, TaskRequest, TaskResult
+from fabric.settings import Settings
 from tests.conftest import make_settings
-from tests.fabric_helpers import eventually
+from tests.fabric_helpers import body, envelope, eventually
 
 
 def test_request_response_and_shared_subscription(any_broker, tmp_path) -> None:
@@ -21,23 +25,34 @@ def test_request_response_and_shared_subscription(any_broker, tmp_path) -> None:
 
     async def main() -> None:
         async with Bus(settings, "srv") as srv, Bus(settings, "cli") as cli:
+
             async def serve(msg: Incoming) -> None:
                 assert msg.envelope is not None
-                await srv.reply(msg.envelope, TaskResult(task_id=msg.envelope.body.task_id, agent_id="x"))
+                await srv.reply(msg.envelope, TaskResult(task_id=body(msg).task_id, agent_id="x"))
 
             await srv.subscribe(topics.shared("g", topics.agent_tasks("x")), serve, body_types=TaskRequest)
-            reply = await cli.request(topics.agent_tasks("x"), TaskRequest(task_id="t1", task_kind="k", agent_id="x"), expect=TaskResult)
+            reply = await cli.request(
+                topics.agent_tasks("x"), TaskRequest(task_id="t1", task_kind="k", agent_id="x"), expect=TaskResult
+            )
             assert reply.body.task_id == "t1" and reply.sender == "srv"
 
     asyncio.run(main())
 
 
-def test_request_without_responder_times_out_clearly(settings) -> None:
+def test_request_without_responder_times_out_clearly(memory_settings: Settings) -> None:
+    settings = memory_settings
+
     async def main() -> None:
         async with Bus(settings, "lonely") as cli:
-            with pytest.raises(RequestTimeout, match=r"no reply to task on foa/agents/nobody/tasks within 0.5s: is agent nobody running\?"):
+            with pytest.raises(
+                RequestTimeout,
+                match=r"no reply to task on foa/agents/nobody/tasks within 0.5s: is agent nobody running\?",
+            ):
                 await cli.request(
-                    topics.agent_tasks("nobody"), TaskRequest(task_id="t", task_kind="k", agent_id="nobody"), timeout=0.5, what="agent nobody"
+                    topics.agent_tasks("nobody"),
+                    TaskRequest(task_id="t", task_kind="k", agent_id="nobody"),
+                    timeout=0.5,
+                    what="agent nobody",
                 )
 
     asyncio.run(main())
@@ -64,8 +79,12 @@ def test_bad_payloads_are_rejected_counted_and_serving_continues(any_broker, tmp
         loose = make_settings(any_broker.url, tmp_path)  # the sender does not enforce the victim's limit
         async with Bus(settings, "victim") as victim, Bus(loose, "attacker", persistent=False) as attacker:
             # retained statuses left by earlier tests on this broker are not part of this test
-            await victim.subscribe("foa/agents/+/status", lambda m: m.retain or got.append(m.envelope.body.agent_id), body_types=AgentStatus)
-            await victim.subscribe("foa/agents/v/tasks", lambda m: got.append(m.envelope.body.task_id), body_types=TaskRequest)
+            await victim.subscribe(
+                "foa/agents/+/status",
+                lambda m: None if m.retain else got.append(body(m).agent_id),
+                body_types=AgentStatus,
+            )
+            await victim.subscribe("foa/agents/v/tasks", lambda m: got.append(body(m).task_id), body_types=TaskRequest)
             bad = [
                 b"not json at all",
                 b"{}",
@@ -78,7 +97,9 @@ def test_bad_payloads_are_rejected_counted_and_serving_continues(any_broker, tmp
                 for payload in bad:
                     await attacker.publish(topic, payload, qos=1)
             with pytest.raises(PayloadTooLarge):
-                await victim.publish("foa/agents/v/tasks", make(TaskRequest(task_id="x" * 5000, task_kind="k", agent_id="v")))
+                await victim.publish(
+                    "foa/agents/v/tasks", make(TaskRequest(task_id="x" * 5000, task_kind="k", agent_id="v"))
+                )
             await attacker.publish("foa/agents/a/status", AgentStatus(agent_id="a", status="online"))
             await attacker.publish("foa/agents/v/tasks", TaskRequest(task_id="good", task_kind="k", agent_id="v"))
             await eventually(lambda: len(got) == 2, what="the good messages")
@@ -90,11 +111,13 @@ def test_bad_payloads_are_rejected_counted_and_serving_continues(any_broker, tmp
     asyncio.run(main())
 
 
-def test_duplicate_envelopes_are_dropped(settings) -> None:
+def test_duplicate_envelopes_are_dropped(memory_settings: Settings) -> None:
+    settings = memory_settings
+
     async def main() -> None:
         got: list[str] = []
         async with Bus(settings, "dst") as dst, Bus(settings, "src") as src:
-            await dst.subscribe("foa/agents/d/tasks", lambda m: got.append(m.envelope.id), body_types=TaskRequest)
+            await dst.subscribe("foa/agents/d/tasks", lambda m: got.append(envelope(m).id), body_types=TaskRequest)
             env = make(TaskRequest(task_id="t", task_kind="k", agent_id="d"))
             for _ in range(3):  # QoS 1 may redeliver: same envelope id three times
                 await src.publish("foa/agents/d/tasks", env)
@@ -118,7 +141,9 @@ def test_retained_last_will_and_message_expiry(any_broker, tmp_path) -> None:
             doomed = Bus(settings, "doomed", will=Will(topics.agent_status("w"), will.to_json()))
             await doomed.connect()
             await doomed.publish(topics.agent_status("w"), AgentStatus(agent_id="w", status="online"), retain=True)
-            await watcher.subscribe(topics.agent_status("w"), lambda m: seen.append(m.envelope.body.status), body_types=AgentStatus)
+            await watcher.subscribe(
+                topics.agent_status("w"), lambda m: seen.append(body(m).status), body_types=AgentStatus
+            )
             await eventually(lambda: seen == ["online"], what="retained online")
             await doomed.close(clean=False)  # drop the socket: the broker fires the will
             await eventually(lambda: seen[-1] == "offline", timeout=10, what="last-will")
@@ -143,7 +168,7 @@ def test_broker_restart_delivers_inflight_qos1_tasks(tmp_path) -> None:
 
         async def slow(msg: Incoming) -> None:
             await asyncio.sleep(0.02)
-            got.append(msg.envelope.body.task_id)
+            got.append(body(msg).task_id)
 
         worker = Bus(settings, "worker")
         sender = Bus(settings, "sender")
@@ -151,12 +176,21 @@ def test_broker_restart_delivers_inflight_qos1_tasks(tmp_path) -> None:
         await sender.connect()
         await worker.subscribe(topics.agent_tasks("w"), slow, body_types=TaskRequest, durable=True)
         for i in range(n // 2):
-            await sender.publish(topics.agent_tasks("w"), TaskRequest(task_id=f"t{i}", task_kind="k", agent_id="w"), wait=False)
+            await sender.publish(
+                topics.agent_tasks("w"), TaskRequest(task_id=f"t{i}", task_kind="k", agent_id="w"), wait=False
+            )
         await asyncio.sleep(0.1)
         await asyncio.to_thread(broker.restart)  # graceful stop saves the queue
         for i in range(n // 2, n):  # published while reconnecting: paho queues and resends
-            await sender.publish(topics.agent_tasks("w"), TaskRequest(task_id=f"t{i}", task_kind="k", agent_id="w"), wait=False)
-        await eventually(lambda: len(set(got)) == n, timeout=30, what=f"all {n} tasks (got {len(set(got))}, worker {worker.stats}, sender {sender.stats}, connected {worker.connected} {sender.connected})")
+            await sender.publish(
+                topics.agent_tasks("w"), TaskRequest(task_id=f"t{i}", task_kind="k", agent_id="w"), wait=False
+            )
+        await eventually(
+            lambda: len(set(got)) == n,
+            timeout=30,
+            what=f"all {n} tasks (got {len(set(got))}, worker {worker.stats}, sender {sender.stats}, "
+            f"connected {worker.connected} {sender.connected})",
+        )
         await asyncio.sleep(0.3)
         assert sorted(set(got)) == sorted(f"t{i}" for i in range(n))
         assert worker.stats.reconnects >= 1 and sender.stats.reconnects >= 1
@@ -167,3 +201,35 @@ def test_broker_restart_delivers_inflight_qos1_tasks(tmp_path) -> None:
         asyncio.run(main())
     finally:
         broker.stop()
+
+
+def test_memory_urls_name_a_broker_of_this_process(tmp_path: Path) -> None:
+    """memory://NAME reaches the MemoryBroker registered as NAME, only while it is; a clear error
+    otherwise, and one name cannot be taken twice."""
+    from fabric.bus import BrokerAddress
+    from fabric.transports.memory import MemoryBroker
+
+    assert BrokerAddress.parse("memory://unit").url == "memory://unit"
+    with pytest.raises(ValueError, match="memory://NAME"):
+        BrokerAddress.parse("memory://")
+    settings = make_settings("memory://unit", tmp_path)
+
+    async def main() -> None:
+        with pytest.raises(BusError, match="no in-memory broker named 'unit'"):
+            await Bus(settings, "early").connect()
+        with MemoryBroker("unit") as broker:
+            with pytest.raises(BusError, match="already running"):
+                MemoryBroker("unit").start()
+            async with Bus(settings, "member") as bus:
+                got: list[str] = []
+                await bus.subscribe("foa/agents/m/status", lambda m: got.append(body(m).status), body_types=AgentStatus)
+                await bus.publish("foa/agents/m/status", AgentStatus(agent_id="m", status="online"))
+                await eventually(lambda: got == ["online"])
+                broker.drop_connections()  # a network failure: the bus reconnects and resubscribes
+                await eventually(lambda: bus.connected and bus.stats.reconnects >= 1, what="the reconnect")
+                await bus.publish("foa/agents/m/status", AgentStatus(agent_id="m", status="offline"))
+                await eventually(lambda: got == ["online", "offline"], what="delivery after the reconnect")
+        with pytest.raises(BusError, match="no in-memory broker named 'unit'"):
+            await Bus(settings, "late").connect()
+
+    asyncio.run(main())

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,14 +18,16 @@ from paho.mqtt.enums import MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import MQTTException, Properties
 
-from fabric import paho_speedups, topics
-from fabric.bus import Bus, Incoming, PublishProperties
+from fabric import topics
+from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher
 from fabric.envelope import MessageError, decode_any, make
 from fabric.messages import AgentStatus, JobEvent, JobResult, JobSubmit, Reputation
 from fabric.orchestrator.store import JobStore
+from fabric.transports import paho_speedups
+from fabric.transports.paho import PahoTransport, PublishProperties, install_paho_speedups
 from tests.conftest import make_settings
-from tests.fabric_helpers import eventually
+from tests.fabric_helpers import body, eventually
 
 
 def _publish_packet(props: bytes, payload: bytes = b"{}") -> bytes:
@@ -34,25 +38,29 @@ def _publish_packet(props: bytes, payload: bytes = b"{}") -> bytes:
 def test_fast_properties_parse_like_paho() -> None:
     from paho.mqtt import _packet
 
-    paho_speedups.install()
+    assert install_paho_speedups()
     full = Properties(PacketTypes.PUBLISH)
     full.MessageExpiryInterval = 30
     full.ResponseTopic = "foa/replies/x"
     full.CorrelationData = b"abc"
     full.UserProperty = ("k1", "v1")
     full.UserProperty = ("k2", "v2")
-    for props in (full.pack(), PublishProperties("foa/replies/y", "c-1", None).pack(), b"\x00"):
+    ours = PublishProperties("foa/replies/y", "c-1", 30, [("k1", "v1"), ("k2", "v2")])
+    for props in (full.pack(), ours.pack(), PublishProperties("foa/replies/y", "c-1", None).pack(), b"\x00"):
         fast = _packet.decode_publish(0x32, _publish_packet(props), MQTTProtocolVersion.MQTTv5).properties
         slow, _ = Properties(PacketTypes.PUBLISH).unpack(props)
         assert isinstance(fast, paho_speedups.FastProperties)
         assert {k: v for k, v in vars(fast).items() if k != "packetType"} == {
             k: v for k, v in vars(slow).items() if k not in ("packetType", "types", "names", "properties")
         }
-    assert fast.isEmpty()
+    assert fast is not None and fast.isEmpty()
     with paho_speedups.stock_paho():  # benchmarks' baseline: paho as shipped
         stock = _packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties
         assert type(stock) is Properties
-    assert isinstance(_packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties, paho_speedups.FastProperties)
+    assert isinstance(
+        _packet.decode_publish(0x32, _publish_packet(b"\x00"), MQTTProtocolVersion.MQTTv5).properties,
+        paho_speedups.FastProperties,
+    )
     # the same refusals as paho: a repeated single-valued property, one that does not apply
     twice = b"\x0a" + (b"\x02" + struct.pack("!L", 1)) * 2
     with pytest.raises(MQTTException, match="more than once"):
@@ -78,17 +86,20 @@ def test_inline_handlers_run_in_order_and_unawaited_publishes_leave_no_state(mos
     settings = make_settings(mosquitto.url, tmp_path)
 
     async def main() -> None:
-        async with Bus(settings, "inline-sub", persistent=False) as sub, Bus(settings, "inline-pub", persistent=False) as pub:
+        async with (
+            Bus(settings, "inline-sub", persistent=False) as sub,
+            Bus(settings, "inline-pub", persistent=False) as pub,
+        ):
             seen: list[str] = []
             failures = 0
 
             def handler(msg: Incoming) -> None:  # a plain function: the bus calls it inline
                 nonlocal failures
                 assert msg.envelope is not None
-                if msg.envelope.body.agent_id == "boom":
+                if body(msg).agent_id == "boom":
                     failures += 1
                     raise RuntimeError("handler bug")
-                seen.append(msg.envelope.body.agent_id)
+                seen.append(body(msg).agent_id)
 
             await sub.subscribe(topics.AGENT_STATUS_WILDCARD, handler, body_types=AgentStatus)
             names = [f"a{i:03d}" for i in range(200)]
@@ -101,7 +112,8 @@ def test_inline_handlers_run_in_order_and_unawaited_publishes_leave_no_state(mos
             assert seen == names  # arrival order, and a failing handler did not stop the stream
             assert failures == 1 and sub.stats.handler_errors == 1
             await asyncio.sleep(0.2)
-            assert pub._pending_acks == {}  # acknowledged publishes leave nothing behind
+            assert isinstance(pub.transport, PahoTransport)
+            assert pub.transport.pending_publishes() == 0  # acknowledged publishes leave nothing behind
 
     asyncio.run(main())
 
@@ -145,22 +157,27 @@ def test_job_store_group_commit_is_read_back_and_survives_reopen(tmp_path) -> No
 
     asyncio.run(main())
     reopened = JobStore(path)
-    assert reopened.get("j1")["state"] == "completed"
+    row = reopened.get("j1")
+    assert row is not None and row["state"] == "completed"
     assert reopened.checkpoints("j1")["usage"] == {"tokens": 3}
-    assert [e.message for e in reopened.events("j1")] == ["m"]
+    events: Sequence[JobEvent] = reopened.events("j1")
+    assert [e.message for e in events] == ["m"]
     reopened.close()
 
 
-def test_reputation_scores_are_coalesced_to_the_latest(mosquitto, tmp_path, embedder) -> None:
+def test_reputation_scores_are_coalesced_to_the_latest(memory_settings, embedder) -> None:
     from fabric.orchestrator.service import BusPorts
     from fabric.registry import Registry
 
-    settings = make_settings(mosquitto.url, tmp_path)
+    settings = memory_settings
 
     async def main() -> None:
-        async with Bus(settings, "rep-orch", persistent=False) as bus, Bus(settings, "rep-watch", persistent=False) as watch:
+        async with (
+            Bus(settings, "rep-orch", persistent=False) as bus,
+            Bus(settings, "rep-watch", persistent=False) as watch,
+        ):
             got: list[float] = []
-            await watch.subscribe(topics.reputation("busy"), lambda m: got.append(m.envelope.body.score), body_types=Reputation)
+            await watch.subscribe(topics.reputation("busy"), lambda m: got.append(body(m).score), body_types=Reputation)
             ports = BusPorts(bus, Registry(), embedder, settings)
             for i in range(50):
                 await ports.publish_reputation(Reputation(agent_id="busy", score=i / 100, jobs=i + 1))
@@ -177,22 +194,30 @@ def test_one_loop_turn_of_publishes_is_one_write_and_a_full_socket_drains(mosqui
     settings = make_settings(mosquitto.url, tmp_path)
 
     async def main() -> None:
-        async with Bus(settings, "burst-sub", persistent=False) as sub, Bus(settings, "burst-pub", persistent=False) as pub:
+        async with (
+            Bus(settings, "burst-sub", persistent=False) as sub,
+            Bus(settings, "burst-pub", persistent=False) as pub,
+        ):
             got: list[bytes] = []
             await sub.subscribe(f"{topics.ROOT}/burst/#", lambda m: got.append(m.payload), body_types=None)
             payloads = [make(AgentStatus(agent_id=f"a{i}", status="online")).to_json() for i in range(50)]
             for p in payloads:  # QoS 0 publishes do not yield: all in one loop turn
                 await pub.publish(f"{topics.ROOT}/burst/x", p, qos=0)
-            assert pub._client is not None
-            waiting = pub._client.buffered() + sum(len(p["packet"]) for p in pub._client._out_packet)
-            assert waiting > 40 * 200  # the first went out at once; the other 49 wait for one flush
+            transport = pub.transport
+            assert isinstance(transport, PahoTransport)
+            assert (
+                transport.pending_write_bytes() > 40 * 200
+            )  # the first went out at once; the other 49 wait for one flush
             await asyncio.sleep(0.01)
-            assert pub._client.buffered() == 0
+            assert transport.pending_write_bytes() == 0
             await eventually(lambda: len(got) == 50)
             assert got == payloads
 
             # far more than a socket buffer holds: partial writes, then the rest as it drains
-            big = [make(JobEvent(job_id="j", seq=i, phase="p", message=chr(65 + i % 26) * 60_000)).to_json() for i in range(300)]  # 18 MB
+            big = [
+                make(JobEvent(job_id="j", seq=i, phase="p", message=chr(65 + i % 26) * 60_000)).to_json()
+                for i in range(300)
+            ]  # 18 MB
             got.clear()
             for p in big:
                 await pub.publish(f"{topics.ROOT}/burst/big", p, qos=0)
@@ -221,7 +246,7 @@ def test_freezing_the_startup_heap_spares_later_collections() -> None:
         gc.set_threshold(*thresholds)
 
 
-def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignore[no-untyped-def]
+def test_replies_leave_during_a_long_loop_turn(settings) -> None:
     """A responder whose loop turn runs a burst of handlers (here 120 × 3 ms) sends replies as
     it goes (WRITE_DELAY_MAX_S), not all at the end of the turn: the requester, in its own
     thread and loop, holds half of them before the responder has started its last handler."""
@@ -235,10 +260,11 @@ def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignor
     def responder() -> None:
         async def main() -> None:
             async with Bus(settings, "burst-responder", persistent=False) as bus:
+
                 async def handle(msg: Incoming) -> None:
                     last_started[:] = [time.monotonic()]
                     time.sleep(0.003)  # CPU work that keeps the loop turn going
-                    await bus.publish(f"test/burst/reply/{msg.topic.rsplit('/', 1)[1]}", msg.envelope.body, qos=0)
+                    await bus.publish(f"test/burst/reply/{msg.topic.rsplit('/', 1)[1]}", body(msg), qos=0)
 
                 await bus.subscribe("test/burst/ask/+", handle, body_types=AgentStatus, qos=0)
                 ready.set()
@@ -277,13 +303,13 @@ def test_replies_leave_during_a_long_loop_turn(settings) -> None:  # type: ignor
     assert sorted(arrivals)[n // 2] < last_started[0]
 
 
-def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None:  # type: ignore[no-untyped-def]
+def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None:
     """With SharedConditionInfo installed, paho's own wait_for_publish() (a thread waiting on
     the shared condition) still returns once each QoS 1 message is acknowledged."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
-    assert paho_speedups.install()
+    assert install_paho_speedups()
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="shared-condition", protocol=MQTTProtocolVersion.MQTTv5)
     host, port = mosquitto.url.removeprefix("mqtt://").split(":")
     client.connect(host, int(port))
@@ -297,3 +323,42 @@ def test_shared_condition_message_info_still_waits_for_acks(mosquitto) -> None: 
     finally:
         client.loop_stop()
         client.disconnect()
+
+
+def test_the_paho_internals_the_speedups_patch_are_where_they_were() -> None:
+    """Fails loudly when a paho release moves what fabric/transports/paho_speedups.py patches or
+    overrides (else the speedups silently switch off, or worse, half apply)."""
+    import inspect
+
+    import paho.mqtt
+    import paho.mqtt.client as mqtt
+    from paho.mqtt import _packet, client
+
+    assert paho.mqtt.__version__.startswith("2."), (
+        f"paho {paho.mqtt.__version__}: re-check fabric/transports/paho_speedups.py"
+    )
+    # 1. FastProperties replaces the Properties class that the decoder and the client build
+    for module in (_packet, client):
+        assert getattr(module, "Properties", None) in (Properties, paho_speedups.FastProperties), module.__name__
+    assert set(inspect.signature(Properties.readProperty).parameters) == {"self", "buffer", "type", "propslen"}
+    assert {"types", "names", "properties", "packetType"} <= set(vars(Properties(PacketTypes.PUBLISH)))
+    assert all(len(spec) == 2 for spec in Properties(PacketTypes.PUBLISH).properties.values())  # (type, packet types)
+    # 2. SharedConditionInfo fills exactly the slots the stock MQTTMessageInfo.__init__ fills
+    stock: Any = paho_speedups.SharedConditionInfo.__bases__[0]
+    assert stock.__module__ == "paho.mqtt.client"
+    assert set(stock.__slots__) == {"mid", "_published", "_condition", "rc", "_iterpos"}
+    assert list(inspect.signature(stock.__init__).parameters) == ["self", "mid"]
+    # 3. BufferedClient's overrides: the same names and arguments as paho's own methods
+    expected = {
+        "_sock_send": ["self", "buf"],
+        "_sock_recv": ["self", "bufsize"],
+        "_sock_close": ["self"],
+        "_packet_write": ["self"],
+        "_packet_read": ["self"],
+    }
+    assert set(expected) == set(paho_speedups.BufferedClient.HOOKS)
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(mqtt.Client, name)).parameters) == params, name
+    fresh = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    assert hasattr(fresh, "_sock") and hasattr(fresh, "_out_packet")
+    assert install_paho_speedups() and paho_speedups.BufferedClient(mqtt.CallbackAPIVersion.VERSION2).buffering

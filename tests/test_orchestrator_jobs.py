@@ -12,27 +12,29 @@ import time
 import uuid
 from pathlib import Path
 
+from fabric.broker import Mosquitto
 from fabric.bus import Bus
 from fabric.federation import LocalFederation
 from fabric.messages import Budget, JobEvent, JobOptions, JobResult
 from fabric.orchestrator.service import OrchestratorService
 from fabric.orchestrator.store import JobStore
 from fabric.settings import Settings
+from fabric.transports.memory import MemoryBroker
 from tests.conftest import make_settings
 from tests.fabric_helpers import eventually
 from tests.scripted_federation import SPECS, backend_factory
 
 
-def fed_settings(mosquitto, tmp_path: Path, **kw: object) -> Settings:
-    return make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, **kw)
+def fed_settings(broker: Mosquitto | MemoryBroker, tmp_path: Path, **kw: object) -> Settings:
+    return make_settings(broker.url, tmp_path, request_timeout_s=10.0, **kw)
 
 
 def run(coro):
     return asyncio.run(coro)
 
 
-def test_a_job_runs_every_phase(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_a_job_runs_every_phase(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory(done_from_round=2)
 
     async def main() -> tuple[JobResult, list[str]]:
@@ -69,10 +71,10 @@ def test_a_job_runs_every_phase(mosquitto, tmp_path, embedder) -> None:
         assert phase in phases
 
 
-def test_a_single_drafter_node_reports_its_draft_once(mosquitto, tmp_path, embedder) -> None:
+def test_a_single_drafter_node_reports_its_draft_once(memory_broker, tmp_path, embedder) -> None:
     """One agent per node: its draft is the node's answer, so one node_done event carries it
     (no separate draft event), and the job store keeps exactly what was published."""
-    settings = fed_settings(mosquitto, tmp_path)
+    settings = fed_settings(memory_broker, tmp_path)
 
     async def main() -> tuple[JobResult, list[JobEvent], list[JobEvent]]:
         events: list[JobEvent] = []
@@ -97,8 +99,8 @@ def test_a_single_drafter_node_reports_its_draft_once(mosquitto, tmp_path, embed
     assert [(e.seq, e.phase, e.message) for e in stored] == [(e.seq, e.phase, e.message) for e in events]
 
 
-def test_policies_gate_assignment_and_impossible_ones_fail_clearly(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_policies_gate_assignment_and_impossible_ones_fail_clearly(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
 
     async def main() -> tuple[JobResult, JobResult]:
         async with LocalFederation(settings, SPECS, backend_factory=backend_factory(), embedder=embedder) as fed:
@@ -117,8 +119,8 @@ def test_policies_gate_assignment_and_impossible_ones_fail_clearly(mosquitto, tm
     assert bad.status == "failed" and "eu-residency" in (bad.failure_reason or "")
 
 
-def test_budget_stops_refinement_and_impossible_budget_is_refused(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path, llm_max_tokens=64)
+def test_budget_stops_refinement_and_impossible_budget_is_refused(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path, llm_max_tokens=64)
 
     async def main() -> tuple[JobResult, JobResult]:
         async with LocalFederation(
@@ -144,8 +146,8 @@ def test_budget_stops_refinement_and_impossible_budget_is_refused(mosquitto, tmp
     assert tight.usage.tokens <= 2200 + 3 * 64 * 3  # at most one round of calls beyond the check
 
 
-def test_unresponsive_agents_time_out_and_the_job_still_answers(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path, node_timeout_s=4.0)
+def test_unresponsive_agents_time_out_and_the_job_still_answers(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path, node_timeout_s=4.0)
     factory = backend_factory()
 
     async def main() -> JobResult:
@@ -167,8 +169,8 @@ def test_unresponsive_agents_time_out_and_the_job_still_answers(mosquitto, tmp_p
     assert any("cardio" in f for f in result.usage.failures), (result.dag, result.usage.failures)
 
 
-def test_duplicate_submission_runs_once(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_duplicate_submission_runs_once(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory()
 
     async def main() -> tuple[JobResult, JobResult, int]:
@@ -188,8 +190,8 @@ def test_duplicate_submission_runs_once(mosquitto, tmp_path, embedder) -> None:
     assert second.answer == first.answer and extra_calls == 0
 
 
-def test_a_restarted_orchestrator_resumes_the_job(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto, tmp_path)
+def test_a_restarted_orchestrator_resumes_the_job(memory_broker, tmp_path, embedder) -> None:
+    settings = fed_settings(memory_broker, tmp_path)
     factory = backend_factory(latency_s=0.4)
 
     def plan_calls() -> int:

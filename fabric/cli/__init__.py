@@ -15,6 +15,7 @@ import sys
 from fabric.cli.resolve import UsageError, prepare
 from fabric.logs import setup_logging
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 
 #: subcommand modules, in help order
 MODULES = [
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.log_format:
         settings.log_format = args.log_format
     setup_logging(settings, level=logging.DEBUG if args.verbose else None)
+    install_paho_speedups()  # every service a subcommand starts talks MQTT through paho
     try:
         prepare(args, settings)  # arguments, then the broker: before anything starts
         return int(args.func(args, settings) or 0)

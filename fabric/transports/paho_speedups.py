@@ -21,7 +21,11 @@ It only serves `wait_for_publish()`, whose waiters re-check their own flag in a 
 condition changes nothing but spurious wake-ups (the bus never waits on it: acks resolve futures).
 
 3. Writes: paho sends every packet with its own send() syscall; `BufferedClient` buffers
-them and the bus flushes once per event-loop turn (see the class).
+them and `PahoTransport` flushes once per event-loop turn (see the class).
+
+1 and 2 patch paho process-wide, so services install them explicitly at start
+(`fabric.transports.paho.install_paho_speedups()`); 3 is a subclass the transport always uses.
+`tests/test_fast_paths.py` fails loudly if the pinned paho's internals they rely on move.
 """
 
 from __future__ import annotations
@@ -34,8 +38,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+from paho.mqtt.exception import MQTTException
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import MQTTException, Properties, VariableByteIntegers
+from paho.mqtt.properties import Properties, VariableByteIntegers
 
 log = logging.getLogger("foa.bus")
 
@@ -70,7 +76,8 @@ class FastProperties(Properties):
             if spec is None:
                 raise MQTTException(f"unknown property identifier {ident}")
             if self.packetType not in spec[1]:
-                raise MQTTException(f"property {self._name_of[ident]} does not apply to packet type {PacketTypes.Names[self.packetType]}")
+                packet = PacketTypes.Names[self.packetType]
+                raise MQTTException(f"property {self._name_of[ident]} does not apply to packet type {packet}")
             value, n = self.readProperty(buffer, spec[0], left)
             buffer = buffer[n:]
             left -= n
@@ -95,7 +102,7 @@ class SharedConditionInfo(mqtt.MQTTMessageInfo):
         self.mid = mid
         self._published = False
         self._condition = _SHARED_CONDITION
-        self.rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        self.rc = MQTTErrorCode.MQTT_ERR_SUCCESS
         self._iterpos = 0
 
 
@@ -161,11 +168,11 @@ class BufferedClient(mqtt.Client):
 
     READ_SIZE = 65536
     # paho internals this class overrides; if a paho release renames one, buffering is off
-    _HOOKS = ("_sock_send", "_sock_recv", "_sock_close", "_packet_write", "_packet_read")
+    HOOKS = ("_sock_send", "_sock_recv", "_sock_close", "_packet_write", "_packet_read")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._buffering = all(callable(getattr(mqtt.Client, hook, None)) for hook in self._HOOKS)
+        self._buffering = all(callable(getattr(mqtt.Client, hook, None)) for hook in self.HOOKS)
         if not self._buffering:
             log.warning("paho-mqtt internals changed; socket I/O is not buffered (correct, but slower)")
         self._out = bytearray()
@@ -173,6 +180,11 @@ class BufferedClient(mqtt.Client):
         self._in = b""
         self._in_pos = 0
         self._in_sock: Any = None
+
+    @property
+    def buffering(self) -> bool:
+        """Whether paho's hooks were found and socket I/O is buffered."""
+        return self._buffering
 
     def _sock_recv(self, bufsize: int) -> bytes:
         sock = self._sock
@@ -235,6 +247,10 @@ class BufferedClient(mqtt.Client):
         """Bytes written by paho but not yet by the socket. (paho's own `want_write()` keeps
         meaning "packets queued": it drives paho's write-callback bookkeeping.)"""
         return len(self._out)
+
+    def queued_bytes(self) -> int:
+        """Bytes of packets paho queued and has not handed to `_sock_send` yet."""
+        return sum(len(packet["packet"]) for packet in self._out_packet)
 
     def _sock_close(self) -> None:
         # paho closes the socket right after it "wrote" a DISCONNECT: send what is buffered
