@@ -58,6 +58,7 @@ from fabric.envelope import make
 from fabric.heap import freeze_startup_heap
 from fabric.messages import JobOptions, JobResult, JobSubmit, RouteQuery, RouteResponse
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -419,6 +420,7 @@ def main() -> None:
     ap.add_argument("--host-child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--broker-url", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    install_paho_speedups()  # as the services do at start (the bus no longer installs them)
     if args.host_child:
         host_main(args.agents, args.distinct_descriptions, args.broker_url, args.seed)
         return

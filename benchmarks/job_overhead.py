@@ -26,6 +26,7 @@ from fabric.embeddings import shared_embedder
 from fabric.federation import LocalFederation
 from fabric.messages import JobOptions
 from fabric.settings import Settings
+from fabric.transports.paho import install_paho_speedups
 from tests.scripted_federation import SPECS, backend_factory
 
 
@@ -75,6 +76,7 @@ def main() -> None:
     ap.add_argument("--proposers", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    install_paho_speedups()  # as the services do at start (the bus no longer installs them)
     with tempfile.TemporaryDirectory(prefix="foa-overhead-") as tmp:
         broker = Mosquitto(data_dir=Path(tmp) / "broker", persistence=False).start()
         try:
