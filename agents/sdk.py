@@ -105,7 +105,9 @@ class Agent(ServesTasks):
 
     async def start(self) -> None:
         """Connect, publish the VCV and `online`, and start serving the inbox."""
-        embedder = self._embedder or await asyncio.to_thread(Embedder.from_settings, self.settings)
+        embedder = self._embedder
+        if embedder is None:
+            embedder = await asyncio.to_thread(Embedder.from_settings, self.settings)
         offline = make(
             AgentStatus(agent_id=self.agent_id, status="offline", replica_id=self.replica_id), sender=self.client_id
         )

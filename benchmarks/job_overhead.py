@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from typing import Any
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,7 +37,7 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
     walls: list[float] = []
     phases: dict[str, list[float]] = {}
     async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=shared_embedder()) as fed:
-        shape = None
+        shape: dict[str, Any] | None = None
         for i in range(warmup + jobs):
             # a new question each time: nothing is served from the embedding cache that a real job would not hit
             started = time.perf_counter()

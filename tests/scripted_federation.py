@@ -26,7 +26,7 @@ PLAN = {
 }
 
 
-def scripted_answer(agent_id: str, done_from_round: int = 2, refine_delay_rounds: bool = False):  # type: ignore[no-untyped-def]
+def scripted_answer(agent_id: str, done_from_round: int = 2, refine_delay_rounds: bool = False):
     def respond(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
         user = messages[-1].content
         title = (schema or {}).get("title")
@@ -43,14 +43,34 @@ def scripted_answer(agent_id: str, done_from_round: int = 2, refine_delay_rounds
 
 
 SPECS = [
-    AgentSpec(id="er-doc", description="Emergency medicine: chest pain, heart attack, when to call an ambulance, first aid",
-              skills=["triage", "first aid"], policies=["clinical", "hipaa"], resources=Resources(cost_per_1k_output=0.002, max_concurrency=8)),
-    AgentSpec(id="cardio", description="Cardiology: heart attack symptoms, chest pain, heart disease",
-              skills=["cardiology"], policies=["clinical", "hipaa"], resources=Resources(cost_per_1k_output=0.003, max_concurrency=8)),
-    AgentSpec(id="gp", description="General practitioner: common symptoms, first advice for patients and families",
-              skills=["primary care"], policies=["clinical", "hipaa"], resources=Resources(cost_per_1k_output=0.001, max_concurrency=8)),
-    AgentSpec(id="writer", description="Summarising and editing: merges answers into one clear plain-language answer",
-              skills=["summarisation"], policies=["public"], resources=Resources(cost_per_1k_output=0.0005, max_concurrency=8)),
+    AgentSpec(
+        id="er-doc",
+        description="Emergency medicine: chest pain, heart attack, when to call an ambulance, first aid",
+        skills=["triage", "first aid"],
+        policies=["clinical", "hipaa"],
+        resources=Resources(cost_per_1k_output=0.002, max_concurrency=8),
+    ),
+    AgentSpec(
+        id="cardio",
+        description="Cardiology: heart attack symptoms, chest pain, heart disease",
+        skills=["cardiology"],
+        policies=["clinical", "hipaa"],
+        resources=Resources(cost_per_1k_output=0.003, max_concurrency=8),
+    ),
+    AgentSpec(
+        id="gp",
+        description="General practitioner: common symptoms, first advice for patients and families",
+        skills=["primary care"],
+        policies=["clinical", "hipaa"],
+        resources=Resources(cost_per_1k_output=0.001, max_concurrency=8),
+    ),
+    AgentSpec(
+        id="writer",
+        description="Summarising and editing: merges answers into one clear plain-language answer",
+        skills=["summarisation"],
+        policies=["public"],
+        resources=Resources(cost_per_1k_output=0.0005, max_concurrency=8),
+    ),
 ]
 
 
@@ -58,7 +78,9 @@ def backend_factory(latency_s: float = 0.0, done_from_round: int = 2) -> Any:
     backends: dict[str, ScriptedLLM] = {}
 
     def make(spec: AgentSpec) -> ScriptedLLM:
-        backends[spec.id] = ScriptedLLM(scripted_answer(spec.id, done_from_round), latency_s=latency_s, name=f"scripted-{spec.id}")
+        backends[spec.id] = ScriptedLLM(
+            scripted_answer(spec.id, done_from_round), latency_s=latency_s, name=f"scripted-{spec.id}"
+        )
         return backends[spec.id]
 
     make.backends = backends  # type: ignore[attr-defined]

@@ -23,9 +23,28 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
         shutil.copy(SPECS / f"{name}.yaml", specs)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {"FOA_DATA_DIR": str(tmp_path / "data")}
     proc = subprocess.run(
-        [sys.executable, "-m", "fabric.cli", "run", "My father has sudden chest pain and is sweating. What should we do?",
-         "--json", "--specs", str(specs), "--subtasks", "2", "--agents-per-node", "2", "--rounds", "1", "--max-tokens", "64"],
-        env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "run",
+            "My father has sudden chest pain and is sweating. What should we do?",
+            "--json",
+            "--specs",
+            str(specs),
+            "--subtasks",
+            "2",
+            "--agents-per-node",
+            "2",
+            "--rounds",
+            "1",
+            "--max-tokens",
+            "64",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
@@ -39,5 +58,11 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
     for phase in ("decompose", "assign", "draft", "done"):
         assert phase in proc.stderr
     # and the job is in the store for `foa jobs` / `foa job show`
-    shown = subprocess.run([sys.executable, "-m", "fabric.cli", "job", "show", out["job_id"]], env=env, capture_output=True, text=True, timeout=60)
+    shown = subprocess.run(
+        [sys.executable, "-m", "fabric.cli", "job", "show", out["job_id"]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert shown.returncode == 0 and "DAG:" in shown.stdout and out["job_id"] in shown.stdout

@@ -23,7 +23,7 @@ from fabric.broker import Mosquitto, free_port
 from fabric.bus import BrokerAddress, Bus, Incoming
 from fabric.envelope import make
 from fabric.federation import LocalFederation
-from fabric.messages import JobCancel, JobResult
+from fabric.messages import JobCancel, JobResult, JobUsage
 from fabric.settings import Settings
 from fabric.ui import create_app
 from fabric.ui.app import make_server
@@ -261,7 +261,7 @@ def test_cancel_is_published_and_the_canceled_result_shows(mosquitto, tmp_path) 
             await until(lambda: asyncio.sleep(0, result=bool(seen)), 5, "the cancel message")
             # what the owning orchestrator answers: the job's result, status canceled
             result = JobResult(job_id="job-c1", status="canceled", failure_reason="canceled from the console",
-                               usage={"tokens": 12, "cost": 0.001})
+                               usage=JobUsage(tokens=12, cost=0.001))
             envelope = make(result, job_id="job-c1", sender=bus.client_id)
             await bus.publish(topics.job_result("job-c1"), envelope, retain=True)
 

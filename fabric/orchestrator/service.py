@@ -44,8 +44,8 @@ from fabric.messages import (
 from fabric.metrics import Metrics
 from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
-from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.leases import LeaseKeeper
+from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import FencedOut, JobStore, open_store
 from fabric.registry import Registry
 from fabric.settings import Settings
