@@ -17,7 +17,7 @@ from typing import Any
 from agents.sdk import Agent
 from agents.spec import AgentSpec, default_specs_dir, load_specs
 from fabric.broker import EmbeddedBroker, Mosquitto, local_broker
-from fabric.bus import Bus, BrokerAddress
+from fabric.bus import BrokerAddress, Bus
 from fabric.client import submit_and_follow
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.llm import BackendPool, LLMBackend
@@ -53,13 +53,14 @@ class LocalFederation:
         self.broker: EmbeddedBroker | Mosquitto | None = None
         self.address: BrokerAddress | None = None
         self.agents: list[Agent] = []
+        self.gateways: list[Any] = []  # A2A / MCP gateways of `a2a:` / `mcp:` specs
         self.orchestrator: OrchestratorService | None = None
         self.router: Any = None
         self._buses: list[Bus] = []
         self._client: Bus | None = None
         self._backends = BackendPool(settings)
 
-    async def __aenter__(self) -> "LocalFederation":
+    async def __aenter__(self) -> LocalFederation:
         await self.start()
         return self
 
@@ -97,11 +98,17 @@ class LocalFederation:
             bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
             self.router = RouterService(self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check)
             await self.router.start()
+        native = [spec for spec in self.specs if spec.a2a is None and spec.mcp is None]
         self.agents = [
             make_worker(spec, self.settings, backend=self._backend(spec), broker=self.address, embedder=self.embedder, replica_id="local")
-            for spec in self.specs
+            for spec in native
         ]
         await asyncio.gather(*(agent.start() for agent in self.agents))
+        if len(native) < len(self.specs):  # `a2a:` / `mcp:` specs join through gateways (fabric/interop)
+            from fabric.interop.runner import start_gateways
+
+            self.gateways = await start_gateways(self.specs, self.settings, broker=self.address, embedder=self.embedder,
+                                                 backend=self._backends.get())  # fmt: skip
         if self.with_orchestrator:
             bus = await self._bus("orchestrator", client_id=f"orchestrator-{self.settings.instance_id}")
             self.orchestrator = OrchestratorService(self.settings, bus, self.embedder, resume=self.resume_jobs)
@@ -141,6 +148,10 @@ class LocalFederation:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await self.orchestrator.ports.close()  # pending reputation scores
+        if self.gateways:
+            from fabric.interop.runner import stop_gateways
+
+            await stop_gateways(self.gateways)
         for agent in self.agents:
             with contextlib.suppress(Exception):
                 await agent.stop()

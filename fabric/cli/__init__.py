@@ -21,6 +21,7 @@ MODULES = [
     "fabric.cli.routing",  # route, router
     "fabric.cli.security",  # creds, acl, keys
     "fabric.cli.status",  # status
+    "fabric.cli.interop",  # a2a serve, mcp serve (agent a2a / agent mcp live under `agent`)
 ]
 
 
