@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,11 +48,19 @@ def env_with(**extra: str) -> dict[str, str]:
 
 @contextmanager
 def process(argv: list[str], ready_url: str, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(argv, env=env or env_with(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log = tempfile.NamedTemporaryFile(prefix="foa-interop-", suffix=".log", delete=False)  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(argv, env=env or env_with(), stdout=subprocess.DEVNULL, stderr=log)
     try:
         wait_http(ready_url, proc=proc)
         yield proc
+    except BaseException:
+        log.flush()
+        tail = Path(log.name).read_text(errors="replace")[-4000:]
+        print(f"--- stderr of {' '.join(argv[:4])} ---\n{tail}", file=sys.stderr)
+        raise
     finally:
+        log.close()
+        Path(log.name).unlink(missing_ok=True)
         if proc.poll() is None:
             proc.terminate()
             try:

@@ -65,7 +65,7 @@ class FederationLink:
                 await bus.connect()
                 await self.registry.attach(bus)
                 self.bus = bus
-                await self.registry.settle(quiet_s=0.3, max_s=3.0)
+                await self.registry.settle(quiet_s=0.5, max_s=5.0)
             return self.bus
 
     async def close(self) -> None:

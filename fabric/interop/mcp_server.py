@@ -23,7 +23,11 @@ import uuid
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
+from fabric.bus import BusError
+from fabric.client import JobFailed
+from fabric.errors import FoAError
 from fabric.interop.link import FederationLink, JobRequest, job_summary, progress_text
 from fabric.messages import JobEvent, RouteQuery
 from fabric.settings import Settings
@@ -35,8 +39,9 @@ INSTRUCTIONS = (
 )
 
 
-class BadArguments(ValueError):
-    """The caller's arguments cannot make a job or a route query; the message says the fix."""
+class BadArguments(ToolError):
+    """The caller's arguments cannot make a job or a route query; the message says the fix.
+    (A ToolError: MCPServer passes its message to the caller, and hides any other exception's.)"""
 
 
 def build_server(link: FederationLink) -> MCPServer:
@@ -72,10 +77,12 @@ def build_server(link: FederationLink) -> MCPServer:
             with contextlib.suppress(Exception):
                 await asyncio.shield(link.cancel(job_id, "MCP request canceled"))
             raise
+        except (JobFailed, BusError) as exc:
+            raise ToolError(f"job {job_id}: {exc}") from exc
         finally:
             await asyncio.gather(*pending, return_exceptions=True)
         if result.status != "completed":
-            raise RuntimeError(f"job {job_id} {result.status}: {result.failure_reason or 'no reason given'}")
+            raise ToolError(f"job {job_id} {result.status}: {result.failure_reason or 'no reason given'}")
         return {"answer": result.answer, **job_summary(result)}
 
     @server.tool()
@@ -88,7 +95,10 @@ def build_server(link: FederationLink) -> MCPServer:
             query = RouteQuery(text=task, top_k=top_k, policies=policies or [], max_cost=max_cost)
         except ValueError as exc:
             raise BadArguments(f"invalid route query: {exc}") from exc
-        response = await link.route(query)
+        try:
+            response = await link.route(query)
+        except (FoAError, BusError) as exc:  # e.g. the router refused the query (unknown policy) or none answered
+            raise ToolError(f"route failed: {exc}") from exc
         return response.model_dump(mode="json")
 
     @server.tool()
