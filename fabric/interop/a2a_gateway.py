@@ -432,10 +432,15 @@ class A2AGateway:
 
     @staticmethod
     async def _consume(events: AsyncIterator[StreamResponse], outcome: A2AOutcome) -> None:
-        async for event in events:
-            outcome.absorb(event)
-            if outcome.state is not None:
-                break
+        try:
+            async for event in events:
+                outcome.absorb(event)
+                if outcome.state is not None:
+                    break
+        finally:
+            close = getattr(events, "aclose", None)  # an async generator: release its HTTP stream now
+            if close is not None:
+                await close()
 
     async def _cancel_remote(self, outcome: A2AOutcome) -> None:
         if outcome.task_id is None or self._client is None:

@@ -384,7 +384,9 @@ class MCPGateway:
             raise TaskFailed(f"the MCP server {self.server_name} no longer lists the tool(s) {allowed}")
         if len(names) == 1:
             return self.tools[names[0]], Usage()
-        query = np.asarray((await asyncio.to_thread(self._embedder_now().embed, [text]))[0])
+        embedder = self._embedder_now()
+        hit = embedder.cached([text])  # a repeated subtask (retries, refine rounds) costs no model call
+        query = np.asarray((hit if hit is not None else await asyncio.to_thread(embedder.embed, [text]))[0])
         ranked = sorted(names, key=lambda n: -float(query @ self._tool_vecs[n]))
         best, second = ranked[0], ranked[1]
         gap = float(query @ self._tool_vecs[best]) - float(query @ self._tool_vecs[second])
