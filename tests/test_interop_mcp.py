@@ -213,3 +213,34 @@ def test_servers_that_exit_or_hang_at_start_are_clear_errors_and_the_federation_
             assert routed.matches and routed.matches[0].agent_id == "writer"
 
     asyncio.run(main())
+
+
+def test_an_mcp_server_that_dies_takes_its_agent_offline(mosquitto, tmp_path, embedder) -> None:
+    """Streamable HTTP this time: the example server as its own process; killed, its agent goes offline."""
+    from tests.interop_support import free_port, process
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            registry = Registry()
+            await registry.attach(await fed.client())
+            gateway = MCPGateway(
+                MCPConfig(url=url), settings, spec=GatewaySpec(id="http-tools"), broker=fed.address, embedder=embedder
+            )
+            with process([sys.executable, str(MCP_EXAMPLE), "--http", str(port)], url) as server:
+                await gateway.start()
+                await eventually(lambda: registry.get("http-tools") is not None, what="online")
+                ok, _ = await gateway.draft(task("2030-01-01"), ["weekday"])
+                assert ok["answer"] == "2030-01-01 is a Tuesday"
+                server.kill()
+                await asyncio.to_thread(server.wait)  # without blocking the loop (keepalive is 2 s here)
+            await eventually(lambda: registry.agents["http-tools"].status == "offline", timeout=20, what="offline")
+            assert gateway.lost
+            with pytest.raises(TaskFailed, match="not connected"):
+                await gateway.draft(task("2030-01-01"), ["weekday"])
+            await gateway.stop()
+
+    asyncio.run(main())

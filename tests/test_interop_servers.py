@@ -7,6 +7,7 @@ progress, route, agents)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import time
 import uuid
@@ -27,6 +28,7 @@ from fabric.bus import Incoming
 from fabric.federation import LocalFederation
 from fabric.messages import JobCancel
 from tests.conftest import make_settings
+from tests.fabric_helpers import eventually
 from tests.interop_support import env_with, free_port, process
 from tests.scripted_federation import SPECS, backend_factory
 
@@ -132,7 +134,8 @@ def test_mcp_clients_list_ask_with_progress_route_and_list_agents_through_foa_mc
     )
 
     async def main() -> None:
-        async with LocalFederation(settings, SPECS, backend_factory=backend_factory(), embedder=embedder):
+        factory = backend_factory()
+        async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=embedder) as fed:
             async with Client(server, read_timeout_seconds=120) as client:
                 names = {t.name for t in (await client.list_tools()).tools}
                 assert {"ask", "route", "agents"} <= names
@@ -168,5 +171,18 @@ def test_mcp_clients_list_ask_with_progress_route_and_list_agents_through_foa_mc
 
                 bad = await client.call_tool("ask", {"question": "  "})
                 assert bad.is_error and "question is empty" in str(bad.content[0])
+
+                # the host gives up on a request (notifications/cancelled): the job is cancelled
+                cancels: list[JobCancel] = []
+                bus = await fed.client()
+                await bus.subscribe(
+                    topics.JOBS_CANCEL_WILDCARD, lambda m: cancels.append(_body(m)), body_types=JobCancel
+                )
+                for backend in factory.backends.values():  # every scripted LLM call now takes a second:
+                    backend.latency_s = 1.0  # the job outlives the wait below
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(client.call_tool("ask", {"question": QUESTION + " (again)"}), 2.0)
+                await eventually(lambda: bool(cancels), timeout=10, what="a JobCancel on the bus")
+                assert cancels[0].job_id.startswith("mcp-") and "canceled" in cancels[0].reason
 
     asyncio.run(main())

@@ -28,6 +28,7 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import jsonschema
@@ -137,6 +138,8 @@ class MCPGateway:
         self._stopped = asyncio.Event()
         self._relist_lock = asyncio.Lock()
         self.list_changes = 0
+        self.lost: str | None = None  # why the session to the server ended, when it did
+        self._tasks: set[asyncio.Task[None]] = set()  # strong references: the loop keeps only weak ones
         self.calls = 0
         self.failures = 0
 
@@ -177,33 +180,47 @@ class MCPGateway:
             if not ready.done():
                 ready.set_exception(first_leaf(exc) if isinstance(exc, BaseExceptionGroup) else exc)
             elif not isinstance(exc, asyncio.CancelledError):
-                log.error("MCP session to %s ended: %s", self.where, first_leaf(exc))
+                log.error("MCP session to %s ended: %s; its agents go offline", self.where, first_leaf(exc))
+                self.lost = str(first_leaf(exc))
+                if self.host is not None and not self._stopped.is_set():
+                    self._background(self.host.stop())
             if isinstance(exc, asyncio.CancelledError):
                 raise
         finally:
             self._client = None
 
     async def _watch(self, client: Client) -> None:
-        from mcp.client.subscriptions import ListenNotSupportedError
+        """Re-list on every tools change; a listen stream that ends means the server went away
+        (raised, so `_hold` takes the agents offline). Earlier protocol versions have no stream:
+        their notifications/tools/list_changed reach `_on_message`."""
+        from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 
         try:
             async with client.listen(tools_list_changed=True) as sub:
                 async for _event in sub:
                     await self.relist()
         except ListenNotSupportedError:
-            pass  # an earlier protocol version: notifications/tools/list_changed reaches _on_message
-        except Exception as exc:  # noqa: BLE001 - no listen stream: notifications still work
-            log.info("MCP server %s offers no subscriptions/listen stream (%s)", self.where, exc)
-        await asyncio.Event().wait()
+            await asyncio.Event().wait()
+        except SubscriptionLost as exc:
+            raise GatewayError(f"lost the MCP server {self.where}: {exc}") from exc
+        except MCPError as exc:  # the server refused subscriptions/listen: notifications still work
+            log.info("MCP server %s offers no subscriptions/listen stream (%s)", self.where, exc.error.message)
+            await asyncio.Event().wait()
+        raise GatewayError(f"the MCP server {self.where} closed its session")
 
     async def _on_message(self, message: Any) -> None:
         if (
             isinstance(message, ToolListChangedNotification)
             or getattr(message, "method", "") == "notifications/tools/list_changed"
         ):
-            asyncio.get_running_loop().create_task(self.relist())
+            self._background(self.relist())
         elif isinstance(message, Exception):
             log.warning("MCP transport error from %s: %s", self.where, message)
+
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _connect(self) -> Client:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -148,7 +148,9 @@ def load_gateway_spec(path: str | Path | None) -> GatewaySpec:
 def gateway_spec_of(agent_spec: Any) -> GatewaySpec:
     """The gateway view of an agent spec from a specs folder (one with an `a2a:` or `mcp:` entry)."""
     try:
-        return GatewaySpec.model_validate(agent_spec.model_dump())
+        return GatewaySpec.model_validate(
+            agent_spec.model_dump(exclude_unset=True)
+        )  # unset: the gateway defaults apply
     except ValidationError as exc:
         raise GatewayError(f"invalid a2a/mcp entry in the spec of {agent_spec.id!r}: {exc}") from exc
 
