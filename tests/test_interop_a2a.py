@@ -236,3 +236,59 @@ def test_a_spec_folder_mixes_native_and_a2a_agents(mosquitto, tmp_path, embedder
 
     with a2a_example(port):
         asyncio.run(main())
+
+
+def test_foa_agent_a2a_and_foa_agent_mcp_join_as_processes_and_leave_on_sigterm(mosquitto, tmp_path, embedder) -> None:
+    """The commands themselves: `foa agent a2a URL --id` and `foa agent mcp --stdio CMD` as
+    subprocesses join the broker's federation; SIGTERM takes them offline."""
+    import signal
+    import subprocess
+
+    from tests.interop_support import MCP_EXAMPLE, env_with
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(mosquitto.url, tmp_path)
+    env = env_with(FOA_BROKER_URL=mosquitto.url, FOA_DATA_DIR=str(tmp_path / "cli"))
+    commands = {
+        "cli-echo": [sys.executable, "-m", "fabric.cli", "agent", "a2a", url, "--id", "cli-echo"],
+        "cli-tools": [
+            sys.executable,
+            "-m",
+            "fabric.cli",
+            "agent",
+            "mcp",
+            "--stdio",
+            f"{sys.executable} {MCP_EXAMPLE}",
+            "--id",
+            "cli-tools",
+        ],
+    }
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False) as fed:
+            registry = Registry()
+            await registry.attach(await fed.client())
+            procs = {name: subprocess.Popen(argv, env=env, stderr=subprocess.PIPE) for name, argv in commands.items()}
+            try:
+                for name in commands:
+                    await eventually(
+                        lambda n=name: (e := registry.get(n)) is not None and e.status == "online",  # type: ignore[misc]
+                        timeout=90,
+                        what=f"{name} online",
+                    )
+                assert "echo" in registry.get("cli-echo").vcv.skills  # type: ignore[union-attr]
+                assert "weekday" in registry.get("cli-tools").vcv.skills  # type: ignore[union-attr]
+            finally:
+                for proc in procs.values():
+                    proc.send_signal(signal.SIGTERM)
+                for proc in procs.values():
+                    await asyncio.to_thread(proc.wait, 20)
+            for name in commands:
+                await eventually(lambda n=name: registry.agents[n].status == "offline", what=f"{name} offline")  # type: ignore[misc]
+            assert all(p.returncode == 0 for p in procs.values()), [
+                p.stderr.read()[-500:] for p in procs.values() if p.stderr
+            ]
+
+    with a2a_example(port):
+        asyncio.run(main())
