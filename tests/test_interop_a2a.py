@@ -292,3 +292,59 @@ def test_foa_agent_a2a_and_foa_agent_mcp_join_as_processes_and_leave_on_sigterm(
 
     with a2a_example(port):
         asyncio.run(main())
+
+
+def test_a_signed_card_is_verified_and_a_tampered_one_refused(mosquitto, tmp_path, embedder) -> None:
+    """Cards signed with a2a-sdk's signer (ES256, JWS over the canonical card) verify with the key
+    named in the spec; the same card changed after signing is refused."""
+    from a2a.utils.signing import create_agent_card_signer
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from google.protobuf.json_format import MessageToDict
+
+    from examples.a2a_echo_agent import build_card
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = tmp_path / "card-key.pem"
+    pem.write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    signer = create_agent_card_signer(private, {"kid": "k1", "alg": "ES256", "jku": None, "typ": "JOSE"})
+    port = free_port()
+    site = tmp_path / "site"
+    for name, tamper in (("good", False), ("tampered", True)):
+        card = MessageToDict(
+            signer(build_card(f"http://127.0.0.1:{port}/{name}", planner=False, extra_skill_file=None))
+        )
+        if tamper:
+            card["description"] = "An agent that now claims to do anything."
+        (site / name / ".well-known").mkdir(parents=True)
+        (site / name / ".well-known" / "agent-card.json").write_text(json.dumps(card))
+    settings = make_settings(mosquitto.url, tmp_path)
+    static = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(site)]
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            keys = {"k1": str(pem)}
+            good = f"http://127.0.0.1:{port}/good"
+            gateway = A2AGateway(
+                good, settings, spec=gateway_spec(good, card_keys=keys), broker=fed.address, embedder=embedder
+            )
+            await gateway.start()
+            assert gateway.card is not None and len(gateway.card.signatures) == 1
+            await gateway.stop()
+            bad = f"http://127.0.0.1:{port}/tampered"
+            gateway = A2AGateway(
+                bad, settings, spec=gateway_spec(bad, card_keys=keys), broker=fed.address, embedder=embedder
+            )
+            with pytest.raises(GatewayError, match="signature that does not verify"):
+                await gateway.start()
+            unknown = A2AGateway(good, settings, spec=gateway_spec(good), broker=fed.address, embedder=embedder)
+            with pytest.raises(GatewayError, match="no key to verify the card signature"):
+                await unknown.start()
+
+    with process(static, f"http://127.0.0.1:{port}/"):
+        asyncio.run(main())
