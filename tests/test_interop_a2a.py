@@ -354,3 +354,36 @@ def test_a_signed_card_is_verified_and_a_tampered_one_refused(mosquitto, tmp_pat
 
     with process(static, f"http://127.0.0.1:{port}/"):
         asyncio.run(main())
+
+
+def test_a_dead_a2a_agent_fails_its_draft_and_the_node_is_reassigned(mosquitto, tmp_path, embedder) -> None:
+    """Killed between two card checks (still `online`), the A2A agent's draft fails with a clear
+    error; the orchestrator re-assigns the node to a native agent and the job completes."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0)
+
+    async def main() -> None:
+        async with LocalFederation(settings, WRITER, backend_factory=backend_factory(), embedder=embedder) as fed:
+            gateway = A2AGateway(
+                url, settings, spec=gateway_spec(url, refresh_s=600), broker=fed.address, embedder=embedder
+            )
+            with a2a_example(port) as server:
+                await gateway.start()
+                server.kill()
+                await asyncio.to_thread(server.wait)
+            try:
+                result = await fed.run_job(
+                    "Repeat back unchanged: the quick brown fox",
+                    JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=0),
+                    timeout=120,
+                )
+                assert result.status == "completed", result.failure_reason
+                assert [m["agent_id"] for ms in result.assignments.values() for m in ms] == ["echo-agent"]
+                failures = " ".join(result.usage["failures"])
+                assert "draft n1 by echo-agent" in failures and "failed the request" in failures
+                assert "writer on" in result.answer  # the scripted writer's draft, after the reassignment
+            finally:
+                await gateway.stop()
+
+    asyncio.run(main())
