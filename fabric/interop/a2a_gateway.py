@@ -1,7 +1,7 @@
 """An A2A agent joins the federation: its agent card becomes a VCV, FoA tasks become A2A messages.
 
     gateway = A2AGateway("http://127.0.0.1:9101", settings, spec=load_gateway_spec(path))
-    await gateway.run()                      # `foa agent a2a URL [--id] [--spec]`
+    await gateway.start()        # `foa agent a2a URL [--id] [--spec]`; gateway.stop() to leave
 
 The card → VCV mapping (what the router sees):
 - capability c = embedding of the card's description plus every skill's description,
@@ -244,7 +244,6 @@ class A2AGateway:
         self._http: httpx.AsyncClient | None = None
         self._client: Client | None = None
         self._refresher: asyncio.Task[None] | None = None
-        self._stopped = asyncio.Event()
 
     # ---- the card --------------------------------------------------------------------------
 
@@ -320,15 +319,7 @@ class A2AGateway:
         await agent.start()
         self.online = True
 
-    async def run(self) -> None:
-        await self.start()
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.stop()
-
     async def stop(self) -> None:
-        self._stopped.set()
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

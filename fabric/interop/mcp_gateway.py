@@ -2,7 +2,7 @@
 a `draft` is answered by one tool call.
 
     gateway = MCPGateway(MCPConfig(stdio="python examples/mcp_tools_server.py"), settings)
-    await gateway.run()          # `foa agent mcp --stdio "CMD ARGS" | --url URL [--per-tool]`
+    await gateway.start()        # `foa agent mcp --stdio "CMD ARGS" | --url URL [--per-tool]`
 
 VCV: description = the server's instructions plus each tool's description, skills = the tool
 names (per tool: that tool's description and name). A `tools/list_changed` notification (or a
@@ -379,13 +379,6 @@ class MCPGateway:
                 else:
                     await agent.update(**{k: getattr(spec, k) for k in ("name", "description", "skills", "spec")})
             log.info("MCP tool list changed", extra={"server": self.server_name, "tools": len(self.tools)})
-
-    async def run(self) -> None:
-        await self.start()
-        try:
-            await self._stopped.wait()
-        finally:
-            await self.stop()
 
     async def stop(self) -> None:
         self._stopped.set()
