@@ -27,7 +27,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 
 from fabric.bus import BusError
 from fabric.client import JobFailed
-from fabric.errors import FoAError
+from fabric.errors import ConfigError, FoAError
 from fabric.interop.link import FederationLink, JobRequest, job_summary, progress_text
 from fabric.messages import JobEvent, RouteQuery
 from fabric.settings import Settings
@@ -37,6 +37,11 @@ INSTRUCTIONS = (
     "decomposed, drafted, refined, synthesised); `route` shows which agents would take a task and why; "
     "`agents` lists who is online."
 )
+
+
+#: failures of the federation behind the server (no broker, no router, a failed job); their
+#: messages say what to do, so they reach the caller as ToolError (MCPServer hides other messages)
+UNREACHABLE = (FoAError, BusError, JobFailed, RuntimeError)
 
 
 class BadArguments(ToolError):
@@ -59,9 +64,12 @@ def build_server(link: FederationLink) -> MCPServer:
         wall-clock time; policies are clearances every agent used must hold (e.g. ["hipaa"])."""
         if not question.strip():
             raise BadArguments("question is empty: give the question to answer")
-        request = JobRequest.parse(
-            {"budget_tokens": budget_tokens, "deadline_s": deadline_s, "policies": policies or []}
-        )
+        try:
+            request = JobRequest.parse(
+                {"budget_tokens": budget_tokens, "deadline_s": deadline_s, "policies": policies or []}
+            )
+        except ConfigError as exc:
+            raise BadArguments(str(exc)) from exc
         job_id = f"mcp-{uuid.uuid4().hex[:12]}"
         loop = asyncio.get_running_loop()
         pending: list[asyncio.Task[None]] = []
@@ -77,7 +85,7 @@ def build_server(link: FederationLink) -> MCPServer:
             with contextlib.suppress(Exception):
                 await asyncio.shield(link.cancel(job_id, "MCP request canceled"))
             raise
-        except (JobFailed, BusError) as exc:
+        except UNREACHABLE as exc:
             raise ToolError(f"job {job_id}: {exc}") from exc
         finally:
             await asyncio.gather(*pending, return_exceptions=True)
@@ -97,14 +105,17 @@ def build_server(link: FederationLink) -> MCPServer:
             raise BadArguments(f"invalid route query: {exc}") from exc
         try:
             response = await link.route(query)
-        except (FoAError, BusError) as exc:  # e.g. the router refused the query (unknown policy) or none answered
+        except UNREACHABLE as exc:  # e.g. the router refused the query (unknown policy) or none answered
             raise ToolError(f"route failed: {exc}") from exc
         return response.model_dump(mode="json")
 
     @server.tool()
     async def agents() -> list[dict[str, Any]]:
         """The federation's live agents: id, version, description, skills, policies, costs."""
-        return await link.agents()
+        try:
+            return await link.agents()
+        except UNREACHABLE as exc:
+            raise ToolError(f"cannot list the agents: {exc}") from exc
 
     return server
 
