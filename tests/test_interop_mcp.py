@@ -36,13 +36,15 @@ STDIO = f"{sys.executable} {MCP_EXAMPLE}"
 
 def argument_writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
     """Arguments as a careful model would write them for the example's dose and unit tools."""
-    task = messages[1].content
+    if (schema or {}).get("title") == "ToolChoice":
+        return json.dumps({"tool": "dose_for_weight"})
+    task = messages[-1].content
     if "dose_for_weight" in (schema or {}).get("title", ""):
         weight = -3 if "-3 kg" in task else 12
         return json.dumps({"weight_kg": weight, "mg_per_kg": 15})
     if "convert_units" in (schema or {}).get("title", ""):
         return json.dumps({"value": 10, "from_unit": "lb", "to_unit": "kg"})
-    return json.dumps({"tool": "dose_for_weight"})
+    raise AssertionError(f"unexpected schema {schema}")
 
 
 def task(text: str) -> TaskRequest:
@@ -120,6 +122,13 @@ def test_tool_errors_and_arguments_that_never_fit_are_failures_with_the_message(
                     await gateway.draft(task("Dose for a patient of -3 kg at 15 mg per kg"), ["dose_for_weight"])
                 with pytest.raises(TaskFailed, match="no ISO date"):
                     await gateway.draft(task("What weekday was it yesterday?"), ["weekday"])
+                # near ties between tools: the LLM decides (here it names the dose tool for a unit question)
+                gateway.config = gateway.config.model_copy(update={"tie_margin": 1.0})
+                chosen, _ = await gateway.pick_tool("Convert 10 lb to kilograms", None)
+                assert chosen.name == "dose_for_weight"
+                gateway.config = gateway.config.model_copy(update={"tie_margin": 0.0})
+                chosen, _ = await gateway.pick_tool("Convert 10 lb to kilograms", None)
+                assert chosen.name == "convert_units"  # no tie: similarity alone
                 gateway.backend = never_fits
                 with pytest.raises(
                     TaskFailed, match="never fit its input schema after 3 attempts; last error: .*required"
@@ -244,3 +253,15 @@ def test_an_mcp_server_that_dies_takes_its_agent_offline(mosquitto, tmp_path, em
             await gateway.stop()
 
     asyncio.run(main())
+
+
+def test_credentials_come_from_the_environment_variables_named_in_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.interop.specs import AuthConfig
+
+    monkeypatch.setenv("FOA_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("FOA_TEST_KEY", "k-123")
+    auth = AuthConfig(bearer_env="FOA_TEST_TOKEN", api_key_env="FOA_TEST_KEY", api_key_header="X-Api-Key")
+    assert auth.headers() == {"Authorization": "Bearer s3cret", "X-Api-Key": "k-123"}
+    monkeypatch.delenv("FOA_TEST_TOKEN")
+    with pytest.raises(GatewayError, match="FOA_TEST_TOKEN .* unset or empty: export it"):
+        auth.headers()
