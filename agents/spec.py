@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from fabric.errors import ConfigError
 from fabric.llm.config import LLMConfig
@@ -20,7 +21,7 @@ class AgentSpec(BaseModel):
 
     id: str
     name: str = ""
-    description: str = Field(min_length=1, description="what the agent can do; embedded into c")
+    description: str = Field(default="", description="what the agent can do; embedded into c")
     skills: list[str] = Field(default_factory=list)
     policies: list[str] = Field(default_factory=list)
     resources: Resources = Field(default_factory=Resources)
@@ -28,6 +29,15 @@ class AgentSpec(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     replicas: int = Field(default=1, ge=1, le=64)
     tags: list[str] = Field(default_factory=list)
+    # an agent that is a remote A2A agent or MCP server, joined through a gateway (fabric/interop/specs.py)
+    a2a: dict[str, Any] | None = None
+    mcp: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _described(self) -> AgentSpec:
+        if not self.description.strip() and self.a2a is None and self.mcp is None:
+            raise ValueError("description is required (what the agent can do; it is embedded for routing)")
+        return self
 
     @field_validator("id")
     @classmethod

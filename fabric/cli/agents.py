@@ -1,4 +1,4 @@
-"""`foa agents`, `foa agent run SPEC.yaml`, `foa agent host SPEC...`, `foa schema`."""
+"""`foa agents`, `foa agent run SPEC.yaml`, `foa agent host SPEC...`, `foa agent a2a|mcp`, `foa schema`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stable id of this host: a restarted host takes over its session (default: random)",
     )
     host.set_defaults(func=cmd_agent_host, needs_broker=True)
+    from fabric.cli.interop import register_agent_actions  # foa agent a2a URL, foa agent mcp
+
+    register_agent_actions(agent_sub)
 
     p = sub.add_parser("schema", help="print the JSON Schema of every message")
     p.add_argument("--kind", default=None, help="only this message kind")

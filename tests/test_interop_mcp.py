@@ -1,0 +1,267 @@
+"""MCP servers join through the gateway: the example MCP server (mcp SDK, a real stdio
+subprocess) becomes an agent of a real federation; a job whose subtask needs a tool returns the
+tool's exact result; tool errors and arguments that never fit the schema are failures with clear
+messages; tools/list_changed is a new VCV version; servers that exit or hang at start are clear
+errors, and the federation keeps serving.
+
+Where a tool needs structured arguments the gateway's LLM is a ScriptedLLM (this tests the
+gateway's logic: picking, validation, retries), whose answers depend on the prompt."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from agents.sdk import TaskFailed
+from fabric.federation import LocalFederation
+from fabric.interop.mcp_gateway import MCPGateway
+from fabric.interop.specs import GatewayError, GatewaySpec, MCPConfig
+from fabric.llm.base import ChatMessage
+from fabric.llm.scripted import ScriptedLLM
+from fabric.messages import JobOptions, RouteQuery, TaskRequest
+from fabric.registry import Registry
+from router.client import RouterClient
+from tests.conftest import make_settings
+from tests.fabric_helpers import eventually
+from tests.interop_support import MCP_EXAMPLE
+
+STDIO = f"{sys.executable} {MCP_EXAMPLE}"
+
+
+def argument_writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+    """Arguments as a careful model would write them for the example's dose and unit tools."""
+    if (schema or {}).get("title") == "ToolChoice":
+        return json.dumps({"tool": "dose_for_weight"})
+    task = messages[-1].content
+    if "dose_for_weight" in (schema or {}).get("title", ""):
+        weight = -3 if "-3 kg" in task else 12
+        return json.dumps({"weight_kg": weight, "mg_per_kg": 15})
+    if "convert_units" in (schema or {}).get("title", ""):
+        return json.dumps({"value": 10, "from_unit": "lb", "to_unit": "kg"})
+    raise AssertionError(f"unexpected schema {schema}")
+
+
+def task(text: str) -> TaskRequest:
+    return TaskRequest(
+        task_id=f"t-{time.monotonic_ns()}",
+        task_kind="draft",
+        agent_id="tools",
+        input={"question": text, "subtask": text},
+        deadline_at=time.time() + 30,
+    )
+
+
+def test_an_mcp_server_joins_and_a_job_returns_the_tools_exact_result(mosquitto, tmp_path, embedder) -> None:
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0)
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder) as fed:
+            config = MCPConfig(stdio=STDIO)
+            spec = GatewaySpec(id="tools", mcp=config)
+            gateway = MCPGateway(
+                config,
+                settings,
+                spec=spec,
+                backend=ScriptedLLM(argument_writer),
+                broker=fed.address,
+                embedder=embedder,
+            )
+            await gateway.start()
+            try:
+                vcv = gateway.agents["tools"].vcv
+                assert vcv is not None and {"convert units", "dose for weight", "add days", "weekday"} <= set(
+                    vcv.skills
+                )
+                assert "clinical arithmetic" in vcv.description  # the server's instructions
+                # weekday takes one string: no LLM involved, the subtask is the argument
+                result = await fed.run_job(
+                    "What day of the week is 2024-03-01?",
+                    JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=0),
+                    timeout=120,
+                )
+                assert result.status == "completed", result.failure_reason
+                assert "2024-03-01 is a Friday" in result.answer
+                assert {m["agent_id"] for ms in result.assignments.values() for m in ms} == {"tools"}
+                # structured arguments written under the tool's schema; the answer is the tool's result
+                out, _usage = await gateway.draft(task("Dose for a child of 12 kg at 15 mg per kg body weight"), None)
+                assert out["tool"] == "dose_for_weight" and out["structured"] == {"dose_mg": 180.0, "capped": False}
+                assert json.loads(out["answer"]) == {"dose_mg": 180.0, "capped": False}
+                out, _usage = await gateway.draft(task("Convert 10 lb to kilograms"), None)
+                assert out["tool"] == "convert_units" and out["answer"] == "4.535924"
+            finally:
+                await gateway.stop()
+
+    asyncio.run(main())
+
+
+def test_tool_errors_and_arguments_that_never_fit_are_failures_with_the_message(mosquitto, tmp_path, embedder) -> None:
+    settings = make_settings(mosquitto.url, tmp_path)
+    never_fits = ScriptedLLM(lambda messages, schema: json.dumps({"weight": "heavy"}))
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            config = MCPConfig(stdio=STDIO, argument_retries=2)
+            spec = GatewaySpec(id="tools", mcp=config)
+            gateway = MCPGateway(
+                config,
+                settings,
+                spec=spec,
+                backend=ScriptedLLM(argument_writer),
+                broker=fed.address,
+                embedder=embedder,
+            )
+            await gateway.start()
+            try:
+                with pytest.raises(TaskFailed, match="weight_kg must be between 0 and 400 kg, got -3"):
+                    await gateway.draft(task("Dose for a patient of -3 kg at 15 mg per kg"), ["dose_for_weight"])
+                with pytest.raises(TaskFailed, match="no ISO date"):
+                    await gateway.draft(task("What weekday was it yesterday?"), ["weekday"])
+                # near ties between tools: the LLM decides (here it names the dose tool for a unit question)
+                gateway.config = gateway.config.model_copy(update={"tie_margin": 1.0})
+                chosen, _ = await gateway.pick_tool("Convert 10 lb to kilograms", None)
+                assert chosen.name == "dose_for_weight"
+                gateway.config = gateway.config.model_copy(update={"tie_margin": 0.0})
+                chosen, _ = await gateway.pick_tool("Convert 10 lb to kilograms", None)
+                assert chosen.name == "convert_units"  # no tie: similarity alone
+                gateway.backend = never_fits
+                with pytest.raises(
+                    TaskFailed, match="never fit its input schema after 3 attempts; last error: .*required"
+                ):
+                    await gateway.draft(task("Dose for 12 kg at 15 mg/kg"), ["dose_for_weight"])
+                assert never_fits.call_count == 3
+                assert "do not fit the schema" in never_fits.calls[-1].messages[-1].content  # the error fed back
+                gateway.backend = None
+                with pytest.raises(TaskFailed, match="needs structured arguments and this gateway has no LLM"):
+                    await gateway.draft(task("Dose for 12 kg at 15 mg/kg"), ["dose_for_weight"])
+                ok, _ = await gateway.draft(task("2024-12-25"), ["weekday"])  # the server still serves
+                assert ok["answer"] == "2024-12-25 is a Wednesday"
+            finally:
+                await gateway.stop()
+
+    asyncio.run(main())
+
+
+def test_tools_list_changed_is_a_new_version_and_per_tool_agents_follow(mosquitto, tmp_path, embedder) -> None:
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            registry = Registry()
+            await registry.attach(await fed.client())
+            whole = MCPGateway(
+                MCPConfig(stdio=STDIO), settings, spec=GatewaySpec(id="tools"), broker=fed.address, embedder=embedder
+            )
+            per_tool = MCPGateway(
+                MCPConfig(stdio=STDIO, per_tool=True),
+                settings,
+                spec=GatewaySpec(id="t"),
+                broker=fed.address,
+                embedder=embedder,
+            )
+            await whole.start()
+            await per_tool.start()
+            try:
+                assert set(per_tool.agents) == {
+                    "t.convert-units",
+                    "t.dose-for-weight",
+                    "t.add-days",
+                    "t.weekday",
+                    "t.enable-bmi",
+                }
+                await eventually(lambda: registry.get("tools") is not None, what="the server's agent")
+                assert registry.get("tools").vcv.version == 1  # type: ignore[union-attr]
+                for gateway in (whole, per_tool):
+                    await gateway.call(gateway.tools["enable_bmi"], {}, None)
+                await eventually(lambda: registry.get("tools").vcv.version == 2, what="version 2")  # type: ignore[union-attr]
+                assert "bmi" in registry.get("tools").vcv.skills  # type: ignore[union-attr]
+                await eventually(lambda: registry.get("t.bmi") is not None, what="the new per-tool agent")
+                assert "t.bmi" in per_tool.agents and whole.list_changes == 1
+            finally:
+                await whole.stop()
+                await per_tool.stop()
+
+    asyncio.run(main())
+
+
+def test_servers_that_exit_or_hang_at_start_are_clear_errors_and_the_federation_keeps_serving(
+    mosquitto, tmp_path, embedder
+) -> None:
+    from tests.scripted_federation import SPECS, backend_factory
+
+    settings = make_settings(mosquitto.url, tmp_path)
+    writer = [s for s in SPECS if s.id == "writer"]
+
+    async def main() -> None:
+        async with LocalFederation(
+            settings, writer, backend_factory=backend_factory(), embedder=embedder, with_orchestrator=False
+        ) as fed:
+            exits = MCPConfig(stdio=f"{sys.executable} -c 'import sys; sys.exit(3)'", timeout_s=10)
+            hangs = MCPConfig(stdio=f"{sys.executable} -c 'import time; time.sleep(60)'", timeout_s=2)
+            for config, message in [
+                (exits, "failed to start or exited during initialize"),
+                (hangs, "did not complete initialize within 2s"),
+            ]:
+                started = time.monotonic()
+                with pytest.raises(GatewayError, match=message):
+                    await MCPGateway(config, settings, broker=fed.address, embedder=embedder).start()
+                assert time.monotonic() - started < 12
+            with pytest.raises(GatewayError, match="did not complete initialize|failed to start"):
+                await MCPGateway(
+                    MCPConfig(url="http://127.0.0.1:9/mcp", timeout_s=3),
+                    settings,
+                    broker=fed.address,
+                    embedder=embedder,
+                ).start()
+            routed = await RouterClient(await fed.client()).route(RouteQuery(text="summarise this text", abstain=False))
+            assert routed.matches and routed.matches[0].agent_id == "writer"
+
+    asyncio.run(main())
+
+
+def test_an_mcp_server_that_dies_takes_its_agent_offline(mosquitto, tmp_path, embedder) -> None:
+    """Streamable HTTP this time: the example server as its own process; killed, its agent goes offline."""
+    from tests.interop_support import free_port, process
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            registry = Registry()
+            await registry.attach(await fed.client())
+            gateway = MCPGateway(
+                MCPConfig(url=url), settings, spec=GatewaySpec(id="http-tools"), broker=fed.address, embedder=embedder
+            )
+            with process([sys.executable, str(MCP_EXAMPLE), "--http", str(port)], url) as server:
+                await gateway.start()
+                await eventually(lambda: registry.get("http-tools") is not None, what="online")
+                ok, _ = await gateway.draft(task("2030-01-01"), ["weekday"])
+                assert ok["answer"] == "2030-01-01 is a Tuesday"
+                server.kill()
+                await asyncio.to_thread(server.wait)  # without blocking the loop (keepalive is 2 s here)
+            await eventually(lambda: registry.agents["http-tools"].status == "offline", timeout=20, what="offline")
+            assert gateway.lost
+            with pytest.raises(TaskFailed, match="not connected"):
+                await gateway.draft(task("2030-01-01"), ["weekday"])
+            await gateway.stop()
+
+    asyncio.run(main())
+
+
+def test_credentials_come_from_the_environment_variables_named_in_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+    from fabric.interop.specs import AuthConfig
+
+    monkeypatch.setenv("FOA_TEST_TOKEN", "s3cret")
+    monkeypatch.setenv("FOA_TEST_KEY", "k-123")
+    auth = AuthConfig(bearer_env="FOA_TEST_TOKEN", api_key_env="FOA_TEST_KEY", api_key_header="X-Api-Key")
+    assert auth.headers() == {"Authorization": "Bearer s3cret", "X-Api-Key": "k-123"}
+    monkeypatch.delenv("FOA_TEST_TOKEN")
+    with pytest.raises(GatewayError, match="FOA_TEST_TOKEN .* unset or empty: export it"):
+        auth.headers()
