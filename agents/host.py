@@ -37,7 +37,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from agents.sdk import content_hash
 from agents.server import ServesTasks, Signer, TaskHandler, TaskServer
@@ -73,6 +73,10 @@ class HostedAgent(ServesTasks):
     async def stop(self) -> None:
         """Take this one agent offline (the host and its other agents keep running)."""
         await self.host.remove(self.agent_id)
+
+    async def update(self, **changes: Any) -> VCV:
+        """Change this agent's spec, bump its version, republish (as `Agent.update`)."""
+        return await self.host.update(self.agent_id, **changes)
 
 
 class AgentHost:
@@ -192,20 +196,7 @@ class AgentHost:
         t0 = time.perf_counter()
 
         async def vcv(agent: HostedAgent) -> None:
-            fresh = agent.prebuilt
-            assert fresh is not None  # _vcvs ran
-            current = retained.get(agent.agent_id)
-            version = (
-                1
-                if current is None
-                else current.version
-                if content_hash(current) == content_hash(fresh)
-                else current.version + 1
-            )
-            agent.vcv = agent.tasks.sign(
-                fresh.model_copy(update={"version": version, "public_key": None, "signature": None})
-            )
-            await bus.publish(topics.agent_vcv(agent.agent_id), make(agent.vcv, sender=bus.client_id), retain=True)
+            await self._publish_vcv(agent, retained.get(agent.agent_id))
 
         async def online(agent: HostedAgent) -> None:
             await self._publish_status(agent.agent_id, "online")
@@ -220,6 +211,34 @@ class AgentHost:
         t1 = time.perf_counter()
         await bounded(self.concurrency, (inbox(a) for a in agents))
         self.timings["inboxes_s"] = time.perf_counter() - t1
+
+    async def _publish_vcv(self, agent: HostedAgent, current: VCV | None) -> None:
+        """Sign and publish `agent.prebuilt`, versioned after `current` (bumped only on a change)."""
+        assert self.bus is not None
+        fresh = agent.prebuilt
+        assert fresh is not None  # _vcvs ran
+        if current is None:
+            version = 1
+        elif content_hash(current) == content_hash(fresh):
+            version = current.version
+        else:
+            version = current.version + 1
+        unsigned = fresh.model_copy(update={"version": version, "public_key": None, "signature": None})
+        agent.vcv = agent.tasks.sign(unsigned)
+        envelope = make(agent.vcv, sender=self.bus.client_id)
+        await self.bus.publish(topics.agent_vcv(agent.agent_id), envelope, retain=True)
+
+    async def update(self, agent_id: str, **changes: Any) -> VCV:
+        """Change a hosted agent's spec (description, skills, ...), bump its version, republish."""
+        agent = self.agents.get(agent_id)
+        if agent is None or self.bus is None:
+            raise RuntimeError(f"agent {agent_id!r} is not hosted by a running host")
+        agent.spec = agent.spec.model_copy(update=changes)
+        agent.prebuilt = None
+        await asyncio.to_thread(self._vcvs, [agent])
+        await self._publish_vcv(agent, agent.vcv)
+        assert agent.vcv is not None
+        return agent.vcv
 
     async def _publish_status(self, agent_id: str, status: Literal["online", "offline"]) -> None:
         assert self.bus is not None

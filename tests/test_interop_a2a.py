@@ -70,8 +70,8 @@ def test_an_a2a_agent_joins_plans_and_drafts_in_a_job(mosquitto, tmp_path, embed
                     timeout=120,
                 )
                 assert result.status == "completed", result.failure_reason
-                assert [n["proposers"] for n in result.dag["nodes"]] == [["echo-agent"], ["echo-agent"]]  # its plan
-                drafted_by = {m["agent_id"] for ms in result.assignments.values() for m in ms}
+                assert [n.proposers for n in result.dag.nodes] == [["echo-agent"], ["echo-agent"]]  # its plan
+                drafted_by = {m.agent_id for ms in result.assignments.values() for m in ms}
                 assert "echo-agent" in drafted_by
                 assert (
                     "Write the answer to: Repeat back unchanged: the quick brown fox" in result.answer
@@ -379,8 +379,8 @@ def test_a_dead_a2a_agent_fails_its_draft_and_the_node_is_reassigned(mosquitto, 
                     timeout=120,
                 )
                 assert result.status == "completed", result.failure_reason
-                assert [m["agent_id"] for ms in result.assignments.values() for m in ms] == ["echo-agent"]
-                failures = " ".join(result.usage["failures"])
+                assert [m.agent_id for ms in result.assignments.values() for m in ms] == ["echo-agent"]
+                failures = " ".join(result.usage.failures)
                 assert "draft n1 by echo-agent" in failures and "failed the request" in failures
                 assert "writer on" in result.answer  # the scripted writer's draft, after the reassignment
             finally:

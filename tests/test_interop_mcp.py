@@ -87,7 +87,7 @@ def test_an_mcp_server_joins_and_a_job_returns_the_tools_exact_result(mosquitto,
                 )
                 assert result.status == "completed", result.failure_reason
                 assert "2024-03-01 is a Friday" in result.answer
-                assert {m["agent_id"] for ms in result.assignments.values() for m in ms} == {"tools"}
+                assert {m.agent_id for ms in result.assignments.values() for m in ms} == {"tools"}
                 # structured arguments written under the tool's schema; the answer is the tool's result
                 out, _usage = await gateway.draft(task("Dose for a child of 12 kg at 15 mg per kg body weight"), None)
                 assert out["tool"] == "dose_for_weight" and out["structured"] == {"dose_mg": 180.0, "capped": False}

@@ -108,7 +108,7 @@ def job_summary(result: JobResult) -> dict[str, Any]:
         "job_id": result.job_id,
         "status": result.status,
         "failure_reason": result.failure_reason,
-        "dag": result.dag,
-        "assignments": {n: [m.get("agent_id") for m in ms] for n, ms in result.assignments.items()},
-        "usage": {k: v for k, v in result.usage.items() if k != "failures"},
+        "dag": result.dag.model_dump(mode="json"),
+        "assignments": {n: [m.agent_id for m in ms] for n, ms in result.assignments.items()},
+        "usage": result.usage.model_dump(mode="json", exclude={"failures"}),
     }
