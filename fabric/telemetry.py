@@ -112,7 +112,7 @@ class Telemetry:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[no-redef]  # same name: one or the other
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (  # type: ignore[no-redef,unused-ignore]  # one or the other
                     OTLPSpanExporter,
                 )
             provider.add_span_processor(

@@ -65,8 +65,8 @@ from fabric.embeddings import Embedder
 from fabric.interop.specs import A2A_DEFAULT_RESOURCES, A2AConfig, GatewayError, GatewaySpec, slug
 from fabric.llm.structured import extract_json
 from fabric.messages import TaskRequest
-from fabric.orchestrator.tasks import DecomposeInput, DraftInput, DraftOutput, Plan, RefineInput, RefineOutput
 from fabric.settings import Settings
+from fabric.tasks import DecomposeInput, DraftInput, DraftOutput, Plan, RefineInput, RefineOutput
 
 log = logging.getLogger("foa.interop.a2a")
 

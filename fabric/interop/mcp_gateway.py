@@ -47,8 +47,8 @@ from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpe
 from fabric.llm.base import ChatMessage, LLMBackend, LLMError
 from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
-from fabric.orchestrator.tasks import DraftInput, DraftOutput, RefineInput, RefineOutput
 from fabric.settings import Settings
+from fabric.tasks import DraftInput, DraftOutput, RefineInput, RefineOutput
 
 log = logging.getLogger("foa.interop.mcp")
 
