@@ -94,7 +94,9 @@ def envelope_type(body_type: type[BodyT]) -> type[Envelope[Any]]:
 
 
 def make(body: BodyT, **fields: Any) -> Envelope[BodyT]:
-    return cast(Envelope[BodyT], envelope_type(type(body))(kind=body.KIND, body=body, **fields))
+    # the cast names its type as a string: `Envelope[BodyT]` evaluated at run time is a pydantic
+    # generic subscription (~6 µs, measured 0.14 ms per job in fabric_load's profile)
+    return cast("Envelope[BodyT]", envelope_type(type(body))(kind=body.KIND, body=body, **fields))
 
 
 @overload
@@ -128,7 +130,7 @@ def typed(raw: Envelope[Any], body_type: type[BodyT]) -> Envelope[BodyT]:
     env = envelope_type(body_type).model_construct(
         **{k: getattr(raw, k) for k in _HEADER}, schema_=raw.schema_, body=body
     )
-    return cast(Envelope[BodyT], env)
+    return cast("Envelope[BodyT]", env)
 
 
 def decode_any(payload: bytes, body_types: dict[str, type[Body]]) -> Envelope[Any]:
