@@ -152,6 +152,8 @@ class JobStore:
         self._checkpoints: dict[tuple[str, str], Any] = {}
         self._states: dict[str, tuple[str, str, float]] = {}
         self._flush_scheduled = False
+        #: seconds spent committing, cumulative: a job's critical-path breakdown reads it (critical_path.py)
+        self.busy_s = 0.0
         self._connect(path)
 
     # ---- dialect hooks ----------------------------------------------------------------------
@@ -242,6 +244,13 @@ class JobStore:
     def flush(self, final: tuple[str, tuple[Any, ...]] | None = None, final_job: str | None = None) -> None:
         """Commit the pending writes (and `final`, a statement for `final_job` that must land with
         them) as one transaction. Writes of a job fenced out are dropped; a fenced `final` raises."""
+        started = time.perf_counter()
+        try:
+            self._commit(final, final_job)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _commit(self, final: tuple[str, tuple[Any, ...]] | None, final_job: str | None) -> None:
         fenced: set[str] = set()
         with self._lock:
             self._flush_scheduled = False
