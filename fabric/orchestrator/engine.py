@@ -649,7 +649,8 @@ class JobRunner:
         )
         self.path.call_done(time.perf_counter() - sent, res.result.latency_ms / 1000)
         self.budget.charge(self._charged(res))
-        self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump())
+        # lazy: only a resume reads it, and the round's event or the node's checkpoint commits it
+        self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump(), lazy=True)
         return res
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:

@@ -120,7 +120,7 @@ class Store(Protocol):
     def add_event(self, event: JobEvent) -> None: ...
     def events(self, job_id: str) -> builtins.list[JobEvent]: ...
     def next_seq(self, job_id: str) -> int: ...
-    def checkpoint(self, job_id: str, key: str, value: Any) -> None: ...
+    def checkpoint(self, job_id: str, key: str, value: Any, *, lazy: bool = False) -> None: ...
     def checkpoints(self, job_id: str) -> dict[str, Any]: ...
     def acquire(self, job_id: str, owner: str) -> int | None: ...
     def renew(self, owner: str) -> builtins.list[str]: ...
@@ -497,11 +497,15 @@ class JobStore:
         row = self._exec("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)).fetchone()
         return int(row[0]) + 1
 
-    def checkpoint(self, job_id: str, key: str, value: Any) -> None:
-        """Saved as it is when this turn commits (serialised then, once, if not replaced before)."""
+    def checkpoint(self, job_id: str, key: str, value: Any, *, lazy: bool = False) -> None:
+        """Saved as it is when this turn commits (serialised then, once, if not replaced before).
+        `lazy`: no commit of its own; it lands with the store's next one (any write, a read, a
+        job's result, close). For values only a resume reads and that a job rewrites often: a
+        job's usage after each call was 17 of its 43 commits (~1 ms of a 55 ms job)."""
         with self._lock:
             self._checkpoints[(job_id, key)] = value
-            self._queued()
+            if not lazy:
+                self._queued()
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         rows = self._exec("SELECT key, value FROM checkpoints WHERE job_id=?", (job_id,)).fetchall()
