@@ -190,7 +190,7 @@ class JobStore:
 
     @property
     def pending(self) -> int:
-        """Writes waiting for this loop turn's commit."""
+        """Writes not committed yet (this loop turn's, and lazy checkpoints waiting for the next commit)."""
         return len(self._events) + len(self._checkpoints) + len(self._states)
 
     def close(self) -> None:
