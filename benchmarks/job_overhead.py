@@ -5,6 +5,12 @@ over MQTT, embeddings for merging and clustering, the SQLite job store. Agents a
 script instantly (ScriptedLLM), and every agent keeps voting "not done", so all 3 refinement
 rounds run. What remains of a job's wall time is the fabric's own overhead.
 
+`critical_path_median_ms` breaks a job's wall time down by kind of work (embedding, clustering,
+store, publishing, router and agent round trips, the broker's share of them, the engine's own
+Python; see fabric/orchestrator/critical_path.py), `hops_per_job` counts the sequential round
+trips, `per_hop_ms` is the time per hop, and `outside_job_ms` is what the engine does not see
+(submission and result over the broker, admission, the final commit).
+
     python benchmarks/job_overhead.py --json [--jobs 20]
 """
 
@@ -26,6 +32,7 @@ from fabric.broker import Mosquitto
 from fabric.embeddings import shared_embedder
 from fabric.federation import LocalFederation
 from fabric.messages import JobOptions
+from fabric.orchestrator.critical_path import HOPS_PREFIX, PATH_PREFIX
 from fabric.settings import Settings
 from fabric.transports.paho import install_paho_speedups
 from tests.scripted_federation import SPECS, backend_factory
@@ -36,6 +43,9 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
     options = JobOptions(max_proposers=proposers, agents_per_node=3, refine_rounds=3, subtasks_max=4)
     walls: list[float] = []
     phases: dict[str, list[float]] = {}
+    path: dict[str, list[float]] = {}  # kind -> ms per job
+    hops: dict[str, list[float]] = {}  # wait -> sequential round trips per job
+    outside: list[float] = []  # ms of a job's wall time before and after the engine
     async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=shared_embedder()) as fed:
         shape: dict[str, Any] | None = None
         for i in range(warmup + jobs):
@@ -55,15 +65,31 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
             if i >= warmup:
                 walls.append(wall * 1000)
                 for k, v in result.timings.items():
-                    phases.setdefault(k, []).append(v * 1000)
+                    if k.startswith(PATH_PREFIX):
+                        path.setdefault(k.removeprefix(PATH_PREFIX), []).append(v * 1000)
+                    elif k.startswith(HOPS_PREFIX):
+                        hops.setdefault(k.removeprefix(HOPS_PREFIX), []).append(v)
+                    else:
+                        phases.setdefault(k, []).append(v * 1000)
+                in_path = sum(v for k, v in result.timings.items() if k.startswith(PATH_PREFIX))
+                outside.append((wall - in_path) * 1000)
             progress(f"job {i + 1}/{warmup + jobs}: {wall * 1000:.0f} ms")
     llm_ms = 0.0  # ScriptedLLM answers instantly: all of the wall time is orchestration
     per_job = statistics.median(walls) - llm_ms
+    path_ms = {k: statistics.median(v) for k, v in path.items()}
+    hops_n = {k: statistics.median(v) for k, v in hops.items()}
+    per_hop = {k: path_ms[k] / hops_n[k] for k in ("router", "publish") if hops_n.get(k)}
+    if hops_n.get("calls"):  # a round of parallel task calls: agents' own time plus the broker's share
+        per_hop["calls"] = (path_ms["agents"] + path_ms["broker"]) / hops_n["calls"]
     return {
         "overhead_ms_per_job": per_job,
         "overhead_ms_per_node": per_job / (shape["nodes"] if shape else 4),
         "p90_ms_per_job": sorted(walls)[int(0.9 * (len(walls) - 1))],
         "phase_median_ms": {k: statistics.median(v) for k, v in phases.items()},
+        "critical_path_median_ms": path_ms,
+        "hops_per_job": hops_n,
+        "per_hop_ms": per_hop,
+        "outside_job_ms": statistics.median(outside),
         "jobs": len(walls),
         "shape": shape,
         "llm_ms": llm_ms,

@@ -306,7 +306,11 @@ class JobResult(Body):
         default_factory=dict, description="node -> cluster -> refinement"
     )
     usage: JobUsage = Field(default_factory=JobUsage)
-    timings: dict[str, float] = Field(default_factory=dict)
+    timings: dict[str, float] = Field(
+        default_factory=dict,
+        description="seconds per phase (decompose, assign, execute, synthesise) and `total`; `path.<kind>`: the "
+        "job's wall time by kind of work, `hops.<wait>`: sequential round trips (fabric/orchestrator/critical_path.py)",
+    )
 
 
 class JobCancel(Body):

@@ -47,6 +47,7 @@ from fabric.orchestrator.consensus import (
     refine_cluster,
     summarise_rounds,
 )
+from fabric.orchestrator.critical_path import CriticalPath
 from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import JobStore
@@ -165,6 +166,8 @@ class JobRunner:
         self.cancel_reason: str | None = None
         self._ending = False  # past the phases: too late to cancel
         self.outcomes: dict[str, list[ClusterOutcome]] = {}  # node -> its clusters' refinement, this run
+        # where this run's wall time goes, by kind of work (`path.*`/`hops.*` timings; critical_path.py)
+        self.path = CriticalPath(store_busy=lambda: store.busy_s)
 
     def cancel(self, reason: str) -> bool:
         """Mark the job canceled. True: the caller should now cancel the task running `run()`,
@@ -247,13 +250,16 @@ class JobRunner:
                 {"dag": dag.summary().model_dump(mode="json")},
             )
             return dag
-        route = await self.ports.route(
-            RouteQuery(
-                text=job.question,
-                top_k=max(self.settings.compat_top_k, self.max_proposers * 2),
-                policies=job.policies,
-                abstain=False,
-            )
+        route = await self.path.waiting(
+            "router",
+            self.ports.route(
+                RouteQuery(
+                    text=job.question,
+                    top_k=max(self.settings.compat_top_k, self.max_proposers * 2),
+                    policies=job.policies,
+                    abstain=False,
+                )
+            ),
         )
         # τ is the paper's *similarity* threshold (App. C), so it applies to the sim factor of α
         compatible = [m for m in route.matches if m.factors.get("sim", m.score) >= self.settings.compat_threshold]
@@ -281,12 +287,13 @@ class JobRunner:
 
         proposals = [p for p in await gather_all([propose(m) for m in proposers]) if p]
         if proposals:
-            dag = merge_proposals(
-                proposals,
-                self.ports.embed,
-                merge_similarity=self.settings.merge_similarity,
-                subtasks_max=self.subtasks_max,
-            )
+            with self.path.doing("cluster"):
+                dag = merge_proposals(
+                    proposals,
+                    self._embed,
+                    merge_similarity=self.settings.merge_similarity,
+                    subtasks_max=self.subtasks_max,
+                )
         else:
             dag = Dag.single(job.question)
         self.store.checkpoint(job.job_id, "dag", dag.model_dump())
@@ -307,21 +314,24 @@ class JobRunner:
         if job.options.routing == "random":
             assignments = self._random_assignment(dag)
         else:
-            response = await self.ports.assign(
-                AssignQuery(
-                    subtasks=[
-                        SubtaskQuery(
-                            subtask_id=n.node_id,
-                            text=n.text,
-                            policies=job.policies,
-                            min_agents=1,
-                            max_agents=self.agents_per_node,
-                            max_cost=per_node_cost,
-                        )
-                        for n in dag.nodes
-                    ],
-                    candidates_per_subtask=max(10, self.agents_per_node * 3),
-                )
+            response = await self.path.waiting(
+                "router",
+                self.ports.assign(
+                    AssignQuery(
+                        subtasks=[
+                            SubtaskQuery(
+                                subtask_id=n.node_id,
+                                text=n.text,
+                                policies=job.policies,
+                                min_agents=1,
+                                max_agents=self.agents_per_node,
+                                max_cost=per_node_cost,
+                            )
+                            for n in dag.nodes
+                        ],
+                        candidates_per_subtask=max(10, self.agents_per_node * 3),
+                    )
+                ),
             )
             assignments = response.assignments
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
@@ -435,7 +445,8 @@ class JobRunner:
 
         # phase 3: clusters of similar agents
         if job.options.clustering and len(drafts) > 1:
-            clusters = self._clusters(list(drafts), drafts)
+            with self.path.doing("cluster"):
+                clusters = self._clusters(list(drafts), drafts)
         else:
             clusters = [[a] for a in drafts]
         if len(drafts) > 1:  # one draft is one cluster: nothing to report
@@ -465,7 +476,7 @@ class JobRunner:
         )
 
     def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:
-        draft_vecs = self.ports.embed([drafts[a][0] for a in agent_ids])
+        draft_vecs = self._embed([drafts[a][0] for a in agent_ids])
         members = []
         for agent_id, dvec in zip(agent_ids, draft_vecs, strict=True):
             vcv = self.ports.vcv(agent_id)
@@ -485,17 +496,20 @@ class JobRunner:
         async def call(agent_id: str, payload: RefineInput) -> tuple[RefineOutput, Usage]:
             res = await self._call(agent_id, REFINE, payload, node_id)
             out = res.output
-            await self.ports.channel(
-                ChannelMessage(
-                    cluster_id=cluster_id,
-                    node_id=node_id,
-                    round=payload.round,
-                    agent_id=agent_id,
-                    answer=out.answer,
-                    vote_done=out.done,
-                    confidence=out.confidence,
-                    provenance=[self.job.job_id, node_id],
-                )
+            await self.path.waiting(
+                "publish",
+                self.ports.channel(
+                    ChannelMessage(
+                        cluster_id=cluster_id,
+                        node_id=node_id,
+                        round=payload.round,
+                        agent_id=agent_id,
+                        answer=out.answer,
+                        vote_done=out.done,
+                        confidence=out.confidence,
+                        provenance=[self.job.job_id, node_id],
+                    )
+                ),
             )
             return out, self._charged(res)  # charged to the budget in _call; reported per cluster too
 
@@ -518,7 +532,7 @@ class JobRunner:
             subtask=subtask,
             rounds=self.rounds,
             call=call,
-            embed=self.ports.embed,
+            embed=self._embed,
             reputation=self.reputation.weight,
             may_continue=may_continue,
             on_round=on_round,
@@ -527,8 +541,11 @@ class JobRunner:
 
     async def _reassign(self, node: DagNode, failed: list[str]) -> str | None:
         """A node whose agents all failed gets one more agent, if the router knows one."""
-        route = await self.ports.route(
-            RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False)
+        route = await self.path.waiting(
+            "router",
+            self.ports.route(
+                RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False)
+            ),
         )
         if not route.matches:
             return None
@@ -592,13 +609,16 @@ class JobRunner:
     async def _synthesiser(self) -> tuple[str | None, bool]:
         """The writer for LLM synthesis, and whether it declares the `synthesise` kind: the best
         of the top 3 that lists the skill, else the best match (which gets a draft)."""
-        route = await self.ports.route(
-            RouteQuery(
-                text="merge several expert answers into one clear answer",
-                top_k=3,
-                policies=self.job.policies,
-                abstain=False,
-            )
+        route = await self.path.waiting(
+            "router",
+            self.ports.route(
+                RouteQuery(
+                    text="merge several expert answers into one clear answer",
+                    top_k=3,
+                    policies=self.job.policies,
+                    abstain=False,
+                )
+            ),
         )
         for m in route.matches:
             vcv = self.ports.vcv(m.agent_id)
@@ -613,19 +633,29 @@ class JobRunner:
         if reason:
             raise NodeFailed(f"budget: {reason}")
         timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
-        res = await self.ports.call(
-            agent_id,
-            kind,
-            payload,
-            job_id=self.job.job_id,
-            node_id=node_id,
-            timeout=timeout,
-            max_tokens=self.max_tokens,
-            traceparent=child_traceparent(self.traceparent),
+        sent = time.perf_counter()
+        res = await self.path.waiting(
+            "calls",
+            self.ports.call(
+                agent_id,
+                kind,
+                payload,
+                job_id=self.job.job_id,
+                node_id=node_id,
+                timeout=timeout,
+                max_tokens=self.max_tokens,
+                traceparent=child_traceparent(self.traceparent),
+            ),
         )
+        self.path.call_done(time.perf_counter() - sent, res.result.latency_ms / 1000)
         self.budget.charge(self._charged(res))
-        self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump())
+        # lazy: only a resume reads it, and the round's event or the node's checkpoint commits it
+        self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump(), lazy=True)
         return res
+
+    def _embed(self, texts: Sequence[str]) -> np.ndarray:
+        with self.path.doing("embed"):
+            return self.ports.embed(texts)
 
     @staticmethod
     def _charged(res: Answer[Any]) -> Usage:
@@ -636,14 +666,14 @@ class JobRunner:
         if not self._contributions:
             return
         texts = [a for _, _, a in self._contributions if a] + [r.answer for r in node_results.values()]
-        vecs = self.ports.embed(texts) if texts else np.zeros((0, 1))
+        vecs = self._embed(texts) if texts else np.zeros((0, 1))
         index = {t: vecs[i] for i, t in enumerate(texts)}
         for agent_id, node_id, answer in self._contributions:
             node_answer = node_results[node_id].answer if node_id in node_results else None
             quality = float(np.clip(index[answer] @ index[node_answer], 0, 1)) if answer and node_answer else 0.0
             record = self.reputation.observe(agent_id, quality)
             try:
-                await self.ports.publish_reputation(record)
+                await self.path.waiting("publish", self.ports.publish_reputation(record))
             except Exception:  # noqa: BLE001 - reputation is advisory
                 log.warning("could not publish reputation", extra={"agent_id": agent_id})
 
@@ -653,12 +683,14 @@ class JobRunner:
         self.store.add_event(event)
         log.info(message, extra={"job_id": self.job.job_id, "phase": phase, "trace_id": trace_id_of(self.traceparent)})
         try:
-            await self.ports.emit(event)
+            await self.path.waiting("publish", self.ports.emit(event))
         except Exception:  # noqa: BLE001 - progress is best effort; the store has it
             log.debug("could not publish event", exc_info=True)
 
     async def _finish(self, result: JobResult) -> JobResult:
         result.timings = result.timings or self.timings
+        for key, value in self.path.breakdown().items():  # this run's, added to earlier runs' of a resumed job
+            result.timings[key] = round(result.timings.get(key, 0.0) + value, 6)
         result.timings["total"] = round(time.time() - self.budget.started_at, 3)
         self.store.finish(result)
         await self.emit(

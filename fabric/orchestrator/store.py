@@ -120,7 +120,7 @@ class Store(Protocol):
     def add_event(self, event: JobEvent) -> None: ...
     def events(self, job_id: str) -> builtins.list[JobEvent]: ...
     def next_seq(self, job_id: str) -> int: ...
-    def checkpoint(self, job_id: str, key: str, value: Any) -> None: ...
+    def checkpoint(self, job_id: str, key: str, value: Any, *, lazy: bool = False) -> None: ...
     def checkpoints(self, job_id: str) -> dict[str, Any]: ...
     def acquire(self, job_id: str, owner: str) -> int | None: ...
     def renew(self, owner: str) -> builtins.list[str]: ...
@@ -152,6 +152,8 @@ class JobStore:
         self._checkpoints: dict[tuple[str, str], Any] = {}
         self._states: dict[str, tuple[str, str, float]] = {}
         self._flush_scheduled = False
+        #: seconds spent committing, cumulative: a job's critical-path breakdown reads it (critical_path.py)
+        self.busy_s = 0.0
         self._connect(path)
 
     # ---- dialect hooks ----------------------------------------------------------------------
@@ -188,7 +190,7 @@ class JobStore:
 
     @property
     def pending(self) -> int:
-        """Writes waiting for this loop turn's commit."""
+        """Writes not committed yet (this loop turn's, and lazy checkpoints waiting for the next commit)."""
         return len(self._events) + len(self._checkpoints) + len(self._states)
 
     def close(self) -> None:
@@ -242,6 +244,13 @@ class JobStore:
     def flush(self, final: tuple[str, tuple[Any, ...]] | None = None, final_job: str | None = None) -> None:
         """Commit the pending writes (and `final`, a statement for `final_job` that must land with
         them) as one transaction. Writes of a job fenced out are dropped; a fenced `final` raises."""
+        started = time.perf_counter()
+        try:
+            self._commit(final, final_job)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _commit(self, final: tuple[str, tuple[Any, ...]] | None, final_job: str | None) -> None:
         fenced: set[str] = set()
         with self._lock:
             self._flush_scheduled = False
@@ -488,11 +497,15 @@ class JobStore:
         row = self._exec("SELECT COALESCE(MAX(seq), 0) FROM events WHERE job_id=?", (job_id,)).fetchone()
         return int(row[0]) + 1
 
-    def checkpoint(self, job_id: str, key: str, value: Any) -> None:
-        """Saved as it is when this turn commits (serialised then, once, if not replaced before)."""
+    def checkpoint(self, job_id: str, key: str, value: Any, *, lazy: bool = False) -> None:
+        """Saved as it is when this turn commits (serialised then, once, if not replaced before).
+        `lazy`: no commit of its own; it lands with the store's next one (any write, a read, a
+        job's result, close). For values only a resume reads and that a job rewrites often: a
+        job's usage after each call was 17 of its 43 commits (~1 ms of a 55 ms job)."""
         with self._lock:
             self._checkpoints[(job_id, key)] = value
-            self._queued()
+            if not lazy:
+                self._queued()
 
     def checkpoints(self, job_id: str) -> dict[str, Any]:
         rows = self._exec("SELECT key, value FROM checkpoints WHERE job_id=?", (job_id,)).fetchall()
