@@ -21,7 +21,12 @@ Note: in a pooled federation some irrelevance questions do have a fitting tool (
 "area of a triangle" is irrelevant to its own BFCL function list but the pool holds triangle
 tools), which caps abstention recall; `irrelevance_with_gold_like_match` is not computed.
 
-Usage: benchmarks/bfcl_routing.py --json
+Embedding backends (FOA_EMBEDDING_BACKEND): `--backend torch,onnx-int8` runs the whole
+evaluation once per backend in the same process, over the same agents and questions; the first
+backend's numbers stay at the top level, every backend's are under `backends`, and
+`delta_vs_first` gives each one's top-1/top-5 minus the first's (dev and held-out live).
+
+Usage: benchmarks/bfcl_routing.py --json [--backend torch,onnx-int8]
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks._common import emit, progress
 from fabric.bloom import BloomFilter
-from fabric.embeddings import Embedder, shared_embedder
+from fabric.embeddings import BACKENDS, Embedder, shared_embedder
 from fabric.messages import RouteQuery
 from fabric.vcv import VCV
 from router import lexical, scoring
@@ -202,24 +207,12 @@ def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds:
     return out
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument(
-        "--lexical-weight", type=float, default=None, help="override scoring.LEXICAL_WEIGHT (tuning on dev)"
-    )
-    ap.add_argument("--kappa", type=float, default=None, help="override lexical.KAPPA (tuning on dev)")
-    ap.add_argument("--dev-only", action="store_true", help="skip the held-out live splits")
-    args = ap.parse_args()
-    if args.lexical_weight is not None:
-        scoring.LEXICAL_WEIGHT = args.lexical_weight
-    if args.kappa is not None:
-        lexical.KAPPA = args.kappa
+def run(embedder: Embedder, dev_only: bool) -> dict[str, Any]:
+    """The whole evaluation with one embedder: dev (top level) and, unless dev_only, held-out live."""
     t0 = time.perf_counter()
-    embedder = shared_embedder()
     dev_q = [q for s in DEV for q in load_split(s)]
     dev = Federation(dev_q, embedder)
-    progress(f"dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
+    progress(f"[{embedder.backend}] dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
     dev_vecs = embedder.embed([q["text"] or "?" for q in dev_q])
     dev_res = evaluate(dev, dev_q, dev_vecs)
     dev_report = report(dev_q, dev_res, None, cross_fit=True)
@@ -233,11 +226,14 @@ def main() -> int:
         "foa": dev_report["foa"],
         "baseline": dev_report["baseline"],
         "scoring": {"lexical_weight": scoring.LEXICAL_WEIGHT, "kappa": lexical.KAPPA, "model": embedder.model_name},
+        "backend": embedder.backend,
     }
-    if not args.dev_only:
+    if not dev_only:
         live_q = [q for s in LIVE for q in load_split(s)]
         live = Federation(live_q, embedder)
-        progress(f"live federation (held out): {len(live.functions)} agents, {len(live_q)} questions")
+        progress(
+            f"[{embedder.backend}] live federation (held out): {len(live.functions)} agents, {len(live_q)} questions"
+        )
         live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
         live_res = evaluate(live, live_q, live_vecs)
         live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
@@ -248,9 +244,47 @@ def main() -> int:
             "baseline": live_report["baseline"],
         }
     result["seconds"] = time.perf_counter() - t0
+    return result
+
+
+def deltas(first: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:
+    """other minus first, top-1 and top-5, for FoA α and the plain-cosine baseline, dev and live."""
+    out: dict[str, float] = {}
+    for scope, a, b in (("dev", first, other), ("live", first.get("held_out_live"), other.get("held_out_live"))):
+        if a is None or b is None:
+            continue
+        for system in ("foa", "baseline"):
+            for k in ("top1", "top5"):
+                out[f"{scope}_{system}_{k}"] = b[system][k] - a[system][k]
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument(
+        "--lexical-weight", type=float, default=None, help="override scoring.LEXICAL_WEIGHT (tuning on dev)"
+    )
+    ap.add_argument("--kappa", type=float, default=None, help="override lexical.KAPPA (tuning on dev)")
+    ap.add_argument("--dev-only", action="store_true", help="skip the held-out live splits")
+    ap.add_argument(
+        "--backend", default="torch", help=f"embedding backend(s), comma-separated, compared in one run: {BACKENDS}"
+    )
+    args = ap.parse_args()
+    backends = [b.strip() for b in args.backend.split(",") if b.strip()]
+    if not backends or any(b not in BACKENDS for b in backends):
+        ap.error(f"--backend: one or more of {BACKENDS}, comma-separated (got {args.backend!r})")
+    if args.lexical_weight is not None:
+        scoring.LEXICAL_WEIGHT = args.lexical_weight
+    if args.kappa is not None:
+        lexical.KAPPA = args.kappa
+    runs = {b: run(shared_embedder(backend=b), args.dev_only) for b in backends}
+    result = dict(runs[backends[0]])
+    if len(backends) > 1:
+        result["backends"] = runs
+        result["delta_vs_first"] = {b: deltas(runs[backends[0]], runs[b]) for b in backends[1:]}
     emit(result, args.json)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

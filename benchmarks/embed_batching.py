@@ -1,6 +1,6 @@
 """Query embedding cost: one text per model call vs the router's shared batches (EmbedBatcher).
 
-    python benchmarks/embed_batching.py --json [--texts 256] [--threads 1]
+    python benchmarks/embed_batching.py --json [--texts 256] [--threads 1] [--backend torch|onnx-int8]
 
 Distinct question-like texts, the cache off, so every text runs through MiniLM. `one_ms` is a
 text embedded on its own (what a router paid per query before batching); `batched_ms` is the
@@ -8,7 +8,8 @@ per-text cost when N queries arrive together and the EmbedBatcher folds them int
 of up to 64; `ratio` = one / batched, measured in the same run. `*_cpu_ms` is the process CPU
 time per text: with --threads above 1, waiting threads spin, so it exceeds the wall time.
 `gflops_per_s` estimates how close batched embedding is to the core's arithmetic limit
-(MiniLM-L6: ~21 MFLOP per token).
+(MiniLM-L6: ~21 MFLOP per token). `--backend` picks the embedding backend (FOA_EMBEDDING_BACKEND);
+`--threads` sets its intra-op threads (torch's or onnxruntime's).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import emit, progress
-from fabric.embeddings import EmbedBatcher, Embedder
+from fabric.embeddings import BACKENDS, EmbedBatcher, Embedder
 
 FLOP_PER_TOKEN = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # 6 layers: attention projections + FFN
 
@@ -30,14 +31,12 @@ FLOP_PER_TOKEN = 2 * 6 * (4 * 384 * 384 + 2 * 384 * 1536)  # 6 layers: attention
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--texts", type=int, default=256)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--threads", type=int, default=1, help="the backend's intra-op threads")
+    ap.add_argument("--backend", choices=BACKENDS, default="torch")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    import torch
-
-    torch.set_num_threads(args.threads)
-    embedder = Embedder(cache_size=0)
+    embedder = Embedder(cache_size=0, threads=args.threads, backend=args.backend)
     texts = [
         f"My father (case {i}) has sudden chest pain and is sweating. What should we do?" for i in range(args.texts)
     ]
@@ -60,9 +59,10 @@ def main() -> None:
     cpu = time.process_time()
     batched_s, batches = asyncio.run(together())
     batched_cpu_s = (time.process_time() - cpu) / len(texts)
-    tokens = sum(len(embedder._model.tokenizer(t)["input_ids"]) for t in texts[:32]) / 32  # noqa: SLF001 - the tokenizer is not public
+    tokens = sum(embedder.token_count(t) for t in texts[:32]) / 32
     emit({
-        "texts": len(texts), "threads": args.threads, "one_ms": one_s * 1e3, "batched_ms": batched_s * 1e3,
+        "backend": args.backend, "texts": len(texts), "threads": args.threads,
+        "one_ms": one_s * 1e3, "batched_ms": batched_s * 1e3,
         "ratio": one_s / batched_s, "one_cpu_ms": one_cpu_s * 1e3, "batched_cpu_ms": batched_cpu_s * 1e3,
         "model_calls": batches, "tokens_per_text": tokens,
         "gflops_per_s": tokens * FLOP_PER_TOKEN / batched_s / 1e9,

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     )
     embedding_dim: int | None = Field(default=None, description="truncate (Matryoshka) to this dimension")
     embedding_device: str = "cpu"
+    embedding_backend: Literal["auto", "torch", "onnx-int8"] = Field(
+        default="auto",
+        description="torch = sentence-transformers; onnx-int8 = the int8 ONNX MiniLM on onnxruntime (default "
+        "model only, CPU; ~2x cheaper, same BFCL routing); auto = onnx-int8 where it can run, else torch",
+    )
     embedding_threads: int | None = Field(
         default=None, ge=1,
         description="torch intra-op threads for embedding (whole process); unset = one per core. "
