@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from pydantic import BaseModel
 
+from fabric.broker import pid_alive
 from fabric.bus import BrokerAddress
 from fabric.errors import ConfigError
 from fabric.settings import Settings
@@ -38,16 +38,6 @@ def clear_runtime(settings: Settings) -> None:
     runtime_file(settings).unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def running_federation(settings: Settings) -> RuntimeInfo | None:
     """The `foa up` running from this directory (`<data_dir>/federation.json`), if its process lives."""
     path = runtime_file(settings)
@@ -57,7 +47,7 @@ def running_federation(settings: Settings) -> RuntimeInfo | None:
         return None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path} is unreadable ({exc}); delete it if no `foa up` runs here") from exc
-    return info if _alive(info.pid) else None
+    return info if pid_alive(info.pid) else None
 
 
 def broker_url(settings: Settings) -> str:
