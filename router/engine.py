@@ -118,7 +118,7 @@ class RouterEngine:
         threshold = self.threshold
         top = float(scored.alpha[order[0]]) if len(order) else 0.0
         abstained = bool(query.abstain and threshold is not None and (len(order) == 0 or top < threshold))
-        matches = [] if abstained else [self._match(scored, int(i)) for i in order]
+        matches = [] if abstained else self._matches(scored, order)
         response = RouteResponse(
             matches=matches,
             abstained=abstained,
@@ -127,6 +127,32 @@ class RouterEngine:
             blocked=int((scored.eligible & ~passed).sum()),
         )
         return RouteOutcome(response, audits, fetched)
+
+    def _matches(self, scored: Scored, order: np.ndarray) -> list[Match]:
+        """`_match` for the top k at once: one gather per column instead of ~20 numpy scalar
+        reads per match (about 0.1 ms of a 1.2 ms query at 100k agents); the same values."""
+        names = [*scored.factors, *scored.gates]
+        cols = [arr[order].tolist() for arr in scored.factors.values()]
+        cols += [ok[order].astype(np.float64).tolist() for ok in scored.gates.values()]
+        nf = len(scored.factors)
+        rows = scored.rows[order].tolist()
+        versions = self.index.table.version[scored.rows[order]].tolist()
+        alpha, cost, latency = (a[order].tolist() for a in (scored.alpha, scored.cost, scored.latency))
+        out = []
+        for j, row in enumerate(rows):
+            pairs = enumerate(zip(names, cols, strict=True))
+            factors = {n: (round(c[j], 6) if f < nf else c[j]) for f, (n, c) in pairs}
+            out.append(
+                Match(
+                    agent_id=self.index.ids[row] or "",
+                    version=versions[j],
+                    score=round(alpha[j], 6),
+                    factors=factors,
+                    expected_cost=cost[j],
+                    expected_latency_ms=latency[j],
+                )
+            )
+        return out
 
     def _match(self, scored: Scored, i: int) -> Match:
         row = int(scored.rows[i])

@@ -86,10 +86,21 @@ def skills_gate(index: CapabilityIndex, rows: np.ndarray, skills: list[str]) -> 
             ok &= (bloom[:, pos >> 3] & (1 << (pos & 7))) != 0
     ids = [index.skill_vocab.get(s, -1) for s in wanted]
     table = index.table
-    for i in np.flatnonzero(ok & (table.skill_len[rows] > 0)):
-        have = table.skills_of(int(rows[i]))
-        if any(sid < 0 or sid not in have for sid in ids):
-            ok[i] = False
+    sel = np.flatnonzero(ok & (table.skill_len[rows] > 0))
+    if len(sel) == 0:
+        return ok
+    if any(sid < 0 for sid in ids):  # a skill no agent lists: every row with a list fails
+        ok[sel] = False
+        return ok
+    # the exact lists of the rows that passed the Bloom filter, gathered from the flat pool in
+    # one go: a Python loop over them was the router's p99 (a skill query near its own topic
+    # has ~300 Bloom hits among 576 candidates: 1.3 ms of the 2.4 ms p99 at 100k agents)
+    lens = table.skill_len[rows[sel]].astype(np.int64)
+    owner = np.repeat(np.arange(len(sel)), lens)
+    flat = table.skill_start[rows[sel]][owner] + (np.arange(int(lens.sum())) - np.repeat(np.cumsum(lens) - lens, lens))
+    have = table.skill_pool[flat]
+    for sid in set(ids):
+        ok[sel[np.bincount(owner[have == sid], minlength=len(sel)) == 0]] = False
     return ok
 
 
