@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,3 +35,12 @@ def emit(result: dict[str, Any], as_json: bool = True) -> None:
 
 def percentile_ms(samples_s: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples_s) * 1000.0, q)) if samples_s else float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far; NaN when /proc can't tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -50,7 +50,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._common import emit, percentile_ms, progress
+from benchmarks._common import cpu_s, emit, percentile_ms, progress
 from fabric import topics
 from fabric.broker import Mosquitto
 from fabric.bus import Bus, Incoming
@@ -161,15 +161,6 @@ class Child:
                 os.killpg(self.p.pid, signal.SIGKILL)
                 self.p.wait(5)
         self.log.close()
-
-
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # ---- router cold start ---------------------------------------------------------------------

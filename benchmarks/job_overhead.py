@@ -11,6 +11,12 @@ Python; see fabric/orchestrator/critical_path.py), `hops_per_job` counts the seq
 trips, `per_hop_ms` is the time per hop, and `outside_job_ms` is what the engine does not see
 (submission and result over the broker, admission, the final commit).
 
+The router, the orchestrator, the twelve agents and the client all run in this one process on one
+event loop (only mosquitto is apart), so the agents' side of every call and the broker's share
+are this process's CPU too: `cpu_ms_per_job` gives the process's and the broker's CPU per job,
+and `fabric_process_busy_share` (process CPU / wall) near 1 says the job is CPU-bound on one
+core, so that cutting CPU anywhere in the fabric, not fewer waits, is what shortens it.
+
     python benchmarks/job_overhead.py --json [--jobs 20]
 """
 
@@ -27,10 +33,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress
+from benchmarks._common import cpu_s, emit, progress
 from fabric.broker import Mosquitto
 from fabric.embeddings import shared_embedder
 from fabric.federation import LocalFederation
+from fabric.heap import freeze_startup_heap
 from fabric.messages import JobOptions
 from fabric.orchestrator.critical_path import HOPS_PREFIX, PATH_PREFIX
 from fabric.settings import Settings
@@ -38,7 +45,9 @@ from fabric.transports.paho import install_paho_speedups
 from tests.scripted_federation import SPECS, backend_factory
 
 
-async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) -> dict[str, object]:
+async def measure(
+    settings: Settings, jobs: int, warmup: int, proposers: int, broker_pid: int | None
+) -> dict[str, object]:
     factory = backend_factory(done_from_round=99)
     options = JobOptions(max_proposers=proposers, agents_per_node=3, refine_rounds=3, subtasks_max=4)
     walls: list[float] = []
@@ -47,8 +56,12 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
     hops: dict[str, list[float]] = {}  # wait -> sequential round trips per job
     outside: list[float] = []  # ms of a job's wall time before and after the engine
     async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=shared_embedder()) as fed:
+        freeze_startup_heap()  # as `foa up` does once the federation is up (fabric/heap.py)
         shape: dict[str, Any] | None = None
+        cpu_from: dict[str, float] = {}
         for i in range(warmup + jobs):
+            if i == warmup:  # every role but the broker runs in this process, on one thread
+                cpu_from = {"fabric_process": time.process_time(), "broker": _broker_cpu(broker_pid)}
             # a new question each time: nothing is served from the embedding cache that a real job would not hit
             started = time.perf_counter()
             result = await fed.run_job(f"My father (case {i}) has sudden chest pain. What should we do?", options)
@@ -74,6 +87,10 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
                 in_path = sum(v for k, v in result.timings.items() if k.startswith(PATH_PREFIX))
                 outside.append((wall - in_path) * 1000)
             progress(f"job {i + 1}/{warmup + jobs}: {wall * 1000:.0f} ms")
+    cpu_ms = {
+        "fabric_process": (time.process_time() - cpu_from["fabric_process"]) * 1000 / len(walls),
+        "broker": (_broker_cpu(broker_pid) - cpu_from["broker"]) * 1000 / len(walls),
+    }
     llm_ms = 0.0  # ScriptedLLM answers instantly: all of the wall time is orchestration
     per_job = statistics.median(walls) - llm_ms
     path_ms = {k: statistics.median(v) for k, v in path.items()}
@@ -90,10 +107,17 @@ async def measure(settings: Settings, jobs: int, warmup: int, proposers: int) ->
         "hops_per_job": hops_n,
         "per_hop_ms": per_hop,
         "outside_job_ms": statistics.median(outside),
+        # CPU per job: the fabric process's share of the wall time is the bound when it nears 1
+        "cpu_ms_per_job": {k: round(v, 3) for k, v in cpu_ms.items()},
+        "fabric_process_busy_share": round(cpu_ms["fabric_process"] / statistics.mean(walls), 3),
         "jobs": len(walls),
         "shape": shape,
         "llm_ms": llm_ms,
     }
+
+
+def _broker_cpu(pid: int | None) -> float:
+    return cpu_s(pid) if pid is not None else float("nan")
 
 
 def main() -> None:
@@ -108,7 +132,7 @@ def main() -> None:
         broker = Mosquitto(data_dir=Path(tmp) / "broker", persistence=False).start()
         try:
             settings = Settings(broker_url=broker.url, data_dir=Path(tmp), log_level="WARNING")
-            result = asyncio.run(measure(settings, args.jobs, args.warmup, args.proposers))
+            result = asyncio.run(measure(settings, args.jobs, args.warmup, args.proposers, broker.pid))
         finally:
             broker.stop()
     result["goal_ms_per_job"] = 50

@@ -13,7 +13,7 @@ import functools
 import json
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -70,20 +70,37 @@ def _balanced_object(text: str, start: int) -> str:
     return text[start:]
 
 
-def _candidates(text: str) -> list[str]:
-    """Places a JSON object may hide, most likely first."""
+def _candidates(text: str) -> Iterator[str]:
+    """Places a JSON object may hide, most likely first, each once. Lazy: output that is one
+    JSON object (the usual case under a json_schema) parses without scanning for others."""
+    seen: set[str] = set()
+
+    def fresh(candidate: str) -> bool:
+        if not candidate or candidate in seen:
+            return False
+        seen.add(candidate)
+        return True
+
     stripped = text.strip()
-    found = [stripped]
-    found += [m.group(1).strip() for m in _FENCE.finditer(text)]
-    starts = [i for i, c in enumerate(text) if c == "{"][:4]
-    found += [_balanced_object(text, i) for i in starts]
-    return list(dict.fromkeys(c for c in found if c))  # first occurrence of each, in order
+    if fresh(stripped):
+        yield stripped
+    for m in _FENCE.finditer(text):
+        if fresh(fenced := m.group(1).strip()):
+            yield fenced
+    start = -1
+    for _ in range(4):
+        start = text.find("{", start + 1)
+        if start < 0:
+            return
+        if fresh(balanced := _balanced_object(text, start)):
+            yield balanced
 
 
 def extract_json(text: str, *, repair: bool = True) -> dict[str, Any]:
     """The first JSON object in `text` (whole text, fenced block, or first balanced {...})."""
-    candidates = _candidates(text)
-    for candidate in candidates:
+    tried: list[str] = []
+    for candidate in _candidates(text):
+        tried.append(candidate)
         try:
             value = json.loads(candidate)
         except ValueError:
@@ -91,7 +108,7 @@ def extract_json(text: str, *, repair: bool = True) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
     if repair:
-        for candidate in candidates:
+        for candidate in tried:
             if "{" not in candidate:
                 continue
             value = _parse_repaired(candidate[candidate.index("{") :])
