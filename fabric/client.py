@@ -86,8 +86,18 @@ async def submit_and_follow(
         if not result.done():
             result.set_result(msg.envelope.body)
 
-    await bus.subscribe(topics.job_events(submit.job_id), on_evt, body_types=JobEvent)
-    await bus.subscribe(topics.job_result(submit.job_id), on_result, body_types=JobResult)
+    # both SUBSCRIBEs in one round trip to the broker, not two (a job's wall time includes it)
+    subscribed = await asyncio.gather(
+        bus.subscribe(topics.job_events(submit.job_id), on_evt, body_types=JobEvent),
+        bus.subscribe(topics.job_result(submit.job_id), on_result, body_types=JobResult),
+        return_exceptions=True,
+    )
+    failed = [r for r in subscribed if isinstance(r, BaseException)]
+    if failed:
+        with contextlib.suppress(BusError):
+            await bus.unsubscribe(topics.job_events(submit.job_id))
+            await bus.unsubscribe(topics.job_result(submit.job_id))
+        raise failed[0]
     deadline = time.monotonic() + timeout
     sent_at = float("-inf")
     try:
