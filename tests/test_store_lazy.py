@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 
 from fabric.messages import JobEvent, JobResult, JobSubmit
-from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.store import GROUP_COMMIT_S, JobStore
 
 
 def test_a_lazy_checkpoint_commits_with_the_next_write_and_with_the_result(tmp_path: Path) -> None:
@@ -16,13 +16,11 @@ def test_a_lazy_checkpoint_commits_with_the_next_write_and_with_the_result(tmp_p
         store, other = JobStore(path), JobStore(path)  # `other`: another replica's connection
         assert store.admit(JobSubmit(job_id="j1", question="q"), owner="o")
         store.checkpoint("j1", "usage", {"tokens": 1}, lazy=True)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.sleep(GROUP_COMMIT_S * 5)
         assert store.pending == 1  # no commit of its own
         assert other.checkpoints("j1") == {}
         store.add_event(JobEvent(job_id="j1", seq=1, phase="draft", message="m"))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.sleep(GROUP_COMMIT_S * 5)
         assert not store.pending and other.checkpoints("j1") == {"usage": {"tokens": 1}}
         store.checkpoint("j1", "usage", {"tokens": 2}, lazy=True)
         store.finish(JobResult(job_id="j1", status="completed", answer="a"))  # the result takes it along
