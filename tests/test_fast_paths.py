@@ -23,7 +23,7 @@ from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher
 from fabric.envelope import MessageError, decode_any, make
 from fabric.messages import AgentStatus, JobEvent, JobResult, JobSubmit, Reputation
-from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.store import GROUP_COMMIT_S, JobStore
 from fabric.transports import paho_speedups
 from fabric.transports.paho import PahoTransport, PublishProperties, install_paho_speedups
 from tests.conftest import make_settings
@@ -145,12 +145,11 @@ def test_job_store_group_commit_is_read_back_and_survives_reopen(tmp_path) -> No
         store.set_state("j1", "running", "decompose")
         store.checkpoint("j1", "dag", {"nodes": [1, 2]})
         store.add_event(JobEvent(job_id="j1", seq=1, phase="decompose", message="m"))
-        assert store.pending  # queued for this loop turn...
+        assert store.pending  # queued for the group commit...
         assert store.checkpoints("j1") == {"dag": {"nodes": [1, 2]}}  # ...but reads see them
         store.checkpoint("j1", "usage", {"tokens": 3})
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-        assert not store.pending  # committed at the end of the turn
+        await asyncio.sleep(GROUP_COMMIT_S * 5)
+        assert not store.pending  # committed within the group-commit window
         store.finish(JobResult(job_id="j1", status="completed", answer="a"))
         assert not store.pending  # the final result commits at once
         store._db.close()  # a crash: no close(), no flush

@@ -197,7 +197,7 @@ class JobStore:
 
     @property
     def pending(self) -> int:
-        """Writes not committed yet (this loop turn's, and lazy checkpoints waiting for the next commit)."""
+        """Writes not committed yet (the group commit's, and lazy checkpoints waiting for the next commit)."""
         return len(self._events) + len(self._checkpoints) + len(self._states)
 
     def close(self) -> None:
