@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -42,13 +42,16 @@ from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
 from router.engine import RouterEngine, assign
-from router.index import CapabilityIndex, IndexConfig
+from router.index import CapabilityIndex, IndexConfig, advise_huge_pages
 
 log = logging.getLogger("foa.router")
 
 VerifyVCV = Callable[[VCV], str | None]
+T = TypeVar("T")
 RESERVOIR = 256  # descriptions kept for self-calibration probes
 MIN_AGENTS_TO_CALIBRATE = 3
+FLUSH_AT = 1024  # buffered vectors that wake the background flusher (else it looks every FLUSH_EVERY_S)
+FLUSH_EVERY_S = 0.25
 
 
 @dataclass
@@ -112,6 +115,11 @@ class RouterService:
         self._rng = random.Random(0)
         self._calibrated_at_agents = 0
         self._calibration_mtime = 0.0
+        # graph maintenance runs off the event loop (flush, compaction, the snapshot child): one at
+        # a time, so a fork never copies a half-done graph call and a rebuild never races a flush
+        self.index.auto_flush = False
+        self._graph_lock = asyncio.Lock()
+        self._flush_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()  # fire-and-forget audit publishes
 
@@ -130,6 +138,7 @@ class RouterService:
             topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None
         )
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
+        self._tasks.append(asyncio.create_task(self._flusher(), name="router-flush"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
 
     async def stop(self) -> None:
@@ -145,20 +154,66 @@ class RouterService:
             self.save()
 
     def save(self) -> None:
+        """Snapshot on this thread (shutdown; the running service uses `save_in_background`)."""
         if self.snapshot_dir is not None:
             self.index.snapshot(self.snapshot_dir)
             self._dirty = False
 
+    async def save_in_background(self) -> None:
+        """Snapshot without stalling the event loop: a forked child writes its copy-on-write view
+        (the loop pays the fork: ~6 ms at 2.8 GB here) while queries and VCVs go on."""
+        if self.snapshot_dir is None:
+            return
+        if not hasattr(os, "fork"):
+            self.save()
+            return
+        self._dirty = False  # changes from here on set it again (the child's copy has some of them)
+        try:
+            await snapshot_in_background(self.index, self.snapshot_dir, self._graph_lock)
+        except OSError:
+            self._dirty = True
+            log.warning("background snapshot failed; will retry", exc_info=True)
+
+    async def flush(self) -> int:
+        return await flush_in_background(self.index, self._graph_lock)
+
+    async def compact(self) -> int:
+        """Rebuild tombstone-heavy shards in a worker thread; changes meanwhile are replayed."""
+        done = 0
+        for s in self.index.shards_to_compact():
+            async with self._graph_lock:
+                rows = self.index.begin_compact(s)
+                try:
+                    fresh = await _off_loop(self.index.rebuild_shard, s, rows)
+                except BaseException:
+                    self.index.cancel_compact()
+                    raise
+                self.index.finish_compact(s, fresh, rows)
+                done += 1
+        self.index.compact_lexical()
+        return done
+
+    async def _flusher(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_wanted.wait(), FLUSH_EVERY_S)
+            except TimeoutError:
+                pass
+            self._flush_wanted.clear()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - a failed insert must not stop the service
+                log.exception("background flush failed")
+
     async def _maintain(self) -> None:
-        """Settle the retained snapshot, then flush / compact / calibrate / snapshot periodically."""
+        """Settle the retained snapshot, then compact / calibrate / snapshot periodically."""
         while time.monotonic() - self._last_vcv < self.settle_s:
             await asyncio.sleep(self.settle_s / 4)
         self._reconcile()
         self.synced.set()
         last_snapshot = time.monotonic()
         while True:
-            self.index.flush()
-            self.index.compact()
+            await self.compact()
             self._load_calibration_file()
             if self.auto_calibrate:
                 await self._maybe_calibrate()
@@ -167,7 +222,7 @@ class RouterService:
                 and self._dirty
                 and time.monotonic() - last_snapshot > self.snapshot_every_s
             ):
-                self.save()
+                await self.save_in_background()
                 last_snapshot = time.monotonic()
             await asyncio.sleep(1.0)
 
@@ -203,6 +258,8 @@ class RouterService:
             self._seen.add(vcv.agent_id)
             if result.accepted:
                 self._dirty = True
+                if self.index.buf_n >= FLUSH_AT:
+                    self._flush_wanted.set()
                 self._remember(vcv)
                 return
             if result.reason.startswith("stale"):
@@ -351,6 +408,42 @@ class RouterService:
         self._calibrated_at_agents = len(self.index)
         self._dirty = True
         return {"threshold": cal.threshold, **cal.info()}
+
+
+async def snapshot_in_background(index: CapabilityIndex, path: Path, graph_lock: asyncio.Lock) -> None:
+    """The service's snapshot: the event loop pays only the fork (`CapabilityIndex.snapshot_in_child`),
+    made cheap by huge pages (`advise_huge_pages`, in a worker thread). `graph_lock` keeps
+    background flushes and compactions out of the fork and out of the child's lifetime (a
+    flush then would copy-on-write most of the graph's 2 MB pages)."""
+    await _off_loop(advise_huge_pages)
+    async with graph_lock:
+        pid = index.snapshot_in_child(path)
+        await _off_loop(CapabilityIndex.wait_snapshot, pid)
+
+
+async def flush_in_background(index: CapabilityIndex, graph_lock: asyncio.Lock) -> int:
+    """Insert the buffered vectors into the graphs in a worker thread (hnswlib releases the GIL);
+    queries go on meanwhile, waiting at most one insert chunk for a shard's lock."""
+    async with graph_lock:
+        batch = index.begin_flush()
+        if batch is None:
+            return 0
+        try:
+            await _off_loop(index.insert_batch, batch)
+        finally:
+            added = index.finish_flush(batch)
+        return added
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but a cancelled caller still waits for the worker (it cannot be
+    interrupted, and the caller's cleanup must not run while it still uses the index)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
 
 
 async def run_router(
