@@ -240,6 +240,8 @@ def main() -> int:
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=64)
     ap.add_argument("--min-fetch", type=int, default=None, help="default: RouterEngine's")
+    ap.add_argument("--shard-margin", type=float, default=2.0, help="hash shards return margin·k/S + 16 each")
+    ap.add_argument("--query-threads", type=int, default=1, help="threads one query searches its shards with")
     ap.add_argument("--max-fetch", type=int, default=2048)
     ap.add_argument("--bound", action="store_true", help="deepen the fetch until the exact α bound holds")
     ap.add_argument("--seed", type=int, default=0)
@@ -254,7 +256,8 @@ def main() -> int:
 
     pop = Population(args.agents, args.seed)
     config = IndexConfig(dim=DIM, embedding_model=MODEL, shards=args.shards, scheme=args.scheme, probe=args.probe,
-                         M=args.M, ef_construction=args.ef_construction, ef_search=args.ef)
+                         M=args.M, ef_construction=args.ef_construction, ef_search=args.ef,
+                         shard_margin=args.shard_margin, query_threads=args.query_threads)
     index = CapabilityIndex(config)
     engine = RouterEngine(index, max_fetch=args.max_fetch, bound_check=args.bound)
     if args.min_fetch is not None:
@@ -288,13 +291,10 @@ def main() -> int:
             if i % 256 == 0:
                 pump(False)
         owner_s += time.perf_counter() - t0
-        pump(True)  # let the in-flight insert finish before the untimed generation
+        while index.buf_n or inflight is not None:  # every insert done before the untimed generation
+            pump(True)
         upsert_s += time.perf_counter() - t0
         progress(f"upserted {stop}/{args.agents} ({stop / upsert_s:.0f}/s so far)")
-    t0 = time.perf_counter()
-    while index.buf_n or inflight is not None:
-        pump(True)
-    upsert_s += time.perf_counter() - t0
     index.auto_flush = True
     progress(f"built: {args.agents / upsert_s:.0f} upserts/s; shards {index.stats_now().shard_sizes}")
 
@@ -393,7 +393,8 @@ def main() -> int:
             "max_fetch": args.max_fetch,
             "bound_check": args.bound,
             "build_threads": os.cpu_count(),
-            "query_threads": 1,
+            "query_threads": args.query_threads,
+            "shard_margin": args.shard_margin,
         },
     }
     emit(result, args.json)

@@ -69,7 +69,13 @@ class IndexConfig:
     search_cache: int = 1024  # repeated query vectors answered from memory until the index changes
     buffer_size: int = 4096
     compact_ratio: float = 0.2
+    # hash shards: each returns shard_margin · k / shards + 16 of a search for k (each holds ~1/S
+    # of the global top k; the margin and the floor keep recall)
+    shard_margin: float = 2.0
     build_threads: int = 0  # 0 = all cores
+    # threads one query searches its shards with (1 = the calling thread only). 2 halves the graph
+    # walk at 1M agents on 2 cores (measured in benchmarks/router_scale.py --query-threads)
+    query_threads: int = 1
 
 
 class IndexError_(ProtocolError):
@@ -265,6 +271,7 @@ class CapabilityIndex:
         self.stats = IndexStats()
         # (query bytes, k) -> (rows, sims); emptied whenever a vector enters or leaves search
         self._searches: dict[tuple[bytes, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._query_pool: ThreadPoolExecutor | None = None
 
     # ---- shards ---------------------------------------------------------------------------
 
@@ -590,31 +597,29 @@ class CapabilityIndex:
             per_shard = k
         else:
             probed = list(range(self.config.shards))
-            # each hash shard holds ~1/S of the global top-k; 2x margin plus a floor keeps recall
-            per_shard = k if self.config.shards == 1 else min(k, 2 * k // self.config.shards + 16)
-        for s in probed:
-            shard = self.shards[s]
-            live = shard.element_count - len(self.shard_deleted[s])
-            kk = min(per_shard, live)
-            if kk <= 0:
+            # each hash shard holds ~1/S of the global top-k; a margin plus a floor keeps recall
+            margin = int(self.config.shard_margin * k) // self.config.shards + 16
+            per_shard = k if self.config.shards == 1 else min(k, margin)
+        found: list[tuple[int, np.ndarray, np.ndarray] | None]
+        if self.config.query_threads > 1 and len(probed) > 1:
+            # the shards split between this thread and the pool's (knn_query releases the GIL)
+            if self._query_pool is None:
+                self._query_pool = ThreadPoolExecutor(self.config.query_threads - 1, thread_name_prefix="router-q")
+            mine = probed[:: self.config.query_threads]
+            theirs = [s for s in probed if s not in mine]
+            futures = [self._query_pool.submit(self._probe, s, q, per_shard, filt) for s in theirs]
+            found = [self._probe(s, q, per_shard, filt) for s in mine] + [f.result() for f in futures]
+        else:
+            found = [self._probe(s, q, per_shard, filt) for s in probed]
+        for hit in found:
+            if hit is None:
                 continue
-            with self.locks[s]:
-                shard.set_ef(max(self.config.ef_search, kk))
-                try:
-                    labels, dist = shard.knn_query(q, k=kk, num_threads=1, filter=filt)
-                except RuntimeError:  # fewer reachable (allowed) elements than kk
-                    if filt is None:
-                        labels, dist = shard.knn_query(q, k=max(1, kk // 2), num_threads=1)
-                    else:
-                        labels, dist = _filtered_all(shard, q, kk, filt)
-                        if len(labels[0]) == 0:
-                            continue
-            rows = labels[0].astype(np.int64)
+            s, rows, sims = hit
             # a row whose vector is in the buffer or an in-flight batch (or was restored as
             # pending) may still have an older copy in the graph: the brute-forced one counts
             ok = self.table.shard[rows] == s
             out_rows.append(rows[ok])
-            out_sims.append((1.0 - dist[0])[ok])
+            out_sims.append(sims[ok])
         pending = [(self.buf_rows[: self.buf_n], self.buf_vecs[: self.buf_n])]
         if self.inflight is not None:
             pending.append((np.where(self.inflight.live, self.inflight.rows, -1), self.inflight.vecs))
@@ -634,6 +639,25 @@ class CapabilityIndex:
         if not out_rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         return np.concatenate(out_rows), np.concatenate(out_sims).astype(np.float32)
+
+    def _probe(self, s: int, q: np.ndarray, per_shard: int, filt: Any) -> tuple[int, np.ndarray, np.ndarray] | None:
+        """The per_shard nearest rows of shard s (any thread: under the shard's lock)."""
+        shard = self.shards[s]
+        kk = min(per_shard, shard.element_count - len(self.shard_deleted[s]))
+        if kk <= 0:
+            return None
+        with self.locks[s]:
+            shard.set_ef(max(self.config.ef_search, kk))
+            try:
+                labels, dist = shard.knn_query(q, k=kk, num_threads=1, filter=filt)
+            except RuntimeError:  # fewer reachable (allowed) elements than kk
+                if filt is None:
+                    labels, dist = shard.knn_query(q, k=max(1, kk // 2), num_threads=1)
+                else:
+                    labels, dist = _filtered_all(shard, q, kk, filt)
+                    if len(labels[0]) == 0:
+                        return None
+        return s, labels[0].astype(np.int64), (1.0 - dist[0]).astype(np.float32)
 
     def vectors(self, rows: np.ndarray) -> np.ndarray:
         """Capability vectors of rows (from the graphs or the buffer); for compaction and tests."""

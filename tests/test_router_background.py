@@ -145,3 +145,10 @@ def test_background_compaction_replays_changes_made_during_the_rebuild(index, em
     assert gone not in top(index, embedder, AGENTS[gone], 5)
     assert top(index, embedder, "optimise this slow postgres query", 1) == ["pg-tuner"]
     assert index.stats_now().shard_sizes[s] == int((index.table.shard[: len(index.ids)] == s).sum())
+
+
+def test_shards_searched_by_two_threads_give_the_same_answers(index, embedder) -> None:
+    one = answers(index, embedder)
+    index.config.query_threads = 2
+    index.config.search_cache = 0  # walk the graphs again
+    assert answers(index, embedder) == one
