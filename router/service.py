@@ -6,6 +6,9 @@
 - status: offline agents leave results at once; reputation: retained scores multiply into α.
 - queries: `$share/routers/foa/router/query`, so replicas split the load. A bad query gets an
   ErrorReply (code + readable message), never a timeout, and never stops the service.
+- graph work never runs on the event loop: a flusher task inserts buffered vectors in a worker
+  thread, compaction rebuilds a shard in one, and the periodic snapshot is written by a forked
+  child (router_scale.py prints the loop's worst stall during a snapshot: `max_loop_stall_ms`).
 - restart: the index is restored from its snapshot (no re-insert); the retained VCVs then
   replay and are ignored as stale, and agents whose retained VCV is gone by the time the
   replay settles are deleted.
@@ -43,6 +46,7 @@ from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
 from router.engine import RouterEngine, assign
 from router.index import CapabilityIndex, IndexConfig, advise_huge_pages
+from router.lexical import LexicalIndex
 
 log = logging.getLogger("foa.router")
 
@@ -190,7 +194,14 @@ class RouterService:
                     raise
                 self.index.finish_compact(s, fresh, rows)
                 done += 1
-        self.index.compact_lexical()
+        plan = self.index.begin_compact_lexical()
+        if plan is not None:
+            try:
+                built = await _off_loop(LexicalIndex.build_compact, plan)
+            except BaseException:
+                self.index.lexical.cancel_compact()
+                raise
+            self.index.lexical.finish_compact(plan, built)
         return done
 
     async def _flusher(self) -> None:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import Counter
 
 import pytest
 
 from fabric.messages import RouteQuery
 from router.engine import RouterEngine
 from router.index import CapabilityIndex, IndexConfig
+from router.lexical import LexicalIndex, agent_text, tokenize
 from router.service import flush_in_background, snapshot_in_background
 from tests.router_support import AGENTS, make_vcv
 
@@ -152,3 +154,30 @@ def test_shards_searched_by_two_threads_give_the_same_answers(index, embedder) -
     index.config.query_threads = 2
     index.config.search_cache = 0  # walk the graphs again
     assert answers(index, embedder) == one
+
+
+def test_lexical_compaction_built_aside_keeps_scores_and_changes_made_meanwhile(index, embedder) -> None:
+    for agent_id in ["derm", "tax", "travel", "recipes", "math", "poetry", "weather"]:
+        index.delete(agent_id)
+    plan = index.begin_compact_lexical()
+    assert plan is not None  # over half of the pool is garbage now
+    built = LexicalIndex.build_compact(plan, chunk=2)  # a worker thread in the service
+    # meanwhile: one agent re-describes itself, one leaves, one joins
+    index.upsert(make_vcv(embedder, "sql", "Tunes PostgreSQL indexes and slow queries", version=2))
+    index.delete("cardio")
+    index.upsert(make_vcv(embedder, "heron", "Identifies herons, egrets and other wading birds"))
+    before = answers(index, embedder)
+    used = index.lexical.pool_used
+    index.lexical.finish_compact(plan, built)
+    assert index.lexical.pool_used < used
+    index.config.search_cache = 0
+    assert answers(index, embedder) == before
+    # every live row's tokens and counts come out of the packed pool as they went in
+    lex = index.lexical
+    words = {i: t for t, i in lex.vocab.items()}
+    for agent_id, text in [("sql", "Tunes PostgreSQL indexes and slow queries"),
+                           ("heron", "Identifies herons, egrets and other wading birds"), ("python", AGENTS["python"])]:
+        row = index.rows[agent_id]
+        s, n = int(lex.start[row]), int(lex.length[row])
+        got = {words[int(t)]: int(c) for t, c in zip(lex.pool_ids[s : s + n], lex.pool_tf[s : s + n], strict=True)}
+        assert got == dict(Counter(tokenize(agent_text(agent_id, text, []))))
