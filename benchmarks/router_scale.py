@@ -52,7 +52,13 @@ from fabric.vcv import VCV, Resources
 from router.engine import RouterEngine
 from router.index import CapabilityIndex, FlushBatch, IndexConfig
 from router.scoring import score
-from router.service import FLUSH_AT, flush_in_background, snapshot_in_background
+from router.service import (
+    FLUSH_AT,
+    MALLOC_HUGETLB,
+    exec_with_huge_malloc,
+    flush_in_background,
+    snapshot_in_background,
+)
 
 DIM = 384
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -247,9 +253,13 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
     ap.add_argument("--keep-snapshot", default=None, help="write the service snapshot here and keep it")
+    ap.add_argument("--no-malloc-hugetlb", action="store_true",
+                    help="measure without GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (the snapshot's fork is slower)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.no_malloc_hugetlb:
+        exec_with_huge_malloc()  # as the router should run (see that function); no-op once set
     if args.restore_child:
         restore_child(args.restore_child)
         return 0
@@ -397,6 +407,7 @@ def main() -> int:
             "build_threads": os.cpu_count(),
             "query_threads": args.query_threads,
             "shard_margin": args.shard_margin,
+            "malloc_hugetlb": MALLOC_HUGETLB in os.environ.get("GLIBC_TUNABLES", ""),
         },
     }
     emit(result, args.json)
