@@ -253,13 +253,14 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
     ap.add_argument("--keep-snapshot", default=None, help="write the service snapshot here and keep it")
-    ap.add_argument("--no-malloc-hugetlb", action="store_true",
-                    help="measure without GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (the snapshot's fork is slower)")
+    ap.add_argument("--malloc-hugetlb", action="store_true",
+                    help="re-exec with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (measured: a faster fork, but slower "
+                         "restores and worse stalls around the snapshot here)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if not args.no_malloc_hugetlb:
-        exec_with_huge_malloc()  # as the router should run (see that function); no-op once set
+    if args.malloc_hugetlb:
+        exec_with_huge_malloc()
     if args.restore_child:
         restore_child(args.restore_child)
         return 0

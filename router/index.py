@@ -974,6 +974,7 @@ def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tup
 _MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25  # Linux >= 6.1
 _HUGE = 1 << 21
+_COLLAPSE_STEP = 16 * _HUGE
 
 
 def advise_huge_pages(collapse: bool = True) -> int:
@@ -1010,8 +1011,11 @@ def advise_huge_pages(collapse: bool = True) -> int:
             continue
         if madvise(lo, hi - lo, _MADV_HUGEPAGE) == 0:
             advised += hi - lo
-            if collapse:
-                madvise(lo, hi - lo, _MADV_COLLAPSE)  # best effort: fails on pinned/busy ranges
+            for at in range(lo, hi, _COLLAPSE_STEP) if collapse else ():
+                # best effort (fails on busy ranges), in slices with a pause: the event loop's own
+                # page faults wait while the kernel rewrites this process's page tables
+                madvise(at, min(_COLLAPSE_STEP, hi - at), _MADV_COLLAPSE)
+                time.sleep(0.001)
     return advised >> 20
 
 

@@ -75,10 +75,10 @@ MALLOC_HUGETLB = "glibc.malloc.hugetlb=1"
 
 def exec_with_huge_malloc() -> None:
     """Re-exec this process once with glibc's malloc advising huge pages (GLIBC_TUNABLES is read at
-    start only). Why: the snapshot's fork copies one page-table entry per 4 KB page, and hnswlib's
-    graphs are malloc'ed: measured at 300k agents, fork 8-10 ms with `advise_huge_pages` alone,
-    3.2 ms with this too (loop stall during the snapshot 13-16 ms -> 4 ms). Call it first thing in
-    the router's entry point; a no-op off Linux or when already set."""
+    start only). NOT used by default: the snapshot's fork gets cheaper (300k agents: 8-10 -> 3.2
+    ms), but here huge-page faults made the 1M restore 3.9 -> 8.3 s and the loop stall around
+    the snapshot 8-13 -> 67 ms (benchmarks/router_scale.py --malloc-hugetlb). Kept to measure
+    on other kernels; a no-op off Linux or when already set."""
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
         return
