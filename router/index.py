@@ -12,7 +12,7 @@ Layout (per agent, measured in benchmarks/router_scale.py):
   queries, and a batch stays brute-forced until it is in. Measured with
   benchmarks/router_scale.py: ~13-14k new agents/s end to end on 2 cores at 100k.
 - snapshots are written by a forked child from its copy-on-write view (`snapshot_in_child`): the
-  event loop pays the fork, ~3 ms at 300k agents with huge pages (`advise_huge_pages`).
+  event loop pays the fork, ~3-5 ms at 300k agents with huge pages (`collapse_huge_pages`).
 
 Shard scheme: `hash` (row % S, every query probes every shard, each returns 2k/S + 16) is
 the default; `centroid` (spherical k-means over the first flushed batch, a query probes the
@@ -971,21 +971,21 @@ def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tup
     return np.zeros((1, 0), dtype=np.uint64), np.zeros((1, 0), dtype=np.float32)
 
 
-_MADV_HUGEPAGE = 14
 _MADV_COLLAPSE = 25  # Linux >= 6.1
 _HUGE = 1 << 21
 _COLLAPSE_STEP = 16 * _HUGE
 
 
-def advise_huge_pages(collapse: bool = True) -> int:
-    """Back this process's large anonymous mappings (the hnswlib graphs, the heap) with 2 MB pages.
+def collapse_huge_pages() -> int:
+    """Rewrite this process's large anonymous mappings (the hnswlib graphs, the heap) as 2 MB pages.
 
     Why: `snapshot_in_child` forks, and fork copies one page-table entry per 4 KB page: measured
-    here at 300k agents (1.2 GB), fork took 19-26 ms with 4 KB pages and 3 ms after this (numpy's
-    own large arrays are already advised by numpy). MADV_HUGEPAGE makes later faults use huge
-    pages; MADV_COLLAPSE (Linux >= 6.1) converts what is already there (~2 s per GB of CPU, in the
-    kernel, without the GIL: run it in a worker thread). Returns MB advised; 0 where the platform
-    cannot (then fork is just slower)."""
+    here at 300k agents (1.2 GB), fork took 19-26 ms with 4 KB pages and 3-5 ms after this.
+    MADV_COLLAPSE (Linux >= 6.1) converts what is there now (~2 s per GB of CPU in the kernel,
+    without the GIL: run it in a worker thread). Not MADV_HUGEPAGE: with it, later page faults
+    in the graphs compact memory while holding the mm lock, and the event loop's own mmap()
+    waited behind them (1M agents: a 60 ms loop stall during a flush). Returns MB scanned; 0
+    where the platform cannot (then fork is just slower)."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
@@ -998,7 +998,7 @@ def advise_huge_pages(collapse: bool = True) -> int:
             lines = fh.read().splitlines()
     except (OSError, AttributeError):
         return 0
-    advised = 0
+    scanned = 0
     for line in lines:
         parts = line.split()
         if len(parts) < 5 or not parts[1].startswith("rw") or parts[1][3] != "p":
@@ -1009,14 +1009,13 @@ def advise_huge_pages(collapse: bool = True) -> int:
         lo, hi = (lo + _HUGE - 1) & ~(_HUGE - 1), hi & ~(_HUGE - 1)
         if hi - lo < 2 * _HUGE:
             continue
-        if madvise(lo, hi - lo, _MADV_HUGEPAGE) == 0:
-            advised += hi - lo
-            for at in range(lo, hi, _COLLAPSE_STEP) if collapse else ():
-                # best effort (fails on busy ranges), in slices with a pause: the event loop's own
-                # page faults wait while the kernel rewrites this process's page tables
-                madvise(at, min(_COLLAPSE_STEP, hi - at), _MADV_COLLAPSE)
-                time.sleep(0.001)
-    return advised >> 20
+        scanned += hi - lo
+        for at in range(lo, hi, _COLLAPSE_STEP):
+            # best effort (fails on busy ranges, or before Linux 6.1), in slices with a pause:
+            # the event loop's own page faults wait while the kernel rewrites the page tables
+            madvise(at, min(_COLLAPSE_STEP, hi - at), _MADV_COLLAPSE)
+            time.sleep(0.001)
+    return scanned >> 20
 
 
 def _rmtree(path: Path) -> None:

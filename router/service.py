@@ -46,7 +46,7 @@ from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
 from router.engine import RouterEngine, assign
-from router.index import CapabilityIndex, IndexConfig, advise_huge_pages
+from router.index import CapabilityIndex, IndexConfig, collapse_huge_pages
 from router.lexical import LexicalIndex
 
 log = logging.getLogger("foa.router")
@@ -440,10 +440,10 @@ class RouterService:
 
 async def snapshot_in_background(index: CapabilityIndex, path: Path, graph_lock: asyncio.Lock) -> None:
     """The service's snapshot: the event loop pays only the fork (`CapabilityIndex.snapshot_in_child`),
-    made cheap by huge pages (`advise_huge_pages`, in a worker thread). `graph_lock` keeps
+    made cheap by huge pages (`collapse_huge_pages`, in a worker thread). `graph_lock` keeps
     background flushes and compactions out of the fork and out of the child's lifetime (a
     flush then would copy-on-write most of the graph's 2 MB pages)."""
-    await _off_loop(advise_huge_pages)
+    await _off_loop(collapse_huge_pages)
     async with graph_lock:
         pid = index.snapshot_in_child(path)
         await _off_loop(CapabilityIndex.wait_snapshot, pid)
