@@ -10,7 +10,7 @@ Layout (per agent, measured in benchmarks/router_scale.py):
   service inserts those batches in a worker thread (`begin_flush` / `insert_batch` /
   `finish_flush`): hnswlib releases the GIL, per-shard locks keep its add_items apart from
   queries, and a batch stays brute-forced until it is in. Measured with
-  benchmarks/router_scale.py: ~13-14k new agents/s end to end on 2 cores at 100k.
+  benchmarks/router_scale.py: 15-16k new agents/s end to end at 100k, 8.6-8.9k at 1M (2 cores).
 - snapshots are written by a forked child from its copy-on-write view (`snapshot_in_child`): the
   event loop pays the fork, ~3-5 ms at 300k agents with huge pages (`collapse_huge_pages`).
 
