@@ -10,9 +10,19 @@ Measured per run (one process, queries on one thread, index build on all cores):
   p50_ms / p99_ms        a full routed query (RouterEngine.route: search, gates, α, merge)
   recall_at_10           overlap of its top 10 with the exact α top 10 by brute force
   brute_force_p50_ms     that brute force (α over every agent) per query
-  upserts_per_s          N upserts of new agents including the batch inserts into HNSW
+  upserts_per_s          N upserts of new agents, end to end until the last is in a graph: the
+                         upserts on the main thread (the event loop's role), the graph inserts in
+                         a worker thread as the service does (begin_flush / insert_batch /
+                         finish_flush), so the two overlap
+  upsert_owner_us        main-thread time per new-agent upsert (the part that holds the loop)
   bytes_per_agent        RSS growth of a fresh process that restores the snapshot, / N
   restore_s              time of that restore (hnswlib load_index + np.load, no re-insert)
+  snapshot_s             an inline snapshot (CapabilityIndex.snapshot), for comparison
+  max_loop_stall_ms      worst lateness of a 1 ms asyncio ticker while the service's snapshot
+                         (router.service.snapshot_in_background: fork + child write) runs; the
+                         restore reads that snapshot
+  flush_loop_stall_ms    the same during a service flush (flush_in_background) of fresh upserts,
+                         with queries answered meanwhile (flush_query_p99_ms)
 
 Usage: benchmarks/router_scale.py --agents 100000 --json [--scheme hash|centroid] [--shards 4]
 """
@@ -20,6 +30,7 @@ Usage: benchmarks/router_scale.py --agents 100000 --json [--scheme hash|centroid
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import resource
@@ -27,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +50,15 @@ from fabric.bloom import BloomFilter
 from fabric.messages import RouteQuery
 from fabric.vcv import VCV, Resources
 from router.engine import RouterEngine
-from router.index import CapabilityIndex, IndexConfig
+from router.index import CapabilityIndex, FlushBatch, IndexConfig
 from router.scoring import score
+from router.service import (
+    FLUSH_AT,
+    MALLOC_HUGETLB,
+    exec_with_huge_malloc,
+    flush_in_background,
+    snapshot_in_background,
+)
 
 DIM = 384
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -152,6 +171,69 @@ def restore_child(path: str) -> None:
                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
+class Ticker:
+    """Worst lateness of a 1 ms asyncio sleep: how long the event loop was blocked."""
+
+    def __init__(self) -> None:
+        self.worst = 0.0
+        self.running = True
+
+    async def run(self) -> None:
+        while self.running:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.001)
+            self.worst = max(self.worst, time.perf_counter() - t0 - 0.001)
+
+
+async def service_snapshot(index: CapabilityIndex, path: Path) -> dict[str, float]:
+    ticker = Ticker()
+    task = asyncio.create_task(ticker.run())
+    await asyncio.sleep(0.05)
+    ticker.worst = 0.0
+    t0 = time.perf_counter()
+    await snapshot_in_background(index, path, asyncio.Lock())
+    wall = time.perf_counter() - t0
+    ticker.running = False
+    await task
+    return {"stall_ms": ticker.worst * 1000, "wall_s": wall, "fork_ms": index.last_fork_s * 1000}
+
+
+async def service_flush(index: CapabilityIndex, pop: Population, queries: list[tuple[RouteQuery, np.ndarray]],
+                        extra: int) -> dict[str, float]:
+    """Upsert new agents and flush them the service's way, twice: once with only the ticker on
+    the loop (the stall), once while routing queries (their latency meanwhile)."""
+    out = {"n": float(extra)}
+    for phase in ("stall", "queries"):
+        vcvs, _ = Population(extra, seed=pop.n + len(out)).vcvs(0, extra)
+        tag = f"late-{phase}-{time.monotonic_ns()}"  # new agents on every call
+        for v in vcvs:
+            v.agent_id = f"{tag}-{v.agent_id}"
+            index.upsert(v)
+        engine = RouterEngine(index)
+        ticker = Ticker()
+        task = asyncio.create_task(ticker.run())
+        await asyncio.sleep(0.05)
+        ticker.worst = 0.0
+        flush = asyncio.create_task(flush_in_background(index, asyncio.Lock()))
+        lat: list[float] = []
+        while not flush.done():
+            if phase == "queries":
+                q, qvec = queries[len(lat) % len(queries)]
+                t0 = time.perf_counter()
+                engine.route(q, qvec)
+                lat.append(time.perf_counter() - t0)
+            await asyncio.sleep(0)
+        await flush
+        ticker.running = False
+        await task
+        if phase == "stall":
+            out["stall_ms"] = ticker.worst * 1000
+        else:
+            out["query_p99_ms"] = percentile_ms(lat, 99)
+            out["queries"] = len(lat)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=10_000)
@@ -164,39 +246,67 @@ def main() -> int:
     ap.add_argument("--M", type=int, default=16)
     ap.add_argument("--ef-construction", type=int, default=64)
     ap.add_argument("--min-fetch", type=int, default=None, help="default: RouterEngine's")
+    ap.add_argument("--shard-margin", type=float, default=2.0, help="hash shards return margin·k/S + 16 each")
+    ap.add_argument("--query-threads", type=int, default=1, help="threads one query searches its shards with")
     ap.add_argument("--max-fetch", type=int, default=2048)
     ap.add_argument("--bound", action="store_true", help="deepen the fetch until the exact α bound holds")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
+    ap.add_argument("--keep-snapshot", default=None, help="write the service snapshot here and keep it")
+    ap.add_argument("--malloc-hugetlb", action="store_true",
+                    help="re-exec with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (measured: a faster fork, but slower "
+                         "restores and worse stalls around the snapshot here)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.malloc_hugetlb:
+        exec_with_huge_malloc()
     if args.restore_child:
         restore_child(args.restore_child)
         return 0
 
     pop = Population(args.agents, args.seed)
     config = IndexConfig(dim=DIM, embedding_model=MODEL, shards=args.shards, scheme=args.scheme, probe=args.probe,
-                         M=args.M, ef_construction=args.ef_construction, ef_search=args.ef)
+                         M=args.M, ef_construction=args.ef_construction, ef_search=args.ef,
+                         shard_margin=args.shard_margin, query_threads=args.query_threads)
     index = CapabilityIndex(config)
     engine = RouterEngine(index, max_fetch=args.max_fetch, bound_check=args.bound)
     if args.min_fetch is not None:
         engine.min_fetch = args.min_fetch
     all_caps = np.zeros((args.agents, DIM), dtype=np.float32)
     batch = 20_000
-    upsert_s = 0.0
+    upsert_s = owner_s = 0.0
+    index.auto_flush = False  # as in the service: graph inserts in a worker thread, overlapping upserts
+    worker = ThreadPoolExecutor(1)
+    inflight: tuple[FlushBatch, Future[None]] | None = None
+
+    def pump(wait: bool) -> None:
+        """The service's flusher, on this thread: finish a done batch, start the next one."""
+        nonlocal inflight
+        if inflight is not None and (wait or inflight[1].done()):
+            inflight[1].result()
+            index.finish_flush(inflight[0])
+            inflight = None
+        if inflight is None and (index.buf_n >= FLUSH_AT or (wait and index.buf_n)):
+            b = index.begin_flush()
+            assert b is not None
+            inflight = (b, worker.submit(index.insert_batch, b))
+
     for start in range(0, args.agents, batch):
         stop = min(start + batch, args.agents)
-        vcvs, caps = pop.vcvs(start, stop)  # generation is not timed
+        vcvs, caps = pop.vcvs(start, stop)  # generation is not timed (and no insert runs during it)
         all_caps[start:stop] = caps
         t0 = time.perf_counter()
-        for v in vcvs:
+        for i, v in enumerate(vcvs):
             index.upsert(v)
+            if i % 256 == 0:
+                pump(False)
+        owner_s += time.perf_counter() - t0
+        while index.buf_n or inflight is not None:  # every insert done before the untimed generation
+            pump(True)
         upsert_s += time.perf_counter() - t0
         progress(f"upserted {stop}/{args.agents} ({stop / upsert_s:.0f}/s so far)")
-    t0 = time.perf_counter()
-    index.flush()
-    upsert_s += time.perf_counter() - t0
+    index.auto_flush = True
     progress(f"built: {args.agents / upsert_s:.0f} upserts/s; shards {index.stats_now().shard_sizes}")
 
     # version bumps that keep the capability vector (load, cost, policy changes): no graph work
@@ -243,17 +353,26 @@ def main() -> int:
             recalls.append(len(truth & set(got)) / len(truth))
     progress(f"recall@10 {np.mean(recalls):.4f} over {len(recalls)} queries")
 
+    del caps_by_row, all_caps  # ground truth only: the service's process has no such 3 GB (at 1M) to fork
     with tempfile.TemporaryDirectory(dir=args.snapshot_dir) as tmp:
-        snap = Path(tmp) / "index"
+        snap = Path(args.keep_snapshot) if args.keep_snapshot else Path(tmp) / "index"
         t0 = time.perf_counter()
-        index.snapshot(snap)
+        index.snapshot(Path(tmp) / "inline")
         snapshot_s = time.perf_counter() - t0
+        bg = asyncio.run(service_snapshot(index, snap))
+        progress(f"snapshot inline {snapshot_s:.2f} s; service snapshot {bg['wall_s']:.2f} s, "
+                 f"loop stall {bg['stall_ms']:.2f} ms (fork {bg['fork_ms']:.2f} ms)")
         disk = sum(p.stat().st_size for p in snap.iterdir())
         child = subprocess.run(
             [sys.executable, __file__, "--restore-child", str(snap)], capture_output=True, text=True, check=True
         )
         restored = json.loads(child.stdout.strip().splitlines()[-1])
     memory = index.memory_bytes()
+    # after the restore (whose RSS is per agent): background flushes of agents joining late
+    late = min(4096, max(args.agents // 20, 256))
+    flush_stall = asyncio.run(service_flush(index, pop, queries[: args.queries], late))
+    progress(f"service flush of {flush_stall['n']:.0f} new agents: loop stall {flush_stall['stall_ms']:.2f} ms; "
+             f"query p99 {flush_stall['query_p99_ms']:.3f} ms over {flush_stall['queries']:.0f} queries meanwhile")
     result = {
         "agents": args.agents,
         "p50_ms": percentile_ms(lat, 50),
@@ -262,10 +381,17 @@ def main() -> int:
         "brute_force_p50_ms": percentile_ms(bf_lat, 50),
         "brute_force_dot_p50_ms": percentile_ms(dot_lat, 50),
         "upserts_per_s": args.agents / upsert_s,
+        "upsert_owner_us": owner_s / args.agents * 1e6,
         "update_upserts_per_s": bump_n / update_s,
         "bytes_per_agent": restored["rss_delta"] / args.agents,
         "restore_s": restored["restore_s"],
         "snapshot_s": snapshot_s,
+        "max_loop_stall_ms": bg["stall_ms"],
+        "snapshot_background_s": bg["wall_s"],
+        "snapshot_fork_ms": bg["fork_ms"],
+        "flush_loop_stall_ms": flush_stall["stall_ms"],
+        "flush_query_p99_ms": flush_stall["query_p99_ms"],
+        "flush_agents": flush_stall["n"],
         "snapshot_bytes_per_agent": disk / args.agents,
         "accounted_bytes_per_agent": {k: v / args.agents for k, v in memory.items()},
         "fetched_mean": float(np.mean(fetched)),
@@ -280,7 +406,9 @@ def main() -> int:
             "max_fetch": args.max_fetch,
             "bound_check": args.bound,
             "build_threads": os.cpu_count(),
-            "query_threads": 1,
+            "query_threads": args.query_threads,
+            "shard_margin": args.shard_margin,
+            "malloc_hugetlb": MALLOC_HUGETLB in os.environ.get("GLIBC_TUNABLES", ""),
         },
     }
     emit(result, args.json)

@@ -14,6 +14,7 @@ the calibrated abstention threshold means the same thing for every query).
 from __future__ import annotations
 
 import re
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -64,6 +65,23 @@ def agent_text(name: str, description: str, skills: Iterable[str]) -> str:
     return " ".join([name.replace(".", " "), description, " ".join(skills)])
 
 
+def _flat(starts: np.ndarray, lens: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
+    """Pool positions of the concatenated ranges [starts[i], starts[i] + lens[i])."""
+    if owner is None:
+        owner = np.repeat(np.arange(len(lens)), lens)
+    flat: np.ndarray = starts[owner] + (np.arange(len(owner)) - np.repeat(np.cumsum(lens) - lens, lens))
+    return flat
+
+
+@dataclass
+class CompactionPlan:
+    rows: np.ndarray
+    starts: np.ndarray
+    lens: np.ndarray
+    pool_ids: np.ndarray
+    pool_tf: np.ndarray
+
+
 @dataclass
 class LexicalQuery:
     ids: np.ndarray  # int32 token ids present in the vocabulary
@@ -85,6 +103,7 @@ class LexicalIndex:
         self.pool_used = 0
         self.docs = 0
         self.total_len = 0.0
+        self._touched: set[int] | None = None  # rows (re)set or cleared while a compaction builds
 
     # ---- maintenance ----------------------------------------------------------------------
 
@@ -127,6 +146,8 @@ class LexicalIndex:
         self.pool_used += n
         self.start[row] = s
         self.length[row] = n
+        if self._touched is not None:
+            self._touched.add(row)
         dl = float(sum(c for _, c in items))
         self.doclen[row] = dl
         self.df[ids] += 1  # ids are unique within a row
@@ -139,6 +160,8 @@ class LexicalIndex:
             return
         s = int(self.start[row])
         self.df[self.pool_ids[s : s + n]] -= 1
+        if self._touched is not None:
+            self._touched.add(row)
         self.docs -= 1
         self.total_len -= float(self.doclen[row])
         self.length[row] = 0
@@ -150,18 +173,58 @@ class LexicalIndex:
 
     def compact(self, rows: np.ndarray) -> None:
         """Rewrite the pool keeping only `rows` (the live ones): cleared rows leave holes."""
-        lens = self.length[rows].astype(np.int64)
-        total = int(lens.sum())
+        plan = self.begin_compact(rows)
+        self.finish_compact(plan, self.build_compact(plan))
+
+    def begin_compact(self, rows: np.ndarray) -> CompactionPlan:
+        """Owner thread: what a rebuild of the pool starts from; rows changed from now on are replayed."""
+        if self._touched is not None:
+            raise RuntimeError("one lexical compaction at a time")
+        self._touched = set()
+        return CompactionPlan(rows.copy(), self.start[rows].astype(np.int64), self.length[rows].astype(np.int64),
+                              self.pool_ids, self.pool_tf)
+
+    def cancel_compact(self) -> None:
+        self._touched = None
+
+    @staticmethod
+    def build_compact(plan: CompactionPlan, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """Any thread: the plan's rows packed into a new pool, in chunks that each hold the GIL for
+        ~1 ms (numpy's gathers keep it), so the event loop runs between them. The old pool arrays
+        are only read: set_row appends past the plan's ranges, or to a grown copy."""
+        total = int(plan.lens.sum())
         ids = np.empty(max(total, 1), dtype=np.int32)
         tfs = np.empty(max(total, 1), dtype=np.uint8)
-        pos = 0
-        for row, n in zip(rows.tolist(), lens.tolist(), strict=False):
-            s = int(self.start[row])
-            ids[pos : pos + n] = self.pool_ids[s : s + n]
-            tfs[pos : pos + n] = self.pool_tf[s : s + n]
-            self.start[row] = pos
-            pos += n
-        self.pool_ids, self.pool_tf, self.pool_used = ids, tfs, total
+        new_start = np.cumsum(plan.lens) - plan.lens
+        for i in range(0, len(plan.rows), chunk):
+            lens = plan.lens[i : i + chunk]
+            flat = _flat(plan.starts[i : i + chunk], lens)
+            at = int(new_start[i]) if len(lens) else 0
+            ids[at : at + len(flat)] = plan.pool_ids[flat]
+            tfs[at : at + len(flat)] = plan.pool_tf[flat]
+            time.sleep(0)
+        return ids, tfs
+
+    def finish_compact(self, plan: CompactionPlan, built: tuple[np.ndarray, np.ndarray]) -> None:
+        """Owner thread: swap the packed pool in; rows changed meanwhile are copied from the live pool."""
+        ids, tfs = built
+        touched = self._touched or set()
+        self._touched = None
+        used = int(plan.lens.sum())
+        changed = np.zeros(len(self.start), dtype=bool)  # a mask, not np.isin: no sort of a million rows
+        changed[np.fromiter(touched, dtype=np.int64)] = True
+        keep = ~changed[plan.rows]
+        self.start[plan.rows[keep]] = (np.cumsum(plan.lens) - plan.lens)[keep]
+        extra = sorted(touched)
+        lens = self.length[extra].astype(np.int64)
+        need = used + int(lens.sum())
+        if need > len(ids):
+            ids, tfs = np.resize(ids, need), np.resize(tfs, need)
+        flat = _flat(self.start[extra].astype(np.int64), lens)
+        ids[used:need] = self.pool_ids[flat]
+        tfs[used:need] = self.pool_tf[flat]
+        self.start[extra] = used + np.cumsum(lens) - lens
+        self.pool_ids, self.pool_tf, self.pool_used = ids, tfs, need
 
     # ---- query ----------------------------------------------------------------------------
 
@@ -186,10 +249,8 @@ class LexicalIndex:
         total = int(lens.sum())
         if total == 0:
             return out
-        starts = self.start[rows]
         owner = np.repeat(np.arange(len(rows)), lens)
-        offsets = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
-        flat = starts[owner] + offsets
+        flat = _flat(self.start[rows], lens, owner)
         tok = self.pool_ids[flat]
         if q.weight is not None and len(q.weight) == len(self.df):
             w = q.weight[tok]

@@ -6,6 +6,9 @@
 - status: offline agents leave results at once; reputation: retained scores multiply into α.
 - queries: `$share/routers/foa/router/query`, so replicas split the load. A bad query gets an
   ErrorReply (code + readable message), never a timeout, and never stops the service.
+- graph work never runs on the event loop: a flusher task inserts buffered vectors in a worker
+  thread, compaction rebuilds a shard in one, and the periodic snapshot is written by a forked
+  child (router_scale.py prints the loop's worst stall during a snapshot: `max_loop_stall_ms`).
 - restart: the index is restored from its snapshot (no re-insert); the retained VCVs then
   replay and are ignored as stale, and agents whose retained VCV is gone by the time the
   replay settles are deleted.
@@ -21,11 +24,12 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import ValidationError
@@ -42,13 +46,17 @@ from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
 from router.calibration import OFF_TOPIC, calibrate, relevant_probes
 from router.engine import RouterEngine, assign
-from router.index import CapabilityIndex, IndexConfig
+from router.index import CapabilityIndex, IndexConfig, collapse_huge_pages
+from router.lexical import LexicalIndex
 
 log = logging.getLogger("foa.router")
 
 VerifyVCV = Callable[[VCV], str | None]
+T = TypeVar("T")
 RESERVOIR = 256  # descriptions kept for self-calibration probes
 MIN_AGENTS_TO_CALIBRATE = 3
+FLUSH_AT = 1024  # buffered vectors that wake the background flusher (else it looks every FLUSH_EVERY_S)
+FLUSH_EVERY_S = 0.25
 
 
 @dataclass
@@ -60,6 +68,22 @@ class RouterCounters:
     queries: int = 0
     errors: int = 0
     audits: int = 0
+
+
+MALLOC_HUGETLB = "glibc.malloc.hugetlb=1"
+
+
+def exec_with_huge_malloc() -> None:
+    """Re-exec this process once with glibc's malloc advising huge pages (GLIBC_TUNABLES is read at
+    start only). NOT used by default: the snapshot's fork gets cheaper (300k agents: 8-10 -> 3.2
+    ms), but here huge-page faults made the 1M restore 3.9 -> 8.3 s and the loop stall around
+    the snapshot 8-13 -> 67 ms (benchmarks/router_scale.py --malloc-hugetlb). Kept to measure
+    on other kernels; a no-op off Linux or when already set."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
+        return
+    env = {**os.environ, "GLIBC_TUNABLES": f"{tunables}:{MALLOC_HUGETLB}" if tunables else MALLOC_HUGETLB}
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def calibration_path(settings: Settings) -> Path:
@@ -112,6 +136,11 @@ class RouterService:
         self._rng = random.Random(0)
         self._calibrated_at_agents = 0
         self._calibration_mtime = 0.0
+        # graph maintenance runs off the event loop (flush, compaction, the snapshot child): one at
+        # a time, so a fork never copies a half-done graph call and a rebuild never races a flush
+        self.index.auto_flush = False
+        self._graph_lock = asyncio.Lock()
+        self._flush_wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()  # fire-and-forget audit publishes
 
@@ -130,6 +159,7 @@ class RouterService:
             topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None
         )
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
+        self._tasks.append(asyncio.create_task(self._flusher(), name="router-flush"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
 
     async def stop(self) -> None:
@@ -145,20 +175,73 @@ class RouterService:
             self.save()
 
     def save(self) -> None:
+        """Snapshot on this thread (shutdown; the running service uses `save_in_background`)."""
         if self.snapshot_dir is not None:
             self.index.snapshot(self.snapshot_dir)
             self._dirty = False
 
+    async def save_in_background(self) -> None:
+        """Snapshot without stalling the event loop: a forked child writes its copy-on-write view
+        (the loop pays the fork: ~6 ms at 2.8 GB here) while queries and VCVs go on."""
+        if self.snapshot_dir is None:
+            return
+        if not hasattr(os, "fork"):
+            self.save()
+            return
+        self._dirty = False  # changes from here on set it again (the child's copy has some of them)
+        try:
+            await snapshot_in_background(self.index, self.snapshot_dir, self._graph_lock)
+        except OSError:
+            self._dirty = True
+            log.warning("background snapshot failed; will retry", exc_info=True)
+
+    async def flush(self) -> int:
+        return await flush_in_background(self.index, self._graph_lock)
+
+    async def compact(self) -> int:
+        """Rebuild tombstone-heavy shards in a worker thread; changes meanwhile are replayed."""
+        done = 0
+        for s in self.index.shards_to_compact():
+            async with self._graph_lock:
+                rows = self.index.begin_compact(s)
+                try:
+                    fresh = await _off_loop(self.index.rebuild_shard, s, rows)
+                except BaseException:
+                    self.index.cancel_compact()
+                    raise
+                self.index.finish_compact(s, fresh, rows)
+                done += 1
+        plan = self.index.begin_compact_lexical()
+        if plan is not None:
+            try:
+                built = await _off_loop(LexicalIndex.build_compact, plan)
+            except BaseException:
+                self.index.lexical.cancel_compact()
+                raise
+            self.index.lexical.finish_compact(plan, built)
+        return done
+
+    async def _flusher(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._flush_wanted.wait(), FLUSH_EVERY_S)
+            except TimeoutError:
+                pass
+            self._flush_wanted.clear()
+            try:
+                await self.flush()
+            except Exception:  # noqa: BLE001 - a failed insert must not stop the service
+                log.exception("background flush failed")
+
     async def _maintain(self) -> None:
-        """Settle the retained snapshot, then flush / compact / calibrate / snapshot periodically."""
+        """Settle the retained snapshot, then compact / calibrate / snapshot periodically."""
         while time.monotonic() - self._last_vcv < self.settle_s:
             await asyncio.sleep(self.settle_s / 4)
         self._reconcile()
         self.synced.set()
         last_snapshot = time.monotonic()
         while True:
-            self.index.flush()
-            self.index.compact()
+            await self.compact()
             self._load_calibration_file()
             if self.auto_calibrate:
                 await self._maybe_calibrate()
@@ -167,7 +250,7 @@ class RouterService:
                 and self._dirty
                 and time.monotonic() - last_snapshot > self.snapshot_every_s
             ):
-                self.save()
+                await self.save_in_background()
                 last_snapshot = time.monotonic()
             await asyncio.sleep(1.0)
 
@@ -203,6 +286,8 @@ class RouterService:
             self._seen.add(vcv.agent_id)
             if result.accepted:
                 self._dirty = True
+                if self.index.buf_n >= FLUSH_AT:
+                    self._flush_wanted.set()
                 self._remember(vcv)
                 return
             if result.reason.startswith("stale"):
@@ -351,6 +436,42 @@ class RouterService:
         self._calibrated_at_agents = len(self.index)
         self._dirty = True
         return {"threshold": cal.threshold, **cal.info()}
+
+
+async def snapshot_in_background(index: CapabilityIndex, path: Path, graph_lock: asyncio.Lock) -> None:
+    """The service's snapshot: the event loop pays only the fork (`CapabilityIndex.snapshot_in_child`),
+    made cheap by huge pages (`collapse_huge_pages`, in a worker thread). `graph_lock` keeps
+    background flushes and compactions out of the fork and out of the child's lifetime (a
+    flush then would copy-on-write most of the graph's 2 MB pages)."""
+    await _off_loop(collapse_huge_pages)
+    async with graph_lock:
+        pid = index.snapshot_in_child(path)
+        await _off_loop(CapabilityIndex.wait_snapshot, pid)
+
+
+async def flush_in_background(index: CapabilityIndex, graph_lock: asyncio.Lock) -> int:
+    """Insert the buffered vectors into the graphs in a worker thread (hnswlib releases the GIL);
+    queries go on meanwhile, waiting at most one insert chunk for a shard's lock."""
+    async with graph_lock:
+        batch = index.begin_flush()
+        if batch is None:
+            return 0
+        try:
+            await _off_loop(index.insert_batch, batch)
+        finally:
+            added = index.finish_flush(batch)
+        return added
+
+
+async def _off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`asyncio.to_thread`, but a cancelled caller still waits for the worker (it cannot be
+    interrupted, and the caller's cleanup must not run while it still uses the index)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        await asyncio.wait([fut])
+        raise
 
 
 async def run_router(
