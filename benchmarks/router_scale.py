@@ -54,8 +54,6 @@ from router.index import CapabilityIndex, FlushBatch, IndexConfig
 from router.scoring import score
 from router.service import (
     FLUSH_AT,
-    MALLOC_HUGETLB,
-    exec_with_huge_malloc,
     flush_in_background,
     snapshot_in_background,
 )
@@ -232,6 +230,22 @@ async def service_flush(index: CapabilityIndex, pop: Population, queries: list[t
             out["query_p99_ms"] = percentile_ms(lat, 99)
             out["queries"] = len(lat)
     return out
+
+
+MALLOC_HUGETLB = "glibc.malloc.hugetlb=1"
+
+
+def exec_with_huge_malloc() -> None:
+    """Re-exec this process once with glibc's malloc advising huge pages (GLIBC_TUNABLES is read at
+    start only). Not what the router does: the snapshot's fork gets cheaper (300k agents: 8-10 -> 3.2
+    ms), but here huge-page faults made the 1M restore 3.9 -> 8.3 s and the loop stall around
+    the snapshot 8-13 -> 67 ms (benchmarks/router_scale.py --malloc-hugetlb). Kept here to measure
+    on other kernels; a no-op off Linux or when already set."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
+        return
+    env = {**os.environ, "GLIBC_TUNABLES": f"{tunables}:{MALLOC_HUGETLB}" if tunables else MALLOC_HUGETLB}
+    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def main() -> int:

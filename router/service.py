@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,22 +67,6 @@ class RouterCounters:
     queries: int = 0
     errors: int = 0
     audits: int = 0
-
-
-MALLOC_HUGETLB = "glibc.malloc.hugetlb=1"
-
-
-def exec_with_huge_malloc() -> None:
-    """Re-exec this process once with glibc's malloc advising huge pages (GLIBC_TUNABLES is read at
-    start only). NOT used by default: the snapshot's fork gets cheaper (300k agents: 8-10 -> 3.2
-    ms), but here huge-page faults made the 1M restore 3.9 -> 8.3 s and the loop stall around
-    the snapshot 8-13 -> 67 ms (benchmarks/router_scale.py --malloc-hugetlb). Kept to measure
-    on other kernels; a no-op off Linux or when already set."""
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    if not sys.platform.startswith("linux") or "glibc.malloc.hugetlb" in tunables:
-        return
-    env = {**os.environ, "GLIBC_TUNABLES": f"{tunables}:{MALLOC_HUGETLB}" if tunables else MALLOC_HUGETLB}
-    os.execve(sys.executable, sys.orig_argv, env)
 
 
 def calibration_path(settings: Settings) -> Path:
