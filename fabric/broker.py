@@ -150,14 +150,17 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 
-def die_with_parent() -> None:
-    """In the child between fork and exec: SIGTERM this process when its parent dies. A no-op
-    off Linux (`reap_orphans` is the fallback there). Only async-signal-safe calls: ctypes prctl."""
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """In a forked child (before exec, or instead of it): `sig` to this process when its parent
+    dies. A no-op off Linux (`reap_orphans` is the fallback there). Only async-signal-safe calls:
+    ctypes prctl. A child that runs Python without exec (a snapshot writer) asks for SIGKILL:
+    it inherited the parent's SIGTERM handler, which would only note the signal."""
     if _LIBC is None:
         return
-    _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() == 1:  # the parent died before prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
+    parent = os.getppid()
+    _LIBC.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0)
+    if os.getppid() != parent or parent == 1:  # the parent died before prctl took effect
+        os.kill(os.getpid(), sig)
 
 
 def _cmdline(pid: int) -> list[str]:

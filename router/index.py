@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ import hnswlib
 import numpy as np
 
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter
+from fabric.broker import die_with_parent
 from fabric.errors import ProtocolError
 from fabric.vcv import VCV
 from router.lexical import CompactionPlan, LexicalIndex, agent_text
@@ -883,6 +885,8 @@ class CapabilityIndex:
             return pid
         code = 1
         try:
+            # an orphan must not write on: a restarted router's own snapshot would share `.tmp`
+            die_with_parent(signal.SIGKILL)
             self.snapshot(path, flush=False)
             code = 0
         except BaseException:  # noqa: BLE001 - the child reports through its exit status

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import threading
+import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -181,3 +185,43 @@ def test_lexical_compaction_built_aside_keeps_scores_and_changes_made_meanwhile(
         s, n = int(lex.start[row]), int(lex.length[row])
         got = {words[int(t)]: int(c) for t, c in zip(lex.pool_ids[s : s + n], lex.pool_tf[s : s + n], strict=True)}
         assert got == dict(Counter(tokenize(agent_text(agent_id, text, []))))
+
+
+ORPHAN_PARENT = """
+import sys, time
+from router.index import CapabilityIndex, IndexConfig
+index = CapabilityIndex(IndexConfig(dim=8, shards=1))
+index.snapshot = lambda path, flush=True: time.sleep(120)  # a write that outlives its parent
+print(index.snapshot_in_child(sys.argv[1]), flush=True)
+time.sleep(120)
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text().split("State:", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state in ("Z", "X")  # exited (a zombie until something reaps it)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_snapshot_child_dies_with_its_router(tmp_path) -> None:
+    """A SIGKILLed router's snapshot child must not write on: a restarted router's own snapshot
+    would share its `.tmp` directory."""
+    parent = subprocess.Popen(
+        [sys.executable, "-c", ORPHAN_PARENT, str(tmp_path / "index")],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        assert not _gone(child)  # writing its snapshot
+        parent.kill()
+        parent.wait(10)
+        deadline = time.monotonic() + 10
+        while not _gone(child) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(child), f"snapshot child {child} outlived its router"
+    finally:
+        parent.kill()
