@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 import numpy as np
 
 from fabric.errors import ConfigError
-from fabric.onnx_graph import fp32_graph
+from fabric.onnx_graph import fp32_graph, mean_pool
 from fabric.settings import default_cache_dir
 
 if TYPE_CHECKING:
@@ -136,17 +136,8 @@ class OnnxEncoder:
 
     def __init__(self, model: str, device: str, threads: int | None, *, graph: Path | None = None) -> None:
         """`graph`: another ONNX export of the same model (the fp32 one, fabric/onnx_graph.py);
-        default the packaged int8 graph, checked against its sha256."""
-        if model not in _DEFAULT_ALIASES:
-            raise ConfigError(
-                f"the onnx-int8 embedding backend runs only {DEFAULT_MODEL} (asked for {model!r}): "
-                "unset FOA_EMBEDDING_MODEL or set FOA_EMBEDDING_BACKEND=torch"
-            )
-        if device != "cpu":
-            raise ConfigError(
-                f"the onnx-int8 embedding backend runs on the CPU (asked for device {device!r}): "
-                "set FOA_EMBEDDING_DEVICE=cpu or FOA_EMBEDDING_BACKEND=torch"
-            )
+        default the packaged int8 graph, checked against its sha256. `check_onnx_target` first."""
+        check_onnx_target("onnx-int8" if graph is None else "onnx-fp32", model, device)
         try:
             import onnxruntime as ort
             import tokenizers
@@ -196,12 +187,25 @@ class OnnxEncoder:
                 "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64),
             }
             hidden = self._session.run(None, {k: v for k, v in feed.items() if k in self._inputs})[0]
-            weights = mask[:, :, None].astype(np.float32)
-            out[idx] = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+            out[idx] = mean_pool(hidden, mask)
         return out
 
     def token_count(self, text: str) -> int:
         return sum(self._tokenizer.encode(text).attention_mask)
+
+
+def check_onnx_target(backend: str, model: str, device: str) -> None:
+    """Both ONNX backends run the packaged MiniLM on the CPU, nothing else."""
+    if model not in _DEFAULT_ALIASES:
+        raise ConfigError(
+            f"the {backend} embedding backend runs only {DEFAULT_MODEL} (asked for {model!r}): "
+            "unset FOA_EMBEDDING_MODEL or set FOA_EMBEDDING_BACKEND=torch"
+        )
+    if device != "cpu":
+        raise ConfigError(
+            f"the {backend} embedding backend runs on the CPU (asked for device {device!r}): "
+            "set FOA_EMBEDDING_DEVICE=cpu or FOA_EMBEDDING_BACKEND=torch"
+        )
 
 
 def make_encoder(backend: str, model: str, device: str, threads: int | None, cache_dir: Path) -> _Encoder:
@@ -209,11 +213,7 @@ def make_encoder(backend: str, model: str, device: str, threads: int | None, cac
     if backend == "torch":
         return TorchEncoder(model, device, threads)
     if backend == "onnx-fp32":
-        if model not in _DEFAULT_ALIASES:
-            raise ConfigError(
-                f"the onnx-fp32 embedding backend runs only {DEFAULT_MODEL} (asked for {model!r}): "
-                "unset FOA_EMBEDDING_MODEL or set FOA_EMBEDDING_BACKEND=torch"
-            )
+        check_onnx_target(backend, model, device)  # before an export, not after
         graph = fp32_graph(Path(resolve_model_path(model)), cache_dir)
         return OnnxEncoder(model, device, threads, graph=graph)
     return OnnxEncoder(model, device, threads)

@@ -124,8 +124,14 @@ def _export(model_dir: Path, graph: Path, source: list[list[Any]]) -> Path:
     return graph
 
 
-def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """MiniLM's sentence vector (its `1_Pooling` config): the token states averaged over the mask."""
     weights = mask[:, :, None].astype(np.float32)
-    vecs = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
+    return np.asarray((hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None), dtype=np.float32)
+
+
+def _pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """`mean_pool`, L2-normalised (as `Embedder` returns vectors): what the export check compares."""
+    vecs = mean_pool(hidden, mask)
     norms = np.linalg.norm(vecs, axis=1, keepdims=True)
     return np.asarray(vecs / np.where(norms == 0, 1.0, norms), dtype=np.float32)
