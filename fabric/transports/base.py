@@ -14,7 +14,8 @@ single-process embedding). `tests/test_transport_contract.py` runs one suite aga
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -31,7 +32,10 @@ __all__ = [
     "TransportListener",
     "Will",
     "filter_matches",
+    "reconnect_with_backoff",
 ]
+
+log = logging.getLogger("foa.bus")
 
 
 class BusError(TransportError):
@@ -182,3 +186,30 @@ def filter_matches(filter_levels: tuple[str, ...], topic_levels: list[str]) -> b
         if i >= n or (level != "+" and level != topic_levels[i]):
             return False
     return len(filter_levels) == n
+
+
+RECONNECT_FIRST_S = 0.1
+RECONNECT_MAX_S = 5.0
+
+
+async def reconnect_with_backoff(
+    attempt: Callable[[float], Awaitable[None]],
+    *,
+    closing: Callable[[], bool],
+    listener: TransportListener | None,
+    errors: tuple[type[BaseException], ...] = (BusError,),
+) -> None:
+    """Every transport's reconnect loop: `attempt(delay)` after `delay` seconds, the delay doubling
+    from RECONNECT_FIRST_S up to RECONNECT_MAX_S after each failure (`errors`), until an attempt
+    succeeds or `closing()` says the owner is closing."""
+    delay = RECONNECT_FIRST_S
+    while not closing():
+        await asyncio.sleep(delay)
+        try:
+            if listener is not None:
+                listener.on_reconnecting()
+            await attempt(delay)
+            return
+        except errors as exc:
+            log.debug("reconnect failed: %s", exc)
+            delay = min(delay * 2, RECONNECT_MAX_S)

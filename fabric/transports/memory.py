@@ -48,6 +48,7 @@ from fabric.transports.base import (
     TransportListener,
     Will,
     filter_matches,
+    reconnect_with_backoff,
 )
 
 __all__ = ["MemoryBroker", "MemoryMessage", "MemoryTransport"]
@@ -416,17 +417,10 @@ class MemoryTransport:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = 0.1
-        while not self._closing:
-            await asyncio.sleep(delay)
-            try:
-                if self._listener is not None:
-                    self._listener.on_reconnecting()
-                self._open()
-                return
-            except BusError as exc:
-                log.debug("reconnect failed: %s", exc)
-                delay = min(delay * 2, 5.0)
+        async def attempt(delay: float) -> None:
+            self._open()
+
+        await reconnect_with_backoff(attempt, closing=lambda: self._closing, listener=self._listener)
 
     def publish(
         self,

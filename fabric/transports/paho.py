@@ -26,7 +26,14 @@ from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
 from fabric.transports import paho_speedups
-from fabric.transports.base import BrokerAddress, BusError, ConnectOptions, Message, TransportListener
+from fabric.transports.base import (
+    BrokerAddress,
+    BusError,
+    ConnectOptions,
+    Message,
+    TransportListener,
+    reconnect_with_backoff,
+)
 
 __all__ = ["PahoTransport", "PublishProperties", "install_paho_speedups"]
 
@@ -356,18 +363,13 @@ class PahoTransport:
             self._reconnect_task = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        delay = 0.1
-        while not self._closing:
-            await asyncio.sleep(delay)
-            try:
-                if self._listener is not None:
-                    self._listener.on_reconnecting()
-                await self._open(timeout=max(2.0, delay * 2))
-                log.info("reconnected", extra={"broker": self.address.url})
-                return
-            except (BusError, OSError) as exc:
-                log.debug("reconnect failed: %s", exc)
-                delay = min(delay * 2, 5.0)
+        async def attempt(delay: float) -> None:
+            await self._open(timeout=max(2.0, delay * 2))
+            log.info("reconnected", extra={"broker": self.address.url})
+
+        await reconnect_with_backoff(
+            attempt, closing=lambda: self._closing, listener=self._listener, errors=(BusError, OSError)
+        )
 
     # ---- publish / subscribe / ack ---------------------------------------------------------
 
