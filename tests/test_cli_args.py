@@ -18,11 +18,14 @@ from fabric.runtime import RuntimeInfo
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def foa(*args: str, cwd: Path, timeout: float = 60, **env: str) -> subprocess.CompletedProcess[str]:
+def foa(
+    *args: str, cwd: Path, timeout: float = 60, settings: dict[str, str] | None = None, **env: str
+) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")}
     return subprocess.run(
         [sys.executable, "-m", "fabric.cli", *args],
-        cwd=cwd, env=clean | {"PYTHONPATH": str(ROOT)} | env, capture_output=True, text=True, timeout=timeout,
+        cwd=cwd, env=clean | {"PYTHONPATH": str(ROOT)} | (settings or {}) | env, capture_output=True, text=True,
+        timeout=timeout,
     )  # fmt: skip
 
 
@@ -53,6 +56,20 @@ def test_bad_arguments_are_refused_before_anything_starts(args: list[str], messa
     assert "validation error" not in proc.stderr  # no raw pydantic dump
     assert not (tmp_path / ".foa").exists()  # no job store, no broker data, no runtime file
     assert time.monotonic() - started < 30  # it did not wait for a broker or load a model
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FOA_EMBEDDING_BACKEND": "onnx-fp16"}, "foa: error: bad setting FOA_EMBEDDING_BACKEND: Input should be"),
+        ({"FOA_LEASE_S": "-1"}, "foa: error: bad setting FOA_LEASE_S: Input should be greater than 0"),
+    ],
+)
+def test_a_bad_setting_names_its_variable(env: dict[str, str], message: str, tmp_path: Path) -> None:
+    proc = foa("run", "why?", cwd=tmp_path, settings=env)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(message), proc.stderr
+    assert "Traceback" not in proc.stderr and "validation error" not in proc.stderr
 
 
 @pytest.mark.parametrize("command", [["status"], ["agents"], ["submit", "why?"], ["route", "tax question"]])

@@ -12,7 +12,10 @@ import importlib
 import logging
 import sys
 
+from pydantic import ValidationError
+
 from fabric.cli.resolve import UsageError, prepare
+from fabric.errors import readable
 from fabric.logs import setup_logging
 from fabric.settings import Settings
 from fabric.transports.paho import install_paho_speedups
@@ -51,7 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as exc:  # a bad FOA_* variable: name it, not pydantic's dump
+        names = {field: f"FOA_{field.upper()}" for field in Settings.model_fields}
+        print(f"foa: error: bad setting {readable(exc, names)}", file=sys.stderr)
+        return 2
     if args.log_format:
         settings.log_format = args.log_format
     setup_logging(settings, level=logging.DEBUG if args.verbose else None)
