@@ -39,11 +39,10 @@ import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
-from agents.sdk import content_hash
+from agents.sdk import content_hash, vcv_with_vectors
 from agents.server import ServesTasks, Signer, TaskHandler, TaskServer
 from agents.spec import AgentSpec
 from fabric import topics
-from fabric.bloom import BloomFilter
 from fabric.bus import BrokerAddress, Bus, Incoming, Will
 from fabric.embeddings import Embedder
 from fabric.envelope import make
@@ -284,26 +283,6 @@ class AgentHost:
     @property
     def served(self) -> int:
         return sum(a.served for a in self.agents.values())
-
-
-def vcv_with_vectors(
-    spec: AgentSpec, capability: list[float], spec_embedding: list[float], embedding_model: str, version: int = 1
-) -> VCV:
-    """A VCV from a spec and ready embeddings (what `build_vcv` does, minus the model call)."""
-    return VCV(
-        agent_id=spec.id,
-        version=version,
-        name=spec.name or spec.id,
-        description=spec.description,
-        capability=capability,
-        skills=spec.skills,
-        skills_bloom=BloomFilter.of(spec.skills).to_b64(),
-        resources=spec.resources,
-        policies=spec.policies,
-        spec_embedding=spec_embedding,
-        embedding_model=embedding_model,
-        llm_model=spec.llm.model,
-    )
 
 
 async def bounded(limit: int, coros: Iterable[Awaitable[T]]) -> list[T]:

@@ -49,19 +49,27 @@ log = logging.getLogger("foa.agent")
 
 def build_vcv(spec: AgentSpec, embedder: Embedder, version: int = 1) -> VCV:
     vecs = embedder.embed([spec.description, spec.spec_text])
+    return vcv_with_vectors(spec, vecs[0].tolist(), vecs[1].tolist(), embedder.model_name, version)
+
+
+def vcv_with_vectors(
+    spec: AgentSpec, capability: list[float], spec_embedding: list[float], embedding_model: str, version: int = 1
+) -> VCV:
+    """A VCV from a spec and ready embeddings (the agent host embeds many specs in one batch)."""
     return VCV(
         agent_id=spec.id,
         version=version,
         name=spec.name or spec.id,
         description=spec.description,
-        capability=vecs[0].tolist(),
+        capability=capability,
         skills=spec.skills,
         skills_bloom=BloomFilter.of(spec.skills).to_b64(),
         resources=spec.resources,
         policies=spec.policies,
-        spec_embedding=vecs[1].tolist(),
-        embedding_model=embedder.model_name,
+        spec_embedding=spec_embedding,
+        embedding_model=embedding_model,
         llm_model=spec.llm.model,
+        tags=spec.tags,
     )
 
 

@@ -168,6 +168,7 @@ class AssignResponse(Body):
     objective: float = 0.0
     solver: str = ""
     unassigned: list[str] = Field(default_factory=list)
+    threshold: float | None = Field(default=None, description="the router's calibrated abstention threshold")
 
 
 class AuditEvent(Body):
@@ -219,6 +220,9 @@ class JobOptions(BaseModel):
     routing: Literal["routed", "random"] = "routed"
     synth_mode: Literal["concat", "rebase", "merge"] | None = None
     max_tokens_per_call: int | None = Field(default=None, ge=8)
+    plan: Literal["auto", "always", "never"] | None = Field(
+        default=None, description="auto: a direct route when one agent fits the whole question; None = FOA_PLAN"
+    )
 
 
 class JobSubmit(Body):

@@ -100,6 +100,26 @@ class Settings(BaseSettings):
     refine_rounds: int = 3  # k
     node_timeout_s: float = 300.0
     synth_mode: Literal["concat", "rebase", "merge"] = "concat"
+    plan: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="auto = no plan when one agent clearly fits the whole question (a direct route), else plan; "
+        "always = every job is planned; never = every job is one node, the question verbatim",
+    )
+    direct_margin: float = Field(
+        default=0.5, gt=0, le=1,
+        description="a direct route needs the second agent's α at most this share of the best's "
+        "(fabric/orchestrator/direct.py; measured by benchmarks/plan_route.py)",
+    )
+    assign_floor: float = Field(
+        default=0.8, ge=0, le=1,
+        description="an agent is assigned (or proposes) only with α >= this share of the node's best α; the best "
+        "always runs (fabric/orchestrator/floor.py; measured by benchmarks/assign_floor.py)",
+    )
+    plan_similarity_floor: float = Field(
+        default=-0.05, ge=-1, le=1,
+        description="a proposed subtask whose cosine to the question is below this is dropped "
+        "(fabric/orchestrator/plan_check.py; benchmarks/plan_check.py)",
+    )
 
     # --- storage, logs ------------------------------------------------------------------
     data_dir: Path = Path(".foa")

@@ -91,6 +91,10 @@ def _clamp01(value: object) -> object:
 class DraftOutput(BaseModel):
     answer: str = Field(description="the answer to the subtask")
     confidence: float = Field(default=0.5, ge=0, le=1)
+    exact: bool = Field(
+        default=False,
+        description="a result, not an opinion (a tool's output, a data artifact): kept verbatim to the answer",
+    )
 
     _clamp = field_validator("confidence", mode="before")(classmethod(lambda cls, v: _clamp01(v)))
 

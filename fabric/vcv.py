@@ -95,6 +95,9 @@ class VCV(Body):
     spec_embedding: Vector = Field(description="e: L2-normalised spec embedding")
     embedding_model: str = Field(description="the model that produced c and e; routers refuse mismatches")
     llm_model: str | None = None
+    tags: list[str] = Field(
+        default_factory=list, description="free labels from the spec; `mcp` / `exact`: drafts are results (tools)"
+    )
     issued_at: float = Field(default_factory=time.time)
     public_key: str | None = Field(default=None, description="ed25519 public key, base64 (issue 5)")
     signature: str | None = Field(default=None, description="ed25519 signature of the canonical VCV")

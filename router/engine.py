@@ -251,4 +251,5 @@ def assign(engine: RouterEngine, query: AssignQuery, qvecs: np.ndarray, *, metho
         objective=round(result.objective, 6),
         solver=result.solver,
         unassigned=[query.subtasks[i].subtask_id for i in result.unassigned],
+        threshold=engine.threshold,
     )

@@ -34,7 +34,8 @@ def run(coro):
 
 
 def test_a_job_runs_every_phase(memory_broker, tmp_path, embedder) -> None:
-    settings = fed_settings(memory_broker, tmp_path)
+    # full teams (no floor: tests/test_exact_answers.py has it), so every phase has several agents
+    settings = fed_settings(memory_broker, tmp_path, assign_floor=0.0)
     factory = backend_factory(done_from_round=2)
 
     async def main() -> tuple[JobResult, list[str]]:
@@ -120,7 +121,7 @@ def test_policies_gate_assignment_and_impossible_ones_fail_clearly(memory_broker
 
 
 def test_budget_stops_refinement_and_impossible_budget_is_refused(memory_broker, tmp_path, embedder) -> None:
-    settings = fed_settings(memory_broker, tmp_path, llm_max_tokens=64)
+    settings = fed_settings(memory_broker, tmp_path, llm_max_tokens=64, assign_floor=0.0)  # teams that refine
 
     async def main() -> tuple[JobResult, JobResult]:
         async with LocalFederation(
@@ -147,7 +148,8 @@ def test_budget_stops_refinement_and_impossible_budget_is_refused(memory_broker,
 
 
 def test_unresponsive_agents_time_out_and_the_job_still_answers(memory_broker, tmp_path, embedder) -> None:
-    settings = fed_settings(memory_broker, tmp_path, node_timeout_s=4.0)
+    # full teams (no floor): one stuck drafter among several, not a lone one
+    settings = fed_settings(memory_broker, tmp_path, node_timeout_s=4.0, assign_floor=0.0)
     factory = backend_factory()
 
     async def main() -> JobResult:
@@ -264,7 +266,7 @@ def test_typed_results_keep_the_json_shape_and_clusters_report_their_usage(mosqu
     from fabric.orchestrator.engine import JobRunner
     from fabric.orchestrator.reputation import ReputationBook
 
-    settings = fed_settings(mosquitto, tmp_path)
+    settings = fed_settings(mosquitto, tmp_path, assign_floor=0.0)  # full teams: clusters that refine
     factory = backend_factory(done_from_round=2)
 
     async def main() -> tuple[JobResult, JobRunner, int]:

@@ -74,6 +74,11 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=None, help="refinement rounds k (paper: 3)")
     p.add_argument("--max-tokens", type=int, default=None, help="max tokens per LLM call")
     p.add_argument("--synth", choices=["concat", "rebase", "merge"], default=None)
+    p.add_argument(
+        "--plan", choices=["auto", "always", "never"], default=None,
+        help="auto (FOA_PLAN's default): no plan when one agent clearly fits the whole question; "
+        "always: plan every job; never: one node, the question verbatim",
+    )
     p.add_argument("--no-clustering", action="store_true")
     p.add_argument("--random-routing", action="store_true", help="assign agents at random (baseline)")
     p.add_argument("--budget-tokens", type=int, default=None)
@@ -111,6 +116,7 @@ _FLAGS = {
     "refine_rounds": "--rounds",
     "max_tokens_per_call": "--max-tokens",
     "synth_mode": "--synth",
+    "plan": "--plan",
     "max_tokens": "--budget-tokens",
     "max_cost": "--budget-cost",
     "deadline_s": "--deadline",
@@ -126,6 +132,7 @@ def _options(args: argparse.Namespace, settings: Settings, profile: bool) -> tup
         "refine_rounds": args.rounds,
         "max_tokens_per_call": args.max_tokens,
         "synth_mode": args.synth,
+        "plan": args.plan,
     }
     base.update({k: v for k, v in given.items() if v is not None})
     options = JobOptions(
@@ -163,9 +170,14 @@ class Progress:
         elapsed = time.monotonic() - self.started
         print(f"[{elapsed:6.1f}s] {event.phase:<10} {event.message}", file=sys.stderr, flush=True)
         if event.phase == "assign":
+            left_out = event.data.get("left_out", {})
             for node, matches in event.data.get("assignments", {}).items():
                 shown = ", ".join(f"{m['agent_id']} (α={m['score']:.2f})" for m in matches)
-                print(f"{'':>20}{node}: {shown}", file=sys.stderr)
+                out = "".join(f"; left out {o['agent_id']} (α={o['score']:.3f} < {o['floor']:.3f})"
+                              for o in left_out.get(node, []))
+                print(f"{'':>20}{node}: {shown}{out}", file=sys.stderr)
+        for dropped in event.data.get("dropped", []) if event.phase == "plan_check" else []:
+            print(f"{'':>20}dropped {dropped['text'][:60]!r}: {dropped['reason']}", file=sys.stderr)
         detail = KIND_PROGRESS.get(event.phase)
         line = detail(event) if detail is not None else None
         if line:

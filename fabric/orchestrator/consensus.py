@@ -8,20 +8,22 @@ first work dropped when money or time runs short.
 The representative ("majority or highest weight"): each answer's support is the weighted sum of
 its similarity to every answer; weights are confidence × reputation. With equal weights this is
 the medoid, the answer most others agree with (majority); with reputations it is the
-reputation-weighted vote.
+reputation-weighted vote. An exact member (a tool's result; `exactness.py`) is not asked to
+refine, keeps its answer, votes done, and only answers that carry it may represent the cluster.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from fabric.messages import ClusterSummary, Usage
 from fabric.orchestrator.dag import EmbedFn
+from fabric.orchestrator.exactness import eligible_answers
 from fabric.tasks import PeerAnswer, RefineInput, RefineOutput
 
 log = logging.getLogger("foa.orchestrator.consensus")
@@ -45,6 +47,7 @@ class ClusterOutcome(BaseModel):
     rounds_run: int
     stopped: str = Field(description="consensus | max_rounds | budget | single | failed")
     confidence: float
+    exact: bool = Field(default=False, description="the representative carries an exact result (a tool's output)")
     history: list[RoundRecord] = Field(default_factory=list)
     usage: Usage = Field(default_factory=Usage)
     final_answers: dict[str, str] = Field(default_factory=dict)
@@ -80,8 +83,10 @@ async def refine_cluster(
     may_continue: Callable[[], bool],
     on_round: Callable[[RoundRecord], Awaitable[None] | None] | None = None,
     max_tokens: int | None = None,
+    exact: Collection[str] = (),
 ) -> ClusterOutcome:
     answers = {m: drafts[m][0] for m in members if m in drafts}
+    facts = {m: answers[m] for m in exact if m in answers}  # exact members: their answers never change
     confidence = {m: drafts[m][1] for m in answers}
     usage = Usage()
     history: list[RoundRecord] = []
@@ -93,12 +98,13 @@ async def refine_cluster(
         if not may_continue():
             stopped = "budget"
             break
-        active = list(answers)
+        active = [a for a in answers if a not in facts]
+        if not active:  # only exact members: nothing to refine
+            stopped = "consensus"
+            break
 
-        async def one(
-            agent_id: str, rnd: int = rnd, active: list[str] = active
-        ) -> tuple[str, RefineOutput | None, Usage]:
-            peers = [PeerAnswer(agent_id=p, answer=answers[p]) for p in active if p != agent_id]
+        async def one(agent_id: str, rnd: int = rnd) -> tuple[str, RefineOutput | None, Usage]:
+            peers = [PeerAnswer(agent_id=p, answer=answers[p]) for p in answers if p != agent_id]
             payload = RefineInput(
                 question=question,
                 subtask=subtask,
@@ -116,7 +122,7 @@ async def refine_cluster(
                 return agent_id, None, Usage()
 
         results = await asyncio.gather(*(one(a) for a in active))
-        record = RoundRecord(round=rnd, answers={}, votes={})
+        record = RoundRecord(round=rnd, answers={}, votes={f: True for f in facts})
         for agent_id, out, used in results:
             usage = usage + used
             if out is None:
@@ -136,8 +142,9 @@ async def refine_cluster(
             stopped = "consensus"
             break
 
-    weights = {a: confidence.get(a, 0.5) * reputation(a) for a in answers}
-    rep = representative(answers, weights, embed)
+    eligible = eligible_answers(answers, facts)
+    weights = {a: confidence.get(a, 0.5) * reputation(a) for a in eligible}
+    rep = representative(eligible, weights, embed)
     return ClusterOutcome(
         cluster_id=cluster_id,
         members=list(members),
@@ -146,6 +153,7 @@ async def refine_cluster(
         rounds_run=len(history),
         stopped=stopped,
         confidence=float(confidence.get(rep, 0.5)),
+        exact=bool(facts),
         history=history,
         usage=usage,
         final_answers=dict(answers),
@@ -153,7 +161,10 @@ async def refine_cluster(
 
 
 def pick_node_answer(outcomes: Sequence[ClusterOutcome], reputation: Callable[[str], float]) -> ClusterOutcome:
-    """Across a node's clusters: the outcome with the most weight (size × confidence × reputation)."""
+    """Across a node's clusters: the outcome with the most weight (size × confidence × reputation);
+    a cluster that carries an exact result beats every cluster of opinions."""
+    exact = [o for o in outcomes if o.exact]
+    outcomes = exact or outcomes
 
     def weight(o: ClusterOutcome) -> float:
         rep = float(np.mean([reputation(m) for m in o.members]))

@@ -49,6 +49,10 @@ from fabric.orchestrator.consensus import (
 )
 from fabric.orchestrator.critical_path import CriticalPath
 from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
+from fabric.orchestrator.direct import PlanMode, route_directly
+from fabric.orchestrator.exactness import carry_exact, is_exact_agent
+from fabric.orchestrator.floor import FloorCut, apply_floor, floor_of
+from fabric.orchestrator.plan_check import check_plans
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import JobStore
 from fabric.orchestrator.synthesis import INSTRUCTIONS, predecessor_context, synthesis_results, synthesise
@@ -112,6 +116,8 @@ class NodeResult(BaseModel):
         default=None, description="the winning cluster (None: kept the best draft after a timeout)"
     )
     clusters: dict[str, ClusterSummary] = Field(default_factory=dict)
+    exact: str | None = Field(default=None, description="the exact result (a tool's output), carried verbatim")
+    exact_failures: list[str] = Field(default_factory=list, description="failed exact calls: 'agent: message'")
 
 
 async def gather_all(aws: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -149,6 +155,7 @@ class JobRunner:
         self.rounds = settings.refine_rounds if opts.refine_rounds is None else opts.refine_rounds
         self.synth_mode = opts.synth_mode or settings.synth_mode
         self.max_tokens = opts.max_tokens_per_call or settings.llm_max_tokens
+        self.plan_mode: PlanMode = opts.plan or settings.plan
         saved = {} if fresh else store.checkpoints(submit.job_id)
         self.saved = saved
         self.budget = BudgetTracker(
@@ -161,6 +168,7 @@ class JobRunner:
         self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
         self._failures: list[str] = []
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
+        self._exact: dict[str, dict[str, str]] = {}  # node -> agent -> its exact draft (exactness.py)
         self._pending_nodes: set[str] = set()  # nodes whose drafting has not started
         self.dag: Dag | None = None
         self.cancel_reason: str | None = None
@@ -261,17 +269,25 @@ class JobRunner:
                 )
             ),
         )
+        # plan only when needed: a question one agent clearly fits goes to it verbatim (direct.py)
+        if route_directly(self.plan_mode, route.matches, threshold=route.threshold, margin=self.settings.direct_margin):
+            return await self._direct(route)
         # τ is the paper's *similarity* threshold (App. C), so it applies to the sim factor of α
         compatible = [m for m in route.matches if m.factors.get("sim", m.score) >= self.settings.compat_threshold]
         if not compatible:  # the paper's fallback: top-K by similarity
             compatible = route.matches[: self.settings.compat_top_k]
-        proposers = compatible[: self.max_proposers]
+        cut = apply_floor(compatible[: self.max_proposers], fraction=self.settings.assign_floor, threshold=None)
+        proposers = cut.kept
         if len(proposers) > 1 and not self.budget.allows(tokens=len(proposers) * 2 * self.max_tokens):
             proposers = proposers[:1]
         await self.emit(
             "decompose",
-            f"{len(proposers)} of {len(route.matches)} candidate agents propose a plan",
-            {"proposers": [{"agent_id": m.agent_id, "score": round(m.score, 3)} for m in proposers]},
+            f"{len(proposers)} of {len(route.matches)} candidate agents propose a plan"
+            + (f"; left out {', '.join(lo.why() for lo in cut.left_out)}" if cut.left_out else ""),
+            {
+                "proposers": [{"agent_id": m.agent_id, "score": round(m.score, 3)} for m in proposers],
+                "left_out": [lo.model_dump() for lo in cut.left_out],
+            },
         )
         payload = DecomposeInput(
             question=job.question, subtasks_min=self.settings.subtasks_min, subtasks_max=self.subtasks_max
@@ -286,6 +302,17 @@ class JobRunner:
                 return None
 
         proposals = [p for p in await gather_all([propose(m) for m in proposers]) if p]
+        # every subtask must be an instruction about the question (plan_check.py)
+        proposals, dropped = check_plans(
+            job.question, proposals, self._embed, similarity_floor=self.settings.plan_similarity_floor
+        )
+        if dropped:
+            await self.emit(
+                "plan_check",
+                f"dropped {len(dropped)} proposed subtask(s): "
+                + "; ".join(f"{d.text[:40]!r} ({d.reason})" for d in dropped),
+                {"dropped": [d.model_dump() for d in dropped]},
+            )
         if proposals:
             with self.path.doing("cluster"):
                 dag = merge_proposals(
@@ -299,8 +326,31 @@ class JobRunner:
         self.store.checkpoint(job.job_id, "dag", dag.model_dump())
         await self.emit(
             "decompose",
-            f"plan: {len(dag.nodes)} subtasks, {len(dag.edges)} dependencies",
+            f"plan: {len(dag.nodes)} subtasks, {len(dag.edges)} dependencies"
+            if proposals
+            else "plan: no usable proposal; the question verbatim as one node",
             {"dag": dag.summary().model_dump(mode="json"), "proposals": len(proposals)},
+        )
+        return dag
+
+    async def _direct(self, route: RouteResponse) -> Dag:
+        """The one-node plan with the question verbatim, for the agent that fits it as a whole."""
+        dag = Dag.single(self.job.question)
+        best = route.matches[0]
+        second = route.matches[1].score if len(route.matches) > 1 else 0.0
+        self.store.checkpoint(self.job.job_id, "dag", dag.model_dump())
+        why = "--plan never" if self.plan_mode == "never" else f"α {best.score:.3f}, next {second:.3f}"
+        await self.emit(
+            "decompose",
+            f"direct: {best.agent_id} fits the whole question ({why}); no plan",
+            {
+                "direct": True,
+                "agent_id": best.agent_id,
+                "score": round(best.score, 6),
+                "second": round(second, 6),
+                "threshold": route.threshold,
+                "dag": dag.summary().model_dump(mode="json"),
+            },
         )
         return dag
 
@@ -311,6 +361,7 @@ class JobRunner:
         if "assignments" in self.saved:
             return {n: [Match.model_validate(m) for m in ms] for n, ms in self.saved["assignments"].items()}
         per_node_cost = self.budget.cost_left / max(1, len(dag.nodes)) if job.budget.max_cost is not None else None
+        cuts: dict[str, FloorCut] = {}
         if job.options.routing == "random":
             assignments = self._random_assignment(dag)
         else:
@@ -333,24 +384,45 @@ class JobRunner:
                     )
                 ),
             )
-            assignments = response.assignments
+            assignments, cuts = self._floor(response)
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
             if missing:
                 raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
+            unfit = [n for n, c in cuts.items() if c.unfit]
+            if unfit:  # reported, not silently given to the least-bad agent
+                await self.emit(
+                    "unfit",
+                    f"no agent fits {unfit} above the abstention threshold ({response.threshold:.3f}); "
+                    "they run with the best agents there are",
+                    {"nodes": unfit, "threshold": response.threshold,
+                     "best": {n: cuts[n].kept[0].model_dump(mode="json") for n in unfit}},
+                )
         self.store.checkpoint(
             job.job_id, "assignments", {n: [m.model_dump(mode="json") for m in ms] for n, ms in assignments.items()}
         )
+        left_out = {n: [lo.model_dump() for lo in c.left_out] for n, c in cuts.items() if c.left_out}
         await self.emit(
             "assign",
-            "assigned " + ", ".join(f"{n}: {[m.agent_id for m in ms]}" for n, ms in assignments.items()),
+            "assigned " + ", ".join(f"{n}: {[m.agent_id for m in ms]}" for n, ms in assignments.items())
+            + (f"; left out {sum(map(len, left_out.values()))} below the floor" if left_out else ""),
             {
                 "assignments": {
                     n: [{"agent_id": m.agent_id, "score": round(m.score, 3), "factors": m.factors} for m in ms]
                     for n, ms in assignments.items()
-                }
+                },
+                "left_out": left_out,
+                "floors": {n: round(c.floor, 6) for n, c in cuts.items()},
             },
         )
         return assignments
+
+    def _floor(self, response: AssignResponse) -> tuple[dict[str, list[Match]], dict[str, FloorCut]]:
+        """Only agents that fit: each node keeps its agents at or above the floor (floor.py)."""
+        cuts = {
+            n: apply_floor(ms, fraction=self.settings.assign_floor, threshold=response.threshold)
+            for n, ms in response.assignments.items()
+        }
+        return {n: c.kept for n, c in cuts.items() if c.kept}, cuts
 
     def _random_assignment(self, dag: Dag) -> dict[str, list[Match]]:
         """The paper's random-assignment baseline: policy-eligible agents drawn uniformly."""
@@ -423,22 +495,37 @@ class JobRunner:
             )
         matches = drafters
 
+        exact = self._exact.setdefault(node_id, {})  # agent -> its exact result (a tool's output)
+        exact_failed: list[str] = []
+
         async def draft(agent_id: str) -> None:
             try:
                 out = (await self._call(agent_id, DRAFT, draft_in, node_id)).output
                 if out.answer.strip():
                     drafts[agent_id] = (out.answer, out.confidence)
+                    if out.exact:
+                        exact[agent_id] = out.answer
             except Exception as exc:  # noqa: BLE001
                 self._failures.append(f"draft {node_id} by {agent_id}: {exc}")
                 self._contributions.append((agent_id, node_id, ""))
+                vcv = self.ports.vcv(agent_id)
+                if vcv is not None and is_exact_agent(vcv.tags):  # never hidden behind another's guess
+                    exact_failed.append(f"{agent_id}: {exc}")
+                    await self.emit(
+                        "exact_failed",
+                        f"{node_id}: the exact call by {agent_id} failed: {exc}",
+                        {"node": node_id, "agent_id": agent_id, "error": str(exc)},
+                    )
 
         await gather_all([draft(m.agent_id) for m in matches])
         if not drafts:
-            replacement = await self._reassign(node, [m.agent_id for m in matches])
+            floor = floor_of(max(m.score for m in matches), self.settings.assign_floor) if matches else 0.0
+            replacement = await self._reassign(node, [m.agent_id for m in matches], floor)
             if replacement:
                 await draft(replacement)
         if not drafts:
-            raise NodeFailed(f"subtask {node_id} ({node.text[:60]!r}): no agent produced a draft")
+            why = f"; {'; '.join(exact_failed)}" if exact_failed else ""
+            raise NodeFailed(f"subtask {node_id} ({node.text[:60]!r}): no agent produced a draft{why}")
         shown = {a: d[0][:200] for a, d in drafts.items()}
         if len(drafts) > 1:  # a single draft is the node's answer: node_done reports it
             await self.emit("draft", f"{node_id}: {len(drafts)} drafts", {"node": node_id, "drafts": shown})
@@ -471,8 +558,14 @@ class JobRunner:
             await self.emit(
                 "node_done", f"{node_id} answered by its only draft ({best.representative})", done | {"drafts": shown}
             )
+        fact = next((exact[m] for m in best.members if m in exact), None) if best.exact else None
         return NodeResult(
-            answer=best.answer, by=best.representative, cluster=best.cluster_id, clusters=summarise_rounds(outcomes)
+            answer=best.answer,
+            by=best.representative,
+            cluster=best.cluster_id,
+            clusters=summarise_rounds(outcomes),
+            exact=fact,
+            exact_failures=exact_failed,
         )
 
     def _clusters(self, agent_ids: list[str], drafts: dict[str, tuple[str, float]]) -> list[list[str]]:
@@ -537,10 +630,12 @@ class JobRunner:
             may_continue=may_continue,
             on_round=on_round,
             max_tokens=self.max_tokens,
+            exact=[m for m in members if m in self._exact.get(node_id, {})],
         )
 
-    async def _reassign(self, node: DagNode, failed: list[str]) -> str | None:
-        """A node whose agents all failed gets one more agent, if the router knows one."""
+    async def _reassign(self, node: DagNode, failed: list[str], floor: float) -> str | None:
+        """A node whose agents all failed gets one more agent, if the router knows one that fits
+        (its α at or above the node's floor: no filler in place of a failed tool)."""
         route = await self.path.waiting(
             "router",
             self.ports.route(
@@ -548,6 +643,14 @@ class JobRunner:
             ),
         )
         if not route.matches:
+            return None
+        if route.matches[0].score < floor:
+            await self.emit(
+                "reassign",
+                f"{node.node_id}: no other agent fits (best {route.matches[0].agent_id}, α "
+                f"{route.matches[0].score:.3f} < floor {floor:.3f})",
+                {"node": node.node_id, "left_out": route.matches[0].agent_id},
+            )
             return None
         await self.emit(
             "reassign", f"{node.node_id}: reassigned to {route.matches[0].agent_id}", {"node": node.node_id}
@@ -559,13 +662,15 @@ class JobRunner:
         drafts = self._drafts.get(node_id) or {}
         if not drafts:
             raise NodeFailed(f"subtask {node_id} timed out after {self.settings.node_timeout_s}s without a draft")
-        agent_id, (answer, _) = max(drafts.items(), key=lambda kv: kv[1][1] * self.reputation.weight(kv[0]))
+        exact = self._exact.get(node_id) or {}
+        pool = {a: d for a, d in drafts.items() if a in exact} or drafts  # a tool's result beats any opinion
+        agent_id, (answer, _) = max(pool.items(), key=lambda kv: kv[1][1] * self.reputation.weight(kv[0]))
         silent = [a for a in assigned if a not in drafts]
         for a in silent:
             self._contributions.append((a, node_id, ""))
         waited = f"{node_id}: timed out after {self.settings.node_timeout_s}s waiting for {silent}"
         self._failures.append(f"{waited}; kept the best draft ({agent_id})")
-        return NodeResult(answer=answer, by=agent_id)
+        return NodeResult(answer=answer, by=agent_id, exact=exact.get(agent_id))
 
     # ---- phase 6: synthesis ---------------------------------------------------------------------
 
@@ -602,6 +707,12 @@ class JobRunner:
 
         answer, _, used_mode = await synthesise(
             dag, answers, question=self.job.question, mode=mode, call=call, max_tokens=self.max_tokens * 2
+        )
+        # exact results reach the answer verbatim; failed exact calls are stated (exactness.py)
+        answer = carry_exact(
+            answer,
+            {dag.node(n).text: r.exact for n, r in node_results.items() if r.exact},
+            {dag.node(n).text: r.exact_failures for n, r in node_results.items() if r.exact_failures},
         )
         await self.emit("synthesise", f"answer synthesised ({used_mode})", {"mode": used_mode, "chars": len(answer)})
         return answer, used_mode

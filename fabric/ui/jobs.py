@@ -142,6 +142,9 @@ def derive(record: JobRecord) -> JobDetail:
     proposers: list[dict[str, Any]] = []
     nodes: dict[str, NodeView] = {}
     synthesis: dict[str, Any] = {}
+    left_out: dict[str, Any] = {}
+    dropped: list[dict[str, Any]] = []
+    plan_note = ""
 
     def node(node_id: str) -> NodeView:
         if node_id not in nodes:
@@ -155,8 +158,14 @@ def derive(record: JobRecord) -> JobDetail:
                 dag = _dict(data["dag"])
             if data.get("proposers"):
                 proposers = [p for p in _list(data["proposers"]) if isinstance(p, dict)]
-        elif phase == "assign" and not assignments:
-            assignments = _dict(data.get("assignments"))
+            if data.get("direct"):
+                plan_note = str(event.get("message", ""))
+        elif phase == "plan_check":
+            dropped = [d for d in _list(data.get("dropped")) if isinstance(d, dict)]
+            plan_note = str(event.get("message", ""))
+        elif phase == "assign":
+            assignments = assignments or _dict(data.get("assignments"))
+            left_out = _dict(data.get("left_out"))
         elif phase == "synthesise":
             synthesis = data
 
@@ -172,6 +181,8 @@ def derive(record: JobRecord) -> JobDetail:
         view = node(node_id)
         view.assigned = [m for m in _list(matches) if isinstance(m, dict)]
         view.state = "drafting"
+    for node_id, out in left_out.items():
+        node(node_id).left_out = [o for o in _list(out) if isinstance(o, dict)]
 
     for event in events:
         phase, data = event.get("phase"), _dict(event.get("data"))
@@ -179,7 +190,9 @@ def derive(record: JobRecord) -> JobDetail:
         if not isinstance(nid, str):
             continue
         view = node(nid)
-        if phase == "draft":
+        if phase == "exact_failed":
+            view.exact_failed.append(f"{data.get('agent_id')}: {data.get('error')}")
+        elif phase == "draft":
             view.drafts.update({str(k): str(v) for k, v in _dict(data.get("drafts")).items()})
         elif phase == "cluster":
             view.clusters = [[str(a) for a in _list(c)] for c in _list(data.get("clusters"))]
@@ -231,6 +244,8 @@ def derive(record: JobRecord) -> JobDetail:
         nodes=list(nodes.values()),
         edges=edges,
         proposers=proposers,
+        plan_note=plan_note,
+        dropped=dropped,
         answer=str(result.get("answer") or ""),
         synthesis=synthesis,
         failure_reason=result.get("failure_reason"),

@@ -128,6 +128,10 @@ class NodeView(BaseModel):
         description="per cluster: members, rounds [{round, votes}], stopped, representative",
     )
     representative: str | None = None
+    left_out: list[dict[str, Any]] = Field(
+        default_factory=list, description="agents the floor left out: agent_id, score (α), floor"
+    )
+    exact_failed: list[str] = Field(default_factory=list, description="failed exact calls (a tool's error)")
 
 
 class TimelineItem(BaseModel):
@@ -141,6 +145,8 @@ class JobDetail(BaseModel):
     nodes: list[NodeView]
     edges: list[list[str]]
     proposers: list[dict[str, Any]] = Field(default_factory=list)
+    plan_note: str = Field(default="", description="direct route, or what the plan check dropped and why")
+    dropped: list[dict[str, Any]] = Field(default_factory=list, description="proposed subtasks dropped, with reasons")
     answer: str = ""
     synthesis: dict[str, Any] = Field(default_factory=dict)
     failure_reason: str | None = None

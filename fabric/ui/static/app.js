@@ -330,7 +330,7 @@ async function refreshJobNow() {
     <p>${esc(s.question || "(question not seen by this console)")}</p>
     ${s.error ? errorBox(s.error) : ""}${d.failure_reason ? errorBox(`${s.state}: ${d.failure_reason}`) : ""}
     <div class="muted">phase ${esc(s.phase || "–")} · ${s.events} events · ${s.tokens} tokens · cost ${num(s.cost, 4)}</div>
-    <h3>DAG</h3>${d.nodes.length || !finished ? dagSvg(d) : "<p class='muted'>none: the job ended before it had a plan</p>"}
+    <h3>DAG</h3>${d.plan_note ? `<p class="muted" data-testid="plan-note">${esc(d.plan_note)}</p>` : ""}${d.nodes.length || !finished ? dagSvg(d) : "<p class='muted'>none: the job ended before it had a plan</p>"}
     <h3>Nodes</h3><div class="cards">${d.nodes.map(nodeCard).join("") || `<p class='muted'>${finished ? "none" : "no plan yet"}</p>`}</div>
     <h3>Synthesis</h3>${d.answer ? `<div class="card" data-testid="answer"><div class="muted">${esc(d.synthesis.mode || d.usage.synth_mode || "")}</div><pre>${esc(d.answer)}</pre></div>` : `<p class='muted'>${finished ? "none" : "not yet"}</p>`}
     <h3>Usage and timings</h3>${usageBlock(d)}${timelineSvg(d)}`;
@@ -384,6 +384,8 @@ function nodeCard(n) {
   const shown = ["sim", "lexical", "spec", "resources", "reputation"];
   const assigned = n.assigned.map((m) => `<div title="${esc(JSON.stringify(m.factors || {}))}"><b>${esc(m.agent_id)}</b> α ${num(m.score, 3)}
     <span class="muted">${shown.filter((k) => m.factors && k in m.factors).map((k) => `${k} ${num(m.factors[k], 2)}`).join(" · ")}</span></div>`).join("");
+  const leftOut = (n.left_out || []).map((o) => `<div class="muted" data-testid="left-out"><b>${esc(o.agent_id)}</b> left out: α ${num(o.score, 3)} &lt; floor ${num(o.floor, 3)}</div>`).join("");
+  const failed = (n.exact_failed || []).map((f) => errorBox(`exact call failed: ${f}`)).join("");
   const drafts = Object.entries(n.drafts).map(([a, t]) => `<div><b>${esc(a)}</b><pre>${esc(t)}</pre></div>`).join("");
   const clusters = n.clusters.map((c, i) => `<span class="tag">c${i + 1}: ${c.map(esc).join(", ")}</span>`).join("");
   const rounds = Object.entries(n.rounds).map(([cid, info]) => {
@@ -398,7 +400,7 @@ function nodeCard(n) {
     ${n.depends_on.length ? `<span class="muted">after ${n.depends_on.map(esc).join(", ")}</span>` : ""}</div>
     <p>${esc(n.text)}</p>
     ${clusters ? `<h4>Clusters</h4>${clusters}` : ""}${rounds ? `<h4>Channel rounds</h4>${rounds}` : ""}
-    ${assigned ? `<h4>Assigned (α and its factors)</h4>${assigned}` : ""}
+    ${assigned ? `<h4>Assigned (α and its factors)</h4>${assigned}` : ""}${leftOut}${failed}
     ${drafts ? `<h4>Drafts</h4>${drafts}` : ""}
     ${n.representative ? `<p>answer by <b>${esc(n.representative)}</b></p>` : ""}</div>`;
 }

@@ -1,0 +1,316 @@
+"""Exact answers from the agents that fit (issue 19): the plan check, the assignment floor,
+exact results through refinement and synthesis, and the direct route.
+
+The rules are tested on their own with the real embedder, then in whole jobs through the real
+broker, router, orchestrator and job store, where the LLM behind each agent is a ScriptedLLM
+(orchestration logic only) and the tool agent is an SDK agent that returns exact results."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.sdk import Agent, TaskFailed
+from agents.spec import AgentSpec
+from fabric.federation import LocalFederation
+from fabric.llm.base import ChatMessage
+from fabric.llm.scripted import ScriptedLLM
+from fabric.messages import JobEvent, JobOptions, JobResult, Match, Usage
+from fabric.orchestrator.consensus import pick_node_answer, refine_cluster
+from fabric.orchestrator.direct import clear_winner, route_directly
+from fabric.orchestrator.exactness import carry_exact, eligible_answers
+from fabric.orchestrator.floor import apply_floor
+from fabric.orchestrator.plan_check import check_plans, degenerate_reason
+from fabric.settings import Settings
+from fabric.tasks import DraftInput, DraftOutput, Plan, ProposedSubtask, RefineInput, RefineOutput
+from fabric.vcv import Resources
+from tests.conftest import make_settings
+from tests.fabric_helpers import eventually
+from tests.scripted_federation import SPECS
+
+GARBAGE = "20-Nov-20, 23:45:56.789,"
+FEVER = (
+    "My 4-year-old has a fever of 39.5 C and a rash that does not fade under a glass. What should I do?"
+)
+
+
+def m(agent_id: str, score: float) -> Match:
+    return Match(agent_id=agent_id, version=1, score=score)
+
+
+def plan(*texts: str) -> Plan:
+    return Plan(subtasks=[ProposedSubtask(id=f"s{i + 1}", text=t) for i, t in enumerate(texts)])
+
+
+# ---- plans that fit the question -------------------------------------------------------------
+
+
+def test_degenerate_subtasks_are_named_with_their_reason() -> None:
+    assert "fragment" in (degenerate_reason(GARBAGE) or "")
+    assert "fragment" in (degenerate_reason("2025-12-25") or "")
+    assert "echo" in (degenerate_reason("Split this request into subtasks that different experts could work on") or "")
+    assert degenerate_reason("Check whether the rash is a sign of meningitis") is None
+
+
+def test_plan_check_drops_garbage_and_off_question_subtasks_and_keeps_real_ones(embedder) -> None:
+    proposals = [
+        ("planner", plan(GARBAGE, "Assess whether a non-blanching rash with fever is an emergency")),
+        ("other", plan("Compute the integral of x squared", "Explain how to bring a child's fever down")),
+    ]
+    kept, dropped = check_plans(FEVER, proposals, embedder.embed, similarity_floor=Settings().plan_similarity_floor)
+    kept_texts = [s.text for _, p in kept for s in p.subtasks]
+    assert kept_texts == [
+        "Assess whether a non-blanching rash with fever is an emergency",
+        "Explain how to bring a child's fever down",
+    ]
+    reasons = {d.text: d.reason for d in dropped}
+    assert set(reasons) == {GARBAGE, "Compute the integral of x squared"}
+    assert "fragment" in reasons[GARBAGE] and "off the question" in reasons["Compute the integral of x squared"]
+
+
+def test_plan_check_removes_dependencies_on_dropped_subtasks(embedder) -> None:
+    p = Plan(
+        subtasks=[
+            ProposedSubtask(id="a", text=GARBAGE),
+            ProposedSubtask(id="b", text="Decide whether the child needs emergency care now", depends_on=["a"]),
+        ]
+    )
+    kept, _ = check_plans(FEVER, [("x", p)], embedder.embed, similarity_floor=Settings().plan_similarity_floor)
+    assert [(s.id, s.depends_on) for s in kept[0][1].subtasks] == [("b", [])]
+
+
+# ---- only agents that fit --------------------------------------------------------------------
+
+
+def test_floor_keeps_agents_near_the_best_and_always_the_best() -> None:
+    cut = apply_floor([m("tool", 0.18), m("clinician", 0.019), m("gp", 0.15)], fraction=0.8, threshold=0.02)
+    assert [x.agent_id for x in cut.kept] == ["tool", "gp"]
+    assert [(o.agent_id, o.score) for o in cut.left_out] == [("clinician", 0.019)]
+    assert cut.floor == pytest.approx(0.144) and not cut.unfit
+    assert "clinician (α 0.019 < floor 0.144)" == cut.left_out[0].why()
+    # below the abstention threshold: the node is marked unfit, its agents still ranked by the fraction
+    lone = apply_floor([m("a", 0.01), m("b", 0.009), m("c", 0.002)], fraction=0.8, threshold=0.05)
+    assert [x.agent_id for x in lone.kept] == ["a", "b"] and lone.unfit
+
+
+# ---- a direct route ----------------------------------------------------------------------------
+
+
+def test_direct_route_needs_a_clear_winner_above_the_threshold() -> None:
+    assert clear_winner([m("tool", 0.18), m("gp", 0.019)], threshold=0.05, margin=0.5)
+    assert not clear_winner([m("cardio", 0.13), m("er", 0.12)], threshold=0.05, margin=0.5)
+    assert not clear_winner([m("tool", 0.04), m("gp", 0.001)], threshold=0.05, margin=0.5)
+    assert route_directly("never", [m("cardio", 0.13), m("er", 0.12)], threshold=0.05, margin=0.5)
+    assert not route_directly("always", [m("tool", 0.18)], threshold=0.05, margin=0.5)
+
+
+# ---- exact results survive refinement and synthesis --------------------------------------------
+
+
+def test_an_exact_answer_represents_its_cluster_whatever_the_llms_vote(embedder) -> None:
+    drafts = {"tool": ("2025-12-25 is a Thursday", 0.9), "llm1": ("It is a Friday", 0.9), "llm2": ("Friday", 0.9)}
+    calls: list[str] = []
+
+    async def call(agent_id: str, payload: RefineInput) -> tuple[RefineOutput, Usage]:
+        calls.append(agent_id)  # scripted refiners that agree with each other, not with the tool
+        return RefineOutput(answer="Friday, surely", done=True, confidence=1.0), Usage()
+
+    out = asyncio.run(
+        refine_cluster(
+            cluster_id="c1", members=list(drafts), drafts=drafts, question="What weekday is 2025-12-25?",
+            subtask="What weekday is 2025-12-25?", rounds=2, call=call, embed=embedder.embed,
+            reputation=lambda a: 1.0, may_continue=lambda: True, exact=["tool"],
+        )
+    )
+    assert "tool" not in calls  # a result is not re-opened
+    assert out.representative == "tool" and out.answer == "2025-12-25 is a Thursday" and out.exact
+    assert out.final_answers["tool"] == "2025-12-25 is a Thursday"
+    opinions = out.model_copy(update={"exact": False, "members": ["a", "b", "c", "d"], "confidence": 1.0})
+    assert pick_node_answer([opinions, out], lambda a: 1.0) is out  # exact beats a bigger cluster
+
+
+def test_llm_answers_that_quote_the_exact_result_stay_eligible() -> None:
+    answers = {"tool": "42", "llm": "The result is 42, computed by the tool", "other": "about 40"}
+    assert set(eligible_answers(answers, {"tool": "42"})) == {"tool", "llm"}
+    assert set(eligible_answers(answers, {})) == set(answers)
+
+
+def test_carry_exact_appends_what_a_synthesis_lost_and_states_failures() -> None:
+    kept = carry_exact("Thursday, 25 December.", {"What weekday?": "Thursday"}, {})
+    assert kept == "Thursday, 25 December."
+    lost = carry_exact("A fine day.", {"What weekday is 2025-12-25?": "2025-12-25 is a Thursday"}, {})
+    assert lost.endswith("Exact results:\n- What weekday is 2025-12-25?: 2025-12-25 is a Thursday")
+    failed = carry_exact("maybe 20:13", {}, {"Time in Tokyo?": ["tz-tool: Invalid timezone"]})
+    assert "Failed exact calls:" in failed and "tz-tool: Invalid timezone" in failed
+
+
+# ---- whole jobs --------------------------------------------------------------------------------
+
+
+def garbage_planner(agent_id: str):
+    """A scripted planner that proposes the garbage subtask seen with the 135M model."""
+
+    def respond(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        title = (schema or {}).get("title")
+        if title == "Plan":
+            return json.dumps({"subtasks": [{"id": "s1", "text": GARBAGE, "depends_on": []}]})
+        if title == "RefineOutput":
+            own = messages[-1].content.split("Your answer:\n", 1)[1].split("\n\nYour peers'", 1)[0]
+            return json.dumps({"answer": own, "done": True, "confidence": 0.6})
+        return f"{agent_id}: seek emergency care now; a rash that does not fade can be meningitis."
+
+    return respond
+
+
+PEDIATRIC = [
+    AgentSpec(id="pediatrician", description="Pediatrics: fever, rashes and illness in infants and children",
+              skills=["pediatrics", "fever in children"], policies=["clinical"],
+              resources=Resources(max_concurrency=8)),
+    AgentSpec(id="er-doc", description="Emergency medicine: urgent symptoms, when to call an ambulance, triage",
+              skills=["triage"], policies=["clinical"], resources=Resources(max_concurrency=8)),
+    AgentSpec(id="mathematician", description="Mathematics: arithmetic, algebra, calculus and statistics",
+              skills=["arithmetic"], policies=["public"], resources=Resources(max_concurrency=8)),
+    AgentSpec(id="mental-health", description="Mental health: anxiety, depression, stress and sleep",
+              skills=["psychiatry"], policies=["clinical"], resources=Resources(max_concurrency=8)),
+]
+
+
+def run_job(settings, specs, factory, embedder, question: str, options: JobOptions) -> tuple[JobResult, list[JobEvent]]:
+    async def main() -> tuple[JobResult, list[JobEvent]]:
+        events: list[JobEvent] = []
+        async with LocalFederation(settings, specs, backend_factory=factory, embedder=embedder) as fed:
+            result = await fed.run_job(question, options, on_event=events.append)
+            return result, events
+
+    return asyncio.run(main())
+
+
+def test_a_garbage_plan_falls_back_to_the_question_and_reaches_the_specialists(
+    memory_broker, tmp_path: Path, embedder
+) -> None:
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    backends: dict[str, ScriptedLLM] = {}
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        backends[spec.id] = ScriptedLLM(garbage_planner(spec.id), name=f"scripted-{spec.id}")
+        return backends[spec.id]
+
+    result, events = run_job(settings, PEDIATRIC, factory, embedder, FEVER,
+                             JobOptions(plan="always", max_proposers=2, agents_per_node=3, refine_rounds=1))
+    assert result.status == "completed", result.failure_reason
+    assert [n.text for n in result.dag.nodes] == [FEVER]  # the question verbatim, not the timestamp
+    assigned = {x.agent_id for ms in result.assignments.values() for x in ms}
+    assert "pediatrician" in assigned and "mathematician" not in assigned
+    check = next(e for e in events if e.phase == "plan_check")
+    assert check.data["dropped"][0]["text"] == GARBAGE and "fragment" in check.data["dropped"][0]["reason"]
+    assert any("no usable proposal" in e.message for e in events if e.phase == "decompose")
+
+
+def test_fillers_below_the_floor_are_left_out_and_reported(memory_broker, tmp_path: Path, embedder) -> None:
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    specs = [*SPECS, AgentSpec(id="poet", description="Poetry: sonnets, haiku and rhymes about nature",
+                               skills=["poetry"], policies=["clinical", "hipaa"],
+                               resources=Resources(max_concurrency=8))]
+    from tests.scripted_federation import backend_factory
+
+    result, events = run_job(settings, specs, backend_factory(), embedder,
+                             "Chest pain: what to do?", JobOptions(plan="never", agents_per_node=4, refine_rounds=0))
+    assert result.status == "completed", result.failure_reason
+    assert "poet" not in {x.agent_id for ms in result.assignments.values() for x in ms}
+    assign = next(e for e in events if e.phase == "assign")
+    left = [o["agent_id"] for o in assign.data["left_out"].get("n1", [])]
+    assert "poet" in left and "left out" in assign.message
+    floor = assign.data["floors"]["n1"]
+    assert all(x.score >= floor for x in result.assignments["n1"])
+
+
+def tool_agent_specs() -> list[AgentSpec]:
+    return [
+        AgentSpec(id="calendar-tool", description="Calendar tool: the weekday of a calendar date",
+                  skills=["weekday", "calendar date"], policies=["public"], tags=["exact"],
+                  resources=Resources(max_concurrency=8)),
+        AgentSpec(id="writer", description="Summarising and editing: merges answers into one clear answer",
+                  skills=["summarisation"], policies=["public"], resources=Resources(max_concurrency=8)),
+    ]
+
+
+async def with_tool(fed, spec: AgentSpec, settings, embedder, handler) -> Agent:
+    """An SDK agent next to the federation (a stand-in tool that returns exact results)."""
+    tool = Agent(spec, settings, broker=fed.address, embedder=embedder)
+    tool.handler(handler)
+    await tool.start()
+    await eventually(
+        lambda: fed.orchestrator.registry.get(spec.id) is not None and spec.id in fed.router.index.rows,
+        what=f"{spec.id} registered",
+    )
+    return tool
+
+
+def test_a_direct_route_answers_with_the_exact_tool_result_verbatim(memory_broker, tmp_path: Path, embedder) -> None:
+    """No plan (the tool fits the whole question); the tool's exact output survives a scripted
+    writer that rewrites everything in refinement and in a rebase synthesis."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    specs = tool_agent_specs()
+    tool_output = "2025-12-25 is a Thursday"
+    calls = 0
+
+    def writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        if (schema or {}).get("title") == "RefineOutput":
+            return json.dumps({"answer": "It is a Friday.", "done": True, "confidence": 1.0})
+        return "It is a Friday."
+
+    async def draft(task: DraftInput) -> DraftOutput:
+        nonlocal calls
+        calls += 1
+        return DraftOutput(answer=tool_output, confidence=0.9, exact=True)
+
+    async def main() -> tuple[JobResult, list[JobEvent]]:
+        events: list[JobEvent] = []
+        async with LocalFederation(settings, [specs[1]], backend_factory=lambda s: ScriptedLLM(writer),
+                                   embedder=embedder) as fed:
+            tool = await with_tool(fed, specs[0], settings, embedder, draft)
+            try:
+                result = await fed.run_job("What weekday is 2025-12-25?",
+                                           JobOptions(agents_per_node=2, refine_rounds=1, synth_mode="rebase"),
+                                           on_event=events.append)
+            finally:
+                await tool.stop()
+            return result, events
+
+    result, events = asyncio.run(main())
+    assert result.status == "completed", result.failure_reason
+    direct = [e for e in events if e.phase == "decompose" and e.data.get("direct")]
+    assert direct and direct[0].data["agent_id"] == "calendar-tool" and "direct" in direct[0].message
+    assert [n.text for n in result.dag.nodes] == ["What weekday is 2025-12-25?"]
+    assert calls == 1 and tool_output in result.answer
+
+
+def test_a_failed_exact_call_fails_the_node_with_the_tools_message(memory_broker, tmp_path: Path, embedder) -> None:
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    specs = tool_agent_specs()
+
+    async def draft(task: DraftInput) -> DraftOutput:
+        raise TaskFailed("Invalid date: 2025-13-45")
+
+    async def main() -> tuple[JobResult, list[JobEvent]]:
+        events: list[JobEvent] = []
+        async with LocalFederation(settings, [specs[1]], backend_factory=lambda s: ScriptedLLM(lambda m, s: "Friday"),
+                                   embedder=embedder) as fed:
+            tool = await with_tool(fed, specs[0], settings, embedder, draft)
+            try:
+                result = await fed.run_job("What weekday is 2025-13-45?", JobOptions(agents_per_node=2),
+                                           on_event=events.append)
+            finally:
+                await tool.stop()
+            return result, events
+
+    result, events = asyncio.run(main())
+    failed = [e for e in events if e.phase == "exact_failed"]
+    assert failed and "Invalid date: 2025-13-45" in failed[0].message
+    # the writer is far below the tool's α: it never guessed in the tool's place
+    assert result.status == "failed" and "Invalid date: 2025-13-45" in (result.failure_reason or "")
