@@ -5,8 +5,10 @@
     foa agent mcp --stdio "python examples/mcp_tools_server.py"
 
 Tools: unit conversion, weight-based dose arithmetic, date arithmetic, the weekday of a date (a
-single string parameter: the gateway calls it without any LLM), and `enable_bmi`, which adds a
-`bmi` tool at run time and announces the change (tools/list_changed).
+single free-text parameter: the gateway passes the subtask itself, without any LLM), the current
+time in a time zone (one string parameter that is not free text: an IANA name such as
+Asia/Tokyo; anything else is an "Invalid timezone" error result), and `enable_bmi`, which adds
+a `bmi` tool at run time and announces the change (tools/list_changed).
 
 Bad input raises `ToolError`, whose message reaches the caller (MCPServer hides the message of
 any other exception). The arithmetic is exact and deterministic on purpose: a federation that routes a subtask here
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import datetime as dt
 import re
+import zoneinfo
 from typing import Literal
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -27,7 +30,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 server = MCPServer(
     "foa-example-tools",
     instructions="Exact clinical arithmetic and unit conversions: body-weight doses, units of mass, "
-    "length, volume and temperature, and calendar date arithmetic.",
+    "length, volume and temperature, calendar date arithmetic, and the current time in a time zone.",
 )
 
 _FACTORS: dict[str, tuple[str, float]] = {
@@ -99,6 +102,17 @@ def weekday(text: str) -> str:
         raise ToolError(f"no ISO date (YYYY-MM-DD) in {text[:80]!r}")
     day = dt.date.fromisoformat(found.group(0))
     return f"{day.isoformat()} is a {day.strftime('%A')}"
+
+
+@server.tool()
+def current_time(timezone: str) -> str:
+    """The current date and time in a time zone, given as an IANA name (e.g. Asia/Tokyo, Europe/Paris, UTC)."""
+    try:
+        zone = zoneinfo.ZoneInfo(timezone.strip())
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ToolError(f"Invalid timezone {timezone[:80]!r}: give an IANA name such as Asia/Tokyo") from None
+    now = dt.datetime.now(zone)
+    return f"{now.isoformat(timespec='seconds')} ({zone.key})"
 
 
 def bmi(weight_kg: float, height_m: float) -> float:

@@ -11,12 +11,17 @@ new VCV version; per-tool agents of removed tools leave, new tools join.
 
 A draft: the tool is picked by embedding similarity between the subtask and the tools'
 descriptions; when the best two are within `tie_margin`, the agent's LLM decides between them.
-Arguments: a tool whose input schema is a single string parameter gets the subtask text, with no
-LLM at all; other tools get arguments written by the LLM under the tool's `inputSchema` (a grammar
-on the embedded model, `json_schema` on OpenAI-compatible servers), validated against the schema
-and re-asked with the validation error fed back up to `argument_retries` times, then the task
-fails. The answer is the result's text plus its structured content. `isError` results and
-protocol errors are task failures carrying the tool's own message.
+Arguments (`fill_arguments`): a tool whose only parameter is free text (query, text, question,
+...) gets the subtask itself, with no LLM; otherwise what the schema makes checkable is read from
+the text first (`fabric/interop/tool_arguments.py`: enum values, bounded numbers, booleans,
+dates, time zones, quoted spans, expressions), and the LLM writes only the required parameters
+still missing, under a schema reduced to them (a grammar on the embedded model, `json_schema`
+on OpenAI-compatible servers), seeing each one's description and the values already found.
+The merged arguments are validated against the tool's schema and re-asked with the validation
+error fed back, up to `argument_retries` times. A tool that answers `isError` (or refuses the
+call as invalid params) most often got a wrong argument: its message goes back to the LLM,
+which rewrites the arguments, up to `argument_retries` times; then the task fails with the
+tool's own message. The answer is the result's text plus its structured content, marked exact.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import logging
 import shlex
 import time
 from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -36,7 +42,7 @@ import numpy as np
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolResult, TextContent, Tool, ToolListChangedNotification
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolListChangedNotification
 
 from agents.host import AgentHost, HostedAgent
 from agents.sdk import TaskFailed
@@ -44,6 +50,7 @@ from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpec, MCPConfig, slug
+from fabric.interop.tool_arguments import extract, is_free_text, primary_type
 from fabric.llm.base import ChatMessage, LLMBackend, LLMError
 from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
@@ -73,7 +80,7 @@ def first_leaf(exc: BaseException) -> BaseException:
 
 
 def single_string_parameter(tool: Tool) -> str | None:
-    """The parameter name when the tool takes exactly one string (then no LLM is needed)."""
+    """The parameter name when the tool takes exactly one string."""
     props = (tool.input_schema or {}).get("properties") or {}
     if len(props) != 1:
         return None
@@ -101,6 +108,133 @@ def _json_of(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return None
+
+
+class ArgumentsRefused(TaskFailed):
+    """The server refused the call as invalid params: the arguments may be corrected."""
+
+
+@dataclass
+class FilledArguments:
+    arguments: dict[str, Any]
+    usage: Usage = field(default_factory=Usage)
+    extracted: list[str] = field(default_factory=list)  # parameters read from the text, without the LLM
+    whole_text: bool = False  # the free-text shortcut: the subtask itself is the argument
+
+
+def _schema_error(args: Any, schema: dict[str, Any]) -> str | None:
+    try:
+        jsonschema.validate(args, schema)
+    except jsonschema.ValidationError as exc:
+        return f"{exc.message} at {'/'.join(str(p) for p in exc.absolute_path) or 'the top level'}"
+    return None
+
+
+def _parameter_lines(props: dict[str, Any], names: list[str], required: set[str]) -> str:
+    lines = []
+    for name in names:
+        raw = props.get(name)
+        spec: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        kind = primary_type(spec) or ("one of " + json.dumps(spec["enum"]) if "enum" in spec else "any")
+        need = "required" if name in required else "optional"
+        lines.append(f"- {name} ({kind}, {need}): {spec.get('description') or spec.get('title') or name}")
+    return "\n".join(lines)
+
+
+async def fill_arguments(
+    tool: Tool,
+    text: str,
+    backend: LLMBackend | None,
+    retries: int,
+    *,
+    refused: tuple[dict[str, Any], str] | None = None,
+) -> FilledArguments:
+    """Arguments for the tool (see the module docstring). `refused`: the arguments the tool
+    refused and its message; the LLM then rewrites all of them, seeing both."""
+    schema: dict[str, Any] = tool.input_schema or {"type": "object"}
+    props: dict[str, Any] = schema.get("properties") or {}
+    if not props:
+        return FilledArguments({})
+    only = single_string_parameter(tool)
+    if only is not None and refused is None and is_free_text(only, props[only]):
+        return FilledArguments({only: text}, extracted=[only], whole_text=True)
+    required = set(schema.get("required") or [])
+    if refused is None:
+        found, left = extract(schema, text)
+        if not left and _schema_error(found, schema) is None:
+            return FilledArguments(found, extracted=sorted(found))
+        if not left:  # what the text said does not fit together: the LLM writes it all
+            found, left = {}, [n for n in props if n in required]
+    else:
+        found, left = {}, list(props)
+    if backend is None:
+        raise TaskFailed(
+            f"the tool {tool.name} needs structured arguments and this gateway has no LLM to write "
+            f"{', '.join(left)}: configure FOA_LLM_* (an OpenAI-compatible server) or the embedded model"
+        )
+    reduced: dict[str, Any] = {
+        "title": f"{tool.name}_arguments",
+        "type": "object",
+        "properties": {n: props[n] for n in left},
+        "required": [n for n in left if n in required],
+    }
+    for key in ("$defs", "definitions"):
+        if key in schema:
+            reduced[key] = schema[key]
+    prompt = f"Task: {text}\n\nArguments to write:\n{_parameter_lines(props, left, required)}"
+    if found:
+        prompt += f"\n\nAlready known from the task: {json.dumps(found)}"
+    if refused is not None:
+        prompt += (
+            f"\n\nThese arguments were sent: {json.dumps(refused[0])}\nThe tool answered: {refused[1]}\n"
+            "Correct the arguments."
+        )
+    messages = [
+        ChatMessage.system(
+            f"You call the tool `{tool.name}`: {tool.description or ''}\nAnswer with the JSON arguments only."
+        ),
+        ChatMessage.user(prompt),
+    ]
+    args, usage = await ask_for_arguments(tool, messages, reduced, found, backend, retries)
+    return FilledArguments(args, usage, extracted=sorted(found))
+
+
+async def ask_for_arguments(
+    tool: Tool,
+    messages: list[ChatMessage],
+    schema: dict[str, Any],
+    found: dict[str, Any],
+    backend: LLMBackend,
+    retries: int,
+) -> tuple[dict[str, Any], Usage]:
+    """The LLM's JSON under `schema` (its properties only), merged with `found`, validated
+    against the tool's whole schema; re-asked with the validation error up to `retries` times."""
+    usage = Usage()
+    error = "no attempt"
+    for _attempt in range(1 + retries):
+        try:
+            out = await backend.complete(messages, max_tokens=256, temperature=0.0, json_schema=schema)
+        except LLMError as exc:
+            raise TaskFailed(f"LLM unavailable to fill the arguments of {tool.name}: {exc}") from exc
+        usage = usage + out.usage
+        try:
+            written = extract_json(out.text)
+            args = {**{k: v for k, v in written.items() if k in (schema.get("properties") or {})}, **found}
+            schema_error = _schema_error(args, tool.input_schema or {"type": "object"})
+            if schema_error is None:
+                return args, usage
+            error = schema_error
+        except JSONExtractError as exc:
+            error = str(exc)
+        messages = [
+            *messages,
+            ChatMessage.assistant(out.text),
+            ChatMessage.user(f"Those arguments do not fit the schema: {error}. Answer with corrected JSON only."),
+        ]
+    raise TaskFailed(
+        f"arguments for the tool {tool.name} never fit its input schema after {1 + retries} attempts; "
+        f"last error: {error}"
+    )
 
 
 def tool_text(tool: Tool) -> str:
@@ -427,52 +561,10 @@ class MCPGateway:
             return self.tools[best], Usage()
         return self.tools[choice if choice in close else best], out.usage
 
-    async def fill_arguments(self, tool: Tool, text: str) -> tuple[dict[str, Any], Usage]:
-        """Arguments for the tool: the text itself for a single string parameter, else the LLM's
-        JSON under the input schema, validated and re-asked with the error fed back."""
-        only = single_string_parameter(tool)
-        if only is not None:
-            return {only: text}, Usage()
-        if not (tool.input_schema or {}).get("properties"):
-            return {}, Usage()
-        schema = dict(tool.input_schema or {"type": "object"})
-        schema.setdefault("title", f"{tool.name}_arguments")
-        if self.backend is None:
-            raise TaskFailed(
-                f"the tool {tool.name} needs structured arguments and this gateway has no LLM: "
-                "configure FOA_LLM_* (an OpenAI-compatible server) or the embedded model"
-            )
-        messages = [
-            ChatMessage.system(
-                f"You call the tool `{tool.name}`: {tool.description or ''}\nAnswer with the JSON arguments only."
-            ),
-            ChatMessage.user(f"Task: {text}\n\nArguments schema: {json.dumps(tool.input_schema)}"),
-        ]
-        usage = Usage()
-        error = "no attempt"
-        for _attempt in range(1 + self.config.argument_retries):
-            try:
-                out = await self.backend.complete(messages, max_tokens=256, temperature=0.0, json_schema=schema)
-            except LLMError as exc:
-                raise TaskFailed(f"LLM unavailable to fill the arguments of {tool.name}: {exc}") from exc
-            usage = usage + out.usage
-            try:
-                args = extract_json(out.text)
-                jsonschema.validate(args, tool.input_schema or {"type": "object"})
-                return args, usage
-            except JSONExtractError as exc:
-                error = str(exc)
-            except jsonschema.ValidationError as exc:
-                error = f"{exc.message} at {'/'.join(str(p) for p in exc.absolute_path) or 'the top level'}"
-            messages = [
-                *messages,
-                ChatMessage.assistant(out.text),
-                ChatMessage.user(f"Those arguments do not fit the schema: {error}. Answer with corrected JSON only."),
-            ]
-        raise TaskFailed(
-            f"arguments for the tool {tool.name} never fit its input schema after "
-            f"{1 + self.config.argument_retries} attempts; last error: {error}"
-        )
+    async def fill_arguments(
+        self, tool: Tool, text: str, *, refused: tuple[dict[str, Any], str] | None = None
+    ) -> FilledArguments:
+        return await fill_arguments(tool, text, self.backend, self.config.argument_retries, refused=refused)
 
     async def call(self, tool: Tool, args: dict[str, Any], deadline_at: float | None) -> CallToolResult:
         if self._client is None:
@@ -489,7 +581,8 @@ class MCPGateway:
             )
         except MCPError as exc:
             self.failures += 1
-            raise TaskFailed(f"the MCP server refused the call of {tool.name}: {exc.error.message}") from exc
+            message = f"the MCP server refused the call of {tool.name}: {exc.error.message}"
+            raise (ArgumentsRefused if exc.error.code == INVALID_PARAMS else TaskFailed)(message) from exc
         except TimeoutError:
             self.failures += 1
             raise TaskFailed(f"the tool {tool.name} did not answer within {limit:.1f}s") from None
@@ -502,15 +595,30 @@ class MCPGateway:
             else inp.subtask + "\n\nKnown:\n" + "\n".join(f"- {c.answer}" for c in inp.context)
         )
         tool, usage = await self.pick_tool(inp.subtask, allowed)
-        args, fill_usage = await self.fill_arguments(tool, text)
-        result = await self.call(tool, args, task.deadline_at)
-        answer, structured = result_answer(result)
-        if result.is_error:
-            self.failures += 1
-            raise TaskFailed(f"the tool {tool.name} failed: {answer or 'no message'}")
-        output = DraftOutput(answer=answer, confidence=0.9).model_dump()
-        output.update({"tool": tool.name, "arguments": args, "structured": structured})
-        return output, usage + fill_usage
+        filled = await self.fill_arguments(tool, text)
+        usage = usage + filled.usage
+        attempt = 0
+        while True:
+            try:
+                result = await self.call(tool, filled.arguments, task.deadline_at)
+            except ArgumentsRefused as exc:
+                refusal = str(exc)
+            else:
+                answer, structured = result_answer(result)
+                if not result.is_error:
+                    break
+                self.failures += 1
+                refusal = answer or "no message"
+            attempt += 1
+            if filled.whole_text or self.backend is None or attempt > self.config.argument_retries:
+                tries = f" (after {attempt} calls)" if attempt > 1 else ""
+                raise TaskFailed(f"the tool {tool.name} failed{tries}: {refusal}")
+            log.info("the tool %s refused %s: %s; re-asking", tool.name, filled.arguments, refusal)
+            filled = await self.fill_arguments(tool, text, refused=(filled.arguments, refusal))
+            usage = usage + filled.usage
+        output = DraftOutput(answer=answer, confidence=0.9, exact=True).model_dump()
+        output.update({"tool": tool.name, "arguments": filled.arguments, "structured": structured})
+        return output, usage
 
     async def refine(self, task: TaskRequest) -> dict[str, Any]:
         """A tool's result is a fact, not an opinion: it stands, and the agent votes done."""

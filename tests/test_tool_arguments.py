@@ -1,0 +1,231 @@
+"""Tool arguments read from the text before any LLM (fabric/interop/tool_arguments.py), and the
+gateway's filler around it: what the text states is filled and validated, the LLM writes only
+what is left, and a free-text shortcut applies only to free-text parameters.
+
+The re-ask tests use a ScriptedLLM (a stand-in for unit tests of the filler's logic), whose
+answers depend on the prompt and the schema it is given."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from mcp_types import Tool
+
+from agents.sdk import TaskFailed
+from fabric.interop.mcp_gateway import fill_arguments
+from fabric.interop.tool_arguments import extract, find_expressions, is_arithmetic, is_free_text
+from fabric.llm.base import ChatMessage
+from fabric.llm.scripted import ScriptedLLM
+
+
+def obj(required: list[str] | None = None, **props: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "properties": props, "required": list(props) if required is None else required}
+
+
+TIMEZONE = obj(timezone={"type": "string"})
+
+
+@pytest.mark.parametrize(
+    ("text", "zone"),
+    [
+        ("What is the current time in Asia/Tokyo?", "Asia/Tokyo"),
+        ("what time is it in asia/tokyo", "Asia/Tokyo"),
+        ("What time is it in Tokyo right now?", "Asia/Tokyo"),
+        ("Current time in Japan", "Asia/Tokyo"),
+        ("time in New York", "America/New_York"),
+        ("What's the time in the UK?", "Europe/London"),
+        ("the time in UTC", "UTC"),
+    ],
+)
+def test_time_zones_from_names_cities_and_countries(text: str, zone: str) -> None:
+    assert extract(TIMEZONE, text) == ({"timezone": zone}, [])
+
+
+def test_a_time_zone_that_the_text_does_not_settle_is_left_for_the_llm() -> None:
+    assert extract(TIMEZONE, "What is the current time?") == ({}, ["timezone"])
+    assert extract(TIMEZONE, "the time in China") == ({}, ["timezone"])  # two zones: not a guess
+    assert extract(TIMEZONE, "the time in New Jersey") == ({}, ["timezone"])  # not Europe/Jersey
+    two = obj(
+        from_tz={"type": "string", "description": "source time zone"},
+        to_tz={"type": "string", "description": "target time zone"},
+    )
+    assert extract(two, "Convert 9:00 from Tokyo to Paris time") == (
+        {"from_tz": "Asia/Tokyo", "to_tz": "Europe/Paris"},
+        [],
+    )
+
+
+def test_enum_values_named_in_the_text() -> None:
+    schema = obj(["city"], city={"type": "string"}, unit={"type": "string", "enum": ["celsius", "fahrenheit"]})
+    assert extract(schema, "Weather in Paris in Fahrenheit") == ({"unit": "fahrenheit"}, ["city"])
+    assert extract(schema, "Weather in Paris") == ({}, ["city"])  # an optional enum not named stays absent
+    assert extract(schema, "celsius or fahrenheit?")[0] == {}  # two named: not a guess
+    modes = obj(mode={"type": "string", "enum": ["fast_scan", "deep_scan"]})
+    assert extract(modes, "run a deep scan of the disk") == ({"mode": "deep_scan"}, [])
+    const = obj(version={"const": 2}, name={"type": "string"})
+    assert extract(const, "hello")[0] == {"version": 2}
+
+
+def test_numbers_within_bounds_go_to_the_parameter_named_next_to_them() -> None:
+    triangle = obj(["base", "height"], base={"type": "integer"}, height={"type": "integer"}, unit={"type": "string"})
+    assert extract(triangle, "Area of a triangle with a base of 10 units and height of 5 units.")[0] == {
+        "base": 10,
+        "height": 5,
+    }
+    assert extract(triangle, "Area of a triangle with height 7 and base 3")[0] == {"base": 3, "height": 7}
+    dose = obj(
+        ["weight_kg", "mg_per_kg"],
+        weight_kg={"type": "number"},
+        mg_per_kg={"type": "number"},
+        max_single_dose_mg={"anyOf": [{"type": "number"}, {"type": "null"}]},
+    )
+    assert extract(dose, "Dose for 12 kg at 15 mg/kg")[0] == {"weight_kg": 12, "mg_per_kg": 15}
+    assert extract(dose, "Dose for 20 kg at 10 mg/kg, max 150 mg")[0] == {
+        "weight_kg": 20,
+        "mg_per_kg": 10,
+        "max_single_dose_mg": 150,
+    }
+    bounded = obj(count={"type": "integer", "minimum": 1, "maximum": 10})
+    assert extract(bounded, "show 50 rows") == ({}, ["count"])  # out of bounds: not taken
+    assert extract(bounded, "show five rows")[0] == {"count": 5}
+    assert extract(bounded, "show 2.5 rows") == ({}, ["count"])  # not an integer
+    money = obj(amount={"type": "number"})
+    assert extract(money, "transfer $1,250.50 now")[0] == {"amount": 1250.5}
+    assert extract(money, "on 2024-03-01") == ({}, ["amount"])  # no number from inside a date
+
+
+def test_booleans_from_their_name_words_and_negation() -> None:
+    schema = obj([], detailed={"type": "boolean"}, include_images={"type": "boolean"})
+    assert extract(schema, "a detailed report with images")[0] == {"detailed": True, "include_images": True}
+    assert extract(schema, "a short report, not detailed, without images")[0] == {
+        "detailed": False,
+        "include_images": False,
+    }
+    assert extract(schema, "a report")[0] == {}
+
+
+def test_dates_times_uris_and_emails_by_format() -> None:
+    schema = obj(day={"type": "string", "format": "date"}, days={"type": "integer"})
+    for text in (
+        "30 days after 2024-03-01",
+        "30 days after March 1, 2024",
+        "30 days after 1st March 2024",
+        "30 days after 2024/3/1",
+    ):
+        assert extract(schema, text) == ({"day": "2024-03-01", "days": 30}, []), text
+    described = obj(start={"type": "string", "description": "Start date in YYYY-MM-DD format"})
+    assert extract(described, "from Jan 5 2023 on")[0] == {"start": "2023-01-05"}
+    assert extract(described, "from 2023-02-30 on") == ({}, ["start"])  # not a date
+    when = obj(at={"type": "string", "format": "time"}, stamp={"type": "string", "format": "date-time"})
+    assert extract(when, "remind me at 3:30 pm, logged 2024-03-01T08:15Z")[0] == {
+        "at": "15:30:00",
+        "stamp": "2024-03-01T08:15:00Z",
+    }
+    web = obj(url={"type": "string", "format": "uri"}, to={"type": "string", "format": "email"})
+    assert extract(web, "Send https://example.org/a?b=1. to ann@example.org, please")[0] == {
+        "url": "https://example.org/a?b=1",
+        "to": "ann@example.org",
+    }
+
+
+def test_quoted_spans_fill_string_parameters() -> None:
+    schema = obj(title={"type": "string"}, author={"type": "string"})
+    assert extract(schema, "Find the book \"War and Peace\" by 'Leo Tolstoy'")[0] == {
+        "title": "War and Peace",
+        "author": "Leo Tolstoy",
+    }
+    assert extract(obj(title={"type": "string"}), "Find the book War and Peace, it's long") == ({}, ["title"])
+
+
+def test_arithmetic_expressions_are_parsed_never_evaluated() -> None:
+    schema = obj(function={"type": "string", "description": "The function to differentiate"}, x={"type": "integer"})
+    assert extract(schema, "Derivative of 3x^2 + 2x - 1 at x = 2.")[0] == {"function": "3*x**2 + 2*x - 1", "x": 2}
+    assert is_arithmetic("sqrt(16) + 2^3") and not is_arithmetic("__import__('os').system('ls')")
+    assert not is_arithmetic("hello world") and not is_arithmetic("42")
+    assert [s.value for s in find_expressions("What is (12 + 3) * 4?")] == ["(12 + 3) * 4"]
+
+
+def test_free_text_is_what_names_and_descriptions_say() -> None:
+    assert is_free_text("query", {"type": "string"})
+    assert is_free_text("text", {"type": "string"})
+    assert is_free_text("q", {"type": "string", "description": "The search query"})
+    assert is_free_text("prompt", {"anyOf": [{"type": "string"}, {"type": "null"}]})
+    values: list[tuple[str, dict[str, Any]]] = [
+        ("timezone", {"type": "string", "description": "the time zone, as text"}),
+        ("url", {"type": "string", "description": "the text of the link"}),
+        ("message_id", {"type": "string"}),
+        ("sql", {"type": "string", "description": "the query to run"}),
+        ("expression", {"type": "string", "description": "input to evaluate"}),
+        ("path", {"type": "string", "description": "file content location"}),
+        ("query", {"type": "string", "enum": ["a", "b"]}),
+        ("name", {"type": "string"}),
+        ("count", {"type": "integer", "description": "how many query results"}),
+    ]
+    for name, schema in values:
+        assert not is_free_text(name, schema), name
+
+
+# ---- the filler around it --------------------------------------------------------------------
+
+
+def tool(name: str, schema: dict[str, Any], description: str = "") -> Tool:
+    return Tool(name=name, description=description, input_schema=schema)
+
+
+def test_the_llm_writes_only_what_is_left_and_sees_the_values_found() -> None:
+    convert = tool(
+        "convert_units",
+        obj(
+            value={"type": "number"},
+            from_unit={"type": "string", "description": "unit"},
+            to_unit={"type": "string", "description": "target unit"},
+        ),
+    )
+    llm = ScriptedLLM(lambda messages, schema: json.dumps({"from_unit": "lb", "to_unit": "kg", "value": 99}))
+    filled = asyncio.run(fill_arguments(convert, "Convert 10 lb to kilograms", llm, 2))
+    assert filled.arguments == {"value": 10, "from_unit": "lb", "to_unit": "kg"}  # the text's 10, not the LLM's 99
+    assert filled.extracted == ["value"] and llm.call_count == 1
+    call = llm.calls[0]
+    assert call.json_schema is not None and set(call.json_schema["properties"]) == {"from_unit", "to_unit"}
+    assert '"value": 10' in call.messages[-1].content and "- to_unit (string, required): target unit" in (
+        call.messages[-1].content
+    )
+    # nothing left: no LLM at all
+    silent = ScriptedLLM([])
+    assert asyncio.run(fill_arguments(tool("t", TIMEZONE), "time in Tokyo", silent, 2)).arguments == {
+        "timezone": "Asia/Tokyo"
+    }
+    assert silent.call_count == 0
+
+
+def test_the_whole_text_goes_only_to_a_free_text_parameter() -> None:
+    search = tool("search", obj(query={"type": "string"}))
+    filled = asyncio.run(fill_arguments(search, "cheap flights to Rome", None, 2))
+    assert filled.arguments == {"query": "cheap flights to Rome"} and filled.whole_text
+    with pytest.raises(TaskFailed, match="needs structured arguments and this gateway has no LLM to write timezone"):
+        asyncio.run(fill_arguments(tool("current_time", TIMEZONE), "What is the current time?", None, 2))
+    assert asyncio.run(fill_arguments(tool("ping", {"type": "object"}), "ping", None, 2)).arguments == {}
+
+
+def test_a_refusal_is_rewritten_by_the_llm_seeing_the_tools_message() -> None:
+    def writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        assert schema is not None and set(schema["properties"]) == {"timezone"}
+        return json.dumps({"timezone": "Asia/Tokyo"})
+
+    llm = ScriptedLLM(writer)
+    filled = asyncio.run(
+        fill_arguments(
+            tool("current_time", TIMEZONE),
+            "time in Tokio",
+            llm,
+            2,
+            refused=({"timezone": "Tokio"}, "Invalid timezone 'Tokio'"),
+        )
+    )
+    assert filled.arguments == {"timezone": "Asia/Tokyo"} and filled.extracted == []
+    prompt = llm.calls[0].messages[-1].content
+    assert '{"timezone": "Tokio"}' in prompt and "The tool answered: Invalid timezone 'Tokio'" in prompt
