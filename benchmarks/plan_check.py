@@ -120,12 +120,15 @@ def main() -> int:
         per_suite: dict[str, dict[str, Any]] = {}
         for suite, q, plan in plans:
             _, dropped = check_plans(q, [("planner", plan)], embedder.embed, similarity_floor=chosen)
-            entry = per_suite.setdefault(suite, {"plans": 0, "subtasks": 0, "dropped": 0, "emptied": 0, "examples": []})
+            fresh = {"plans": 0, "subtasks": 0, "dropped": 0, "emptied": 0, "examples": [], "kept": []}
+            entry = per_suite.setdefault(suite, fresh)
             entry["plans"] += 1
             entry["subtasks"] += len(plan.subtasks)
             entry["dropped"] += len(dropped)
             entry["emptied"] += len(dropped) == len(plan.subtasks)
             entry["examples"] += [{"text": d.text, "reason": d.reason} for d in dropped]
+            gone = {d.subtask_id for d in dropped}
+            entry["kept"] += [x.text for x in plan.subtasks if x.id not in gone]
         for entry in per_suite.values():
             entry["drop_rate"] = entry["dropped"] / entry["subtasks"] if entry["subtasks"] else 0.0
         result["proposed"] = per_suite

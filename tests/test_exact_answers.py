@@ -54,7 +54,10 @@ def test_degenerate_subtasks_are_named_with_their_reason() -> None:
     assert "fragment" in (degenerate_reason(GARBAGE) or "")
     assert "fragment" in (degenerate_reason("2025-12-25") or "")
     assert "echo" in (degenerate_reason("Split this request into subtasks that different experts could work on") or "")
+    assert "statement" in (degenerate_reason("I love this product") or "")
+    assert "statement" in (degenerate_reason("This is a great idea. I'm excited about it") or "")
     assert degenerate_reason("Check whether the rash is a sign of meningitis") is None
+    assert degenerate_reason("Is this rash an emergency?") is None  # a question is an instruction too
 
 
 def test_plan_check_drops_garbage_and_off_question_subtasks_and_keeps_real_ones(embedder) -> None:
@@ -180,6 +183,14 @@ PEDIATRIC = [
 ]
 
 
+def console_view(result: JobResult, events: list[JobEvent]) -> Any:
+    from fabric.ui.jobs import JobRecord, derive
+
+    record = JobRecord(result.job_id, events={e.seq: e.model_dump(mode="json") for e in events},
+                       result=result.model_dump(mode="json"))
+    return derive(record)
+
+
 def run_job(settings, specs, factory, embedder, question: str, options: JobOptions) -> tuple[JobResult, list[JobEvent]]:
     async def main() -> tuple[JobResult, list[JobEvent]]:
         events: list[JobEvent] = []
@@ -209,6 +220,8 @@ def test_a_garbage_plan_falls_back_to_the_question_and_reaches_the_specialists(
     check = next(e for e in events if e.phase == "plan_check")
     assert check.data["dropped"][0]["text"] == GARBAGE and "fragment" in check.data["dropped"][0]["reason"]
     assert any("no usable proposal" in e.message for e in events if e.phase == "decompose")
+    detail = console_view(result, events)  # what the console's job page shows
+    assert detail.dropped[0]["text"] == GARBAGE and "dropped 1 proposed subtask" in detail.plan_note
 
 
 def test_fillers_below_the_floor_are_left_out_and_reported(memory_broker, tmp_path: Path, embedder) -> None:
@@ -227,6 +240,8 @@ def test_fillers_below_the_floor_are_left_out_and_reported(memory_broker, tmp_pa
     assert "poet" in left and "left out" in assign.message
     floor = assign.data["floors"]["n1"]
     assert all(x.score >= floor for x in result.assignments["n1"])
+    (node,) = console_view(result, events).nodes
+    assert "poet" in [o["agent_id"] for o in node.left_out] and all(o["score"] < o["floor"] for o in node.left_out)
 
 
 def tool_agent_specs() -> list[AgentSpec]:
@@ -314,3 +329,41 @@ def test_a_failed_exact_call_fails_the_node_with_the_tools_message(memory_broker
     assert failed and "Invalid date: 2025-13-45" in failed[0].message
     # the writer is far below the tool's α: it never guessed in the tool's place
     assert result.status == "failed" and "Invalid date: 2025-13-45" in (result.failure_reason or "")
+
+
+# ---- as a user runs it: real processes ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_foa_run_mixed_weekday_goes_direct_to_the_tool(tmp_path: Path) -> None:
+    """`foa run --specs examples/mixed "What weekday is 2025-12-25?"` in a subprocess: the real
+    broker, embedded model, the MCP server subprocess and the A2A example agent. The tool fits the
+    whole question, so there is no plan (the 135M planner used to copy the date wrongly), and
+    the answer is the tool's output, verbatim."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.interop_support import a2a_example, free_port
+
+    root = Path(__file__).resolve().parent.parent
+    specs = tmp_path / "mixed"
+    shutil.copytree(root / "examples" / "mixed", specs)
+    port = free_port()  # the example's 9101 may be taken on a shared machine
+    utility = specs / "text-utility.yaml"
+    utility.write_text(utility.read_text().replace("127.0.0.1:9101", f"127.0.0.1:{port}"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {"FOA_DATA_DIR": str(tmp_path / "d")}
+    with a2a_example(port):
+        proc = subprocess.run(
+            [sys.executable, "-m", "fabric.cli", "run", "--specs", str(specs), "What weekday is 2025-12-25?", "--json"],
+            env=env, cwd=root, capture_output=True, text=True, timeout=600,
+        )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["status"] == "completed"
+    assert "Thursday" in out["answer"] and "2025-12-25" in out["answer"]
+    assert [n["text"] for n in out["dag"]["nodes"]] == ["What weekday is 2025-12-25?"]
+    assert [m["agent_id"] for m in out["assignments"]["n1"]] == ["clinical-tools"]
+    assert "direct: clinical-tools fits the whole question" in proc.stderr
+    assert "propose a plan" not in proc.stderr  # no planner was asked

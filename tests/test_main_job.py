@@ -57,6 +57,8 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
     # live progress went to stderr while the job ran
     for phase in ("decompose", "assign", "draft", "done"):
         assert phase in proc.stderr
+    # two specialists fit chest pain about equally: the question is planned, not routed directly
+    assert "propose a plan" in proc.stderr and "direct:" not in proc.stderr
     # and the job is in the store for `foa jobs` / `foa job show`
     shown = subprocess.run(
         [sys.executable, "-m", "fabric.cli", "job", "show", out["job_id"]],

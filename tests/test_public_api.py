@@ -92,4 +92,4 @@ def test_the_readme_agent_example_serves_typed_drafts() -> None:
     assert isinstance(agent, foa.Agent) and agent.tasks.kinds == ["draft"]
     task = foa.TaskRequest(task_id="t", task_kind="draft", agent_id="echo", input={"question": "q", "subtask": "hello"})
     result = asyncio.run(agent.tasks.execute(task))
-    assert result.ok and result.output == {"answer": "hello", "confidence": 1.0}
+    assert result.ok and result.output == {"answer": "hello", "confidence": 1.0, "exact": False}

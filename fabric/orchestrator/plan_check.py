@@ -7,7 +7,11 @@ to whichever agents were least bad at nothing, and the agents that fit the quest
 it. Three checks, cheapest first:
 
 - **degenerate**: fewer than `MIN_WORDS` alphabetic words (dates, times, numbers, fragments),
-  or mostly the planning prompt's own words (an echo of the instructions);
+  mostly the planning prompt's own words (an echo of the instructions), or chat instead of an
+  instruction: a statement that opens with a pronoun or a greeting ("I love this product",
+  "This is a great idea", "Hi Dr. Alvarez, ..."), which the 135M planner writes often and no
+  gold step does (0 of NESTFUL's 797 gold steps, 0 of HealthBench's 4,106 positive rubric
+  criteria; `benchmarks/plan_check.py`);
 - **off-question**: cosine between the subtask and the question below `similarity_floor`
   (FOA_PLAN_SIMILARITY_FLOOR, -0.05). Measured with `benchmarks/plan_check.py --json`: NESTFUL's
   gold steps sit far above any floor (1st percentile 0.145), but HealthBench's positive rubric
@@ -40,6 +44,12 @@ PROMPT_WORDS = frozenset(
     "instruction if a subtask needs the result of another list that subtask's id in depends_on".split()
 )
 _WORD = re.compile(r"[^\W\d_]{2,}")
+#: how chat opens, and no instruction does
+CHAT_OPENERS = frozenset(
+    "i i'm i've i'd we we're she he they it it's this that these those my our your hi hello hey thanks thank "
+    "yes no ok okay sure".split()
+)
+_FIRST = re.compile(r"[A-Za-z']+")
 
 
 class DroppedSubtask(BaseModel):
@@ -60,6 +70,9 @@ def degenerate_reason(text: str) -> str | None:
     echoed = sum(w in PROMPT_WORDS for w in words)
     if len(words) >= 6 and echoed / len(words) >= 0.7:
         return "an echo of the planning instructions"
+    first = _FIRST.search(text)
+    if first is not None and first.group().lower() in CHAT_OPENERS and not text.rstrip().endswith("?"):
+        return f"a statement, not an instruction (it opens with {first.group()!r})"
     return None
 
 
@@ -76,7 +89,7 @@ def check_plans(
     candidates: list[tuple[int, int]] = []  # (proposal, subtask) that passed the text check
     for p, (proposer, plan) in enumerate(proposals):
         for s, sub in enumerate(plan.subtasks):
-            reason = degenerate_reason(sub.text)
+            reason = None if sub.text == " ".join(question.split()) else degenerate_reason(sub.text)
             if reason is None:
                 candidates.append((p, s))
             else:
