@@ -17,7 +17,7 @@ and baseline_llm_calls_per_call, seconds_per_call for both, n per category.
 LLM: the embedded model (SmolLM2-135M, llama.cpp, a JSON-schema grammar) by default; an
 OpenAI-compatible server when FOA_LLM_BASE_URL (FOA_LLM_MODEL, FOA_LLM_API_KEY) is set.
 
-Usage: benchmarks/tool_args.py --json [--limit 20] [--seed 0] [--retries 2]
+Usage: benchmarks/tool_args.py --json [--limit 40] [--seed 0] [--retries 2]
 """
 
 from __future__ import annotations
@@ -238,7 +238,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--limit", type=int, default=20, help="questions per category (seeded sample)")
+    ap.add_argument("--limit", type=int, default=40, help="questions per category (seeded sample)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--retries", type=int, default=2, help="argument_retries, as in MCPConfig")
     args = ap.parse_args()

@@ -17,7 +17,7 @@ from mcp_types import Tool
 
 from agents.sdk import TaskFailed
 from fabric.interop.mcp_gateway import fill_arguments
-from fabric.interop.tool_arguments import extract, find_expressions, is_arithmetic, is_free_text
+from fabric.interop.tool_arguments import extract, find_expressions, is_arithmetic, is_free_text, trim_run_on
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
 
@@ -229,3 +229,22 @@ def test_a_refusal_is_rewritten_by_the_llm_seeing_the_tools_message() -> None:
     assert filled.arguments == {"timezone": "Asia/Tokyo"} and filled.extracted == []
     prompt = llm.calls[0].messages[-1].content
     assert '{"timezone": "Tokio"}' in prompt and "The tool answered: Invalid timezone 'Tokio'" in prompt
+
+
+def test_a_string_that_runs_on_past_the_task_is_cut_at_the_tasks_words() -> None:
+    text = "Find the type of gene mutation of SNP ID rs6034464."
+    assert trim_run_on("rs6034464.125897-dff/mutationTypeGenomeProfiling", text) == "rs6034464"
+    assert trim_run_on("rs6034464", text) == "rs6034464"
+    assert trim_run_on("San Francisco, CA", "weather in San Francisco") == "San Francisco, CA"  # adds a little
+    assert trim_run_on("gene mutations and more and more words", text) == "gene mutations and more and more words"
+    assert trim_run_on("SNP ID rs6034464\n```python\ndef find(", text) == "SNP ID rs6034464"
+    assert trim_run_on("USD", text) == "USD"
+
+    def runs_on(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        return json.dumps({"snp_id": "rs6034464.125897-dff/mutationTypeGenomeProfiling"})
+
+    lookup = tool("mutation_type", obj(snp_id={"type": "string", "description": "The SNP identifier"}))
+    llm = ScriptedLLM(runs_on)
+    assert asyncio.run(fill_arguments(lookup, text, llm, 0)).arguments == {"snp_id": "rs6034464"}
+    sent = llm.calls[0].json_schema
+    assert sent is not None and sent["properties"]["snp_id"]["minLength"] == 1  # the grammar writes no ""

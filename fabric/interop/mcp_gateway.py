@@ -50,7 +50,7 @@ from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpec, MCPConfig, slug
-from fabric.interop.tool_arguments import extract, is_free_text, primary_type
+from fabric.interop.tool_arguments import extract, is_free_text, primary_type, trim_run_on
 from fabric.llm.base import ChatMessage, LLMBackend, LLMError
 from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
@@ -141,6 +141,14 @@ def _parameter_lines(props: dict[str, Any], names: list[str], required: set[str]
     return "\n".join(lines)
 
 
+def _not_empty(spec: Any) -> Any:
+    """A string parameter as the LLM may write it: not empty (no task gives an empty value; the
+    embedded model under a grammar writes "" when unsure)."""
+    if not isinstance(spec, dict) or spec.get("type") != "string" or "enum" in spec or "const" in spec:
+        return spec
+    return {"minLength": 1, **spec}
+
+
 async def fill_arguments(
     tool: Tool,
     text: str,
@@ -175,13 +183,13 @@ async def fill_arguments(
     reduced: dict[str, Any] = {
         "title": f"{tool.name}_arguments",
         "type": "object",
-        "properties": {n: props[n] for n in left},
+        "properties": {n: _not_empty(props[n]) for n in left},
         "required": [n for n in left if n in required],
     }
     for key in ("$defs", "definitions"):
         if key in schema:
             reduced[key] = schema[key]
-    prompt = f"Task: {text}\n\nArguments to write:\n{_parameter_lines(props, left, required)}"
+    prompt = f"Arguments to write:\n{_parameter_lines(props, left, required)}"
     if found:
         prompt += f"\n\nAlready known from the task: {json.dumps(found)}"
     if refused is not None:
@@ -189,13 +197,14 @@ async def fill_arguments(
             f"\n\nThese arguments were sent: {json.dumps(refused[0])}\nThe tool answered: {refused[1]}\n"
             "Correct the arguments."
         )
+    prompt += f"\n\nTask: {text}"
     messages = [
         ChatMessage.system(
             f"You call the tool `{tool.name}`: {tool.description or ''}\nAnswer with the JSON arguments only."
         ),
         ChatMessage.user(prompt),
     ]
-    args, usage = await ask_for_arguments(tool, messages, reduced, found, backend, retries)
+    args, usage = await ask_for_arguments(tool, messages, reduced, found, backend, retries, task=text)
     return FilledArguments(args, usage, extracted=sorted(found))
 
 
@@ -206,9 +215,12 @@ async def ask_for_arguments(
     found: dict[str, Any],
     backend: LLMBackend,
     retries: int,
+    *,
+    task: str | None = None,
 ) -> tuple[dict[str, Any], Usage]:
     """The LLM's JSON under `schema` (its properties only), merged with `found`, validated
-    against the tool's whole schema; re-asked with the validation error up to `retries` times."""
+    against the tool's whole schema; re-asked with the validation error up to `retries` times.
+    With the `task` text, strings that run on past the task's words are cut (`trim_run_on`)."""
     usage = Usage()
     error = "no attempt"
     for _attempt in range(1 + retries):
@@ -218,8 +230,11 @@ async def ask_for_arguments(
             raise TaskFailed(f"LLM unavailable to fill the arguments of {tool.name}: {exc}") from exc
         usage = usage + out.usage
         try:
-            written = extract_json(out.text)
-            args = {**{k: v for k, v in written.items() if k in (schema.get("properties") or {})}, **found}
+            props = schema.get("properties") or {}
+            written = {k: v for k, v in extract_json(out.text).items() if k in props}
+            if task is not None:
+                written = {k: trim_run_on(v, task) if isinstance(v, str) else v for k, v in written.items()}
+            args = {**written, **found}
             schema_error = _schema_error(args, tool.input_schema or {"type": "object"})
             if schema_error is None:
                 return args, usage

@@ -714,3 +714,25 @@ def extract(schema: dict[str, Any] | None, text: str) -> tuple[dict[str, Any], l
         settle(numeric, {n: numbers for n in numeric})
     left = [n for n in props if n in required and n not in found]
     return found, left
+
+
+# ---- checking what an LLM wrote ---------------------------------------------------------------
+
+
+def trim_run_on(value: str, text: str) -> str:
+    """A written string that starts with words of the text and then runs on into what no task
+    says (a small model under a grammar writes until max_tokens: "rs6034464.125897-dff/mutation
+    TypeGenomeProfiling,..."; a run of 20 characters without a space, a new line, code fences or
+    braces) is cut where the text's words end. Prose that goes on ("San Francisco, CA" for "San
+    Francisco", a longer search phrase) is left as written."""
+    lower, value_lower = text.lower(), value.lower()
+    size = 0
+    while size < len(value) and value_lower[: size + 1] in lower:
+        size += 1
+    while 0 < size < len(value) and value[size - 1].isalnum() and value[size].isalnum():
+        size -= 1  # back to the end of a whole word
+    grounded = value[:size].rstrip(" ,.;:-/")
+    if not grounded or not re.search(r"\S{20,}|\n|```|[{}]", value[size:]):
+        return value
+    whole = re.search(rf"(?<!\w){re.escape(grounded.lower())}(?!\w)", lower)
+    return grounded if whole else value
