@@ -155,13 +155,13 @@ def test_carry_exact_appends_what_a_synthesis_lost_and_states_failures() -> None
 # ---- whole jobs --------------------------------------------------------------------------------
 
 
-def garbage_planner(agent_id: str):
-    """A scripted planner that proposes the garbage subtask seen with the 135M model."""
+def garbage_planner(agent_id: str, plan: Sequence[str] = (GARBAGE,)):
+    """A scripted planner that proposes what the 135M model proposed (the garbage subtask)."""
 
     def respond(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
         title = (schema or {}).get("title")
         if title == "Plan":
-            return json.dumps({"subtasks": [{"id": "s1", "text": GARBAGE, "depends_on": []}]})
+            return json.dumps({"subtasks": [{"id": f"s{i}", "text": t, "depends_on": []} for i, t in enumerate(plan)]})
         if title == "RefineOutput":
             own = messages[-1].content.split("Your answer:\n", 1)[1].split("\n\nYour peers'", 1)[0]
             return json.dumps({"answer": own, "done": True, "confidence": 0.6})
@@ -195,6 +195,8 @@ def run_job(settings, specs, factory, embedder, question: str, options: JobOptio
     async def main() -> tuple[JobResult, list[JobEvent]]:
         events: list[JobEvent] = []
         async with LocalFederation(settings, specs, backend_factory=factory, embedder=embedder) as fed:
+            # the router calibrates its abstention threshold once the agents have settled
+            await eventually(lambda: fed.router.engine.threshold is not None, timeout=30, what="calibration")
             result = await fed.run_job(question, options, on_event=events.append)
             return result, events
 
@@ -222,6 +224,24 @@ def test_a_garbage_plan_falls_back_to_the_question_and_reaches_the_specialists(
     assert any("no usable proposal" in e.message for e in events if e.phase == "decompose")
     detail = console_view(result, events)  # what the console's job page shows
     assert detail.dropped[0]["text"] == GARBAGE and "dropped 1 proposed subtask" in detail.plan_note
+
+
+def test_a_subtask_nobody_fits_leaves_the_plan(memory_broker, tmp_path: Path, embedder) -> None:
+    """The 135M plan for chest pain had "What should I do?" as a node: no agent fits it, and the
+    least-bad one (mental health) answered it. Now it is reported and dropped."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    subtasks = ("Decide whether the rash and fever need emergency care", "What should I do?")
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        return ScriptedLLM(garbage_planner(spec.id, subtasks), name=f"scripted-{spec.id}")
+
+    result, events = run_job(settings, PEDIATRIC, factory, embedder, FEVER,
+                             JobOptions(plan="always", max_proposers=1, agents_per_node=2, refine_rounds=0))
+    assert result.status == "completed", result.failure_reason
+    unfit = next(e for e in events if e.phase == "unfit")
+    assert "dropped from the plan" in unfit.message
+    assert [n.text for n in result.dag.nodes] == [subtasks[0]]
+    assert "What should I do?" not in result.answer
 
 
 def test_fillers_below_the_floor_are_left_out_and_reported(memory_broker, tmp_path: Path, embedder) -> None:

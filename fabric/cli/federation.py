@@ -173,7 +173,7 @@ class Progress:
             left_out = event.data.get("left_out", {})
             for node, matches in event.data.get("assignments", {}).items():
                 shown = ", ".join(f"{m['agent_id']} (α={m['score']:.2f})" for m in matches)
-                out = "".join(f"; left out {o['agent_id']} (α={o['score']:.3f} < {o['floor']:.3f})"
+                out = "".join(f"; left out {o['agent_id']} (α={o['score']:.3g} < {o['floor']:.3g})"
                               for o in left_out.get(node, []))
                 print(f"{'':>20}{node}: {shown}{out}", file=sys.stderr)
         for dropped in event.data.get("dropped", []) if event.phase == "plan_check" else []:

@@ -77,6 +77,15 @@ class Dag(BaseModel):
             edges=self.edges,
         )
 
+    def drop(self, node_ids: set[str]) -> None:
+        """Remove nodes (and the dependencies on them) in place: subtasks no agent fits."""
+        self.nodes = [
+            n.model_copy(update={"depends_on": [d for d in n.depends_on if d not in node_ids]})
+            for n in self.nodes
+            if n.node_id not in node_ids
+        ]
+        self._by_id.clear()
+
     @classmethod
     def single(cls, question: str) -> Dag:
         """The fallback plan: the whole question as one node."""

@@ -390,13 +390,7 @@ class JobRunner:
                 raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
             unfit = [n for n, c in cuts.items() if c.unfit]
             if unfit:  # reported, not silently given to the least-bad agent
-                await self.emit(
-                    "unfit",
-                    f"no agent fits {unfit} above the abstention threshold ({response.threshold:.3f}); "
-                    "they run with the best agents there are",
-                    {"nodes": unfit, "threshold": response.threshold,
-                     "best": {n: cuts[n].kept[0].model_dump(mode="json") for n in unfit}},
-                )
+                await self._unfit(dag, unfit, cuts, assignments, response.threshold)
         self.store.checkpoint(
             job.job_id, "assignments", {n: [m.model_dump(mode="json") for m in ms] for n, ms in assignments.items()}
         )
@@ -415,6 +409,27 @@ class JobRunner:
             },
         )
         return assignments
+
+    async def _unfit(
+        self, dag: Dag, unfit: list[str], cuts: dict[str, FloorCut], assignments: dict[str, list[Match]],
+        threshold: float | None,
+    ) -> None:
+        """Subtasks no agent fits above the abstention threshold leave the plan while other
+        subtasks remain (the question is still covered); a plan of only such subtasks runs, flagged."""
+        best = {n: f"{cuts[n].kept[0].agent_id} α {cuts[n].kept[0].score:.3g}" for n in unfit}
+        drop = set(unfit) if len(unfit) < len(dag.nodes) else set()
+        if drop:
+            dag.drop(drop)
+            for n in drop:
+                assignments.pop(n, None)
+            self.store.checkpoint(self.job.job_id, "dag", dag.model_dump())
+        await self.emit(
+            "unfit",
+            f"no agent fits {unfit} above the abstention threshold ({threshold or 0:.3g}; best: {best}): "
+            + ("dropped from the plan" if drop else "answered by the best agent there is, flagged"),
+            {"nodes": unfit, "threshold": threshold, "dropped": sorted(drop), "best": best,
+             "dag": dag.summary().model_dump(mode="json")},
+        )
 
     def _floor(self, response: AssignResponse) -> tuple[dict[str, list[Match]], dict[str, FloorCut]]:
         """Only agents that fit: each node keeps its agents at or above the floor (floor.py)."""

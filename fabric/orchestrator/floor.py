@@ -45,7 +45,7 @@ class LeftOut(BaseModel):
     floor: float
 
     def why(self) -> str:
-        return f"{self.agent_id} (α {self.score:.3f} < floor {self.floor:.3f})"
+        return f"{self.agent_id} (α {self.score:.3g} < floor {self.floor:.3g})"
 
 
 @dataclass

@@ -160,6 +160,9 @@ def derive(record: JobRecord) -> JobDetail:
                 proposers = [p for p in _list(data["proposers"]) if isinstance(p, dict)]
             if data.get("direct"):
                 plan_note = str(event.get("message", ""))
+        elif phase == "unfit" and data.get("dropped"):
+            dag = dag if result.get("dag") else _dict(data.get("dag"))
+            plan_note = str(event.get("message", ""))
         elif phase == "plan_check":
             dropped = [d for d in _list(data.get("dropped")) if isinstance(d, dict)]
             plan_note = str(event.get("message", ""))
