@@ -26,6 +26,7 @@ import re
 from pathlib import Path
 
 import uvicorn
+from a2a.helpers import new_data_part
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
@@ -69,10 +70,14 @@ PLANNING = AgentSkill(
 )
 
 
-def word_stats(text: str) -> str:
-    words = len(text.split())
+def stats_of(text: str) -> dict[str, int]:
     sentences = len([s for s in re.split(r"[.!?]+", text) if s.strip()])
-    return f"{words} words, {len(text)} characters, {sentences} sentences"
+    return {"words": len(text.split()), "characters": len(text), "sentences": sentences}
+
+
+def word_stats(text: str) -> str:
+    stats = stats_of(text)
+    return f"{stats['words']} words, {stats['characters']} characters, {stats['sentences']} sentences"
 
 
 def plan_for(text: str) -> str:
@@ -128,13 +133,16 @@ class EchoExecutor(AgentExecutor):
             seconds = float(rest.strip().split()[0]) if rest.strip() else 1.0
             await asyncio.sleep(seconds)
             text = f"slept {seconds:g}s"
+        data: list[Part] = []
         if "plan" in text.lower() and "json" in text.lower() and self.planner:
             answer = plan_for(text)
         elif text.lower().startswith(("how many words", "count", "word stats")):
-            answer = word_stats(text.partition(":")[2] or text)
+            counted = text.partition(":")[2] or text
+            answer = word_stats(counted)
+            data = [new_data_part(stats_of(counted))]  # the numbers as a data part: a result, not prose
         else:
             answer = text
-        await updater.add_artifact(parts=[Part(text=answer)], name="answer", last_chunk=True)
+        await updater.add_artifact(parts=[Part(text=answer), *data], name="answer", last_chunk=True)
         await updater.complete()
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:

@@ -143,7 +143,11 @@ def test_a2a_task_states_map_to_foa_outcomes_and_a_deadline_cancels_the_task(mos
                 await gateway.start()
                 try:
                     ok = await gateway.draft(draft_task("hello federation"))
-                    assert ok["answer"] == "hello federation"
+                    assert ok["answer"] == "hello federation" and not ok["exact"]
+                    # a data artifact is a result: exact, its numbers in the answer as JSON
+                    counted = await gateway.draft(draft_task("count: one two three"))
+                    assert counted["exact"] and counted["answer"].startswith("3 words")
+                    assert '{"characters": 14, "sentences": 1, "words": 3}' in counted["answer"]
                     for text, expected in [
                         ("fail:disk full", "ended the task failed: disk full"),
                         ("reject:not my job", "ended the task rejected: not my job"),

@@ -42,7 +42,7 @@ from typing import Any
 
 import httpx
 from a2a.client import A2ACardResolver, A2AClientError, Client, ClientConfig, ClientFactory
-from a2a.helpers import get_artifact_text, get_message_text, new_data_part
+from a2a.helpers import get_artifact_text, get_data_parts, get_message_text, new_data_part
 from a2a.types import (
     AgentCard,
     CancelTaskRequest,
@@ -159,6 +159,17 @@ def plan_text(inp: DecomposeInput) -> str:
     )
 
 
+def whole_numbers(value: Any) -> Any:
+    """A2A data parts travel as protobuf Values, where 4326 comes back as 4326.0: undo that."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: whole_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [whole_numbers(v) for v in value]
+    return value
+
+
 class A2AOutcome:
     """What one A2A exchange ended with: the final state, the answer text, the agent's reason."""
 
@@ -166,6 +177,7 @@ class A2AOutcome:
         self.task_id: str | None = None
         self.state: str | None = None
         self.artifacts: dict[str, list[str]] = {}
+        self.data: dict[str, list[Any]] = {}  # data parts per artifact: results, not prose
         self.status_text = ""
         self.direct_text = ""
 
@@ -187,14 +199,18 @@ class A2AOutcome:
             self.task_id = update.task_id or self.task_id
             text = get_artifact_text(update.artifact)
             chunks = self.artifacts.setdefault(update.artifact.artifact_id, [])
+            data = self.data.setdefault(update.artifact.artifact_id, [])
             if not update.append:
                 chunks.clear()
+                data.clear()
             chunks.append(text)
+            data.extend(get_data_parts(update.artifact.parts))
 
     def _task(self, task: Task) -> None:
         self.task_id = task.id
         for artifact in task.artifacts:
             self.artifacts[artifact.artifact_id] = [get_artifact_text(artifact)]
+            self.data[artifact.artifact_id] = get_data_parts(artifact.parts)
         self._status(
             task.status.state, get_message_text(task.status.message) if task.status.HasField("message") else ""
         )
@@ -206,8 +222,17 @@ class A2AOutcome:
             self.state = FINAL_STATES[state]
 
     @property
+    def exact(self) -> bool:
+        """A data artifact is a result: the orchestrator keeps it verbatim (exactness.py)."""
+        return any(self.data.values())
+
+    @property
     def answer(self) -> str:
         text = "\n".join("".join(chunks) for chunks in self.artifacts.values()).strip()
+        data = [whole_numbers(d) for parts in self.data.values() for d in parts]
+        if data:
+            dumped = json.dumps(data[0] if len(data) == 1 else data, sort_keys=True)
+            text = f"{text}\n\n{dumped}".strip() if dumped not in text else text
         return text or self.direct_text.strip() or self.status_text.strip()
 
 
@@ -375,7 +400,8 @@ class A2AGateway:
     async def draft(self, task: TaskRequest) -> dict[str, Any]:
         inp = DraftInput.model_validate(task.input)
         outcome = await self.exchange(task, draft_text(inp), {"task_kind": "draft", **inp.model_dump(mode="json")})
-        return DraftOutput(answer=outcome.answer, confidence=0.6).model_dump()
+        exact = outcome.exact
+        return DraftOutput(answer=outcome.answer, confidence=0.9 if exact else 0.6, exact=exact).model_dump()
 
     async def refine(self, task: TaskRequest) -> dict[str, Any]:
         inp = RefineInput.model_validate(task.input)
