@@ -43,6 +43,7 @@ def foa(
         (["run", "why?", "--proposers", "0"], "foa: error: --proposers must be at least 1, not 0"),
         (["run", "why?", "--max-tokens", "4"], "foa: error: --max-tokens must be at least 8, not 4"),
         (["run", "why?", "--timeout", "nan"], "foa: error: --timeout must be greater than 0, not nan"),
+        (["run", "why?", "--plan", "sometimes"], "foa run: error: argument --plan: invalid choice: 'sometimes'"),
         (["route", ""], "foa: error: the task text is empty"),
         (["route", "tax question", "--top-k", "0"], "foa: error: --top-k must be at least 1, not 0"),
     ],
@@ -63,6 +64,7 @@ def test_bad_arguments_are_refused_before_anything_starts(args: list[str], messa
     [
         ({"FOA_EMBEDDING_BACKEND": "onnx-fp16"}, "foa: error: bad setting FOA_EMBEDDING_BACKEND: Input should be"),
         ({"FOA_LEASE_S": "-1"}, "foa: error: bad setting FOA_LEASE_S: Input should be greater than 0"),
+        ({"FOA_PLAN": "sometimes"}, "foa: error: bad setting FOA_PLAN: Input should be 'auto', 'always' or 'never'"),
     ],
 )
 def test_a_bad_setting_names_its_variable(env: dict[str, str], message: str, tmp_path: Path) -> None:
