@@ -9,17 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
-from mcp_types import Tool
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool
 
 from agents.sdk import TaskFailed
-from fabric.interop.mcp_gateway import fill_arguments
+from fabric.interop.mcp_gateway import MCPGateway, fill_arguments
+from fabric.interop.specs import MCPConfig
 from fabric.interop.tool_arguments import extract, find_expressions, is_arithmetic, is_free_text, trim_run_on
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
+from fabric.messages import TaskRequest
+from tests.conftest import make_settings
 
 
 def obj(required: list[str] | None = None, **props: dict[str, Any]) -> dict[str, Any]:
@@ -248,3 +254,47 @@ def test_a_string_that_runs_on_past_the_task_is_cut_at_the_tasks_words() -> None
     assert asyncio.run(fill_arguments(lookup, text, llm, 0)).arguments == {"snp_id": "rs6034464"}
     sent = llm.calls[0].json_schema
     assert sent is not None and sent["properties"]["snp_id"]["minLength"] == 1  # the grammar writes no ""
+
+
+class RefusingSession:
+    """Stands in for the MCP client session of a server built on another SDK, which refuses bad
+    arguments as a protocol error (invalid params) instead of an isError result."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def call_tool(self, name: str, args: dict[str, Any], read_timeout_seconds: float = 0) -> CallToolResult:
+        self.sent.append(args)
+        if args.get("timezone") != "Asia/Tokyo":
+            raise MCPError(INVALID_PARAMS, f"unknown time zone {args.get('timezone')!r}")
+        return CallToolResult(content=[TextContent(type="text", text="12:00:00+09:00 (Asia/Tokyo)")])
+
+
+def test_invalid_params_are_re_asked_like_error_results(tmp_path: Path) -> None:
+    def writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        told = "unknown time zone 'Tokio'" in messages[-1].content
+        return json.dumps({"timezone": "Asia/Tokyo" if told else "Tokio"})
+
+    gateway = MCPGateway(
+        MCPConfig(stdio="unused", argument_retries=1),
+        make_settings("mqtt://127.0.0.1:1883", tmp_path),
+        backend=ScriptedLLM(writer),
+    )
+    session = RefusingSession()
+    gateway.tools = {"current_time": tool("current_time", TIMEZONE)}
+    gateway._client = session  # type: ignore[assignment]
+    request = TaskRequest(
+        task_id="t-1",
+        task_kind="draft",
+        agent_id="tools",
+        input={"question": "time in Tokio?", "subtask": "time in Tokio?"},
+        deadline_at=time.time() + 30,
+    )
+    out, usage = asyncio.run(gateway.draft(request, ["current_time"]))
+    assert session.sent == [{"timezone": "Tokio"}, {"timezone": "Asia/Tokyo"}]
+    assert out["answer"] == "12:00:00+09:00 (Asia/Tokyo)" and out["exact"] is True and usage.calls == 2
+    gateway.config = gateway.config.model_copy(update={"argument_retries": 0})
+    session.sent.clear()
+    with pytest.raises(TaskFailed, match="refused the call of current_time: unknown time zone 'Tokio'"):
+        asyncio.run(gateway.draft(request, ["current_time"]))
+    assert session.sent == [{"timezone": "Tokio"}]

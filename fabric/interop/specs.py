@@ -96,7 +96,10 @@ class MCPConfig(BaseModel):
     per_tool: bool = Field(default=False, description="one agent per tool instead of one per server")
     timeout_s: float = Field(default=60.0, gt=0, description="per-call limit (and the connect/initialize limit)")
     argument_retries: int = Field(
-        default=2, ge=0, description="re-asks of the LLM when arguments do not fit the schema"
+        default=2,
+        ge=0,
+        description="re-asks of the LLM when arguments do not fit the schema, and again when the tool "
+        "refuses them (an isError result or invalid params), the tool's message fed back",
     )
     tie_margin: float = Field(default=0.03, ge=0, description="similarity gap under which the LLM picks between tools")
 

@@ -30,6 +30,12 @@ the required parameters it could not fill.
 Free text: `is_free_text` says whether a parameter takes a whole request (query, text,
 question, prompt, message, input, content). A time zone, URL, path, identifier, SQL statement,
 expression or date is never free text, whatever its description says.
+
+After the LLM: `trim_run_on` cuts a written string that starts with the task's words and then
+runs into junk (the embedded model under a grammar writes until max_tokens).
+
+Measured on BFCL (`benchmarks/tool_args.py`, bfcl-eval's AST checker; numbers in
+docs/architecture.md, "Tool arguments").
 """
 
 from __future__ import annotations
