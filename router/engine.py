@@ -16,17 +16,21 @@ reputation ≤ REPUTATION_MAX, so an unfetched agent has α ≤ REPUTATION_MAX �
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from fabric.bloom import normalise_skill
 from fabric.messages import AssignQuery, AssignResponse, AuditEvent, Match, RouteQuery, RouteResponse
+from router.abstention import MODEL_KEY, AbstentionModel, Top
 from router.assignment import AssignmentProblem, solve
 from router.index import CapabilityIndex
 from router.scoring import REPUTATION_MAX, QueryContext, Scored, gate_mask, score
 
 THRESHOLD_KEY = "abstain_threshold"
+log = logging.getLogger("foa.router")
 
 
 @dataclass
@@ -43,15 +47,40 @@ class RouterEngine:
     min_fetch: int = 256
     max_fetch: int = 2048
     bound_check: bool = False
+    _model_source: Any = field(default=None, init=False, repr=False)
+    _model: AbstentionModel | None = field(default=None, init=False, repr=False)
 
     @property
     def threshold(self) -> float | None:
+        """The abstention cut on the best α: the raw threshold, or with a calibrated model its
+        α equivalent (router/abstention.py `alpha_threshold`)."""
         value = self.index.meta.get(THRESHOLD_KEY)
         return None if value is None else float(value)
 
     def set_threshold(self, value: float | None, **info: object) -> None:
+        """A raw threshold on the best α (replaces a calibrated model)."""
         self.index.meta[THRESHOLD_KEY] = value
+        self.index.meta[MODEL_KEY] = None
         self.index.meta["calibration"] = info
+
+    def set_model(self, model: AbstentionModel, **info: object) -> None:
+        """A calibrated abstention model (kept in the index meta, so snapshots carry it)."""
+        self.index.meta[MODEL_KEY] = model.to_dict()
+        self.index.meta[THRESHOLD_KEY] = model.alpha_threshold
+        self.index.meta["calibration"] = {**model.provenance, **info}
+
+    @property
+    def model(self) -> AbstentionModel | None:
+        data = self.index.meta.get(MODEL_KEY)
+        if data is not self._model_source:
+            self._model_source = data
+            self._model = None
+            if data is not None:
+                try:
+                    self._model = AbstentionModel.from_dict(data)
+                except (ValueError, KeyError, TypeError) as exc:  # a model from a newer release: raw threshold
+                    log.warning("ignoring unusable abstention model", extra={"error": str(exc)})
+        return self._model
 
     def context(self, query: RouteQuery, qvec: np.ndarray) -> QueryContext:
         mask, unknown = self.index.query_policy_mask([p.strip().lower() for p in query.policies])
@@ -115,9 +144,15 @@ class RouterEngine:
         order = idx[np.argsort(-scored.alpha[idx], kind="stable")][:k]
         kth = float(scored.alpha[order[-1]]) if len(order) == k else 0.0
         audits = self._audits(query, ctx, scored, kth, query_id)
-        threshold = self.threshold
-        top = float(scored.alpha[order[0]]) if len(order) else 0.0
-        abstained = bool(query.abstain and threshold is not None and (len(order) == 0 or top < threshold))
+        model = self.model
+        if model is None:
+            threshold = self.threshold
+            top = float(scored.alpha[order[0]]) if len(order) else 0.0
+            abstained = bool(query.abstain and threshold is not None and (len(order) == 0 or top < threshold))
+        else:  # the calibrated model decides; `threshold` is the α at which its decision flips here
+            best = self._top(scored, idx, order)
+            threshold = model.alpha_flip(best)
+            abstained = bool(query.abstain and (len(order) == 0 or model.abstains(best)))
         matches = [] if abstained else self._matches(scored, order)
         response = RouteResponse(
             matches=matches,
@@ -127,6 +162,20 @@ class RouterEngine:
             blocked=int((scored.eligible & ~passed).sum()),
         )
         return RouteOutcome(response, audits, fetched)
+
+    @staticmethod
+    def _top(scored: Scored, idx: np.ndarray, order: np.ndarray) -> Top:
+        """The abstention model's input: the best two α among agents passing the gates (whatever
+        top_k is) and the best one's factors."""
+        if len(order) == 0:
+            return Top(())
+        first = int(order[0])
+        alphas = [float(scored.alpha[first])]
+        if len(order) > 1:
+            alphas.append(float(scored.alpha[order[1]]))
+        elif len(idx) > 1:
+            alphas.append(float(np.partition(scored.alpha[idx], -2)[-2]))
+        return Top(tuple(alphas), {name: float(arr[first]) for name, arr in scored.factors.items()})
 
     def _matches(self, scored: Scored, order: np.ndarray) -> list[Match]:
         """`_match` for the top k at once: one gather per column instead of ~20 numpy scalar

@@ -12,9 +12,11 @@
 - restart: the index is restored from its snapshot (no re-insert); the retained VCVs then
   replay and are ignored as stale, and agents whose retained VCV is gone by the time the
   replay settles are deleted.
-- abstention threshold: from the snapshot, or `<data_dir>/router/calibration.json` written by
-  `foa route --calibrate --save`, or, when neither exists, calibrated by the service itself from
+- abstention: a calibrated model (router/abstention.py) or, from older files, a raw threshold on
+  α: from the snapshot, or `<data_dir>/router/calibration.json` written by
+  `foa route --calibrate --save`, or, when neither exists, fitted by the service itself on
   probes built from the agents' descriptions once the retained snapshot has settled.
+  `status()` says which one is in force and where it came from (its provenance).
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
-from router.calibration import OFF_TOPIC, calibrate, relevant_probes
+from router.abstention import AbstentionModel, Top, fit
+from router.calibration import OFF_TOPIC, relevant_probes
 from router.engine import RouterEngine, assign
 from router.index import CapabilityIndex, IndexConfig, collapse_huge_pages
 from router.lexical import LexicalIndex
@@ -379,8 +382,26 @@ class RouterService:
 
     # ---- calibration ----------------------------------------------------------------------
 
+    def status(self) -> dict[str, Any]:
+        """Health-style status: agents, counters, and the abstention in force with its provenance."""
+        model = self.engine.model
+        return {
+            "agents": len(self.index),
+            "synced": self.synced.is_set(),
+            "embedding_model": self.embedder.model_name,
+            "counters": dict(vars(self.counters)),
+            "abstention": {
+                "kind": "model" if model is not None else ("threshold" if self.engine.threshold is not None else None),
+                "alpha_threshold": self.engine.threshold,
+                "features": list(model.features) if model is not None else None,
+                "probability_threshold": model.threshold if model is not None else None,
+                "provenance": dict(self.index.meta.get("calibration") or {}),
+            },
+        }
+
     def _load_calibration_file(self) -> None:
-        """A threshold written by `foa route --calibrate --save` (re-read when the file changes)."""
+        """A model (or an older file's raw threshold) written by `foa route --calibrate --save`
+        (re-read when the file changes)."""
         path = calibration_path(self.settings)
         try:
             mtime = path.stat().st_mtime
@@ -392,9 +413,14 @@ class RouterService:
         try:
             data = json.loads(path.read_text())
             if data.get("embedding_model") == self.embedder.model_name:
-                self.engine.set_threshold(float(data["threshold"]), source=str(path), **data.get("info", {}))
+                if data.get("model") is not None:
+                    model = AbstentionModel.from_dict(data["model"])
+                    self.engine.set_model(model, source=str(path))
+                else:
+                    self.engine.set_threshold(float(data["threshold"]), source=str(path), **data.get("info", {}))
                 self._calibrated_at_agents = int(data.get("agents", 0))
-        except (OSError, ValueError, KeyError) as exc:
+                log.info("loaded abstention calibration", extra={"path": str(path), **self.status()["abstention"]})
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("ignoring unreadable calibration file", extra={"path": str(path), "error": str(exc)})
 
     async def _maybe_calibrate(self) -> None:
@@ -407,18 +433,20 @@ class RouterService:
         ):
             return
         result = await self.calibrate_from_probes()
-        log.info("calibrated abstention threshold", extra={"threshold": result["threshold"], "agents": n})
+        log.info("calibrated abstention", extra={"threshold": result["threshold"], "agents": n})
 
     async def calibrate_from_probes(self) -> dict[str, Any]:
+        """Fit the abstention model on probes: paraphrases of the agents' descriptions (relevant)
+        and OFF_TOPIC (irrelevant), routed through this router's own index."""
         relevant = relevant_probes(list(self._descriptions.values()), seed=len(self.index))
         texts = relevant + list(OFF_TOPIC)
         vecs = await asyncio.to_thread(self.embedder.embed, texts)
-        tops = top_scores(self.engine, texts, vecs)
-        cal = calibrate(tops[: len(relevant)], tops[len(relevant) :])
-        self.engine.set_threshold(cal.threshold, source="self", **cal.info())
+        tops = top_candidates(self.engine, texts, vecs)
+        model = fit_probes(tops[: len(relevant)], tops[len(relevant) :], agents=len(self.index))
+        self.engine.set_model(model, source="self")
         self._calibrated_at_agents = len(self.index)
         self._dirty = True
-        return {"threshold": cal.threshold, **cal.info()}
+        return {"threshold": model.alpha_threshold, "model": model.to_dict()}
 
 
 async def snapshot_in_background(index: CapabilityIndex, path: Path, graph_lock: asyncio.Lock) -> None:
@@ -503,6 +531,24 @@ def restore_index(snap: Path, embedding_model: str) -> CapabilityIndex | None:
         return None
     log.info("restored index snapshot", extra={"agents": len(index), "path": str(snap)})
     return index
+
+
+def top_candidates(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[Top]:
+    """The abstention model's input per text (abstention off; the best two and their factors)."""
+    out = []
+    for text, vec in zip(texts, vecs, strict=False):
+        res = engine.route(RouteQuery(text=text, top_k=2, abstain=False), vec).response
+        out.append(Top.of_matches(res.matches))
+    return out
+
+
+def fit_probes(relevant: list[Top], irrelevant: list[Top], *, agents: int) -> AbstentionModel:
+    """The abstention model fitted on probes (the service's self-calibration and `foa route --calibrate`)."""
+    return fit(relevant, irrelevant, provenance={
+        "source": "probes: agent descriptions (relevant) and OFF_TOPIC (irrelevant)",
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "agents": agents,
+    })
 
 
 def top_scores(engine: RouterEngine, texts: list[str], vecs: np.ndarray) -> list[float]:

@@ -30,9 +30,11 @@ def register(sub: Any) -> None:
     route.add_argument("--output-tokens", type=int, default=300)
     route.add_argument("--no-abstain", action="store_true", help="always return the best agents")
     route.add_argument("--calibrate", action="store_true",
-                       help="compute the abstention threshold from probes built from the live agents' descriptions")
+                       help="fit the abstention model (router/abstention.py) on probes built from the live "
+                            "agents' descriptions and off-topic texts")
     route.add_argument("--save", action="store_true",
-                       help="with --calibrate: write it to <data_dir>/router/calibration.json (routers load it)")
+                       help="with --calibrate: write it to <data_dir>/router/calibration.json (routers load it "
+                            "at start and when it changes)")
     route.add_argument("--timeout", type=float, default=None, help="seconds to wait for the router")
     route.add_argument("--json", action="store_true", help="print one JSON object")
     route.set_defaults(func=_route, validate=_check_route, needs_broker=True)
@@ -77,7 +79,8 @@ async def _route_once(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(response.model_dump(mode="json")))
         return 0
     if response.abstained:
-        print(f"no capable agent: best score below the calibrated threshold {response.threshold:.3f}")
+        thr = "none" if response.threshold is None else f"{response.threshold:.3f}"
+        print(f"no capable agent: best score below the calibrated threshold {thr}")
         return 0
     if not response.matches:
         print("no agent passes the gates" + (f" ({response.blocked} blocked)" if response.blocked else ""))
@@ -99,9 +102,10 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from fabric.bus import Bus, Incoming
     from fabric.messages import RouteQuery
     from fabric.vcv import VCV
-    from router.calibration import OFF_TOPIC, calibrate, relevant_probes
+    from router.abstention import Top
+    from router.calibration import OFF_TOPIC, relevant_probes
     from router.client import RouterClient
-    from router.service import calibration_path
+    from router.service import calibration_path, fit_probes
 
     descriptions: dict[str, str] = {}
     models: set[str] = set()
@@ -123,25 +127,30 @@ async def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
             return 1
         relevant = relevant_probes(list(descriptions.values())[:256])
         client = RouterClient(bus, timeout=args.timeout)
-        tops = []
+        tops: list[Top] = []
         for text in relevant + list(OFF_TOPIC):
-            res = await client.route(RouteQuery(text=text, top_k=1, abstain=False))
-            tops.append(res.matches[0].score if res.matches else 0.0)
-    cal = calibrate(tops[: len(relevant)], tops[len(relevant):])
-    out: dict[str, Any] = {"threshold": cal.threshold, "agents": len(descriptions), **cal.info()}
+            res = await client.route(RouteQuery(text=text, top_k=2, abstain=False))
+            tops.append(Top.of_matches(res.matches))
+    fitted = fit_probes(tops[: len(relevant)], tops[len(relevant):], agents=len(descriptions))
+    info = fitted.provenance
+    out: dict[str, Any] = {"threshold": fitted.alpha_threshold, "agents": len(descriptions), "f1": info["fit_f1"],
+                           "precision": info["fit_precision"], "recall": info["fit_recall"],
+                           "model": fitted.to_dict()}
     if args.save:
-        model = sorted(models)[0]
         path = calibration_path(settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"threshold": cal.threshold, "embedding_model": model, "agents": len(descriptions),
-                                    "info": cal.info(), "written_at": time.time()}))
+        path.write_text(json.dumps({"model": fitted.to_dict(), "threshold": fitted.alpha_threshold,
+                                    "embedding_model": sorted(models)[0], "agents": len(descriptions),
+                                    "info": info, "written_at": time.time()}))
         out["saved"] = str(path)
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"abstention threshold {cal.threshold:.4f} (F1 {cal.f1:.3f}, precision {cal.precision:.3f}, "
-              f"recall {cal.recall:.3f}; {cal.relevant} relevant / {cal.irrelevant} off-topic probes, "
-              f"{len(descriptions)} agents)" + (f"; saved to {out['saved']}" if args.save else ""))
+        print(f"abstention model on {', '.join(fitted.features)} (p(relevant) cut {fitted.threshold:.3f} for a "
+              f"false-accept rate ≤ {info['target_false_accept']}; about α {fitted.alpha_threshold:.4f}); on the "
+              f"probes: F1 {info['fit_f1']:.3f}, precision {info['fit_precision']:.3f}, recall "
+              f"{info['fit_recall']:.3f}; {info['relevant']} relevant / {info['irrelevant']} off-topic, "
+              f"{len(descriptions)} agents" + (f"; saved to {out['saved']}" if args.save else ""))
     return 0
 
 
