@@ -298,3 +298,14 @@ def test_invalid_params_are_re_asked_like_error_results(tmp_path: Path) -> None:
     with pytest.raises(TaskFailed, match="refused the call of current_time: unknown time zone 'Tokio'"):
         asyncio.run(gateway.draft(request, ["current_time"]))
     assert session.sent == [{"timezone": "Tokio"}]
+
+
+def test_the_jobs_question_names_what_the_subtask_leaves_open() -> None:
+    question = "I land in Tokyo at 6 pm with 2 bags. What time is it there now?"
+    current_time = tool("current_time", TIMEZONE)
+    filled = asyncio.run(fill_arguments(current_time, "What time is it there now?", None, 2, question=question))
+    assert filled.arguments == {"timezone": "Asia/Tokyo"}
+    # a number in the question may belong to another subtask: it is not taken from there
+    count = tool("count_bags", obj(bags={"type": "integer"}))
+    with pytest.raises(TaskFailed, match="no LLM to write bags"):
+        asyncio.run(fill_arguments(count, "How many bags?", None, 2, question=question))

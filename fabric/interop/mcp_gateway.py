@@ -13,8 +13,9 @@ A draft: the tool is picked by embedding similarity between the subtask and the 
 descriptions; when the best two are within `tie_margin`, the agent's LLM decides between them.
 Arguments (`fill_arguments`): a tool whose only parameter is free text (query, text, question,
 ...) gets the subtask itself, with no LLM; otherwise what the schema makes checkable is read from
-the text first (`fabric/interop/tool_arguments.py`: enum values, bounded numbers, booleans,
-dates, time zones, quoted spans, expressions), and the LLM writes only the required parameters
+the subtask first (`fabric/interop/tool_arguments.py`: enum values, bounded numbers, booleans,
+dates, time zones, quoted spans, expressions; zones, dates, enum values and URLs also from the
+job's question when the subtask leaves them open), and the LLM writes only the required parameters
 still missing, under a schema reduced to them (a grammar on the embedded model, `json_schema`
 on OpenAI-compatible servers), seeing each one's description and the values already found.
 The merged arguments are validated against the tool's schema and re-asked with the validation
@@ -50,7 +51,7 @@ from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpec, MCPConfig, slug
-from fabric.interop.tool_arguments import extract, is_free_text, primary_type, trim_run_on
+from fabric.interop.tool_arguments import extract, extract_named, is_free_text, primary_type, trim_run_on
 from fabric.llm.base import ChatMessage, LLMBackend, LLMError
 from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
@@ -155,9 +156,11 @@ async def fill_arguments(
     backend: LLMBackend | None,
     retries: int,
     *,
+    question: str = "",
     refused: tuple[dict[str, Any], str] | None = None,
 ) -> FilledArguments:
-    """Arguments for the tool (see the module docstring). `refused`: the arguments the tool
+    """Arguments for the tool (see the module docstring). `question`: the job's question, which
+    may name what the subtask leaves open (`extract_named`). `refused`: the arguments the tool
     refused and its message; the LLM then rewrites all of them, seeing both."""
     schema: dict[str, Any] = tool.input_schema or {"type": "object"}
     props: dict[str, Any] = schema.get("properties") or {}
@@ -169,6 +172,9 @@ async def fill_arguments(
     required = set(schema.get("required") or [])
     if refused is None:
         found, left = extract(schema, text)
+        if left and question and question != text:
+            found |= extract_named(schema, left, question)
+            left = [n for n in left if n not in found]
         if not left and _schema_error(found, schema) is None:
             return FilledArguments(found, extracted=sorted(found))
         if not left:  # what the text said does not fit together: the LLM writes it all
@@ -577,9 +583,11 @@ class MCPGateway:
         return self.tools[choice if choice in close else best], out.usage
 
     async def fill_arguments(
-        self, tool: Tool, text: str, *, refused: tuple[dict[str, Any], str] | None = None
+        self, tool: Tool, text: str, *, question: str = "", refused: tuple[dict[str, Any], str] | None = None
     ) -> FilledArguments:
-        return await fill_arguments(tool, text, self.backend, self.config.argument_retries, refused=refused)
+        return await fill_arguments(
+            tool, text, self.backend, self.config.argument_retries, question=question, refused=refused
+        )
 
     async def call(self, tool: Tool, args: dict[str, Any], deadline_at: float | None) -> CallToolResult:
         if self._client is None:
@@ -610,7 +618,7 @@ class MCPGateway:
             else inp.subtask + "\n\nKnown:\n" + "\n".join(f"- {c.answer}" for c in inp.context)
         )
         tool, usage = await self.pick_tool(inp.subtask, allowed)
-        filled = await self.fill_arguments(tool, text)
+        filled = await self.fill_arguments(tool, text, question=inp.question)
         usage = usage + filled.usage
         attempt = 0
         while True:
@@ -629,7 +637,7 @@ class MCPGateway:
                 tries = f" (after {attempt} calls)" if attempt > 1 else ""
                 raise TaskFailed(f"the tool {tool.name} failed{tries}: {refusal}")
             log.info("the tool %s refused %s: %s; re-asking", tool.name, filled.arguments, refusal)
-            filled = await self.fill_arguments(tool, text, refused=(filled.arguments, refusal))
+            filled = await self.fill_arguments(tool, text, question=inp.question, refused=(filled.arguments, refusal))
             usage = usage + filled.usage
         output = DraftOutput(answer=answer, confidence=0.9, exact=True).model_dump()
         output.update({"tool": tool.name, "arguments": filled.arguments, "structured": structured})

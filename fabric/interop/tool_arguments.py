@@ -722,6 +722,23 @@ def extract(schema: dict[str, Any] | None, text: str) -> tuple[dict[str, Any], l
     return found, left
 
 
+#: kinds whose values name themselves: the job's question may give them when the subtask does not
+NAMED_KINDS = frozenset({"const", "enum", "date", "date-time", "time", "uri", "email", "timezone"})
+
+
+def extract_named(schema: dict[str, Any] | None, names: list[str], question: str) -> dict[str, Any]:
+    """Values for the parameters `names` (left open by the subtask) from the job's question, of
+    the kinds that name themselves (a zone, a date, an enum value, a URL): "What time is it
+    there?" in a question about Tokyo. Numbers, booleans and quoted spans in the question may
+    belong to another subtask, so they are not taken from it."""
+    props: dict[str, Any] = (schema or {}).get("properties") or {}
+    named = [n for n in names if isinstance(props.get(n), dict) and _kind(n, _options(props[n])) in NAMED_KINDS]
+    if not named:
+        return {}
+    found, _left = extract({"type": "object", "properties": {n: props[n] for n in named}, "required": named}, question)
+    return found
+
+
 # ---- checking what an LLM wrote ---------------------------------------------------------------
 
 
