@@ -13,6 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
+import httpx
 import pytest
 
 from fabric import topics
@@ -41,7 +42,9 @@ def shots_dir(tmp_path: Path) -> Path:
 
 
 def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
-    settings = fed_settings(mosquitto.url, tmp_path)
+    # a low floor (0.3 · the best α): the scripted agents' near-zero fillers are left out, while
+    # the clinical nodes keep two agents and so show channel rounds
+    settings = fed_settings(mosquitto.url, tmp_path, assign_floor=0.3)
     shots = shots_dir(tmp_path)
 
     async def main() -> None:
@@ -120,13 +123,22 @@ def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
                 await page.click("#submitform button[type=submit]")
                 await page.wait_for_url("**/#/jobs/job-*", timeout=LIVE_TIMEOUT_MS)
                 state = page.locator("[data-testid=jobstate]")
-                await playwright_api.expect(page.locator("#dag g.node")).to_have_count(4, timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(page.locator("#dag g.node").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
                 seen_running = await state.text_content()
                 await page.screenshot(path=str(shots / "console-job-running.png"), full_page=True)
                 await playwright_api.expect(page.locator(".roundbox").first).to_be_visible(timeout=LIVE_TIMEOUT_MS)
                 await playwright_api.expect(state).to_have_text("completed", timeout=120_000)
                 assert seen_running in ("submitted", "running")
-                await playwright_api.expect(page.locator("#dag g.node.done")).to_have_count(4)
+                # gp is offline: once the router has calibrated its abstention threshold, the plan's
+                # family summary fits no agent left above it, leaves the plan, and the page says why
+                async with httpx.AsyncClient(base_url=base) as http:
+                    detail = (await http.get(f"/api/jobs/{page.url.rsplit('/', 1)[-1]}")).json()
+                nodes = len(detail["nodes"])
+                assert nodes in (3, 4), detail["nodes"]
+                await playwright_api.expect(page.locator("#dag g.node.done")).to_have_count(nodes)
+                if nodes == 3:
+                    await playwright_api.expect(page.locator("[data-testid=plan-note]")).to_contain_text(
+                        "no agent fits")
                 await playwright_api.expect(page.locator("[data-testid=answer]")).to_contain_text("(revised)")
                 await playwright_api.expect(page.locator(".roundbox table").first).to_contain_text("✔ done")
                 await playwright_api.expect(page.locator("#timeline")).to_be_visible()

@@ -422,6 +422,7 @@ class JobRunner:
             dag.drop(drop)
             for n in drop:
                 assignments.pop(n, None)
+                cuts.pop(n, None)
             self.store.checkpoint(self.job.job_id, "dag", dag.model_dump())
         await self.emit(
             "unfit",

@@ -185,7 +185,8 @@ def derive(record: JobRecord) -> JobDetail:
         view.assigned = [m for m in _list(matches) if isinstance(m, dict)]
         view.state = "drafting"
     for node_id, out in left_out.items():
-        node(node_id).left_out = [o for o in _list(out) if isinstance(o, dict)]
+        if node_id in nodes:  # a node that left the plan (unfit) keeps no card
+            nodes[node_id].left_out = [o for o in _list(out) if isinstance(o, dict)]
 
     for event in events:
         phase, data = event.get("phase"), _dict(event.get("data"))
