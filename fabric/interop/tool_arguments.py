@@ -52,140 +52,35 @@ from typing import Any
 
 import jsonschema
 
-FREE_TEXT_WORDS = frozenset({"query", "text", "question", "prompt", "message", "input", "content"})
+FREE_TEXT_WORDS = frozenset("query text question prompt message input content".split())
 #: words in a parameter's name that make it a value, not free text
 NOT_FREE_WORDS = frozenset(
-    {
-        "timezone",
-        "tz",
-        "zone",
-        "url",
-        "uri",
-        "link",
-        "path",
-        "file",
-        "filename",
-        "dir",
-        "directory",
-        "id",
-        "ids",
-        "identifier",
-        "uuid",
-        "key",
-        "sql",
-        "expression",
-        "expr",
-        "formula",
-        "equation",
-        "date",
-        "time",
-        "datetime",
-        "email",
-        "code",
-        "language",
-        "lang",
-        "format",
-        "type",
-        "mode",
-        "unit",
-        "units",
-        "name",
-    }
+    "timezone tz zone url uri link path file filename dir directory id ids identifier uuid key sql expression "
+    "expr formula equation date time datetime email code language lang format type mode unit units name".split()
 )
-_NAME_STOP = frozenset(
-    {"of", "the", "a", "an", "in", "to", "for", "per", "num", "number", "value", "amount", "is", "by", "at", "on"}
+_NAME_STOP = frozenset("of the a an in to for per num number value amount is by at on".split())
+_BOOL_STOP = _NAME_STOP | frozenset(
+    "include use enable show with has should return get flag allow do only if whether".split()
 )
-_BOOL_STOP = _NAME_STOP | {
-    "include",
-    "use",
-    "enable",
-    "show",
-    "with",
-    "has",
-    "should",
-    "return",
-    "get",
-    "flag",
-    "allow",
-    "do",
-    "only",
-    "if",
-    "whether",
-}
-_NEGATIONS = frozenset({"no", "not", "without", "exclude", "excluding", "don't", "dont", "never", "disable", "skip"})
+_NEGATIONS = frozenset("no not without exclude excluding don't dont never disable skip".split())
+#: "one" is left out: far more often a pronoun ("which one") than a count
 _WORD_NUMBERS = {
-    "zero": 0,
-    "two": 2,
-    "three": 3,
-    "four": 4,
-    "five": 5,
-    "six": 6,
-    "seven": 7,
-    "eight": 8,
-    "nine": 9,
-    "ten": 10,
-    "eleven": 11,
-    "twelve": 12,
-    "thirteen": 13,
-    "fourteen": 14,
-    "fifteen": 15,
-    "sixteen": 16,
-    "seventeen": 17,
-    "eighteen": 18,
-    "nineteen": 19,
-    "twenty": 20,
-    "thirty": 30,
-    "forty": 40,
-    "fifty": 50,
-    "sixty": 60,
-    "seventy": 70,
-    "eighty": 80,
-    "ninety": 90,
-    "hundred": 100,
-    "thousand": 1000,
-}  # "one" is left out: far more often a pronoun ("which one") than a count
-_MONTHS = {
-    m.lower(): i
-    for i, m in enumerate(
-        [
-            "January",
-            "February",
-            "March",
-            "April",
-            "May",
-            "June",
-            "July",
-            "August",
-            "September",
-            "October",
-            "November",
-            "December",
-        ],
-        1,
+    word: n
+    for n, word in enumerate(
+        "zero _ two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
     )
+    if word != "_"
 }
-_MONTHS |= {m[:3]: i for m, i in list(_MONTHS.items())} | {"sept": 9}
+_WORD_NUMBERS |= dict(zip("thirty forty fifty sixty seventy eighty ninety".split(), range(30, 100, 10), strict=True))
+_WORD_NUMBERS |= {"hundred": 100, "thousand": 1000}
+_MONTH_NAMES = "january february march april may june july august september october november december".split()
+_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, 1)} | {m[:3]: i for i, m in enumerate(_MONTH_NAMES, 1)}
+_MONTHS["sept"] = 9
 #: zone-name cities that are also ordinary words or research stations, never read as a place
 _CITY_STOP = frozenset(
-    {
-        "christmas",
-        "easter",
-        "wake",
-        "midway",
-        "jersey",
-        "chatham",
-        "norfolk",
-        "troll",
-        "casey",
-        "davis",
-        "palmer",
-        "mawson",
-        "vostok",
-        "macquarie",
-        "rothera",
-        "syowa",
-        "mcmurdo",
-    }
+    "christmas easter wake midway jersey chatham norfolk troll casey davis palmer mawson vostok macquarie "
+    "rothera syowa mcmurdo".split()
 )
 #: common names iso3166.tab does not use ("Britain (UK)" is its name for GB)
 _COUNTRY_ALIASES = {"united kingdom": "GB", "england": "GB", "scotland": "GB", "wales": "GB"}
@@ -225,8 +120,6 @@ def primary_type(schema: dict[str, Any]) -> str | None:
         options = [o for o in schema.get(key) or [] if isinstance(o, dict) and o.get("type") != "null"]
         if len(options) == 1:
             return primary_type(options[0])
-    if "enum" in schema or "const" in schema:
-        return None
     return None
 
 
@@ -607,7 +500,7 @@ def assign(
     if distinct_values:
         first: dict[Any, Span] = {}
         for s in spans:
-            first.setdefault(json_key(s.value), s)
+            first.setdefault(repr(s.value), s)
         spans = list(first.values())
     usable = {p: [s for s in spans if s in set(candidates.get(p, []))] for p in params}
     scores = {(p, s): _anchor(p, s, words) for p in params for s in usable[p]}
@@ -639,10 +532,6 @@ def assign(
             done.update(zip(group, open_spans, strict=True))
             break
     return done
-
-
-def json_key(value: Any) -> str:
-    return repr(value)
 
 
 def _boolean(name: str, text: str) -> bool | None:
