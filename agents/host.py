@@ -39,7 +39,7 @@ import time
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Literal, TypeVar
 
-from agents.sdk import content_hash, vcv_with_vectors
+from agents.sdk import content_hash, vcv_with_vectors, view_texts
 from agents.server import ServesTasks, Signer, TaskHandler, TaskServer
 from agents.spec import AgentSpec
 from fabric import topics
@@ -137,10 +137,15 @@ class AgentHost:
         todo = [a for a in agents if a.prebuilt is None]
         if todo:
             embedder = self._embedder or Embedder.from_settings(self.settings)
-            vecs = embedder.embed([t for a in todo for t in (a.spec.description, a.spec.spec_text)])
-            for i, agent in enumerate(todo):
+            texts = [[a.spec.description, a.spec.spec_text, *view_texts(a.spec)] for a in todo]
+            vecs = embedder.embed([t for group in texts for t in group])
+            at = 0
+            for agent, group in zip(todo, texts, strict=True):
+                mine = vecs[at : at + len(group)]
+                at += len(group)
                 agent.prebuilt = vcv_with_vectors(
-                    agent.spec, vecs[2 * i].tolist(), vecs[2 * i + 1].tolist(), embedder.model_name
+                    agent.spec, mine[0].tolist(), mine[1].tolist(), embedder.model_name,
+                    views=[v.tolist() for v in mine[2:]],
                 )
         return [a.prebuilt for a in agents if a.prebuilt is not None]
 

@@ -40,22 +40,42 @@ from fabric.embeddings import Embedder
 from fabric.envelope import make
 from fabric.messages import AgentStatus
 from fabric.settings import Settings
-from fabric.vcv import VCV
+from fabric.vcv import MAX_VIEWS, VCV
 
 __all__ = ["Agent", "HandlerResult", "TaskFailed", "TaskHandler", "TaskServer", "build_vcv", "content_hash"]
 
 log = logging.getLogger("foa.agent")
 
 
+def view_texts(spec: AgentSpec) -> list[str]:
+    """The texts embedded as the agent's views: its examples (a gateway fills them from skill
+    examples or tool docs), at most MAX_VIEWS; router/scoring.py fuses the best one into α's
+    similarity. Skills alone are not templated into views: the lexical factor already reads them,
+    and every view adds 2 KB to the VCV on the wire."""
+    texts = [t.strip() for t in spec.examples if t.strip()]
+    return list(dict.fromkeys(texts))[:MAX_VIEWS]
+
+
 def build_vcv(spec: AgentSpec, embedder: Embedder, version: int = 1) -> VCV:
-    vecs = embedder.embed([spec.description, spec.spec_text])
-    return vcv_with_vectors(spec, vecs[0].tolist(), vecs[1].tolist(), embedder.model_name, version)
+    views = view_texts(spec)
+    vecs = embedder.embed([spec.description, spec.spec_text, *views])
+    return vcv_with_vectors(
+        spec, vecs[0].tolist(), vecs[1].tolist(), embedder.model_name, version, views=[v.tolist() for v in vecs[2:]]
+    )
 
 
 def vcv_with_vectors(
-    spec: AgentSpec, capability: list[float], spec_embedding: list[float], embedding_model: str, version: int = 1
+    spec: AgentSpec,
+    capability: list[float],
+    spec_embedding: list[float],
+    embedding_model: str,
+    version: int = 1,
+    *,
+    views: list[list[float]] | None = None,
 ) -> VCV:
-    """A VCV from a spec and ready embeddings (the agent host embeds many specs in one batch)."""
+    """A VCV from a spec and ready embeddings (the agent host embeds many specs in one batch);
+    `views`: the embeddings of `view_texts(spec)`, in order."""
+    views = views or []
     return VCV(
         agent_id=spec.id,
         version=version,
@@ -70,6 +90,8 @@ def vcv_with_vectors(
         embedding_model=embedding_model,
         llm_model=spec.llm.model,
         tags=spec.tags,
+        examples=view_texts(spec)[: len(views)],
+        views=views,
     )
 
 

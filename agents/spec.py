@@ -29,6 +29,9 @@ class AgentSpec(BaseModel):
     llm: LLMConfig = Field(default_factory=LLMConfig)
     replicas: int = Field(default=1, ge=1, le=64)
     tags: list[str] = Field(default_factory=list)
+    examples: list[str] = Field(
+        default_factory=list, description="tasks this agent serves, in a user's words: each becomes a routing view"
+    )
     # an agent that is a remote A2A agent or MCP server, joined through a gateway (fabric/interop/specs.py)
     a2a: dict[str, Any] | None = None
     mcp: dict[str, Any] | None = None

@@ -17,6 +17,14 @@ Abstention threshold: calibrated (router/calibration.py, max F1) on dev question
 cross-fitting, so the dev abstention numbers are out-of-sample too; the live numbers use the
 threshold fitted on all dev questions.
 
+Calibrated abstention (router/abstention.py) beside it in the same run, on the same folds:
+`abstention` (dev, cross-fitted) and `held_out_live.abstention` (models fitted on all dev
+questions) give precision / recall / F1 of "no capable agent", the false-accept and
+false-refusal rates and per-split abstention rates, for today's single α cut
+(`baseline_single_threshold`) and the model at every target false-accept rate in
+`--false-accept` (all reported; the router's default is the first). Top-1/top-5 do not depend
+on abstention (ranking is with abstention off).
+
 Note: in a pooled federation some irrelevance questions do have a fitting tool (e.g.
 "area of a triangle" is irrelevant to its own BFCL function list but the pool holds triangle
 tools), which caps abstention recall; `irrelevance_with_gold_like_match` is not computed.
@@ -26,7 +34,7 @@ evaluation once per backend in the same process, over the same agents and questi
 backend's numbers stay at the top level, every backend's are under `backends`, and
 `delta_vs_first` gives each one's top-1/top-5 minus the first's (dev and held-out live).
 
-Usage: benchmarks/bfcl_routing.py --json [--backend torch,onnx-int8]
+Usage: benchmarks/bfcl_routing.py --json [--backend torch,onnx-int8] [--false-accept 0.1,0.2,0.3,0.4]
 """
 
 from __future__ import annotations
@@ -52,7 +60,9 @@ from fabric.bloom import BloomFilter
 from fabric.embeddings import BACKENDS, Embedder, shared_embedder
 from fabric.messages import RouteQuery
 from fabric.vcv import VCV
+from fabric.views import tool_views
 from router import lexical, scoring
+from router.abstention import DEFAULT_FALSE_ACCEPT, DEFAULT_FEATURES, AbstentionModel, Top, fit
 from router.calibration import abstain_metrics, calibrate
 from router.engine import RouterEngine
 from router.index import CapabilityIndex, IndexConfig
@@ -60,6 +70,7 @@ from router.index import CapabilityIndex, IndexConfig
 DEV = ["simple_python", "multiple", "parallel_multiple", "irrelevance"]
 LIVE = ["live_simple", "live_multiple", "live_parallel", "live_parallel_multiple", "live_irrelevance", "live_relevance"]
 IRRELEVANT = {"irrelevance", "live_irrelevance"}
+TARGETS = (DEFAULT_FALSE_ACCEPT, 0.2, 0.3, 0.4)  # target false-accept rates of the abstention model, all reported
 
 
 def data_dir() -> Path:
@@ -101,7 +112,10 @@ def spec_text(fn: dict[str, Any]) -> str:
 class Federation:
     """The functions of some splits as agents in a real CapabilityIndex."""
 
-    def __init__(self, questions: list[dict[str, Any]], embedder: Embedder) -> None:
+    def __init__(self, questions: list[dict[str, Any]], embedder: Embedder, *, views: bool = False,
+                 config: dict[str, Any] | None = None) -> None:
+        """`views`: each function also gets the views an MCP gateway gives a tool (fabric/views.py);
+        `config`: IndexConfig fields (the view pooling, for benchmarks/routing_views.py)."""
         funcs: dict[tuple[str, str], dict[str, Any]] = {}
         for q in questions:
             for fn in q["functions"]:
@@ -111,17 +125,24 @@ class Federation:
         descs = [fn.get("description") or fn["name"] for fn in self.functions]
         self.desc_vecs = embedder.embed(descs)
         spec_vecs = embedder.embed([spec_text(fn) for fn in self.functions])
-        self.index = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
+        self.index = CapabilityIndex(
+            IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, **(config or {}))
+        )
+        view_texts = [tool_views(fn["name"], fn.get("description", ""), params_of(fn)) if views else []
+                      for fn in self.functions]
+        flat = embedder.embed([t for texts in view_texts for t in texts]) if views else np.zeros((0, 1))
+        starts = np.cumsum([0, *map(len, view_texts)])
         used: dict[str, int] = defaultdict(int)
         self.name_of: dict[str, str] = {}
-        for fn, desc, c, e in zip(self.functions, descs, self.desc_vecs, spec_vecs, strict=False):
+        for i, (fn, desc, c, e) in enumerate(zip(self.functions, descs, self.desc_vecs, spec_vecs, strict=False)):
             base = re.sub(r"[/+#$\x00\s]", "_", fn["name"])[:100] or "fn"
             used[base] += 1
             agent_id = base if used[base] == 1 else f"{base}~{used[base]}"
             skills = [k for k in params_of(fn)][:40]
             vcv = VCV(agent_id=agent_id, version=1, name=fn["name"], description=desc, capability=c.tolist(),
                       skills=skills, skills_bloom=BloomFilter.of(skills).to_b64(), spec_embedding=e.tolist(),
-                      embedding_model=embedder.model_name)
+                      embedding_model=embedder.model_name, examples=view_texts[i],
+                      views=[v.tolist() for v in flat[starts[i]:starts[i + 1]]])
             result = self.index.upsert(vcv)
             if not result.accepted:
                 raise RuntimeError(f"{agent_id}: {result.reason}")
@@ -130,8 +151,10 @@ class Federation:
         self.engine = RouterEngine(self.index)
 
 
-def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, top: int = 10) -> dict[str, Any]:
-    """Ranks of the first gold function and the best score, for FoA α and the baseline."""
+def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, top: int = 10,
+             tops_out: list[Top] | None = None) -> dict[str, Any]:
+    """Ranks of the first gold function and the best score, for FoA α and the baseline
+    (`tops_out` collects each question's best candidates: the abstention model's input)."""
     foa_rank, foa_top, base_rank, base_top = [], [], [], []
     base_scores = qvecs @ fed.desc_vecs.T
     for q, vec, bs in zip(questions, qvecs, base_scores, strict=False):
@@ -139,6 +162,8 @@ def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray
         names = [fed.name_of[m.agent_id] for m in res.matches]
         foa_rank.append(next((i for i, n in enumerate(names) if n in q["gold"]), None))
         foa_top.append(res.matches[0].score if res.matches else 0.0)
+        if tops_out is not None:
+            tops_out.append(Top.of_matches(res.matches))
         order = np.argsort(-bs)[:top]
         bnames = [fed.names[j] for j in order]
         base_rank.append(next((i for i, n in enumerate(bnames) if n in q["gold"]), None))
@@ -178,6 +203,82 @@ def cross_fitted(tops: np.ndarray, irrelevant: np.ndarray, seed: int = 0) -> dic
     return {"abstain_precision": p, "abstain_recall": r, "abstain_f1": 2 * p * r / (p + r) if p + r else 0.0}
 
 
+def abstain_scores(abstain: np.ndarray, irrelevant: np.ndarray) -> dict[str, float]:
+    """Precision / recall / F1 of "no capable agent" (positives: the irrelevance questions)."""
+    tp = float((abstain & irrelevant).sum())
+    p = tp / abstain.sum() if abstain.sum() else 0.0
+    r = tp / irrelevant.sum() if irrelevant.sum() else 0.0
+    refused = float((abstain & ~irrelevant).sum() / max((~irrelevant).sum(), 1))
+    return {"abstain_precision": p, "abstain_recall": r, "abstain_f1": 2 * p * r / (p + r) if p + r else 0.0,
+            "false_accept_rate": 1.0 - r, "false_refusal_rate": refused}
+
+
+def model_decisions(model: AbstentionModel, tops: list[Top]) -> np.ndarray:
+    return np.array([model.abstains(t) for t in tops], dtype=bool)
+
+
+def abstain_rates(questions: list[dict[str, Any]], abstain: np.ndarray) -> dict[str, float]:
+    splits = np.array([q["split"] for q in questions])
+    return {s: float(abstain[splits == s].mean()) for s in sorted(set(splits.tolist()))}
+
+
+def calibrated_abstention(
+    questions: list[dict[str, Any]], tops: list[Top], targets: tuple[float, ...], features: tuple[str, ...],
+    seed: int = 0,
+) -> tuple[dict[str, Any], dict[float, AbstentionModel]]:
+    """The calibrated model (router/abstention.py) at each target false-accept rate beside today's
+    single α cut, all 2-fold cross-fitted on the same folds as `cross_fitted`; then the models
+    fitted on every dev question (for the held-out splits)."""
+    irrelevant = np.array([q["split"] in IRRELEVANT for q in questions])
+    alpha = np.array([t.alphas[0] if t.alphas else 0.0 for t in tops])
+    fold = np.random.default_rng(seed).integers(0, 2, len(tops))
+    single = np.zeros(len(tops), dtype=bool)
+    by_target = {t: np.zeros(len(tops), dtype=bool) for t in targets}
+    for k in (0, 1):
+        fit_rows, test_rows = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        rel = [tops[i] for i in fit_rows if not irrelevant[i]]
+        irr = [tops[i] for i in fit_rows if irrelevant[i]]
+        for target in targets:
+            m = fit(rel, irr, features=features, target_false_accept=target)
+            by_target[target][test_rows] = model_decisions(m, [tops[i] for i in test_rows])
+        cut = calibrate(alpha[fit_rows][~irrelevant[fit_rows]], alpha[fit_rows][irrelevant[fit_rows]]).threshold
+        single[test_rows] = alpha[test_rows] < cut
+    rel_all = [t for t, i in zip(tops, irrelevant, strict=True) if not i]
+    irr_all = [t for t, i in zip(tops, irrelevant, strict=True) if i]
+    models = {
+        target: fit(rel_all, irr_all, features=features, target_false_accept=target,
+                    provenance={"source": "BFCL dev: " + ",".join(DEV), "date": time.strftime("%Y-%m-%d")})
+        for target in targets
+    }
+    out = {
+        "features": list(features),
+        "baseline_single_threshold": {**abstain_scores(single, irrelevant),
+                                      "per_split_abstain_rate": abstain_rates(questions, single)},
+        "calibrated": {
+            str(t): {**abstain_scores(a, irrelevant), "per_split_abstain_rate": abstain_rates(questions, a),
+                     "model": models[t].to_dict()}
+            for t, a in by_target.items()
+        },
+    }
+    return out, models
+
+
+def held_out_abstention(questions: list[dict[str, Any]], tops: list[Top], models: dict[float, AbstentionModel],
+                        threshold: float) -> dict[str, Any]:
+    """The dev-fitted models and the dev-fitted single α cut on held-out questions."""
+    irrelevant = np.array([q["split"] in IRRELEVANT for q in questions])
+    alpha = np.array([t.alphas[0] if t.alphas else 0.0 for t in tops])
+    single = alpha < threshold
+    out: dict[str, Any] = {"baseline_single_threshold": {**abstain_scores(single, irrelevant),
+                                                         "per_split_abstain_rate": abstain_rates(questions, single)}}
+    out["calibrated"] = {}
+    for target, model in models.items():
+        a = model_decisions(model, tops)
+        out["calibrated"][str(target)] = {**abstain_scores(a, irrelevant),
+                                          "per_split_abstain_rate": abstain_rates(questions, a)}
+    return out
+
+
 def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds: dict[str, float] | None,
            cross_fit: bool) -> dict[str, Any]:
     irrelevant = np.array([q["split"] in IRRELEVANT for q in questions])
@@ -207,15 +308,18 @@ def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds:
     return out
 
 
-def run(embedder: Embedder, dev_only: bool) -> dict[str, Any]:
+def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS,
+        features: tuple[str, ...] = DEFAULT_FEATURES) -> dict[str, Any]:
     """The whole evaluation with one embedder: dev (top level) and, unless dev_only, held-out live."""
     t0 = time.perf_counter()
     dev_q = [q for s in DEV for q in load_split(s)]
     dev = Federation(dev_q, embedder)
     progress(f"[{embedder.backend}] dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
     dev_vecs = embedder.embed([q["text"] or "?" for q in dev_q])
-    dev_res = evaluate(dev, dev_q, dev_vecs)
+    dev_tops: list[Top] = []
+    dev_res = evaluate(dev, dev_q, dev_vecs, tops_out=dev_tops)
     dev_report = report(dev_q, dev_res, None, cross_fit=True)
+    abstention, models = calibrated_abstention(dev_q, dev_tops, targets, features)
     result: dict[str, Any] = {
         **{
             k: dev_report["foa"][k]
@@ -227,6 +331,7 @@ def run(embedder: Embedder, dev_only: bool) -> dict[str, Any]:
         "baseline": dev_report["baseline"],
         "scoring": {"lexical_weight": scoring.LEXICAL_WEIGHT, "kappa": lexical.KAPPA, "model": embedder.model_name},
         "backend": embedder.backend,
+        "abstention": abstention,
     }
     if not dev_only:
         live_q = [q for s in LIVE for q in load_split(s)]
@@ -235,13 +340,15 @@ def run(embedder: Embedder, dev_only: bool) -> dict[str, Any]:
             f"[{embedder.backend}] live federation (held out): {len(live.functions)} agents, {len(live_q)} questions"
         )
         live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
-        live_res = evaluate(live, live_q, live_vecs)
+        live_tops: list[Top] = []
+        live_res = evaluate(live, live_q, live_vecs, tops_out=live_tops)
         live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
         result["held_out_live"] = {
             "agents": len(live.functions),
             "questions": len(live_q),
             "foa": live_report["foa"],
             "baseline": live_report["baseline"],
+            "abstention": held_out_abstention(live_q, live_tops, models, dev_report["thresholds"]["foa"]),
         }
     result["seconds"] = time.perf_counter() - t0
     return result
@@ -267,6 +374,11 @@ def main() -> int:
     )
     ap.add_argument("--kappa", type=float, default=None, help="override lexical.KAPPA (tuning on dev)")
     ap.add_argument("--dev-only", action="store_true", help="skip the held-out live splits")
+    ap.add_argument("--false-accept", default=",".join(map(str, TARGETS)),
+                    help="target false-accept rates of the calibrated abstention model, comma-separated; every "
+                         "one is reported")
+    ap.add_argument("--features", default=",".join(DEFAULT_FEATURES),
+                    help="the abstention model's features, comma-separated (router/abstention.py FEATURES)")
     ap.add_argument(
         "--backend", default="torch", help=f"embedding backend(s), comma-separated, compared in one run: {BACKENDS}"
     )
@@ -278,7 +390,9 @@ def main() -> int:
         scoring.LEXICAL_WEIGHT = args.lexical_weight
     if args.kappa is not None:
         lexical.KAPPA = args.kappa
-    runs = {b: run(shared_embedder(backend=b), args.dev_only) for b in backends}
+    features = tuple(f.strip() for f in args.features.split(",") if f.strip())
+    targets = tuple(float(t) for t in args.false_accept.split(",") if t.strip())
+    runs = {b: run(shared_embedder(backend=b), args.dev_only, targets, features) for b in backends}
     result = dict(runs[backends[0]])
     if len(backends) > 1:
         result["backends"] = runs

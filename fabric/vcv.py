@@ -76,6 +76,10 @@ class Resources(BaseModel):
         )
 
 
+#: at most this many example views per agent (memory: int8, dim bytes each, in the router)
+MAX_VIEWS = 8
+
+
 class VCV(Body):
     """A Versioned Capability Vector as published retained on `foa/agents/{id}/vcv`."""
 
@@ -97,6 +101,13 @@ class VCV(Body):
     llm_model: str | None = None
     tags: list[str] = Field(
         default_factory=list, description="free labels from the spec; `mcp` / `exact`: drafts are results (tools)"
+    )
+    examples: list[str] = Field(
+        default_factory=list, max_length=MAX_VIEWS,
+        description="tasks the agent serves (skill examples, tool docs, its skills as queries), one view each",
+    )
+    views: list[Vector] = Field(
+        default_factory=list, max_length=MAX_VIEWS, description="the examples' L2-normalised embeddings, in order"
     )
     issued_at: float = Field(default_factory=time.time)
     public_key: str | None = Field(default=None, description="ed25519 public key, base64 (issue 5)")
@@ -121,6 +132,12 @@ class VCV(Body):
     def _check(self) -> Self:
         check_unit(self.capability, "capability embedding c")
         check_unit(self.spec_embedding, "spec embedding e")
+        if len(self.views) != len(self.examples):
+            raise ValueError(f"{len(self.views)} views for {len(self.examples)} examples: one view per example")
+        for i, view in enumerate(self.views):
+            check_unit(view, f"view {i}")
+            if len(view) != len(self.capability):
+                raise ValueError(f"view {i} has dimension {len(view)}, the capability {len(self.capability)}")
         bloom = self.bloom()
         missing = [s for s in self.skills if s not in bloom]
         if missing:
@@ -146,6 +163,12 @@ class VCV(Body):
     def capability_array(self) -> np.ndarray:
         """c as float32 (read-only, no copy)."""
         return as_array(self.capability)
+
+    def views_array(self) -> np.ndarray:
+        """The views as one float32 (n, dim) array (n = 0: none)."""
+        if not self.views:
+            return np.zeros((0, len(self.capability)), dtype=np.float32)
+        return np.stack([as_array(v) for v in self.views])
 
     def spec_array(self) -> np.ndarray:
         """e as float32 (read-only, no copy)."""

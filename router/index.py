@@ -85,6 +85,11 @@ class IndexConfig:
     # threads one query searches its shards with (1 = the calling thread only). 2 halves the graph
     # walk at 1M agents on 2 cores (measured in benchmarks/router_scale.py --query-threads)
     query_threads: int = 1
+    # how α's similarity fuses the description with the example views (router/scoring.py;
+    # chosen by benchmarks/routing_views.py on BFCL dev: weighted max, w = 0.5)
+    view_pooling: Literal["softmax", "max", "weighted_max", "none"] = "weighted_max"
+    view_temperature: float = 0.05  # softmax pooling's temperature
+    view_weight: float = 0.5  # weighted max: (1 - w) · description + w · max(description, best view)
 
 
 class IndexError_(ProtocolError):
@@ -146,6 +151,8 @@ class AgentTable:
         "vec_hash": (np.uint64, ()),
         "skill_start": (np.int64, ()),
         "skill_len": (np.int16, ()),
+        "view_start": (np.int64, ()),
+        "view_len": (np.int8, ()),
     }
 
     # the COLUMNS, made by __init__ in a loop and declared here for the type checker
@@ -164,6 +171,8 @@ class AgentTable:
     vec_hash: np.ndarray
     skill_start: np.ndarray
     skill_len: np.ndarray
+    view_start: np.ndarray
+    view_len: np.ndarray
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
@@ -175,6 +184,8 @@ class AgentTable:
         self.bloom = np.zeros((capacity, BLOOM_BITS // 8), dtype=np.uint8)
         self.skill_pool = np.zeros(capacity * 2, dtype=np.int32)
         self.skill_used = 0
+        self.view_pool = np.zeros((0, dim), dtype=np.int8)  # example views, int8 like the spec (SPEC_SCALE)
+        self.view_used = 0
 
     def ensure(self, rows: int) -> None:
         if rows <= self.capacity:
@@ -194,6 +205,21 @@ class AgentTable:
         self.skill_len[row] = n
         self.skill_used += n
 
+    def set_views(self, row: int, views: np.ndarray) -> None:
+        """An agent's views (float, unit rows) as int8: in place when they fit the old slot."""
+        n = len(views)
+        q = np.clip(np.rint(views * SPEC_SCALE), -127, 127).astype(np.int8)
+        if 0 < n <= int(self.view_len[row]):
+            start = int(self.view_start[row])
+        else:
+            if self.view_used + n > len(self.view_pool):
+                self.view_pool = _grow(self.view_pool, max(self.view_used + n, 2 * len(self.view_pool), 64))
+            start = self.view_used
+            self.view_used += n
+        self.view_pool[start : start + n] = q
+        self.view_start[row] = start
+        self.view_len[row] = n
+
     def skills_of(self, row: int) -> np.ndarray:
         s = int(self.skill_start[row])
         return self.skill_pool[s : s + int(self.skill_len[row])]
@@ -201,10 +227,11 @@ class AgentTable:
     def arrays(self, rows: int) -> dict[str, np.ndarray]:
         out = {f"col_{n}": getattr(self, n)[:rows] for n in [*self.COLUMNS, "spec", "bloom"]}
         out["skill_pool"] = self.skill_pool[: self.skill_used]
+        out["view_pool"] = self.view_pool[: self.view_used]
         return out
 
     def nbytes(self) -> int:
-        return sum(getattr(self, n).nbytes for n in [*self.COLUMNS, "spec", "bloom", "skill_pool"])
+        return sum(getattr(self, n).nbytes for n in [*self.COLUMNS, "spec", "bloom", "skill_pool", "view_pool"])
 
 
 @dataclass
@@ -514,6 +541,7 @@ class CapabilityIndex:
         t.spec[row] = np.clip(np.rint(vcv.spec_array() * SPEC_SCALE), -127, 127).astype(np.int8)
         t.bloom[row] = np.frombuffer(bloom, dtype=np.uint8)
         t.set_skills(row, self._skill_ids(vcv.skills))
+        t.set_views(row, vcv.views_array())
         self.lexical.set_row(row, agent_text(vcv.name, vcv.description, vcv.skills))
         if new_vector:
             if int(t.shard[row]) != FREE:
@@ -833,6 +861,7 @@ class CapabilityIndex:
             "policy_refs": self.policy_refs,
             "skill_vocab": list(self.skill_vocab),
             "skill_used": self.table.skill_used,
+            "view_used": self.table.view_used,
             "offline": sorted(self.offline),
             "reputation_pending": self.reputation_pending,
             "free": self.free,
@@ -938,10 +967,18 @@ class CapabilityIndex:
             t = index.table
             if n:
                 for name in [*AgentTable.COLUMNS, "spec", "bloom"]:
-                    setattr(t, name, np.load(path / f"col_{name}.npy"))
+                    file = path / f"col_{name}.npy"
+                    if file.exists():
+                        setattr(t, name, np.load(file))
+                    else:  # a column newer than the snapshot (the views): empty
+                        dtype, shape = AgentTable.COLUMNS[name]
+                        setattr(t, name, np.zeros((n, *shape), dtype=dtype))
                 t.capacity = n
             t.skill_pool = np.array(np.load(path / "skill_pool.npy"), dtype=np.int32)
             t.skill_used = int(meta["skill_used"])
+            if (path / "view_pool.npy").exists():
+                t.view_pool = np.array(np.load(path / "view_pool.npy"), dtype=np.int8).reshape(-1, t.dim)
+                t.view_used = int(meta.get("view_used", len(t.view_pool)))
             lex_arrays = {p.stem: np.load(p) for p in path.glob("lex_*.npy")}
             index.lexical = LexicalIndex.restore(lex_arrays, meta["lexical"], t.capacity)
             for s in range(config.shards):

@@ -2,7 +2,8 @@
 
     α = sim · lexical · 1[p_s ⊆ p_a] · 1[skills] · f(r_s, r_a) · g(e_s, e_a) · reputation
 
-- sim: cosine of task and capability embeddings, clipped to [0, 1].
+- sim: cosine of task and capability embeddings, fused with the agent's example views (skill
+  examples, tool docs, its skills as short queries; `view_similarity`), clipped to [0, 1].
 - lexical: (1 - W) + W · bm25, bm25 saturated into [0, 1] (router/lexical.py). A multiplier
   ≤ 1, so α never exceeds sim · REPUTATION_MAX: the index can stop over-fetching once the
   best α found beats that bound for every unfetched agent.
@@ -104,13 +105,65 @@ def skills_gate(index: CapabilityIndex, rows: np.ndarray, skills: list[str]) -> 
     return ok
 
 
+def view_similarity(index: CapabilityIndex, rows: np.ndarray, qvec: np.ndarray,
+                    desc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the fused similarity, the best view's cosine; 0 without views) of candidate rows.
+
+    Only the candidates the graph fetched by their description are re-scored with their views
+    (int8, one gather for all of them). Pooling over the description and the views
+    (IndexConfig.view_pooling): `softmax` = T · log(mean(exp(s / T))) (T = view_temperature),
+    `max`, `weighted_max` = (1 - w) · description + w · max(description, best view), `none`.
+    An agent without views keeps its description's cosine under every pooling.
+
+    Measured with `benchmarks/routing_views.py --json` (BFCL's functions with the views the MCP
+    gateway gives a tool; the router without views in the same run): top-1 / top-5
+
+    | pooling | dev | held-out live |
+    |---|---|---|
+    | no views | 0.791 / 0.960 | 0.714 / 0.856 |
+    | max | 0.793 / 0.966 | 0.700 / 0.849 |
+    | **weighted max, w 0.5** | 0.801 / 0.966 | 0.723 / 0.858 |
+    | weighted max, w 0.7 | 0.801 / 0.964 | 0.717 / 0.856 |
+    | softmax, T 0.02 / 0.05 / 0.1 | 0.796 / 0.799 / 0.793 top-1 | 0.707 / 0.713 / 0.719 top-1 |
+
+    A bare max lets a short view ("get weather") outrank a better description on live; the
+    weighted max keeps half of the description's cosine. The gain is one point: views templated
+    from a tool's doc repeat what the description and the lexical factor already hold; real
+    skill examples (A2A cards, `examples:` in a spec) are where views add words."""
+    t = index.table
+    cfg = index.config
+    fused = desc.astype(np.float32).copy()
+    best = np.zeros(len(rows), dtype=np.float32)
+    lens = t.view_len[rows].astype(np.int64)
+    sel = np.flatnonzero(lens > 0)
+    if len(sel) == 0 or cfg.view_pooling == "none":
+        return fused, best
+    n = lens[sel]
+    flat = np.repeat(t.view_start[rows[sel]], n) + (np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n))
+    vs = (t.view_pool[flat].astype(np.float32) @ np.asarray(qvec, dtype=np.float32)) / SPEC_SCALE
+    offsets = np.concatenate([[0], np.cumsum(n)[:-1]])
+    best[sel] = np.maximum.reduceat(vs, offsets)
+    d = desc[sel].astype(np.float32)
+    if cfg.view_pooling == "max":
+        fused[sel] = np.maximum(d, best[sel])
+    elif cfg.view_pooling == "weighted_max":
+        fused[sel] = (1 - cfg.view_weight) * d + cfg.view_weight * np.maximum(d, best[sel])
+    else:
+        temp = cfg.view_temperature
+        top = np.maximum(d, best[sel])  # subtracted before exp: no overflow at small temperatures
+        total = np.exp((d - top) / temp) + np.add.reduceat(np.exp((vs - np.repeat(top, n)) / temp), offsets)
+        fused[sel] = top + temp * np.log(total / (n + 1))
+    return fused, best
+
+
 def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.ndarray) -> Scored:
     t: AgentTable = index.table
     rows = rows.astype(np.int64)
     eligible = t.alive[rows] & t.online[rows]
     if len(ctx.exclude_rows):
         eligible &= ~np.isin(rows, ctx.exclude_rows)
-    sim = np.clip(sims.astype(np.float32), 0.0, 1.0)
+    fused, view = view_similarity(index, rows, ctx.qvec, sims)
+    sim = np.clip(fused, 0.0, 1.0)
     lex = index.lexical.scores(ctx.lexical, rows)
     lexical = (1.0 - LEXICAL_WEIGHT) + LEXICAL_WEIGHT * lex
     mask = np.uint64(ctx.policy_mask)
@@ -138,6 +191,8 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     alpha = np.where(passed, ungated, 0.0).astype(np.float32)
     factors = {
         "sim": sim,
+        "description": sims.astype(np.float32),
+        "view": view,
         "lexical": lexical.astype(np.float32),
         "resources": f,
         "cost_factor": f_cost.astype(np.float32),

@@ -66,7 +66,8 @@ def test_an_a2a_agent_joins_plans_and_drafts_in_a_job(mosquitto, tmp_path, embed
                 assert routed.matches[0].agent_id == "echo-agent", routed.matches
                 result = await fed.run_job(
                     "Repeat back unchanged: the quick brown fox",
-                    JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=0),
+                    # planned, not routed directly: the A2A agent's planning skill is the point
+                    JobOptions(max_proposers=1, agents_per_node=1, refine_rounds=0, plan="always"),
                     timeout=120,
                 )
                 assert result.status == "completed", result.failure_reason

@@ -67,6 +67,7 @@ from fabric.llm.structured import extract_json
 from fabric.messages import TaskRequest
 from fabric.settings import Settings
 from fabric.tasks import DecomposeInput, DraftInput, DraftOutput, Plan, RefineInput, RefineOutput
+from fabric.vcv import MAX_VIEWS
 
 log = logging.getLogger("foa.interop.a2a")
 
@@ -125,6 +126,7 @@ def card_to_spec(card: AgentCard, overrides: GatewaySpec, agent_id: str) -> Agen
         resources=overrides.resources or A2A_DEFAULT_RESOURCES,
         spec=overrides.spec or "\n".join(examples),
         tags=["a2a"],
+        examples=(examples or [f"{s.name}: {s.description}" for s in card.skills if s.description])[:MAX_VIEWS],
     )
 
 
@@ -389,7 +391,9 @@ class A2AGateway:
             await self._join(spec)
             log.info("A2A agent back online", extra={"agent_id": self.agent_id})
         elif changed and self.agent is not None:
-            await self.agent.update(**{k: getattr(spec, k) for k in ("name", "description", "skills", "spec")})
+            await self.agent.update(
+                **{k: getattr(spec, k) for k in ("name", "description", "skills", "spec", "examples")}
+            )
             log.info(
                 "A2A card changed",
                 extra={"agent_id": self.agent_id, "version": self.agent.vcv and self.agent.vcv.version},

@@ -57,6 +57,7 @@ from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
 from fabric.settings import Settings
 from fabric.tasks import DraftInput, DraftOutput, RefineInput, RefineOutput
+from fabric.views import tool_views
 
 log = logging.getLogger("foa.interop.mcp")
 
@@ -82,7 +83,7 @@ def first_leaf(exc: BaseException) -> BaseException:
 
 def single_string_parameter(tool: Tool) -> str | None:
     """The parameter name when the tool takes exactly one string."""
-    props = (tool.input_schema or {}).get("properties") or {}
+    props = props_of(tool)
     if len(props) != 1:
         return None
     name, schema = next(iter(props.items()))
@@ -256,6 +257,11 @@ async def ask_for_arguments(
         f"arguments for the tool {tool.name} never fit its input schema after {1 + retries} attempts; "
         f"last error: {error}"
     )
+
+
+def props_of(tool: Tool) -> dict[str, Any]:
+    props = (tool.input_schema or {}).get("properties") or {}
+    return props if isinstance(props, dict) else {}
 
 
 def tool_text(tool: Tool) -> str:
@@ -461,6 +467,7 @@ class MCPGateway:
                 policies=policies,
                 resources=resources,
                 tags=["mcp"],
+                examples=[tool_views(t.name, t.description or "", props_of(t))[1] for t in self.tools.values()],
             )
             return {spec.id: (spec, None)}
         out: dict[str, tuple[AgentSpec, list[str] | None]] = {}
@@ -475,6 +482,7 @@ class MCPGateway:
                 policies=policies,
                 resources=resources,
                 tags=["mcp"],
+                examples=tool_views(tool.name, tool.description or "", props_of(tool)),
             )
             out[agent_id] = (spec, [tool.name])
         return out
@@ -532,7 +540,9 @@ class MCPGateway:
                     new = await self.host.add_live(spec)
                     self.agents[agent_id] = bind_sdk(new, self, served)
                 else:
-                    await agent.update(**{k: getattr(spec, k) for k in ("name", "description", "skills", "spec")})
+                    await agent.update(
+                        **{k: getattr(spec, k) for k in ("name", "description", "skills", "spec", "examples")}
+                    )
             log.info("MCP tool list changed", extra={"server": self.server_name, "tools": len(self.tools)})
 
     async def stop(self) -> None:

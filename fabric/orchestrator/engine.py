@@ -534,8 +534,9 @@ class JobRunner:
                     )
 
         await gather_all([draft(m.agent_id) for m in matches])
-        if not drafts:
-            floor = floor_of(max(m.score for m in matches), self.settings.assign_floor) if matches else 0.0
+        if not drafts:  # one more agent; in place of a failed exact call, only one that fits as well
+            best = max((m.score for m in matches), default=0.0)
+            floor = floor_of(best, self.settings.assign_floor) if exact_failed else 0.0
             replacement = await self._reassign(node, [m.agent_id for m in matches], floor)
             if replacement:
                 await draft(replacement)
@@ -650,8 +651,8 @@ class JobRunner:
         )
 
     async def _reassign(self, node: DagNode, failed: list[str], floor: float) -> str | None:
-        """A node whose agents all failed gets one more agent, if the router knows one that fits
-        (its α at or above the node's floor: no filler in place of a failed tool)."""
+        """A node whose agents all failed gets one more agent, if the router knows one with α at
+        or above `floor` (after a failed exact call, the node's floor: no guess in a tool's place)."""
         route = await self.path.waiting(
             "router",
             self.ports.route(
