@@ -72,6 +72,7 @@ def _rel_gap(t: Top) -> float:
 
 
 FeatureFn = Callable[[Top], float]
+AlphaFn = Callable[[float, float], float]  # (best α, second α) -> feature
 FEATURES: dict[str, FeatureFn] = {
     "top": _top,
     "log_top": lambda t: math.log(max(_top(t), 1e-4)),
@@ -81,16 +82,30 @@ FEATURES: dict[str, FeatureFn] = {
     "lexical": lambda t: float(t.factors.get("lexical", 1.0)),
     "spec": lambda t: float(t.factors.get("spec", 1.0)),
 }
+# the features that move with the best α, as functions of (best, second): `alpha_flip` varies
+# only these (every other feature is computed once per query)
+OF_ALPHA: dict[str, AlphaFn] = {
+    "top": lambda a, s: a,
+    "log_top": lambda a, s: math.log(max(a, 1e-4)),
+    "gap": lambda a, s: a - s,
+    "rel_gap": lambda a, s: (a - s) / a if a > 0 else 0.0,
+}
 
 
 class UnknownFeature(ValueError):
     pass
 
 
-def register_feature(name: str, fn: FeatureFn) -> None:
-    """The extension hook: a new feature, computed from a query's `Top`. Models fitted after this
-    may name it; models fitted before are unaffected."""
+def register_feature(name: str, fn: FeatureFn, of_alpha: AlphaFn | None = None) -> None:
+    """The extension hook: a new feature, computed from a query's `Top` (e.g. a view's similarity
+    from the top match's factors). `of_alpha` only for a feature that moves with the best α: the
+    same feature as a function of (best α, second α). Models fitted after this may name it;
+    models fitted before are unaffected."""
     FEATURES[name] = fn
+    if of_alpha is not None:
+        OF_ALPHA[name] = of_alpha
+    else:
+        OF_ALPHA.pop(name, None)
 
 
 def feature_matrix(tops: Sequence[Top], names: Sequence[str]) -> np.ndarray:
@@ -131,23 +146,50 @@ class AbstentionModel:
         return not top.alphas or self.p_relevant(top) < self.threshold
 
     def alpha_flip(self, top: Top) -> float:
-        """The best α at which this query's decision flips, the other candidates and factors held
-        (bisection between 0 and ALPHA_MAX). `alpha_threshold` when no α there makes it accept."""
-        cut = math.log(self.threshold / (1.0 - self.threshold)) if 0 < self.threshold < 1 else 0.0
-        lo, hi = 0.0, ALPHA_MAX
+        """The best α at which this query's decision flips, the second α and the factors held
+        (bracketed regula falsi between 0 and ALPHA_MAX). `alpha_threshold` when no α there makes
+        it accept. Only the features in OF_ALPHA are recomputed per step."""
         if not top.alphas:
             return self.alpha_threshold
-        f_lo, f_hi = self.logit(top.with_top(lo)) - cut, self.logit(top.with_top(hi)) - cut
+        assert self._fns is not None
+        if not 0 < self.threshold < 1:
+            return 0.0 if self.threshold <= 0 else self.alpha_threshold
+        const = self._b - math.log(self.threshold / (1.0 - self.threshold))
+        moving: list[tuple[float, AlphaFn]] = []
+        for w, name, fn in zip(self._w.tolist(), self.features, self._fns, strict=True):
+            if name in OF_ALPHA:
+                moving.append((w, OF_ALPHA[name]))
+            else:
+                const += w * fn(top)
+        second = top.alphas[1] if len(top.alphas) > 1 else 0.0
+
+        def margin(a: float) -> float:
+            return const + sum(w * g(a, second) for w, g in moving)
+
+        lo, hi = 0.0, ALPHA_MAX
+        f_lo, f_hi = margin(lo), margin(hi)
         if f_lo >= 0:
             return 0.0
         if f_hi < 0:
             return self.alpha_threshold
-        for _ in range(24):
-            mid = 0.5 * (lo + hi)
-            if self.logit(top.with_top(mid)) - cut >= 0:
-                hi = mid
+        side = 0
+        for _ in range(40):  # Illinois (regula falsi): the bracket [lo, hi] always holds the flip
+            if hi - lo < 1e-7:
+                break
+            mid = (lo * f_hi - hi * f_lo) / (f_hi - f_lo)
+            if not lo < mid < hi:
+                mid = 0.5 * (lo + hi)
+            f_mid = margin(mid)
+            if f_mid >= 0:
+                hi, f_hi = mid, f_mid
+                f_lo = f_lo / 2 if side == -1 else f_lo
+                side = -1
             else:
-                lo = mid
+                lo, f_lo = mid, f_mid
+                f_hi = f_hi / 2 if side == 1 else f_hi
+                side = 1
+            if f_hi == 0.0:
+                break
         return hi
 
     def to_dict(self) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from fabric.messages import RouteQuery
 from fabric.settings import Settings
 from router.abstention import (
     FEATURES,
+    OF_ALPHA,
     AbstentionModel,
     Top,
     UnknownFeature,
@@ -84,6 +85,17 @@ def test_false_accept_cut_and_feature_hook() -> None:
         FEATURES.pop("test_spec_x2")
     with pytest.raises(UnknownFeature):
         AbstentionModel.from_dict(model.to_dict())
+    # a feature that moves with the best α says how (of_alpha), so alpha_flip stays exact
+    register_feature("test_sqrt_top", lambda t: t.alphas[0] ** 0.5 if t.alphas else 0.0, of_alpha=lambda a, s: a**0.5)
+    try:
+        model = fit(synthetic(80, 5, True), synthetic(80, 6, False), features=("test_sqrt_top", "rel_gap", "sim"))
+        for t in synthetic(10, 7, True) + synthetic(10, 8, False):
+            flip = model.alpha_flip(t)
+            if 0.0 < flip < 1.5:
+                assert not model.abstains(t.with_top(flip)) and model.abstains(t.with_top(flip - 1e-5))
+    finally:
+        FEATURES.pop("test_sqrt_top")
+        OF_ALPHA.pop("test_sqrt_top")
 
 
 @pytest.fixture(scope="module")
