@@ -89,6 +89,9 @@ class ChaosConfig:
     options: JobOptions = field(
         default_factory=lambda: JobOptions(max_proposers=2, agents_per_node=2, refine_rounds=2, subtasks_max=4)
     )
+    # the workload keeps the shape it was measured with: two agents a node, refining on a channel
+    # (the orchestrator's default floor, 0.8 of the best α, leaves most of these nodes one agent)
+    assign_floor: float = 0.0
 
 
 class Proc:
@@ -166,7 +169,8 @@ class ProcessFederation:
             {**base, "FOA_DATA_DIR": str(workdir / "router")},
             self.logs / "router.log",
         )
-        orch_env = {**base, "FOA_DATA_DIR": str(workdir / "orchestrator"), "FOA_LEASE_S": str(config.lease_s)}
+        orch_env = {**base, "FOA_DATA_DIR": str(workdir / "orchestrator"), "FOA_LEASE_S": str(config.lease_s),
+                    "FOA_ASSIGN_FLOOR": str(config.assign_floor)}
         if self.postgres is not None:
             orch_env["FOA_STORE_URL"] = self.postgres.url
         self.orchestrators = [

@@ -67,9 +67,10 @@ POLICIES = ["hipaa", "gdpr", "pii", "code-exec", "internet", "eu-residency"]
 class Population:
     """Clustered synthetic federation; deterministic for a seed."""
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(self, n: int, seed: int = 0, views: int = 0) -> None:
         self.rng = np.random.default_rng(seed)
         self.n = n
+        self.views = views  # example views per agent (texts near its topic)
         self.clusters = max(64, n // 500)
         self.centres = _unit(self.rng.standard_normal((self.clusters, DIM)).astype(np.float32))
         self.word_vecs = _unit(self.rng.standard_normal((VOCAB, DIM)).astype(np.float32))
@@ -98,6 +99,7 @@ class Population:
             spec = _unit(caps[j] + 0.6 * self.rng.standard_normal(DIM).astype(np.float32) / np.sqrt(DIM))
             skills = [f"s{s}" for s in self.rng.choice(self.topic_skills[c], 3, replace=False)]
             policies = [p for p in POLICIES if self.rng.random() < 0.3]
+            views = [self.embed(c, self.words(c, 4, 2), 0.8) for _ in range(self.views)]
             res = Resources.model_construct(
                 latency_ms=float(self.rng.lognormal(6.5, 0.7)),
                 tokens_per_s=float(self.rng.uniform(10, 120)),
@@ -122,6 +124,8 @@ class Population:
                     policies=policies,
                     spec_embedding=spec,
                     embedding_model=MODEL,
+                    examples=[f"example {k}" for k in range(self.views)],
+                    views=views,
                 )
             )
         return out, caps
@@ -202,7 +206,7 @@ async def service_flush(index: CapabilityIndex, pop: Population, queries: list[t
     the loop (the stall), once while routing queries (their latency meanwhile)."""
     out = {"n": float(extra)}
     for phase in ("stall", "queries"):
-        vcvs, _ = Population(extra, seed=pop.n + len(out)).vcvs(0, extra)
+        vcvs, _ = Population(extra, seed=pop.n + len(out), views=pop.views).vcvs(0, extra)
         tag = f"late-{phase}-{time.monotonic_ns()}"  # new agents on every call
         for v in vcvs:
             v.agent_id = f"{tag}-{v.agent_id}"
@@ -265,6 +269,7 @@ def main() -> int:
     ap.add_argument("--max-fetch", type=int, default=2048)
     ap.add_argument("--bound", action="store_true", help="deepen the fetch until the exact α bound holds")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--views", type=int, default=0, help="example views per agent (VCV.views, up to 8)")
     ap.add_argument("--snapshot-dir", default=None, help="where to write the snapshot (default: a temp dir)")
     ap.add_argument("--keep-snapshot", default=None, help="write the service snapshot here and keep it")
     ap.add_argument("--malloc-hugetlb", action="store_true",
@@ -279,7 +284,7 @@ def main() -> int:
         restore_child(args.restore_child)
         return 0
 
-    pop = Population(args.agents, args.seed)
+    pop = Population(args.agents, args.seed, views=args.views)
     config = IndexConfig(dim=DIM, embedding_model=MODEL, shards=args.shards, scheme=args.scheme, probe=args.probe,
                          M=args.M, ef_construction=args.ef_construction, ef_search=args.ef,
                          shard_margin=args.shard_margin, query_threads=args.query_threads)

@@ -68,7 +68,8 @@ def test_store_commits_are_counted_as_store_time(tmp_path: Path) -> None:
 
 
 def test_a_job_reports_where_its_time_went(mosquitto, tmp_path, embedder) -> None:
-    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0)
+    # full teams (no floor): every node drafts with several agents and refines
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, assign_floor=0.0)
 
     async def main() -> tuple[JobResult, float]:
         factory = backend_factory(done_from_round=99)  # every round runs

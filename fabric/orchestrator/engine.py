@@ -535,8 +535,8 @@ class JobRunner:
 
         await gather_all([draft(m.agent_id) for m in matches])
         if not drafts:  # one more agent; in place of a failed exact call, only one that fits as well
-            best = max((m.score for m in matches), default=0.0)
-            floor = floor_of(best, self.settings.assign_floor) if exact_failed else 0.0
+            top = max((m.score for m in matches), default=0.0)
+            floor = floor_of(top, self.settings.assign_floor) if exact_failed else 0.0
             replacement = await self._reassign(node, [m.agent_id for m in matches], floor)
             if replacement:
                 await draft(replacement)
