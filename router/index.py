@@ -90,6 +90,9 @@ class IndexConfig:
     view_pooling: Literal["softmax", "max", "weighted_max", "none"] = "weighted_max"
     view_temperature: float = 0.05  # softmax pooling's temperature
     view_weight: float = 0.5  # weighted max: (1 - w) · description + w · max(description, best view)
+    # views re-score only this many candidates, the best by their description's cosine (the view
+    # gather is most of a query's cost: 576 candidates × 8 views made p99 6.2 ms at 100k agents)
+    view_candidates: int = 64
 
 
 class IndexError_(ProtocolError):
@@ -212,8 +215,8 @@ class AgentTable:
         if 0 < n <= int(self.view_len[row]):
             start = int(self.view_start[row])
         else:
-            if self.view_used + n > len(self.view_pool):
-                self.view_pool = _grow(self.view_pool, max(self.view_used + n, 2 * len(self.view_pool), 64))
+            if self.view_used + n > len(self.view_pool):  # 1.25x: the pool is most of an agent's bytes
+                self.view_pool = _grow(self.view_pool, max(self.view_used + n, len(self.view_pool) * 5 // 4, 64))
             start = self.view_used
             self.view_used += n
         self.view_pool[start : start + n] = q
