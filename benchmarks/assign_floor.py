@@ -49,12 +49,17 @@ def threshold_of(questions: list[dict[str, Any]], ranked: list[list[tuple[str, f
     return calibrate(tops[~irr], tops[irr]).threshold
 
 
+def route_suite(name: str, questions: list[dict[str, Any]], embedder: Any) -> list[list[tuple[str, float]]]:
+    """Every question routed over the federation of its suite's functions."""
+    fed = Federation(questions, embedder)
+    progress(f"{name}: {len(fed.functions)} agents, {len(questions)} questions")
+    return routed(fed, questions, embedder.embed([q["text"][:2000] or "?" for q in questions]))
+
+
 def dev_routes(embedder: Any) -> tuple[list[dict[str, Any]], list[list[tuple[str, float]]], float]:
     """BFCL's dev questions routed over the dev federation, and the threshold fitted on them."""
     dev_q = [q for s in DEV for q in load_split(s)]
-    dev = Federation(dev_q, embedder)
-    progress(f"dev: {len(dev.functions)} agents, {len(dev_q)} questions")
-    dev_r = routed(dev, dev_q, embedder.embed([q["text"] or "?" for q in dev_q]))
+    dev_r = route_suite("dev", dev_q, embedder)
     return dev_q, dev_r, threshold_of(dev_q, dev_r)
 
 
@@ -102,9 +107,7 @@ def main() -> int:
 
     mode, chosen = max(((m, f) for m in tables for f in FRACTIONS), key=merit)
     live_q = [q for s in LIVE for q in load_split(s)]
-    live = Federation(live_q, embedder)
-    progress(f"live (held out): {len(live.functions)} agents, {len(live_q)} questions")
-    live_r = routed(live, live_q, embedder.embed([q["text"][:2000] or "?" for q in live_q]))
+    live_r = route_suite("live (held out)", live_q, embedder)
     live_tables = {"with_threshold": floor_table(live_q, live_r, threshold),
                    "fraction_only": floor_table(live_q, live_r, None)}
     emit({"team": TEAM, "threshold": threshold, "chosen_mode": mode, "chosen_fraction": chosen,

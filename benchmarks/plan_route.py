@@ -32,9 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import emit, progress
-from benchmarks.assign_floor import dev_routes, routed
-from benchmarks.bfcl_routing import Federation, load_split
+from benchmarks._common import emit
+from benchmarks.assign_floor import dev_routes, route_suite
+from benchmarks.bfcl_routing import load_split
 from benchmarks.eval.nestful_data import DEFAULT_SPLITS
 from benchmarks.eval.nestful_data import load_split as load_nestful
 from fabric.embeddings import shared_embedder
@@ -84,12 +84,9 @@ def main() -> int:
     chosen = max(mg for mg in MARGINS if table[str(mg)]["multi_intent"]["direct"] == 0.0)
 
     live_q = load_split("live_simple")
-    live = Federation(live_q, embedder)
-    live_r = routed(live, live_q, embedder.embed([q["text"][:2000] or "?" for q in live_q]))
+    live_r = route_suite("live_simple (held out)", live_q, embedder)
     nq = nestful_questions()
-    nfed = Federation(nq, embedder)
-    progress(f"nestful (held out): {len(nfed.functions)} agents, {len(nq)} questions")
-    n_r = routed(nfed, nq, embedder.embed([q["text"] or "?" for q in nq]))
+    n_r = route_suite("nestful (held out)", nq, embedder)
     multi_step = [i for i, q in enumerate(nq) if q["steps"] > 1]
     held = {str(mg): {"live_simple": shares(live_q, live_r, threshold, mg),
                       "nestful_multi_step": shares([nq[i] for i in multi_step], [n_r[i] for i in multi_step],
