@@ -138,6 +138,25 @@ def test_dates_times_uris_and_emails_by_format() -> None:
     }
 
 
+def test_a_clock_time_the_description_spells_hh_mm() -> None:
+    """mcp-server-time's convert_time, as it lists itself: no `format`, "HH:MM" in words."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "source_timezone": {
+                "type": "string", "description": "Source IANA timezone name (e.g., 'America/New_York')"
+            },
+            "time": {"type": "string", "description": "Time to convert in 24-hour format (HH:MM)"},
+            "target_timezone": {"type": "string", "description": "Target IANA timezone name (e.g., 'Asia/Tokyo')"},
+        },
+        "required": ["source_timezone", "time", "target_timezone"],
+    }
+    found, left = extract(schema, "Convert 15:00 from Europe/London to America/New_York time")
+    assert found == {"source_timezone": "Europe/London", "time": "15:00", "target_timezone": "America/New_York"}
+    assert left == []
+    assert extract(schema, "What is 3 pm in London in Tokyo time?")[0]["time"] == "15:00"
+
+
 def test_quoted_spans_fill_string_parameters() -> None:
     schema = obj(title={"type": "string"}, author={"type": "string"})
     assert extract(schema, "Find the book \"War and Peace\" by 'Leo Tolstoy'")[0] == {

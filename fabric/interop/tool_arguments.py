@@ -190,6 +190,8 @@ def _kind(name: str, schema: dict[str, Any]) -> str:
     description = str(schema.get("description") or "")
     if re.search(r"YYYY-MM-DD(?![ T]?hh)", description, re.IGNORECASE) and not re.search(r"hh:mm", description):
         return "date"
+    if re.search(r"\bHH:MM\b(?!:SS)", description, re.IGNORECASE) and not re.search(r"YYYY", description):
+        return "hh_mm"  # a clock time as the description spells it (mcp-server-time's convert_time)
     if _says(name, schema, {"url", "uri", "link"}, description=False):
         return "uri"
     if _says(name, schema, {"email"}, description=False):
@@ -552,6 +554,7 @@ _FINDERS = {
     "date": find_dates,
     "date-time": find_date_times,
     "time": find_times,
+    "hh_mm": lambda text: [Span(s.value[:5], s.start, s.end) for s in find_times(text)],
     "uri": find_urls,
     "email": find_emails,
     "timezone": find_timezones,
@@ -612,7 +615,7 @@ def extract(schema: dict[str, Any] | None, text: str) -> tuple[dict[str, Any], l
 
 
 #: kinds whose values name themselves: the job's question may give them when the subtask does not
-NAMED_KINDS = frozenset({"const", "enum", "date", "date-time", "time", "uri", "email", "timezone"})
+NAMED_KINDS = frozenset({"const", "enum", "date", "date-time", "time", "hh_mm", "uri", "email", "timezone"})
 
 
 def extract_named(schema: dict[str, Any] | None, names: list[str], question: str) -> dict[str, Any]:
