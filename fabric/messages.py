@@ -233,6 +233,12 @@ class JobSubmit(Body):
     policies: list[str] = Field(default_factory=list)
     budget: Budget = Field(default_factory=Budget)
     options: JobOptions = Field(default_factory=JobOptions)
+    conversation_id: str | None = Field(
+        default=None,
+        max_length=128,
+        description="continue this conversation (its recent turns reach routing, planning and drafting); "
+        "unset = the job starts a new conversation, named in its result",
+    )
 
 
 class JobEvent(Body):
@@ -303,6 +309,9 @@ class JobResult(Body):
     job_id: str
     status: Literal["completed", "failed", "canceled"]
     answer: str = ""
+    conversation_id: str | None = Field(
+        default=None, description="the conversation this job is a turn of: pass it with a follow-up question"
+    )
     failure_reason: str | None = None
     dag: DagSummary = Field(default_factory=DagSummary)
     assignments: dict[str, list[Match]] = Field(default_factory=dict, description="node -> the agents that drafted it")

@@ -121,6 +121,24 @@ class Settings(BaseSettings):
         "(fabric/orchestrator/plan_check.py; benchmarks/plan_check.py)",
     )
 
+    # --- conversations and clients (issue 21) -------------------------------------------
+    conversation_turns: int = Field(
+        default=3, ge=0, le=20,
+        description="how many earlier turns of a job's conversation reach routing, planning and drafting",
+    )
+    conversation_retention_s: float = Field(
+        default=7 * 86400.0, gt=0, description="conversations idle longer than this are forgotten by the job store"
+    )
+    a2a_heartbeat_s: float = Field(
+        default=2.0, gt=0, le=60,
+        description="`foa a2a serve`: a streaming task gets a status update at least this often while its job runs",
+    )
+    a2a_hold_s: float = Field(
+        default=4.0, ge=0, le=600,
+        description="`foa a2a serve`: a blocking message/send waits this long for the answer, then returns the "
+        "task `working` (clients' default timeouts are ~5 s); tasks/get and resubscribe follow it to the end",
+    )
+
     # --- storage, logs ------------------------------------------------------------------
     data_dir: Path = Path(".foa")
     store_url: str | None = Field(
