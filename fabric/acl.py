@@ -9,9 +9,10 @@ broker's own health check). What each may do:
   subscribes `foa/agents/{id}/#` (its inbox, own VCV), `$share/agent/foa/agents/{id}/tasks`,
   `foa/clusters/+/channel`.
 - router: publishes `foa/replies/#`, `foa/policies/enforcement`; subscribes VCVs, status,
-  reputation, `foa/router/query` (+ `$share/routers/...`).
+  reputation, `foa/router/query` (+ `$share/routers/...`), `foa/router/outcomes`.
 - orchestrator: publishes tasks to any agent, jobs, clusters, reputation, route queries,
-  replies, audit; subscribes VCVs, status, jobs (+ `$share/orchestrators/...`), clusters,
+  node outcomes (`foa/router/outcomes`: nobody else may, so an agent cannot report its own
+  success), replies, audit; subscribes VCVs, status, jobs (+ `$share/orchestrators/...`), clusters,
   reputation, audit.
 - client: publishes `foa/jobs/submit`, `foa/jobs/+/cancel`, `foa/router/query`; subscribes jobs, VCVs, status,
   reputation, audit.
@@ -145,6 +146,7 @@ def role_rules(role: Role) -> list[tuple[str, str]]:
             ("read", reputation),
             ("read", topics.ROUTER_QUERY),
             ("read", topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY)),
+            ("read", topics.ROUTER_OUTCOMES),
             ("write", replies),
             ("write", topics.POLICY_ENFORCEMENT),
         ]
@@ -158,6 +160,7 @@ def role_rules(role: Role) -> list[tuple[str, str]]:
             ("readwrite", topics.cluster_channel("+")),
             ("readwrite", reputation),
             ("write", topics.ROUTER_QUERY),
+            ("write", topics.ROUTER_OUTCOMES),
             ("readwrite", topics.POLICY_ENFORCEMENT),
             ("write", replies),
         ]
@@ -253,7 +256,8 @@ class CredentialBundle:
         security.write_private_file(out_dir / ENV_FILE, self.env_text().encode())
         keys_dir = out_dir / KEYS_DIR
         store = security.TrustStore()
-        for agent_id in self.agent_ids:
+        # and the orchestrators' key: routers learn only from node outcomes it signed
+        for agent_id in [*self.agent_ids, security.ORCHESTRATOR_KEY]:
             key_path = security.agent_key_path(keys_dir, agent_id)
             if key_path.exists() and not rotate_keys:
                 key = security.load_private_key(key_path)

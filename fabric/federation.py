@@ -158,8 +158,9 @@ class LocalFederation:
             from router.service import RouterService
 
             bus = await self._bus("router", persistent=False)  # nothing to keep: queries are retried
+            gate = VcvGate.from_settings(self.settings)
             self.router = RouterService(
-                self.settings, bus, self.embedder, verify_vcv=VcvGate.from_settings(self.settings).check
+                self.settings, bus, self.embedder, verify_vcv=gate.check, verify_outcome=gate.check_outcome
             )
             await self.router.start()
         native = [spec for spec in self.specs if spec.a2a is None and spec.mcp is None]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from fabric.envelope import Body
 from fabric.tasks import REGISTRY, check_kind_name
 from fabric.vcv import VCV
+from fabric.vectors import Vector
 
 
 class Usage(BaseModel):
@@ -194,6 +195,39 @@ class Reputation(Body):
     jobs: int = Field(default=0, ge=0)
     by_area: dict[str, float] = Field(default_factory=dict)
     at: float = Field(default_factory=time.time)
+
+
+class NodeOutcome(Body):
+    """How one subtask of a job went, published by the orchestrator that ran it on
+    `foa/router/outcomes`; routers learn from it which agents do such subtasks well (router/learning.py).
+
+    Only orchestrators may publish it (the broker's ACL; with keys configured, a signature by the
+    `orchestrator` key in the routers' trust store): an agent never reports its own success."""
+
+    KIND: ClassVar[str] = "node_outcome"
+
+    job_id: str
+    node_id: str
+    subtask: str = Field(default="", max_length=4000)
+    vector: Vector | None = Field(
+        default=None,
+        description="the subtask's embedding (unit length) when the orchestrator has it; "
+        "else the router embeds `subtask`",
+    )
+    embedding_model: str = ""
+    assigned: list[str] = Field(default_factory=list, max_length=64, description="the agents that drafted it")
+    kept: list[str] = Field(
+        default_factory=list, max_length=64, description="the agents whose answer was kept (the winning cluster)"
+    )
+    completed: bool = Field(description="whether the job completed: only completed jobs teach the router")
+    signer: str | None = Field(default=None, description="the trust-store name of the signing key")
+    public_key: str | None = None
+    signature: str | None = None
+    at: float = Field(default_factory=time.time)
+
+    def signing_bytes(self) -> bytes:
+        """What the signature covers: every field but the signature itself."""
+        return self.model_dump_json(exclude={"signature"}).encode()
 
 
 # --- jobs ---------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from fabric import topics
 from fabric.errors import ConfigError
-from fabric.messages import AuditEvent
+from fabric.messages import AuditEvent, NodeOutcome
 from fabric.settings import Settings
 from fabric.topics import validate_id
 from fabric.vcv import VCV
@@ -40,6 +40,10 @@ UNKNOWN_AGENT = "unknown-agent"
 KEY_MISMATCH = "key-mismatch"
 BAD_SIGNATURE = "bad-signature"
 TOPIC_MISMATCH = "topic-mismatch"
+
+#: the trust-store name of the key orchestrators sign node outcomes with (`foa creds init` writes
+#: it; agent ids may not be role names, so no agent can hold it)
+ORCHESTRATOR_KEY = "orchestrator"
 
 
 class KeyFileError(ConfigError):
@@ -138,6 +142,21 @@ def agent_key_for(settings: Settings, agent_id: str) -> Ed25519PrivateKey | None
     path = agent_key_path(settings.agent_key_dir, agent_id)
     if not path.exists():
         raise KeyFileError(f"no signing key for agent {agent_id!r}: {path} does not exist (run `foa creds init`)")
+    return load_private_key(path)
+
+
+def orchestrator_key(settings: Settings) -> Ed25519PrivateKey | None:
+    """The key orchestrators sign node outcomes with: `orchestrator.key` in FOA_AGENT_KEY_DIR.
+
+    None without a key dir. A key dir without the key is logged, not fatal: a job does not need
+    it, but routers with a trust store will not learn from this orchestrator's outcomes."""
+    if settings.agent_key_dir is None:
+        return None
+    path = agent_key_path(settings.agent_key_dir, ORCHESTRATOR_KEY)
+    if not path.exists():
+        log.warning("no orchestrator key: node outcomes go out unsigned (routers with a trust store ignore them)",
+                    extra={"expected": str(path), "fix": "foa creds init"})
+        return None
     return load_private_key(path)
 
 
@@ -288,6 +307,41 @@ class VcvGate:
             self._warned = True
             log.warning("no trust store (FOA_TRUST_STORE): accepting unsigned VCVs from any agent")
         return verify_signature(vcv) if vcv.signature else None
+
+    def check_outcome(self, outcome: NodeOutcome) -> str | None:
+        """None to learn from a node outcome, else why not (`verify_outcome`)."""
+        return verify_outcome(outcome, self.trust_store)
+
+
+def sign_outcome(outcome: NodeOutcome, private_key: Ed25519PrivateKey, signer: str = ORCHESTRATOR_KEY) -> NodeOutcome:
+    """A copy of `outcome` signed like a VCV: the signer's name and public key are signed too."""
+    keyed = outcome.model_copy(update={"signer": signer, "public_key": public_key_b64(private_key), "signature": None})
+    signature = private_key.sign(keyed.signing_bytes())
+    return keyed.model_copy(update={"signature": base64.b64encode(signature).decode()})
+
+
+def verify_outcome(outcome: NodeOutcome, store: TrustStore | None) -> str | None:
+    """None when a router may learn from `outcome`, else the reason (a stable code first).
+
+    With a trust store the outcome must be signed by the key it holds for the orchestrators;
+    without one it is accepted (the broker's ACL already keeps agents off the topic), but a
+    signature it carries must still match its own key."""
+    what = f"outcome of {outcome.job_id}/{outcome.node_id}"
+    if not outcome.signature or not outcome.public_key:
+        return f"{UNSIGNED}: {what} is not signed (give orchestrators FOA_AGENT_KEY_DIR with orchestrator.key)" if (
+            store is not None
+        ) else None
+    if store is not None:
+        if outcome.signer != ORCHESTRATOR_KEY or ORCHESTRATOR_KEY not in store:
+            return f"{UNKNOWN_AGENT}: {what} is signed by {outcome.signer!r}, not the trusted {ORCHESTRATOR_KEY!r} key"
+        if store.keys[ORCHESTRATOR_KEY] != outcome.public_key:
+            return f"{KEY_MISMATCH}: {what} is signed by a key that is not the orchestrators' trusted key"
+    try:
+        key = public_key_from_b64(outcome.public_key)
+        key.verify(base64.b64decode(outcome.signature, validate=True), outcome.signing_bytes())
+    except (KeyFileError, binascii.Error, ValueError, InvalidSignature):
+        return f"{BAD_SIGNATURE}: {what} does not match its signature"
+    return None
 
 
 def rejection_audit(vcv: VCV, reason: str) -> AuditEvent:

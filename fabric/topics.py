@@ -11,6 +11,7 @@ JOBS_CANCEL_WILDCARD = f"{ROOT}/jobs/+/cancel"
 JOBS_EVENTS_WILDCARD = f"{ROOT}/jobs/+/events"
 JOBS_RESULT_WILDCARD = f"{ROOT}/jobs/+/result"
 ROUTER_QUERY = f"{ROOT}/router/query"
+ROUTER_OUTCOMES = f"{ROOT}/router/outcomes"  # orchestrators -> every router (not shared: all replicas learn)
 POLICY_ENFORCEMENT = f"{ROOT}/policies/enforcement"
 REPUTATION_WILDCARD = f"{ROOT}/reputation/+"
 

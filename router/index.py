@@ -50,7 +50,9 @@ import numpy as np
 from fabric.bloom import BLOOM_BITS, BLOOM_HASHES, BloomFilter
 from fabric.broker import die_with_parent
 from fabric.errors import ProtocolError
+from fabric.messages import NodeOutcome
 from fabric.vcv import VCV
+from router.learning import LearnedViews, LearningConfig
 from router.lexical import CompactionPlan, LexicalIndex, agent_text
 
 SNAPSHOT_VERSION = 2  # 2: ids as a NUL-joined blob, pending (unflushed) vectors saved
@@ -156,6 +158,7 @@ class AgentTable:
         "skill_len": (np.int16, ()),
         "view_start": (np.int64, ()),
         "view_len": (np.int8, ()),
+        "learned": (np.int32, ()),  # 1 + the agent's slot in the learned views (router/learning.py), 0 = none
     }
 
     # the COLUMNS, made by __init__ in a loop and declared here for the type checker
@@ -176,6 +179,7 @@ class AgentTable:
     skill_len: np.ndarray
     view_start: np.ndarray
     view_len: np.ndarray
+    learned: np.ndarray
 
     def __init__(self, dim: int, capacity: int = 1024) -> None:
         self.dim = dim
@@ -277,9 +281,10 @@ class IndexStats:
 class CapabilityIndex:
     """Newest VCV per agent, searchable by capability vector, with snapshot/restore."""
 
-    def __init__(self, config: IndexConfig) -> None:
+    def __init__(self, config: IndexConfig, learning: LearningConfig | None = None) -> None:
         self.config = config
         self.table = AgentTable(config.dim)
+        self.learned = LearnedViews(config.dim, learning or LearningConfig())
         self.lexical = LexicalIndex()
         self.ids: list[str | None] = []  # row -> agent id
         self.rows: dict[str, int] = {}  # agent id -> row
@@ -545,6 +550,8 @@ class CapabilityIndex:
         t.bloom[row] = np.frombuffer(bloom, dtype=np.uint8)
         t.set_skills(row, self._skill_ids(vcv.skills))
         t.set_views(row, vcv.views_array())
+        slot = self.learned.slot(vcv.agent_id)
+        t.learned[row] = 0 if slot is None else slot + 1
         self.lexical.set_row(row, agent_text(vcv.name, vcv.description, vcv.skills))
         if new_vector:
             if int(t.shard[row]) != FREE:
@@ -572,6 +579,7 @@ class CapabilityIndex:
         t.online[row] = False
         t.version[row] = 0
         t.skill_len[row] = 0
+        t.learned[row] = 0  # the learned view stays with the agent id, for when it comes back
         self.ids[row] = None
         self.free.append(row)
         self.stats.deletes += 1
@@ -593,6 +601,15 @@ class CapabilityIndex:
             self.reputation_pending[agent_id] = score
         else:
             self.table.reputation[row] = score
+
+    def learn(self, outcome: NodeOutcome, now: float | None = None) -> list[str]:
+        """Fold a node outcome into the learned views (router/learning.py); the agents it moved."""
+        changed = self.learned.observe(outcome, now)
+        for agent_id in changed:
+            row, slot = self.rows.get(agent_id), self.learned.slot(agent_id)
+            if row is not None and slot is not None:
+                self.table.learned[row] = slot + 1
+        return changed
 
     def version_of(self, agent_id: str) -> int | None:
         row = self.rows.get(agent_id)
@@ -856,6 +873,7 @@ class CapabilityIndex:
             np.save(tmp / f"shard_{s}_deleted.npy", np.fromiter(self.shard_deleted[s], dtype=np.int64))
         if self.centroids is not None:
             np.save(tmp / "centroids.npy", self.centroids)
+        self.learned.save(tmp)
         meta = {
             "snapshot_version": SNAPSHOT_VERSION,
             "rows": n,
@@ -993,6 +1011,11 @@ class CapabilityIndex:
                 index._buffer(row, vec)
         if (path / "centroids.npy").exists():
             index.centroids = np.load(path / "centroids.npy")
+        index.learned = LearnedViews.load(path, config.dim)
+        index.table.learned[: len(index.ids)] = 0
+        for agent_id, slot in index.learned.slots.items():
+            if agent_id in index.rows:
+                index.table.learned[index.rows[agent_id]] = slot + 1
         index.policy_bits = meta["policy_bits"]
         index.policy_refs = meta["policy_refs"]
         index.skill_vocab = {s: i for i, s in enumerate(meta["skill_vocab"])}

@@ -3,7 +3,9 @@
     α = sim · lexical · 1[p_s ⊆ p_a] · 1[skills] · f(r_s, r_a) · g(e_s, e_a) · reputation
 
 - sim: cosine of task and capability embeddings, fused with the agent's example views (skill
-  examples, tool docs, its skills as short queries; `view_similarity`), clipped to [0, 1].
+  examples, tool docs, its skills as short queries; `view_similarity`), then lifted toward its
+  learned view (the subtasks it was kept for, router/learning.py) by at most
+  `weight · n/(n + prior)` of the gap, clipped to [0, 1].
 - lexical: (1 - W) + W · bm25, bm25 saturated into [0, 1] (router/lexical.py). A multiplier
   ≤ 1, so α never exceeds sim · REPUTATION_MAX: the index can stop over-fetching once the
   best α found beats that bound for every unfetched agent.
@@ -176,7 +178,9 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     if len(ctx.exclude_rows):
         eligible &= ~np.isin(rows, ctx.exclude_rows)
     fused, view = view_similarity(index, rows, ctx.qvec, sims)
-    sim = np.clip(fused, 0.0, 1.0)
+    learned, support = index.learned.similarity(t.learned[rows].astype(np.int64) - 1, ctx.qvec)
+    lift = index.learned.lift(fused, learned, support)
+    sim = np.clip(fused + lift, 0.0, 1.0)
     lex = index.lexical.scores(ctx.lexical, rows)
     lexical = (1.0 - LEXICAL_WEIGHT) + LEXICAL_WEIGHT * lex
     mask = np.uint64(ctx.policy_mask)
@@ -206,6 +210,9 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
         "sim": sim,
         "description": sims.astype(np.float32),
         "view": view,
+        "learned": learned,
+        "learned_support": support,
+        "learned_lift": lift,
         "lexical": lexical.astype(np.float32),
         "resources": f,
         "cost_factor": f_cost.astype(np.float32),

@@ -40,7 +40,15 @@ from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import Envelope
 from fabric.errors import ConfigError, readable
-from fabric.messages import AgentStatus, AssignQuery, AuditEvent, ErrorReply, Reputation, RouteQuery
+from fabric.messages import (
+    AgentStatus,
+    AssignQuery,
+    AuditEvent,
+    ErrorReply,
+    NodeOutcome,
+    Reputation,
+    RouteQuery,
+)
 from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
 from fabric.settings import Settings
@@ -54,6 +62,7 @@ from router.lexical import LexicalIndex
 log = logging.getLogger("foa.router")
 
 VerifyVCV = Callable[[VCV], str | None]
+VerifyOutcome = Callable[[NodeOutcome], str | None]
 T = TypeVar("T")
 RESERVOIR = 256  # descriptions kept for self-calibration probes
 MIN_AGENTS_TO_CALIBRATE = 3
@@ -70,6 +79,8 @@ class RouterCounters:
     queries: int = 0
     errors: int = 0
     audits: int = 0
+    outcomes: int = 0
+    rejected_outcomes: int = 0
 
 
 def calibration_path(settings: Settings) -> Path:
@@ -89,6 +100,7 @@ class RouterService:
         *,
         index: CapabilityIndex | None = None,
         verify_vcv: VerifyVCV | None = None,
+        verify_outcome: VerifyOutcome | None = None,
         snapshot_dir: Path | None = None,
         snapshot_every_s: float = 60.0,
         settle_s: float = 1.0,
@@ -108,6 +120,7 @@ class RouterService:
             )
         self.engine = RouterEngine(self.index)
         self.verify_vcv = verify_vcv
+        self.verify_outcome = verify_outcome
         self.metrics: Metrics | None = None  # set by run_router when metrics are on
         self.snapshot_dir = snapshot_dir
         self.snapshot_every_s = snapshot_every_s
@@ -144,6 +157,8 @@ class RouterService:
         await self.bus.subscribe(
             topics.shared(topics.SHARE_GROUP_ROUTER, topics.ROUTER_QUERY), self._on_query, body_types=None
         )
+        # not shared: every replica learns from every outcome
+        await self.bus.subscribe(topics.ROUTER_OUTCOMES, self._on_outcome, body_types=NodeOutcome)
         self._tasks.append(asyncio.create_task(self._maintain(), name="router-maintenance"))
         self._tasks.append(asyncio.create_task(self._flusher(), name="router-flush"))
         log.info("router started", extra={"agents": len(self.index), "client_id": self.bus.client_id})
@@ -323,6 +338,27 @@ class RouterService:
         rep: Reputation = msg.envelope.body
         self.index.set_reputation(rep.agent_id, rep.score)
 
+    async def _on_outcome(self, msg: Incoming) -> None:
+        """A node outcome from an orchestrator: fold it into the learned views (router/learning.py)."""
+        assert msg.envelope is not None
+        outcome: NodeOutcome = msg.envelope.body
+        self.counters.outcomes += 1
+        reason = self.verify_outcome(outcome) if self.verify_outcome is not None else None
+        if reason is None and outcome.embedding_model and outcome.embedding_model != self.embedder.model_name:
+            reason = f"outcome embedded with {outcome.embedding_model!r}, router uses {self.embedder.model_name!r}"
+        if reason is not None:
+            self.counters.rejected_outcomes += 1
+            log.warning("rejected node outcome", extra={"job_id": outcome.job_id, "reason": reason})
+            return
+        if outcome.vector is None:
+            if not outcome.subtask.strip():
+                self.counters.rejected_outcomes += 1
+                return
+            vec = (await self.batcher.embed([outcome.subtask]))[0]
+            outcome = outcome.model_copy(update={"vector": vec})
+        if self.index.learn(outcome):
+            self._dirty = True
+
     # ---- queries --------------------------------------------------------------------------
 
     async def _on_query(self, msg: Incoming) -> None:
@@ -390,6 +426,7 @@ class RouterService:
             "synced": self.synced.is_set(),
             "embedding_model": self.embedder.model_name,
             "counters": dict(vars(self.counters)),
+            "learning": {"agents": len(self.index.learned.slots), **vars(self.index.learned.stats)},
             "abstention": {
                 "kind": "model" if model is not None else ("threshold" if self.engine.threshold is not None else None),
                 "alpha_threshold": self.engine.threshold,
@@ -503,11 +540,13 @@ async def run_router(
         embedder = await rt.embedder()
         snap = snapshot_path(settings) if snapshot else None
         index = await asyncio.to_thread(restore_index, snap, embedder.model_name) if snap is not None else None
-        if verify_vcv is None:  # FOA_TRUST_STORE set: signatures are checked
-            verify_vcv = VcvGate.from_settings(settings).check
+        gate = VcvGate.from_settings(settings)  # FOA_TRUST_STORE set: signatures are checked
+        verify_vcv = verify_vcv or gate.check
+
         async with Bus(settings, client_id, broker=rt.broker(), persistent=False) as bus:
             rt.watch_bus(bus)
-            service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv, snapshot_dir=snap)
+            service = RouterService(settings, bus, embedder, index=index, verify_vcv=verify_vcv,
+                                    verify_outcome=gate.check_outcome, snapshot_dir=snap)
             service.metrics = rt.metrics
             await service.start()
             rt.on_drain(service.stop)  # the snapshot is written while the bus is still open

@@ -24,7 +24,7 @@ from fabric.broker import Mosquitto
 from fabric.bus import Bus, BusError, Incoming
 from fabric.cli import main as foa_main
 from fabric.envelope import decode, make
-from fabric.messages import TaskRequest
+from fabric.messages import NodeOutcome, TaskRequest
 from fabric.settings import Settings
 from fabric.vcv import VCV
 
@@ -343,6 +343,52 @@ async def test_router_trust_store_refuses_impostor_on_its_own_topic(secured, tmp
         ("cardiologist", security.UNSIGNED),
         ("cardiologist", None),
     ]
+
+
+@run_async
+async def test_only_orchestrators_publish_node_outcomes_and_routers_trust_only_their_key(
+    secured, tmp_path: Path, embedder
+) -> None:
+    """An agent must not report its own success: the broker refuses an outcome from an agent's
+    login, and with a trust store a router learns only from outcomes signed by the orchestrators'
+    key (`foa creds init` writes it), not from one signed by an agent's key or unsigned."""
+    broker, passwords, out = secured
+    gate = security.VcvGate.from_settings(Settings(trust_store=out / acl.TRUST_FILE))
+    vec = embedder.embed(["Check the dose of paracetamol for an adult"])[0]
+    forged = NodeOutcome(job_id="job-x", node_id="s1", subtask="dose", vector=vec, kept=["pharmacist"],
+                         assigned=["pharmacist"], completed=True)
+    heard: list[NodeOutcome] = []
+    router = _bus(broker, tmp_path, "router-2", "router", passwords["router"])
+    agent = _bus(broker, tmp_path, "pharmacist-2", "pharmacist", passwords["pharmacist"])
+    orchestrator = _bus(broker, tmp_path, "orchestrator-2", "orchestrator", passwords["orchestrator"])
+    async with router, agent, orchestrator:
+        await router.subscribe(
+            topics.ROUTER_OUTCOMES,
+            lambda m: heard.append(m.envelope.body),  # type: ignore[union-attr]  # never empty here
+            body_types=NodeOutcome,
+        )
+        with pytest.raises(BusError, match="[Nn]ot authori[sz]ed"):
+            await agent.publish(topics.ROUTER_OUTCOMES, forged)
+        orchestrator_key = security.load_private_key(out / "keys" / f"{security.ORCHESTRATOR_KEY}.key")
+        await orchestrator.publish(topics.ROUTER_OUTCOMES, security.sign_outcome(forged, orchestrator_key))
+        for _ in range(100):
+            if heard:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.2)
+    assert len(heard) == 1 and gate.check_outcome(heard[0]) is None
+    agent_key = security.load_private_key(out / "keys" / "pharmacist.key")
+    codes = [
+        security.reason_code(gate.check_outcome(o) or "")
+        for o in (
+            forged,
+            security.sign_outcome(forged, agent_key, signer="pharmacist"),
+            security.sign_outcome(forged, agent_key),  # claims the orchestrators' name with another key
+            heard[0].model_copy(update={"kept": ["cardiologist"]}),  # altered after signing
+        )
+    ]
+    assert codes == [security.UNSIGNED, security.UNKNOWN_AGENT, security.KEY_MISMATCH, security.BAD_SIGNATURE]
+    assert "orchestrator.key" in (gate.check_outcome(forged) or "")  # says what to configure
 
 
 def test_private_files_not_world_readable_after_rewrite(tmp_path: Path) -> None:

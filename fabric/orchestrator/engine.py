@@ -32,6 +32,7 @@ from fabric.messages import (
     JobSubmit,
     JobUsage,
     Match,
+    NodeOutcome,
     Reputation,
     RouteQuery,
     RouteResponse,
@@ -101,6 +102,7 @@ class Ports(Protocol):
     async def emit(self, event: JobEvent) -> None: ...
     async def channel(self, message: ChannelMessage) -> None: ...
     async def publish_reputation(self, record: Reputation) -> None: ...
+    async def publish_outcome(self, outcome: NodeOutcome) -> None: ...
 
 
 class NodeFailed(FoAError, RuntimeError):
@@ -166,6 +168,7 @@ class JobRunner:
         self.timings: dict[str, float] = dict(saved.get("timings", {}))
         self._seq = 1 if fresh else store.next_seq(submit.job_id)
         self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
+        self._vectors: dict[str, np.ndarray] = {}  # text -> embedding, this run (node outcomes reuse them)
         self._failures: list[str] = []
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
         self._exact: dict[str, dict[str, str]] = {}  # node -> agent -> its exact draft (exactness.py)
@@ -215,6 +218,7 @@ class JobRunner:
             return await self._finish(self._ended("failed", f"{type(exc).__name__}: {exc}"))
         self._ending = True
         await self._update_reputations(node_results)
+        await self._publish_outcomes(dag, assignments, node_results)
         result = JobResult(
             job_id=job.job_id,
             status="completed",
@@ -783,7 +787,10 @@ class JobRunner:
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         with self.path.doing("embed"):
-            return self.ports.embed(texts)
+            vecs = self.ports.embed(texts)
+        if len(self._vectors) < 256:
+            self._vectors.update(zip(texts, vecs, strict=False))
+        return vecs
 
     @staticmethod
     def _charged(res: Answer[Any]) -> Usage:
@@ -804,6 +811,32 @@ class JobRunner:
                 await self.path.waiting("publish", self.ports.publish_reputation(record))
             except Exception:  # noqa: BLE001 - reputation is advisory
                 log.warning("could not publish reputation", extra={"agent_id": agent_id})
+
+    async def _publish_outcomes(
+        self, dag: Dag, assignments: dict[str, list[Match]], node_results: dict[str, NodeResult]
+    ) -> None:
+        """One NodeOutcome per answered node of a completed job: routers learn from it which
+        agents do such subtasks well (router/learning.py). Kept = the winning cluster's members.
+        A node's vector goes along when this run embedded its text anyway (planning did);
+        otherwise the router embeds the text, off this job's critical path."""
+        for node in dag.nodes:
+            result = node_results.get(node.node_id)
+            if result is None:
+                continue
+            cluster = result.clusters.get(result.cluster or "")
+            outcome = NodeOutcome(
+                job_id=self.job.job_id,
+                node_id=node.node_id,
+                subtask=node.text[:4000],
+                vector=self._vectors.get(node.text),
+                assigned=[m.agent_id for m in assignments.get(node.node_id, [])][:64],
+                kept=(cluster.members if cluster else [result.by])[:64],
+                completed=True,
+            )
+            try:
+                await self.path.waiting("publish", self.ports.publish_outcome(outcome))
+            except Exception:  # noqa: BLE001 - learning is advisory, like reputation
+                log.warning("could not publish a node outcome", extra={"job_id": self.job.job_id, "node": node.node_id})
 
     async def emit(self, phase: str, message: str, data: dict[str, Any] | None = None) -> None:
         event = JobEvent(job_id=self.job.job_id, seq=self._seq, phase=phase, message=message, data=data or {})

@@ -37,6 +37,7 @@ from fabric.messages import (
     JobEvent,
     JobResult,
     JobSubmit,
+    NodeOutcome,
     Reputation,
     RouteQuery,
     RouteResponse,
@@ -48,6 +49,7 @@ from fabric.orchestrator.leases import LeaseKeeper
 from fabric.orchestrator.reputation import ReputationBook
 from fabric.orchestrator.store import FencedOut, JobStore, open_store
 from fabric.registry import Registry
+from fabric.security import orchestrator_key, sign_outcome
 from fabric.settings import Settings
 from fabric.tasks import InT, OutT, TaskKind
 from fabric.vcv import VCV
@@ -71,6 +73,7 @@ class BusPorts:
         self.settings = settings
         self._reputation_pending: dict[str, Reputation] = {}
         self._reputation_flusher: asyncio.Task[None] | None = None
+        self._outcome_key = orchestrator_key(settings)
 
     async def route(self, query: RouteQuery) -> RouteResponse:
         return (await self._ask_router(query, RouteResponse)).body
@@ -138,6 +141,16 @@ class BusPorts:
         # 36 messages per job (4 nodes x 3 agents x k = 3) cost ~1 ms of the job's critical path
         await self.bus.publish(
             topics.cluster_channel(message.cluster_id), make(message, sender=self.bus.client_id), qos=0, wait=False
+        )
+
+    async def publish_outcome(self, outcome: NodeOutcome) -> None:
+        """QoS 1 without waiting: routers should learn from every node, but a job's result must
+        not wait for it. Signed with the orchestrators' key where keys are configured."""
+        outcome = outcome.model_copy(update={"embedding_model": self.embedder.model_name})
+        if self._outcome_key is not None:
+            outcome = sign_outcome(outcome, self._outcome_key)
+        await self.bus.publish(
+            topics.ROUTER_OUTCOMES, make(outcome, job_id=outcome.job_id, sender=self.bus.client_id), wait=False
         )
 
     async def publish_reputation(self, record: Reputation) -> None:

@@ -1,0 +1,168 @@
+"""Learned views: what each agent has been seen to do well, from the orchestrators' node outcomes.
+
+An agent's description says what it claims; the subtasks it answered well say what it does.
+For every agent whose answer a completed job kept, the router folds the subtask's embedding into
+a decayed centroid (its learned view) and counts the evidence (its support). α's similarity
+moves toward the learned view's cosine by at most `weight · n / (n + prior)` of the gap
+(router/scoring.py `learned_lift`), so:
+
+- evidence is needed: one outcome (n = 1, prior 4) moves sim by at most a tenth of the gap;
+- it only lifts: a learned view never lowers an agent below what its description earns;
+- it is bounded: sim moves at most `weight` of the way to the learned cosine, never past it;
+- it is paced: an agent takes at most `max_per_minute` outcomes a minute (the rest are counted
+  and dropped), so a burst of forged or replayed outcomes cannot move it far;
+- it can be unlearned: an agent assigned but not kept loses support in proportion to how close
+  the subtask was to its learned view (wrong feedback decays instead of accumulating).
+
+State is keyed by agent id, not index row: an agent that leaves and comes back keeps what it
+learned, and an outcome may arrive before the agent's VCV. It is saved with the index snapshot.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from fabric.messages import NodeOutcome
+
+
+@dataclass
+class LearningConfig:
+    """Chosen with benchmarks/routing_learning.py (see its docstring for the runs)."""
+
+    weight: float = 0.5  # the most of the gap to the learned cosine that sim may close
+    prior: float = 4.0  # support at which an agent gets half of `weight`
+    decay: float = 0.97  # per outcome: old evidence's share of the centroid and the support
+    max_support: float = 50.0  # evidence saturates: old habits can still be unlearned
+    unlearn: float = 0.5  # an assigned agent not kept loses this share of support · cos(subtask, view)
+    max_per_minute: int = 30  # outcomes one agent takes per minute
+
+
+@dataclass
+class LearnStats:
+    applied: int = 0
+    rate_limited: int = 0
+    not_completed: int = 0
+    rejected: int = 0  # wrong dimension, not unit length, ...
+
+
+@dataclass
+class LearnedViews:
+    dim: int
+    config: LearningConfig = field(default_factory=LearningConfig)
+    slots: dict[str, int] = field(default_factory=dict)
+    pool: np.ndarray = field(init=False)
+    support: np.ndarray = field(init=False)
+    stats: LearnStats = field(default_factory=LearnStats)
+    _recent: dict[str, collections.deque[float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pool = np.zeros((0, self.dim), dtype=np.float32)
+        self.support = np.zeros(0, dtype=np.float32)
+
+    def slot(self, agent_id: str, create: bool = False) -> int | None:
+        slot = self.slots.get(agent_id)
+        if slot is None and create:
+            slot = self.slots[agent_id] = len(self.slots)
+            if slot >= len(self.pool):
+                cap = max(64, 2 * len(self.pool))
+                pool, support = np.zeros((cap, self.dim), np.float32), np.zeros(cap, np.float32)
+                pool[: len(self.pool)], support[: len(self.support)] = self.pool, self.support
+                self.pool, self.support = pool, support
+            self.pool[slot] = 0.0
+            self.support[slot] = 0.0
+        return slot
+
+    def _paced(self, agent_id: str, now: float) -> bool:
+        recent = self._recent.setdefault(agent_id, collections.deque())
+        while recent and recent[0] <= now - 60.0:
+            recent.popleft()
+        if len(recent) >= self.config.max_per_minute:
+            self.stats.rate_limited += 1
+            return False
+        recent.append(now)
+        return True
+
+    def observe(self, outcome: NodeOutcome, now: float | None = None) -> list[str]:
+        """Fold one node outcome in; returns the agents whose learned view changed."""
+        if not outcome.completed:
+            self.stats.not_completed += 1
+            return []
+        vec = np.asarray(outcome.vector, dtype=np.float32)
+        norm = float(np.linalg.norm(vec)) if vec.shape == (self.dim,) else 0.0
+        if norm < 0.5:
+            self.stats.rejected += 1
+            return []
+        vec = vec / norm
+        now = time.monotonic() if now is None else now
+        cfg = self.config
+        changed = []
+        kept = set(outcome.kept)
+        for agent_id in kept:
+            if not self._paced(agent_id, now):
+                continue
+            slot = self.slot(agent_id, create=True)
+            assert slot is not None
+            n = float(self.support[slot]) * cfg.decay
+            centroid = n * self.pool[slot] + vec
+            self.pool[slot] = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
+            self.support[slot] = min(n + 1.0, cfg.max_support)
+            changed.append(agent_id)
+        for agent_id in set(outcome.assigned) - kept:
+            slot = self.slot(agent_id)
+            if slot is None or not self._paced(agent_id, now):
+                continue
+            closeness = max(0.0, float(self.pool[slot] @ vec))
+            self.support[slot] *= 1.0 - cfg.unlearn * closeness
+            changed.append(agent_id)
+        self.stats.applied += 1
+        return changed
+
+    def similarity(self, slots: np.ndarray, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine to the learned view, support) for slots (-1 = none: 0 and 0)."""
+        cos = np.zeros(len(slots), dtype=np.float32)
+        support = np.zeros(len(slots), dtype=np.float32)
+        sel = np.flatnonzero(slots >= 0)
+        if len(sel):
+            s = slots[sel]
+            cos[sel] = self.pool[s] @ np.asarray(qvec, dtype=np.float32)
+            support[sel] = self.support[s]
+        return cos, support
+
+    def lift(self, sim: np.ndarray, cos: np.ndarray, support: np.ndarray) -> np.ndarray:
+        """How much the learned views add to sim: weight · n/(n + prior) · max(0, cos − sim)."""
+        cfg = self.config
+        confidence = support / (support + cfg.prior)
+        return np.asarray(cfg.weight * confidence * np.maximum(0.0, cos - sim), dtype=np.float32)
+
+    def of(self, agent_id: str) -> tuple[np.ndarray, float] | None:
+        slot = self.slots.get(agent_id)
+        return None if slot is None else (self.pool[slot].copy(), float(self.support[slot]))
+
+    # ---- snapshot -------------------------------------------------------------------------
+
+    def save(self, folder: Path) -> None:
+        n = len(self.slots)
+        ids = sorted(self.slots, key=self.slots.__getitem__)
+        np.save(folder / "learned_ids.npy", np.frombuffer("\0".join(ids).encode(), dtype=np.uint8), allow_pickle=False)
+        np.save(folder / "learned_pool.npy", self.pool[:n], allow_pickle=False)
+        np.save(folder / "learned_support.npy", self.support[:n], allow_pickle=False)
+
+    @classmethod
+    def load(cls, folder: Path, dim: int, config: LearningConfig | None = None) -> LearnedViews:
+        views = cls(dim, config or LearningConfig())
+        if not (folder / "learned_ids.npy").exists():  # a snapshot older than learning
+            return views
+        raw = np.load(folder / "learned_ids.npy").tobytes().decode()
+        ids = raw.split("\0") if raw else []
+        pool = np.load(folder / "learned_pool.npy")
+        if pool.shape != (len(ids), dim):
+            raise ValueError(f"learned views in {folder}: {pool.shape} for {len(ids)} agents of dimension {dim}")
+        views.slots = {agent_id: i for i, agent_id in enumerate(ids)}
+        views.pool = np.array(pool, dtype=np.float32)
+        views.support = np.array(np.load(folder / "learned_support.npy"), dtype=np.float32)
+        return views
