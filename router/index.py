@@ -602,6 +602,11 @@ class CapabilityIndex:
         else:
             self.table.reputation[row] = score
 
+    def forget_learning(self, config: LearningConfig | None = None) -> None:
+        """Drop every learned view (benchmarks replay a stream from scratch; an operator may too)."""
+        self.learned = LearnedViews(self.config.dim, config or self.learned.config)
+        self.table.learned[:] = 0
+
     def learn(self, outcome: NodeOutcome, now: float | None = None) -> list[str]:
         """Fold a node outcome into the learned views (router/learning.py); the agents it moved."""
         changed = self.learned.observe(outcome, now)
