@@ -203,6 +203,9 @@ def test_a2a_0_2_requests_get_an_error_naming_the_versions_and_the_card(mosquitt
         assert reply["error"]["code"] == -32601 and f"'{method}' is A2A 0.2's" in message
         assert "A2A 1.0" in message and "A2A 0.3" in message and "message/send" in message
         assert f"{url}/.well-known/agent-card.json" in message
+        # a client that posts to the base URL gets the same answer
+        reply = httpx.post(f"{url}/", json=rpc(method, V02_SEND), timeout=5).json()
+        assert reply["error"]["message"] == message
         # other bad input: a hint too, and the server keeps serving
         for body in (rpc("message/send", {"message": {"parts": "not a list"}}), rpc("no/such", {}), [1, 2], "x"):
             reply = httpx.post(f"{url}/a2a", json=body, timeout=5).json()

@@ -22,12 +22,13 @@
 - Message or request metadata may carry `budget_tokens`, `max_cost`, `deadline_s`, `policies`.
 - Protocol versions: A2A 1.0 (JSON-RPC `SendMessage`, ...) and 0.3 (`message/send` with `kind`
   parts, ...) are served; 0.3 through the SDK's own compat layer, which costs one flag and keeps
-  0.3 clients (python-a2a's newer releases, older SDKs) working. A2A 0.2 (`tasks/send`,
+  clients written to 0.3 (a2a-sdk 0.3.x, hand-written JSON-RPC) working. A2A 0.2 (`tasks/send`,
   `tasks/sendSubscribe`, `type` parts) is answered with a JSON-RPC error naming the served
   versions and the card URL: no SDK serves 0.2 any more, its task-centred methods have no 1.0
   counterpart to translate to, and a half-served old protocol is worse than a clear pointer.
   Any request the SDK refuses (unknown method, invalid request or params, wrong A2A-Version)
-  gets the same hint appended.
+  gets the same hint appended. JSON-RPC is also answered at `/`, where clients that take the
+  server's base URL for the endpoint post.
 
 The A2A task id maps to the FoA job id `a2a-{task id}`, so a cancel needs no lookup table.
 """
@@ -325,7 +326,9 @@ def versions_hint(card_url: str) -> str:
     )
 
 
-def jsonrpc_routes(handler: DefaultRequestHandler, public_url: str, rpc_url: str = "/a2a") -> list[Route]:
+def jsonrpc_routes(
+    handler: DefaultRequestHandler, public_url: str, paths: tuple[str, ...] = ("/a2a", "/")
+) -> list[Route]:
     """The SDK's JSON-RPC endpoint with 0.3 compat on, and a clear answer to other versions:
     a method neither version knows gets an error naming the served versions and the card URL,
     and so does any request the SDK refuses as invalid."""
@@ -351,7 +354,7 @@ def jsonrpc_routes(handler: DefaultRequestHandler, public_url: str, rpc_url: str
             )
         return with_hint(await dispatcher.handle_requests(request), hint)
 
-    return [Route(path=rpc_url, endpoint=endpoint, methods=["POST"])]
+    return [Route(path=path, endpoint=endpoint, methods=["POST"]) for path in paths]
 
 
 def with_hint(response: Response, hint: str) -> Response:
