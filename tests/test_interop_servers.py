@@ -51,7 +51,10 @@ def test_a2a_clients_send_stream_get_and_cancel_through_foa_a2a_serve(mosquitto,
     async def main() -> None:
         slow = backend_factory(latency_s=1.0)
         async with LocalFederation(settings, SPECS, backend_factory=slow, embedder=embedder) as fed:
-            with process(argv, f"{url}/.well-known/agent-card.json", env=env_with(FOA_BROKER_URL=mosquitto.url)):
+            # an operator's long hold (FOA_A2A_HOLD_S) keeps message/send blocking to the end; the
+            # default 4 s hold, on clients' defaults, is tested in tests/test_a2a_defaults.py
+            env = env_with(FOA_BROKER_URL=mosquitto.url, FOA_A2A_HOLD_S="120")
+            with process(argv, f"{url}/.well-known/agent-card.json", env=env):
                 blocking = await create_client(
                     url, client_config=ClientConfig(streaming=False, httpx_client=httpx.AsyncClient(timeout=120))
                 )
