@@ -217,3 +217,19 @@ def test_bad_arguments_are_refused_before_anything_is_sent() -> None:
 
     with pytest.raises(foa.ConfigError, match="drop on_event"):
         asyncio.run(stream_with_on_event())
+
+
+def test_a_conversation_follows_the_id_a_result_names() -> None:
+    """The orchestrator's side names the conversation in `JobResult.conversation_id`; the handle
+    continues that one (here without a federation: the result is made by hand)."""
+    client = foa.Client(foa.Settings(broker_url="mqtt://127.0.0.1:9"))
+    conv = client.conversation()
+    made = conv.id
+    assert made.startswith("conv-") and client.conversation().id != made  # a new one per handle
+    unnamed = conv._adopt(foa.JobResult(job_id="j1", status="completed"))
+    assert conv.id == made and conv.results == [unnamed]  # an orchestrator that names none: keep ours
+    conv._adopt(foa.JobResult(job_id="j2", status="completed", conversation_id="conv-orchestrator"))
+    assert conv.id == "conv-orchestrator"
+    assert client.conversation("conv-given").id == "conv-given"
+    with pytest.raises(foa.ConfigError, match="must be 1 to 128"):
+        client.conversation("x" * 129)
