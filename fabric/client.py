@@ -55,6 +55,7 @@ async def submit_and_follow(
     timeout: float = 900.0,
     resend_every: float = 5.0,
     stall_resend_s: float = 30.0,
+    conversation_id: str | None = None,
 ) -> JobResult:
     submit = JobSubmit(
         job_id=job_id or new_job_id(),
@@ -62,6 +63,7 @@ async def submit_and_follow(
         options=options or JobOptions(),
         budget=budget or Budget(),
         policies=policies or [],
+        conversation_id=conversation_id,
     )
     result: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
     alive = asyncio.Event()
@@ -146,6 +148,7 @@ async def follow_federation(
     on_event: Callable[[JobEvent], None] | None = None,
     timeout: float = 900.0,
     check_every: float = 1.0,
+    conversation_id: str | None = None,
 ) -> JobResult:
     """`submit_and_follow` that survives the federation restarting under it.
 
@@ -197,6 +200,7 @@ async def follow_federation(
                     policies=policies,
                     on_event=once,
                     timeout=max(0.1, deadline - time.monotonic()),
+                    conversation_id=conversation_id,
                 )
             )
             while not follow.done():

@@ -11,12 +11,33 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel
+
 from fabric import topics
 from fabric.bus import Bus, Incoming
 from fabric.messages import AgentStatus
 from fabric.vcv import VCV, newer
 
 log = logging.getLogger("foa.registry")
+
+
+class AgentInfo(BaseModel):
+    """One agent of the live registry (`AgentEntry.summary()`): what `foa agents --json` prints
+    per agent and `foa.Client.agents()` returns."""
+
+    agent_id: str
+    name: str
+    version: int
+    status: str
+    description: str
+    skills: list[str]
+    policies: list[str]
+    cost_per_1k_input: float
+    cost_per_1k_output: float
+    latency_ms: float
+    max_concurrency: int
+    llm_model: str | None
+    signed: bool
 
 
 @dataclass

@@ -21,7 +21,7 @@ from agents.server import TaskFailed, TaskServer
 from agents.spec import AgentSpec, SpecError, load_spec, load_specs
 from agents.worker import LLMWorker, make_worker
 from fabric.bus import Bus, BusError, RequestTimeout
-from fabric.client import JobFailed, cancel_job, new_job_id, submit_and_follow
+from fabric.client import JobFailed, JobTimeout, cancel_job, new_job_id, submit_and_follow
 from fabric.dispatch import Answer, TaskError, dispatch, dispatch_task
 from fabric.errors import ConfigError, FoAError, ProtocolError, TransportError
 from fabric.llm import BackendPool, ChatMessage, Completion, LLMBackend, LLMError, backend_for
@@ -37,10 +37,14 @@ from fabric.messages import (
     JobResult,
     JobUsage,
     Match,
+    RouteResponse,
     TaskRequest,
     TaskResult,
     Usage,
 )
+from fabric.registry import AgentInfo
+from fabric.remote import Client, Conversation
+from fabric.runtime import NoFederation
 from fabric.settings import Settings
 from fabric.tasks import (
     DECOMPOSE,
@@ -99,6 +103,11 @@ __all__ = [
     "Usage",
     "dispatch",
     "dispatch_task",
+    # a running federation
+    "AgentInfo",
+    "Client",
+    "Conversation",
+    "RouteResponse",
     # jobs
     "Budget",
     "Bus",
@@ -127,7 +136,9 @@ __all__ = [
     "ConfigError",
     "FoAError",
     "JobFailed",
+    "JobTimeout",
     "LLMError",
+    "NoFederation",
     "ProtocolError",
     "RequestTimeout",
     "TaskError",

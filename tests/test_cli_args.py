@@ -39,6 +39,7 @@ def foa(
         (["run", "why?", "--budget-cost", "-0.5"], "foa: error: --budget-cost must be at least 0, not -0.5"),
         (["submit", "why?", "--deadline", "-1"], "foa: error: --deadline must be greater than 0, not -1"),
         (["submit", "why?", "--deadline", "0"], "foa: error: --deadline must be greater than 0, not 0"),
+        (["submit", "why?", "--conversation", " "], "foa: error: --conversation: conversation id ' ' must be 1 to 128"),
         (["run", "why?", "--rounds", "-1"], "foa: error: --rounds must be at least 0, not -1"),
         (["run", "why?", "--proposers", "0"], "foa: error: --proposers must be at least 1, not 0"),
         (["run", "why?", "--max-tokens", "4"], "foa: error: --max-tokens must be at least 8, not 4"),

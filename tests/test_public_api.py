@@ -40,6 +40,7 @@ def test_the_readme_names_are_exported() -> None:
         "TaskRequest",
         "Usage",
         "JobResult",
+        "Client",
         "submit_and_follow",
         "cancel_job",
         "OpenAICompatBackend",

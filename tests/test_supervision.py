@@ -79,6 +79,11 @@ def wait_for(check: Callable[[], object], timeout: float, what: str) -> None:
 
 @pytest.fixture
 def workdir(tmp_path: Path, llm: ScriptedOpenAI) -> tuple[Path, dict[str, str]]:
+    return federation_dir(tmp_path, llm)
+
+
+def federation_dir(tmp_path: Path, llm: ScriptedOpenAI) -> tuple[Path, dict[str, str]]:
+    """`tmp_path` with the scripted agents' specs, and the environment of a `foa up` there."""
     specs = tmp_path / "specs"
     specs.mkdir()
     for spec in SPECS:

@@ -44,21 +44,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_schema)
 
 
-async def fetch_agents(settings: Settings, wait: float) -> list[dict[str, Any]]:
-    from fabric.bus import Bus
-    from fabric.registry import Registry
+async def fetch_agents(settings: Settings, wait: float, include_offline: bool = False) -> list[dict[str, Any]]:
+    """The live registry's agents as `foa agents --json` prints them (`Client.agents`)."""
+    from fabric.remote import Client
 
-    registry = Registry()
-    async with Bus(settings, f"cli-{uuid.uuid4().hex[:8]}", persistent=False) as bus:
-        await registry.attach(bus)
-        await registry.settle(quiet_s=0.4, max_s=wait)
-    return [e.summary() for e in sorted(registry.live(), key=lambda e: e.vcv.agent_id if e.vcv else "")]
+    async with Client(settings) as client:
+        return [a.model_dump() for a in await client.agents(include_offline=include_offline, wait=wait)]
 
 
 def cmd_agents(args: argparse.Namespace, settings: Settings) -> int:
-    rows = asyncio.run(fetch_agents(settings, args.wait))
-    if not args.all:
-        rows = [r for r in rows if r["status"] != "offline"]
+    rows = asyncio.run(fetch_agents(settings, args.wait, include_offline=args.all))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

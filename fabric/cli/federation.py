@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -38,7 +37,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("submit", help="send a job to a running federation and follow it")
     p.add_argument("question")
     _job_options(p)
-    p.set_defaults(func=cmd_submit, validate=check_job_args, needs_broker=True)
+    p.add_argument(
+        "--conversation", default=None, metavar="ID",
+        help="continue this conversation (the id printed after an earlier answer); default: start one",
+    )
+    p.set_defaults(func=cmd_submit, validate=check_submit_args, needs_broker=True)
 
     p = sub.add_parser("jobs", help="list jobs in the local job store")
     p.add_argument("--json", action="store_true")
@@ -106,6 +109,18 @@ def check_job_args(args: argparse.Namespace) -> None:
         _options(args, Settings(), profile=False)
     except ValidationError as exc:
         raise UsageError(readable(exc, _FLAGS)) from None
+
+
+def check_submit_args(args: argparse.Namespace) -> None:
+    """`foa submit`: the job's arguments and the conversation id."""
+    from fabric.remote import check_conversation_id
+
+    check_job_args(args)
+    if args.conversation is not None:
+        try:
+            check_conversation_id(args.conversation)
+        except ValueError as exc:
+            raise UsageError(f"--conversation: {exc}") from None
 
 
 #: JobOptions / Budget fields → the flags that set them (for error messages)
@@ -202,9 +217,11 @@ def result_json(result: JobResult) -> dict[str, Any]:
     return result.model_dump(mode="json", include=set(RESULT_FIELDS))
 
 
-def print_result(result: JobResult, as_json: bool) -> int:
+def print_result(result: JobResult, as_json: bool, conversation: str | None = None) -> int:
+    """The result on stdout (text or `--json`); `conversation`: the id a follow-up passes
+    (`foa submit --conversation ID`), printed after the answer and in the JSON object."""
     if as_json:
-        print(json.dumps(result_json(result), indent=2))
+        print(json.dumps(result_json(result) | ({"conversation_id": conversation} if conversation else {}), indent=2))
     else:
         if result.dag.nodes:
             print(draw_dag(result.dag, result.rounds), file=sys.stderr)
@@ -217,6 +234,9 @@ def print_result(result: JobResult, as_json: bool) -> int:
             f"{result.usage.tokens} tokens, cost {result.usage.cost:.4f}",
             file=sys.stderr,
         )
+        if conversation:
+            print(f"conversation: {conversation}  (follow up: foa submit --conversation {conversation} \"...\")",
+                  file=sys.stderr)
     return 0 if result.status == "completed" else 1
 
 
@@ -325,29 +345,26 @@ def _pid() -> int:
 
 
 def cmd_submit(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.client import follow_federation
-    from fabric.runtime import resolve_broker
+    from fabric.remote import Client
 
     options, budget = _options(args, settings, profile=False)  # the federation's own sizes apply
     # `main` resolved the broker once (settings.broker_url); to follow a `foa up` that restarts on
     # another port, every reconnect looks again: FOA_BROKER_URL if set, else .foa/federation.json
     unresolved = settings.model_copy(update={"broker_url": Settings().broker_url})
 
-    async def main() -> JobResult:
-        # follows the federation across restarts: re-reads .foa/federation.json, reconnects, re-sends by job id
-        return await follow_federation(
-            settings,
-            lambda: resolve_broker(unresolved),
-            args.question,
-            job_id=args.job_id,
-            options=options,
-            budget=budget,
-            policies=args.policy,
-            on_event=Progress(),
-            timeout=args.timeout,
-        )
+    async def main() -> tuple[JobResult, str]:
+        # the Python client's path: follows the federation across restarts (re-reads
+        # .foa/federation.json, reconnects, re-sends by job id); every answer is a conversation's turn
+        async with Client(unresolved, timeout=args.timeout) as client:
+            conversation = client.conversation(args.conversation)
+            result = await conversation.ask(
+                args.question, job_id=args.job_id, options=options, budget=budget, policies=args.policy,
+                on_event=Progress(),
+            )  # fmt: skip
+            return result, conversation.id
 
-    return print_result(asyncio.run(main()), args.json)
+    result, conversation = asyncio.run(main())
+    return print_result(result, args.json, conversation)
 
 
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
@@ -396,32 +413,15 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_job_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    """Publish the cancel, then wait (up to --wait s) for the job's retained result."""
+    """Publish the cancel, then wait (up to --wait s) for the job's retained result (`Client.cancel`)."""
     from fabric import topics
-    from fabric.bus import Bus, Incoming
-    from fabric.client import cancel_job
-    from fabric.runtime import resolve_broker
+    from fabric.remote import Client
 
     topics.validate_id(args.job_id, "job id")
 
     async def main() -> JobResult | None:
-        async with Bus(
-            settings, f"cli-{uuid.uuid4().hex[:8]}", broker=resolve_broker(settings), persistent=False
-        ) as bus:
-            ended: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
-            await cancel_job(bus, args.job_id, args.reason)
-            if args.wait <= 0:
-                return None
-
-            def on_result(msg: Incoming) -> None:
-                if msg.envelope is not None and not ended.done():
-                    ended.set_result(msg.envelope.body)
-
-            await bus.subscribe(topics.job_result(args.job_id), on_result, body_types=JobResult)
-            try:
-                return await asyncio.wait_for(ended, args.wait)
-            except TimeoutError:
-                return None
+        async with Client(settings) as client:
+            return await client.cancel(args.job_id, args.reason, wait=args.wait)
 
     result = asyncio.run(main())
     status = result.status if result else None

@@ -58,20 +58,20 @@ def _route(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _route_once(args: argparse.Namespace, settings: Settings) -> int:
-    from fabric.bus import Bus, RemoteError
-    from fabric.messages import RouteQuery
-    from router.client import RouterClient
+    from fabric.bus import RemoteError
+    from fabric.errors import ConfigError
+    from fabric.remote import Client
 
-    try:
-        query = RouteQuery(text=args.text, top_k=args.top_k, policies=args.policy, skills=args.skill,
-                           max_cost=args.max_cost, deadline_ms=args.deadline_ms, input_tokens=args.input_tokens,
-                           output_tokens=args.output_tokens, abstain=not args.no_abstain)
-    except ValueError as exc:
-        print(f"foa route: {exc}", file=sys.stderr)
-        return 2
-    async with Bus(settings, f"cli-route-{os.urandom(4).hex()}", persistent=False) as bus:
+    async with Client(settings) as client:
         try:
-            response = await RouterClient(bus, timeout=args.timeout).route(query)
+            response = await client.route(
+                args.text, top_k=args.top_k, policies=args.policy, timeout=args.timeout, skills=args.skill,
+                max_cost=args.max_cost, deadline_ms=args.deadline_ms, input_tokens=args.input_tokens,
+                output_tokens=args.output_tokens, abstain=not args.no_abstain,
+            )  # fmt: skip
+        except ConfigError as exc:
+            print(f"foa route: {exc}", file=sys.stderr)
+            return 2
         except RemoteError as exc:
             print(f"foa route: the router refused the query: {exc}", file=sys.stderr)
             return 2

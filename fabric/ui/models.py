@@ -11,6 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fabric.registry import AgentInfo
+
 JobState = Literal["submitted", "running", "completed", "failed", "canceled", "lost"]
 
 
@@ -26,22 +28,9 @@ class Health(BaseModel):
     rejected_messages: int = Field(default=0, description="bus messages refused (unparsable, wrong kind or topic)")
 
 
-class AgentRow(BaseModel):
+class AgentRow(AgentInfo):
     """One line of the agents table (the `foa agents` summary plus reputation and replicas)."""
 
-    agent_id: str
-    name: str
-    version: int
-    status: str
-    description: str
-    skills: list[str]
-    policies: list[str]
-    cost_per_1k_input: float
-    cost_per_1k_output: float
-    latency_ms: float
-    max_concurrency: int
-    llm_model: str | None
-    signed: bool
     reputation: float | None = None
     reputation_jobs: int = 0
     replicas: list[str] = Field(default_factory=list)
