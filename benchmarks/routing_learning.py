@@ -107,7 +107,7 @@ def stream(splits: list[str], embedder: Any, seed: int) -> tuple[Federation, lis
 
 def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, config: LearningConfig,
              seed: int) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for name, learn, noise in (("static", False, 0.0), ("learning", True, 0.0), ("learning_noisy", True, NOISE)):
         started = time.perf_counter()
         out[name] = summary(replay(fed, questions, qvecs, learn=learn, config=config, noise=noise, seed=seed))

@@ -197,6 +197,26 @@ class Reputation(Body):
     at: float = Field(default_factory=time.time)
 
 
+class RouterStatusQuery(Body):
+    """Ask a router replica how it stands (`foa route --status`, the console's /api/router)."""
+
+    KIND: ClassVar[str] = "router_status_query"
+
+
+class RouterStatus(Body):
+    """One router replica's state: its agents, counters, the abstention in force with its
+    provenance (where the calibration came from) and what it has learned from outcomes."""
+
+    KIND: ClassVar[str] = "router_status"
+
+    agents: int
+    synced: bool
+    embedding_model: str
+    counters: dict[str, int] = Field(default_factory=dict)
+    abstention: dict[str, Any] = Field(default_factory=dict)
+    learning: dict[str, Any] = Field(default_factory=dict)
+
+
 class NodeOutcome(Body):
     """How one subtask of a job went, published by the orchestrator that ran it on
     `foa/router/outcomes`; routers learn from it which agents do such subtasks well (router/learning.py).

@@ -26,7 +26,7 @@ from fabric import topics
 from fabric.bus import BrokerAddress, Bus, BusError, Incoming
 from fabric.client import cancel_job, follow_federation, new_job_id
 from fabric.errors import ConfigError, readable
-from fabric.messages import Budget, JobEvent, JobOptions, JobResult, RouteQuery, RouteResponse
+from fabric.messages import Budget, JobEvent, JobOptions, JobResult, RouteQuery, RouteResponse, RouterStatus
 from fabric.registry import AgentInfo, Registry
 from fabric.runtime import resolve_broker
 from fabric.settings import Settings
@@ -240,6 +240,11 @@ class Client:
         except ValidationError as exc:
             raise ConfigError(f"route query: {readable(exc)}") from None
         return await RouterClient(await self._connected(), timeout=timeout).route(query)
+
+
+    async def router_status(self, timeout: float | None = None) -> RouterStatus:
+        """A router replica's status: the abstention in force and its provenance, learning, counters."""
+        return await RouterClient(await self._connected(), timeout=timeout).status()
 
 
 class Conversation:

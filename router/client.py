@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fabric import topics
 from fabric.bus import Bus
-from fabric.messages import AssignQuery, AssignResponse, RouteQuery, RouteResponse
+from fabric.messages import AssignQuery, AssignResponse, RouteQuery, RouteResponse, RouterStatus, RouterStatusQuery
 
 
 class RouterClient:
@@ -19,6 +19,13 @@ class RouterClient:
                                      what="a router (foa router)")
         response: RouteResponse = env.body  # validated as `expect` by the bus
         return response
+
+    async def status(self) -> RouterStatus:
+        """One replica's status: abstention provenance, learning, counters."""
+        env = await self.bus.request(topics.ROUTER_QUERY, RouterStatusQuery(), expect=RouterStatus,
+                                     timeout=self.timeout, what="a router (foa router)")
+        status: RouterStatus = env.body
+        return status
 
     async def assign(self, query: AssignQuery) -> AssignResponse:
         env = await self.bus.request(topics.ROUTER_QUERY, query, expect=AssignResponse, timeout=self.timeout,

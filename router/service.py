@@ -48,6 +48,8 @@ from fabric.messages import (
     NodeOutcome,
     Reputation,
     RouteQuery,
+    RouterStatus,
+    RouterStatusQuery,
 )
 from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
@@ -380,6 +382,8 @@ class RouterService:
             await self.bus.reply(env, reply)
 
     async def _answer(self, env: Envelope[Any]) -> Any:
+        if env.kind == RouterStatusQuery.KIND:
+            return RouterStatus.model_validate(self.status())
         try:
             if env.kind == RouteQuery.KIND:
                 query: RouteQuery | AssignQuery = RouteQuery.model_validate(env.body)
@@ -387,7 +391,8 @@ class RouterService:
                 query = AssignQuery.model_validate(env.body)
             else:
                 return ErrorReply(
-                    code="unsupported", message=f"the router answers route_query and assign_query, not {env.kind!r}"
+                    code="unsupported",
+                    message=f"the router answers route_query, assign_query and router_status_query, not {env.kind!r}",
                 )
         except ValidationError as exc:
             return ErrorReply(code="bad_request", message=readable(exc, {"": "query"}))

@@ -149,7 +149,7 @@ def test_jobs_publish_outcomes_that_routers_learn_from_and_keep_across_a_restart
             router.save()
             before = {a: router.index.learned.of(a) for a in learned}
         restored = CapabilityIndex.restore(tmp_path / "router-snap")
-        for agent_id, (vec, support) in before.items():  # type: ignore[misc]
+        for agent_id, (vec, support) in before.items():
             got = restored.learned.of(agent_id)
             assert got is not None and got[1] == pytest.approx(support)
             np.testing.assert_allclose(got[0], vec, atol=1e-6)

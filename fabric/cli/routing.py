@@ -35,6 +35,9 @@ def register(sub: Any) -> None:
     route.add_argument("--save", action="store_true",
                        help="with --calibrate: write it to <data_dir>/router/calibration.json (routers load it "
                             "at start and when it changes)")
+    route.add_argument("--status", action="store_true",
+                       help="print a router replica's status: agents, the abstention in force and where it came "
+                            "from, what it learned from outcomes")
     route.add_argument("--timeout", type=float, default=None, help="seconds to wait for the router")
     route.add_argument("--json", action="store_true", help="print one JSON object")
     route.set_defaults(func=_route, validate=_check_route, needs_broker=True)
@@ -45,7 +48,7 @@ def register(sub: Any) -> None:
 
 
 def _check_route(args: argparse.Namespace) -> None:
-    if not args.calibrate:
+    if not (args.calibrate or args.status):
         require_text(args.text, "the task text", 'foa route "summarise this contract"')
     at_least(args.top_k, 1, "--top-k")
     at_least(args.timeout, 0, "--timeout", strict=True)
@@ -54,6 +57,8 @@ def _check_route(args: argparse.Namespace) -> None:
 def _route(args: argparse.Namespace, settings: Settings) -> int:
     if args.calibrate:
         return asyncio.run(_calibrate(args, settings))
+    if args.status:
+        return asyncio.run(_status(args, settings))
     return asyncio.run(_route_once(args, settings))
 
 
@@ -94,6 +99,24 @@ async def _route_once(args: argparse.Namespace, settings: Settings) -> int:
     thr = "none" if response.threshold is None else f"{response.threshold:.3f}"
     print(f"({response.candidates_considered} candidates re-scored, {response.blocked} blocked by gates, "
           f"abstention threshold {thr})")
+    return 0
+
+
+async def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from fabric.remote import Client
+
+    async with Client(settings) as client:
+        status = await client.router_status(timeout=args.timeout)
+    if args.json:
+        print(json.dumps(status.model_dump(mode="json")))
+        return 0
+    ab, learning = status.abstention, status.learning
+    where = ab.get("provenance", {}).get("source", "unknown")
+    print(f"router: {status.agents} agents ({'synced' if status.synced else 'syncing'}), {status.embedding_model}")
+    print(f"abstention: {ab.get('kind') or 'none'}, α threshold {ab.get('alpha_threshold')}, from {where}")
+    refused = status.counters.get("rejected_outcomes", 0)
+    print(f"learning: {learning.get('agents', 0)} agents with a learned view, {learning.get('applied', 0)} outcomes "
+          f"applied, {learning.get('rate_limited', 0)} paced out, {refused} refused")
     return 0
 
 
