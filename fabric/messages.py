@@ -182,6 +182,9 @@ class AuditEvent(Body):
     gate: Literal["policy", "skills", "budget", "deadline", "signature", "acl"]
     detail: str
     score_without_gate: float | None = None
+    factors: dict[str, float] = Field(
+        default_factory=dict, description="α's factors for the blocked agent (sim, learned_lift, lexical, ...)"
+    )
     at: float = Field(default_factory=time.time)
 
 

@@ -234,6 +234,7 @@ class RouterEngine:
                     gate=failed[0],  # type: ignore[arg-type]  # a key of scored.gates: one of GATES
                     detail=self._detail(failed, query, ctx, scored, i),
                     score_without_gate=round(float(scored.ungated[i]), 6),
+                    factors={name: round(float(arr[i]), 6) for name, arr in scored.factors.items()},
                 )
             )
         return events

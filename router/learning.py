@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ class LearningConfig:
     max_support: float = 50.0  # evidence saturates: old habits can still be unlearned
     unlearn: float = 0.5  # an assigned agent not kept loses this share of support · cos(subtask, view)
     max_per_minute: int = 30  # outcomes one agent takes per minute
+    # 1 = one decayed centroid per agent; K > 1 = the K latest kept subtasks, scored by the best
+    reservoir: int = 1
 
 
 @dataclass
@@ -61,8 +63,12 @@ class LearnedViews:
     _recent: dict[str, collections.deque[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pool = np.zeros((0, self.dim), dtype=np.float32)
+        self.pool = np.zeros((0, self.k, self.dim), dtype=np.float32)
         self.support = np.zeros(0, dtype=np.float32)
+
+    @property
+    def k(self) -> int:
+        return max(1, self.config.reservoir)
 
     def slot(self, agent_id: str, create: bool = False) -> int | None:
         slot = self.slots.get(agent_id)
@@ -70,7 +76,7 @@ class LearnedViews:
             slot = self.slots[agent_id] = len(self.slots)
             if slot >= len(self.pool):
                 cap = max(64, 2 * len(self.pool))
-                pool, support = np.zeros((cap, self.dim), np.float32), np.zeros(cap, np.float32)
+                pool, support = np.zeros((cap, self.k, self.dim), np.float32), np.zeros(cap, np.float32)
                 pool[: len(self.pool)], support[: len(self.support)] = self.pool, self.support
                 self.pool, self.support = pool, support
             self.pool[slot] = 0.0
@@ -108,15 +114,19 @@ class LearnedViews:
             slot = self.slot(agent_id, create=True)
             assert slot is not None
             n = float(self.support[slot]) * cfg.decay
-            centroid = n * self.pool[slot] + vec
-            self.pool[slot] = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
+            if self.k == 1:
+                centroid = n * self.pool[slot, 0] + vec
+                self.pool[slot, 0] = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
+            else:  # the newest replaces the oldest
+                self.pool[slot] = np.roll(self.pool[slot], 1, axis=0)
+                self.pool[slot, 0] = vec
             self.support[slot] = min(n + 1.0, cfg.max_support)
             changed.append(agent_id)
         for agent_id in set(outcome.assigned) - kept:
             slot = self.slot(agent_id)
             if slot is None or not self._paced(agent_id, now):
                 continue
-            closeness = max(0.0, float(self.pool[slot] @ vec))
+            closeness = max(0.0, float((self.pool[slot] @ vec).max()))
             self.support[slot] *= 1.0 - cfg.unlearn * closeness
             changed.append(agent_id)
         self.stats.applied += 1
@@ -129,7 +139,7 @@ class LearnedViews:
         sel = np.flatnonzero(slots >= 0)
         if len(sel):
             s = slots[sel]
-            cos[sel] = self.pool[s] @ np.asarray(qvec, dtype=np.float32)
+            cos[sel] = (self.pool[s] @ np.asarray(qvec, dtype=np.float32)).max(axis=1)
             support[sel] = self.support[s]
         return cos, support
 
@@ -141,7 +151,7 @@ class LearnedViews:
 
     def of(self, agent_id: str) -> tuple[np.ndarray, float] | None:
         slot = self.slots.get(agent_id)
-        return None if slot is None else (self.pool[slot].copy(), float(self.support[slot]))
+        return None if slot is None else (self.pool[slot, 0].copy(), float(self.support[slot]))
 
     # ---- snapshot -------------------------------------------------------------------------
 
@@ -154,14 +164,15 @@ class LearnedViews:
 
     @classmethod
     def load(cls, folder: Path, dim: int, config: LearningConfig | None = None) -> LearnedViews:
-        views = cls(dim, config or LearningConfig())
+        config = config or LearningConfig()
         if not (folder / "learned_ids.npy").exists():  # a snapshot older than learning
-            return views
+            return cls(dim, config)
         raw = np.load(folder / "learned_ids.npy").tobytes().decode()
         ids = raw.split("\0") if raw else []
         pool = np.load(folder / "learned_pool.npy")
-        if pool.shape != (len(ids), dim):
+        if pool.ndim != 3 or pool.shape[0] != len(ids) or pool.shape[2] != dim:
             raise ValueError(f"learned views in {folder}: {pool.shape} for {len(ids)} agents of dimension {dim}")
+        views = cls(dim, replace(config, reservoir=pool.shape[1]))  # as saved
         views.slots = {agent_id: i for i, agent_id in enumerate(ids)}
         views.pool = np.array(pool, dtype=np.float32)
         views.support = np.array(np.load(folder / "learned_support.npy"), dtype=np.float32)

@@ -127,6 +127,8 @@ def test_audit_event_for_blocked_top_agent(embedder) -> None:
     assert [(e.agent_id, e.gate, e.query_id) for e in out.audits] == [("cardio", "policy", "q1")]
     without_gate = out.audits[0].score_without_gate
     assert without_gate is not None and without_gate > out.response.matches[0].score
+    # the audit carries α's factors, the learned view's among them (0: nothing learned yet)
+    assert out.audits[0].factors["sim"] > 0 and out.audits[0].factors["learned_lift"] == 0
 
 
 def test_cheaper_agent_wins_a_tie_and_reputation_reorders(embedder) -> None:
