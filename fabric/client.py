@@ -55,10 +55,12 @@ async def submit_and_follow(
     timeout: float = 900.0,
     resend_every: float = 5.0,
     stall_resend_s: float = 30.0,
+    conversation_id: str | None = None,
 ) -> JobResult:
     submit = JobSubmit(
         job_id=job_id or new_job_id(),
         question=question,
+        conversation_id=conversation_id,
         options=options or JobOptions(),
         budget=budget or Budget(),
         policies=policies or [],

@@ -13,7 +13,9 @@
   (fabric.client.cancel_job) and ends the task `canceled`.
 - Message or request metadata may carry `budget_tokens`, `max_cost`, `deadline_s`, `policies`.
 
-The A2A task id maps to the FoA job id `a2a-{task id}`, so a cancel needs no lookup table.
+The A2A task id maps to the FoA job id `a2a-{task id}`, so a cancel needs no lookup table; the
+`contextId` maps to the conversation `a2a-ctx-{contextId}`, so a follow-up sent with the same
+context is routed and drafted with the earlier turns.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 from typing import Any
 
@@ -63,6 +66,14 @@ ASK = AgentSkill(
 
 def job_id_for(task_id: str) -> str:
     return f"a2a-{task_id}"
+
+
+def conversation_for(context_id: str) -> str:
+    """An A2A context is one FoA conversation: messages sent with the same `contextId` are its
+    turns (a follow-up is routed and drafted with the earlier ones). Long ids are hashed to fit."""
+    if len(context_id) > 100:
+        context_id = hashlib.sha256(context_id.encode()).hexdigest()[:32]
+    return f"a2a-ctx-{context_id}"
 
 
 def federation_skills(agents: list[dict[str, Any]], limit: int = 20) -> list[AgentSkill]:
@@ -143,7 +154,9 @@ class FederationExecutor(AgentExecutor):
             )
 
         try:
-            result = await self.link.run_job(question, job_id, request, on_event)
+            result = await self.link.run_job(
+                question, job_id, request, on_event, conversation_id=conversation_for(context_id)
+            )
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self.link.cancel(job_id, "A2A task canceled"))

@@ -401,7 +401,7 @@ class Console:
             raise ConsoleError(404, f"no job {job_id!r}: this console has not seen it and the broker holds no "
                                     "result for it (results expire); check the id, or `foa job show` where the "
                                     "orchestrator runs")
-        return record.detail()
+        return self.jobs.detail(record)
 
     async def _retained_result(self, job_id: str) -> JobRecord | None:
         bus = self._need_bus()

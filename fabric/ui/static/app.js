@@ -327,7 +327,7 @@ async function refreshJobNow() {
   const canCancel = state.health?.allow_submit && !finished;
   box.innerHTML = `<h2>Job ${esc(s.job_id)} <span class="badge ${esc(s.state)}" data-testid="jobstate">${esc(s.state)}</span>
       ${canCancel ? `<button class="danger" id="cancel">${s.cancel_requested ? "Cancel sent" : "Cancel"}</button>` : ""}</h2>
-    <p>${esc(s.question || "(question not seen by this console)")}</p>
+    <p>${esc(s.question || "(question not seen by this console)")}</p>${threadBlock(d)}
     ${s.error ? errorBox(s.error) : ""}${d.failure_reason ? errorBox(`${s.state}: ${d.failure_reason}`) : ""}
     <div class="muted">phase ${esc(s.phase || "–")} · ${s.events} events · ${s.tokens} tokens · cost ${num(s.cost, 4)}</div>
     <h3>DAG</h3>${d.plan_note ? `<p class="muted" data-testid="plan-note">${esc(d.plan_note)}</p>` : ""}${d.nodes.length || !finished ? dagSvg(d) : "<p class='muted'>none: the job ended before it had a plan</p>"}
@@ -339,6 +339,14 @@ async function refreshJobNow() {
     try { await api(`/api/jobs/${encodeURIComponent(s.job_id)}/cancel`, { method: "POST" }); refreshJob(); }
     catch (err) { box.insertAdjacentHTML("afterbegin", errorBox(err.message)); }
   });
+}
+function threadBlock(d) {
+  if (!d.thread || d.thread.length < 2) return "";
+  const here = d.summary.job_id;
+  return `<h3>Conversation <span class="muted">${esc(d.summary.conversation_id || "")}</span></h3>
+    <ol class="thread" data-testid="thread">${d.thread.map((t) => `<li class="${t.job_id === here ? "here" : ""}">
+      <a href="#/jobs/${encodeURIComponent(t.job_id)}">${esc(t.question || t.job_id)}</a> <span class="badge ${esc(t.state)}">${esc(t.state)}</span>
+      ${t.answer ? `<div class="muted">${esc(t.answer)}</div>` : ""}</li>`).join("")}</ol>`;
 }
 function layers(d) {
   const depth = new Map(), byId = new Map(d.nodes.map((n) => [n.node_id, n]));
