@@ -12,16 +12,22 @@ import asyncio
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
 import pytest
+from a2a.client import ClientConfig, create_client
+from a2a.helpers import get_data_parts
+from a2a.types import Message, Part, Role, SendMessageRequest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 
 from agents.spec import AgentSpec
 from agents.worker import LLMWorker, decompose_prompt, draft_prompt
 from fabric.federation import LocalFederation
+from fabric.interop.a2a_server import conversation_for
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
 from fabric.messages import JobResult, RouteQuery
@@ -32,7 +38,7 @@ from fabric.tasks import DecomposeInput, DraftInput, Turn
 from fabric.ui.jobs import JobBook
 from router.client import RouterClient
 from tests.conftest import make_settings
-from tests.interop_support import env_with
+from tests.interop_support import env_with, free_port, process
 
 FIRST = "What should I do about a fever of 39 C in an adult?"
 FOLLOW_UP = "and for a child?"
@@ -180,6 +186,45 @@ def test_mcp_ask_continues_a_conversation(mosquitto, tmp_path, embedder, recorde
     assert {a for agents in follow["assignments"].values() for a in agents} == {"fever-doc"}
     assert any(inp.history and inp.history[0].question == FIRST for _, inp in recorded_drafts)
     assert "conversation is 200 characters" in bad and "conversation_id an earlier answer returned" in bad
+
+
+def test_a2a_messages_with_one_context_id_are_one_conversation(mosquitto, tmp_path, embedder) -> None:
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, refine_rounds=1)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [sys.executable, "-m", "fabric.cli", "a2a", "serve", "--port", str(port)]
+    context = f"ctx-{uuid.uuid4().hex[:8]}"
+
+    async def ask(client: Any, text: str) -> dict[str, Any]:
+        """Send on the stream (as the SDK's sample does) and return the `job` data artifact."""
+        msg = Message(role=Role.ROLE_USER, message_id=uuid.uuid4().hex, context_id=context, parts=[Part(text=text)])
+        job: dict[str, Any] = {}
+        async for event in client.send_message(SendMessageRequest(message=msg)):
+            if event.HasField("artifact_update") and event.artifact_update.artifact.name == "job":
+                job = get_data_parts(event.artifact_update.artifact.parts)[0]
+        return job
+
+    async def main() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with LocalFederation(settings, SPECS, backend_factory=lambda s: scripted(s.id), embedder=embedder):
+            with process(argv, f"{url}/.well-known/agent-card.json", env=env_with(FOA_BROKER_URL=mosquitto.url)):
+                client = await create_client(
+                    url, client_config=ClientConfig(streaming=True, httpx_client=httpx.AsyncClient(timeout=120))
+                )
+                try:
+                    return await ask(client, FIRST), await ask(client, FOLLOW_UP)
+                finally:
+                    await client.close()
+
+    first, follow = asyncio.run(main())
+    assert first["conversation_id"] == follow["conversation_id"] == conversation_for(context) == f"a2a-ctx-{context}"
+    assert first["status"] == follow["status"] == "completed"
+    assert {a for agents in follow["assignments"].values() for a in agents} == {"fever-doc"}
+    store = open_store(settings, leases=False)
+    try:
+        assert [t.question for t in store.turns(f"a2a-ctx-{context}")] == [FIRST, FOLLOW_UP]
+    finally:
+        store.close()
+    assert conversation_for("x" * 300).startswith("a2a-ctx-") and len(conversation_for("x" * 300)) <= 128
 
 
 def test_history_reaches_the_prompts_and_is_left_out_of_inputs_without_it() -> None:

@@ -179,6 +179,9 @@ class SubmitRequest(BaseModel):
     max_cost: float | None = Field(default=None, ge=0)
     deadline_s: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict, description="JobOptions JSON overrides")
+    conversation_id: str | None = Field(
+        default=None, max_length=128, description="continue this conversation (a follow-up from a job's page)"
+    )
 
 
 class Submitted(BaseModel):
