@@ -23,18 +23,19 @@ from a2a.helpers import get_data_parts
 from a2a.types import Message, Part, Role, SendMessageRequest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
+from pydantic import BaseModel, ConfigDict, Field
 
+from agents.server import Route
 from agents.spec import AgentSpec
 from agents.worker import LLMWorker, decompose_prompt, draft_prompt
 from fabric.federation import LocalFederation
 from fabric.interop.a2a_server import conversation_for
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
-from fabric.messages import JobResult, RouteQuery
-from fabric.messages import TaskRequest as TaskRequestMessage
+from fabric.messages import JobResult, RouteQuery, TaskRequest
 from fabric.orchestrator.conversation import routing_text
 from fabric.orchestrator.store import open_store
-from fabric.tasks import DecomposeInput, DraftInput, Turn
+from fabric.tasks import DecomposeInput, DraftInput, DraftOutput, PeerAnswer, Turn
 from fabric.ui.jobs import JobBook
 from router.client import RouterClient
 from tests.conftest import make_settings
@@ -86,7 +87,7 @@ def recorded_drafts(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, DraftInp
     seen: list[tuple[str, DraftInput]] = []
     original = LLMWorker.draft
 
-    async def draft(self: LLMWorker, inp: DraftInput, task: TaskRequestMessage) -> Any:
+    async def draft(self: LLMWorker, inp: DraftInput, task: TaskRequest) -> Any:
         seen.append((self.spec.id, inp))
         return await original(self, inp, task)
 
@@ -225,6 +226,42 @@ def test_a2a_messages_with_one_context_id_are_one_conversation(mosquitto, tmp_pa
     finally:
         store.close()
     assert conversation_for("x" * 300).startswith("a2a-ctx-") and len(conversation_for("x" * 300)) <= 128
+
+
+class DraftInputBeforeConversations(BaseModel):
+    """DraftInput as agents built before conversations validate it: unknown fields refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: str
+    subtask: str
+    context: list[PeerAnswer] = Field(default_factory=list)
+    max_tokens: int | None = None
+
+
+def test_an_agent_built_before_conversations_still_drafts_follow_ups(mosquitto, tmp_path, embedder) -> None:
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, refine_rounds=1)
+    seen: list[DraftInputBeforeConversations] = []
+
+    async def old_draft(inp: DraftInputBeforeConversations) -> DraftOutput:
+        seen.append(inp)
+        return DraftOutput(answer=f"fever-doc (old SDK) on {inp.question!r}: rest and fluids")
+
+    async def main() -> tuple[JobResult, JobResult, list[str]]:
+        async with LocalFederation(settings, SPECS, backend_factory=lambda s: scripted(s.id), embedder=embedder) as fed:
+            old = next(a for a in fed.agents if a.spec.id == "fever-doc")
+            old.tasks.routes["draft"] = Route(
+                kind="draft", fn=old_draft, input=DraftInputBeforeConversations, output=DraftOutput, with_request=False
+            )
+            first = await fed.run_job(FIRST, timeout=120)
+            follow = await fed.run_job(FOLLOW_UP, timeout=120, conversation_id=first.conversation_id)
+            return first, follow, follow.usage.failures
+
+    first, follow, failures = asyncio.run(main())
+    assert first.status == follow.status == "completed", (first.failure_reason, follow.failure_reason)
+    assert drafters(follow) == {"fever-doc"} and "(old SDK)" in follow.answer
+    assert [inp.question for inp in seen] == [FIRST, FOLLOW_UP]  # the follow-up reached it, without history
+    assert not failures, failures
 
 
 def test_history_reaches_the_prompts_and_is_left_out_of_inputs_without_it() -> None:

@@ -53,6 +53,12 @@ def prefer_context(alone: RouteResponse, framed: RouteResponse, *, gain: float =
     return best_framed > gain * max(best_alone, 0.0)
 
 
+def history_refused(error: Exception) -> bool:
+    """An agent built before conversations refused an input because of its `history` (its input
+    models forbid unknown fields): the orchestrator re-sends the task without it."""
+    return "history: Extra inputs are not permitted" in str(error)
+
+
 def agent_history(history: Sequence[ConversationTurn]) -> list[Turn]:
     """The turns as the agents get them (question and answer summary)."""
     return [Turn(question=t.question, answer=t.answer) for t in history]

@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fabric.dispatch import Answer
+from fabric.dispatch import Answer, TaskError
 from fabric.envelope import child_traceparent, trace_id_of
 from fabric.errors import FoAError
 from fabric.messages import (
@@ -47,7 +47,7 @@ from fabric.orchestrator.consensus import (
     refine_cluster,
     summarise_rounds,
 )
-from fabric.orchestrator.conversation import agent_history, prefer_context, routing_text
+from fabric.orchestrator.conversation import agent_history, history_refused, prefer_context, routing_text
 from fabric.orchestrator.critical_path import CriticalPath
 from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
 from fabric.orchestrator.direct import PlanMode, route_directly
@@ -72,6 +72,7 @@ from fabric.tasks import (
     RefineOutput,
     SynthesiseInput,
     TaskKind,
+    WithHistory,
 )
 from fabric.vcv import VCV
 
@@ -820,19 +821,30 @@ class JobRunner:
             raise NodeFailed(f"budget: {reason}")
         timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
         sent = time.perf_counter()
-        res = await self.path.waiting(
-            "calls",
-            self.ports.call(
-                agent_id,
-                kind,
-                payload,
-                job_id=self.job.job_id,
-                node_id=node_id,
-                timeout=timeout,
-                max_tokens=self.max_tokens,
-                traceparent=child_traceparent(self.traceparent),
-            ),
-        )
+
+        async def send(payload: InT) -> Answer[OutT]:
+            return await self.path.waiting(
+                "calls",
+                self.ports.call(
+                    agent_id,
+                    kind,
+                    payload,
+                    job_id=self.job.job_id,
+                    node_id=node_id,
+                    timeout=timeout,
+                    max_tokens=self.max_tokens,
+                    traceparent=child_traceparent(self.traceparent),
+                ),
+            )
+
+        try:
+            res = await send(payload)
+        except TaskError as exc:
+            if not (isinstance(payload, WithHistory) and payload.history and history_refused(exc)):
+                raise
+            # an agent built before conversations: its input model forbids the field; it gets the task without it
+            log.info("agent refused the conversation history; sent without it", extra={"agent_id": agent_id})
+            res = await send(payload.model_copy(update={"history": []}))
         self.path.call_done(time.perf_counter() - sent, res.result.latency_ms / 1000)
         self.budget.charge(self._charged(res))
         # lazy: only a resume reads it, and the round's event or the node's checkpoint commits it
