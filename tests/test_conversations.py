@@ -228,6 +228,26 @@ def test_a2a_messages_with_one_context_id_are_one_conversation(mosquitto, tmp_pa
     assert conversation_for("x" * 300).startswith("a2a-ctx-") and len(conversation_for("x" * 300)) <= 128
 
 
+def test_a_follow_up_is_held_to_its_conversations_clearances(mosquitto, tmp_path, embedder) -> None:
+    """The earlier turns were answered under a clearance: no agent without it may receive them."""
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, refine_rounds=1)
+    specs = [s.model_copy(update={"policies": ["clinical"]}) if s.id == "fever-doc" else s for s in SPECS]
+
+    async def main() -> tuple[JobResult, JobResult, list[Any]]:
+        async with LocalFederation(settings, specs, backend_factory=lambda s: scripted(s.id), embedder=embedder) as fed:
+            first = await fed.run_job(FIRST, policies=["clinical"], timeout=120)
+            # no policies asked, and a subject the clinician does not cover: still only cleared agents
+            other = await fed.run_job(OTHER_SUBJECT, timeout=120, conversation_id=first.conversation_id)
+            assert fed.orchestrator is not None
+            events = fed.orchestrator.store.events(other.job_id)
+            return first, other, [e for e in events if e.phase == "conversation"]
+
+    first, other, events = asyncio.run(main())
+    assert drafters(first) == {"fever-doc"}
+    assert "coder" not in drafters(other) and drafters(other) <= {"fever-doc"}, other.assignments
+    assert events and events[0].data["policies"] == ["clinical"] and "policies of the conversation" in events[0].message
+
+
 class DraftInputBeforeConversations(BaseModel):
     """DraftInput as agents built before conversations validate it: unknown fields refused."""
 

@@ -97,7 +97,9 @@ def test_conversation_turns_survive_a_reopen_and_idle_ones_are_forgotten(make_st
     now = time.time()
 
     def turn(job_id: str, at: float, answer: str = "an answer") -> ConversationTurn:
-        return ConversationTurn(job_id=job_id, question=f"question {job_id}", answer=answer, agents=["gp"], at=at)
+        return ConversationTurn(
+            job_id=job_id, question=f"question {job_id}", answer=answer, agents=["gp"], policies=["hipaa"], at=at
+        )
 
     store.add_turn("c1", turn("j1", now - 20, answer="x" * 1000))
     store.add_turn("c1", turn("j2", now - 10))
@@ -106,6 +108,7 @@ def test_conversation_turns_survive_a_reopen_and_idle_ones_are_forgotten(make_st
     got = store.turns("c1")
     assert [t.job_id for t in got] == ["j1", "j2", "j3"]
     assert len(got[0].answer) == ANSWER_SUMMARY_CHARS and got[0].agents == ["gp"] and got[0].question == "question j1"
+    assert got[0].policies == ["hipaa"]
     assert [t.job_id for t in store.turns("c1", limit=2)] == ["j2", "j3"]  # the recent ones
     assert [t.job_id for t in store.turns("c1", limit=2, before="j3")] == ["j1", "j2"]  # a resumed j3 sees no later
     assert store.turns("c1", limit=0) == [] and store.turns("unknown") == []

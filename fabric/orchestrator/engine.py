@@ -148,6 +148,8 @@ class JobRunner:
         self.job = submit
         self.conversation_id = conversation_of(submit)
         self.history = list(history)
+        # a conversation's clearances carry over: an agent that gets its earlier turns must hold them
+        self.policies = sorted(set(submit.policies).union(*(t.policies for t in self.history)))
         # routing may see the conversation's subject (decided in decompose(), conversation.py); the
         # question shown, planned and drafted stays the user's
         self.routing_text = submit.question
@@ -349,7 +351,7 @@ class JobRunner:
 
         def query(text: str) -> RouteQuery:
             top_k = max(self.settings.compat_top_k, self.max_proposers * 2)
-            return RouteQuery(text=text, top_k=top_k, policies=job.policies, abstain=False)
+            return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False)
 
         if not self.history:
             return await self.path.waiting("router", self.ports.route(query(job.question)))
@@ -366,9 +368,11 @@ class JobRunner:
             "conversation",
             f"follow-up in conversation {self.conversation_id} ({len(self.history)} earlier turn(s)): routed "
             + (f"with its subject, as {framed_text[:100]!r}" if use else "on its own (it names its subject)")
-            + f"; best alone {best['alone']}, with context {best['with_context']}",
+            + f"; best alone {best['alone']}, with context {best['with_context']}"
+            + (f"; policies of the conversation: {self.policies}" if self.policies != sorted(job.policies) else ""),
             {
                 "conversation_id": self.conversation_id,
+                "policies": self.policies,
                 "turns": [t.job_id for t in self.history],
                 "with_context": use,
                 "routing_text": self.routing_text,
@@ -417,7 +421,7 @@ class JobRunner:
                             SubtaskQuery(
                                 subtask_id=n.node_id,
                                 text=self._route_text(n.text),
-                                policies=job.policies,
+                                policies=self.policies,
                                 min_agents=1,
                                 max_agents=self.agents_per_node,
                                 max_cost=per_node_cost,
@@ -431,7 +435,7 @@ class JobRunner:
             assignments, cuts = self._floor(response)
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
             if missing:
-                raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
+                raise NodeFailed(f"no capable agent for subtasks {missing} under policies {self.policies}")
             unfit = [n for n, c in cuts.items() if c.unfit]
             if unfit:  # reported, not silently given to the least-bad agent
                 await self._unfit(dag, unfit, cuts, assignments, response.threshold)
@@ -487,9 +491,9 @@ class JobRunner:
     def _random_assignment(self, dag: Dag) -> dict[str, list[Match]]:
         """The paper's random-assignment baseline: policy-eligible agents drawn uniformly."""
         rng = random.Random(self.job.job_id)
-        eligible = [v for v in self.ports.live_agents() if set(self.job.policies) <= set(v.policies)]
+        eligible = [v for v in self.ports.live_agents() if set(self.policies) <= set(v.policies)]
         if not eligible:
-            raise NodeFailed(f"no live agent holds policies {self.job.policies}")
+            raise NodeFailed(f"no live agent holds policies {self.policies}")
         return {
             n.node_id: [
                 Match(agent_id=v.agent_id, version=v.version, score=0.0, factors={"random": 1.0})
@@ -709,7 +713,7 @@ class JobRunner:
                 RouteQuery(
                     text=self._route_text(node.text),
                     top_k=3,
-                    policies=self.job.policies,
+                    policies=self.policies,
                     exclude=failed,
                     abstain=False,
                 )
@@ -802,7 +806,7 @@ class JobRunner:
                 RouteQuery(
                     text="merge several expert answers into one clear answer",
                     top_k=3,
-                    policies=self.job.policies,
+                    policies=self.policies,
                     abstain=False,
                 )
             ),
@@ -905,6 +909,7 @@ class JobRunner:
                     question=self.job.question,
                     answer=result.answer[:ANSWER_SUMMARY_CHARS],
                     agents=list(agents),
+                    policies=self.policies,
                     at=time.time(),
                 ),
             )

@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS turns (
     question TEXT NOT NULL,
     answer TEXT NOT NULL,          -- a summary: the first ANSWER_SUMMARY_CHARS of the answer
     agents TEXT NOT NULL,          -- JSON list of the agents that drafted it
+    policies TEXT NOT NULL DEFAULT '[]',  -- JSON list: the clearances its job ran under
     PRIMARY KEY (conversation_id, job_id)
 );
 CREATE INDEX IF NOT EXISTS turns_at ON turns(at);
@@ -130,6 +131,9 @@ class ConversationTurn(BaseModel):
     question: str
     answer: str = Field(description=f"a summary: the answer's first {ANSWER_SUMMARY_CHARS} characters")
     agents: builtins.list[str] = Field(default_factory=builtins.list, description="the agents that drafted it")
+    policies: builtins.list[str] = Field(
+        default_factory=builtins.list, description="the clearances its job ran under (a follow-up inherits them)"
+    )
     at: float
 
 
@@ -567,9 +571,9 @@ class JobStore:
         """Record an answered job as a turn of its conversation (again: replaced). Commits at
         once: the next question of the conversation may arrive right after the answer."""
         self._exec(
-            "INSERT INTO turns(conversation_id, job_id, at, question, answer, agents) VALUES (?,?,?,?,?,?) "
-            "ON CONFLICT (conversation_id, job_id) DO UPDATE SET at=excluded.at, question=excluded.question, "
-            "answer=excluded.answer, agents=excluded.agents",
+            "INSERT INTO turns(conversation_id, job_id, at, question, answer, agents, policies) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (conversation_id, job_id) DO UPDATE SET at=excluded.at, "
+            "question=excluded.question, answer=excluded.answer, agents=excluded.agents, policies=excluded.policies",
             (
                 conversation_id,
                 turn.job_id,
@@ -577,6 +581,7 @@ class JobStore:
                 turn.question,
                 turn.answer[:ANSWER_SUMMARY_CHARS],
                 json.dumps(turn.agents),
+                json.dumps(turn.policies),
             ),
         )
         if self.retention_s and time.time() - self._pruned_at > min(3600.0, self.retention_s / 10):
@@ -589,11 +594,19 @@ class JobStore:
         `before` when it is one of them (a resumed job does not see itself or later turns). An
         idle conversation past its retention has none, pruned or not yet."""
         rows = self._exec(
-            "SELECT job_id, at, question, answer, agents FROM turns WHERE conversation_id=? ORDER BY at, job_id",
+            "SELECT job_id, at, question, answer, agents, policies FROM turns WHERE conversation_id=? "
+            "ORDER BY at, job_id",
             (conversation_id,),
         ).fetchall()
         turns = [
-            ConversationTurn(job_id=r[0], at=float(r[1]), question=r[2], answer=r[3], agents=json.loads(r[4]))
+            ConversationTurn(
+                job_id=r[0],
+                at=float(r[1]),
+                question=r[2],
+                answer=r[3],
+                agents=json.loads(r[4]),
+                policies=json.loads(r[5]),
+            )
             for r in rows
         ]
         if turns and self.retention_s and turns[-1].at < time.time() - self.retention_s:

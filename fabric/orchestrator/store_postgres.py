@@ -62,6 +62,7 @@ SCHEMA_PG = [
         question TEXT NOT NULL,
         answer TEXT NOT NULL,
         agents TEXT NOT NULL,
+        policies TEXT NOT NULL DEFAULT '[]',
         PRIMARY KEY (conversation_id, job_id)
     )""",
     "CREATE INDEX IF NOT EXISTS turns_at ON turns(at)",
