@@ -32,22 +32,37 @@ from fabric.tasks import (
     RefineOutput,
     SynthesiseInput,
     SynthesiseOutput,
+    Turn,
     degenerate,
 )
 
 log = logging.getLogger("foa.worker")
 
+#: how much of an earlier answer a prompt repeats: the subject, not the whole answer (small context windows)
+HISTORY_ANSWER_CHARS = 200
 
-def decompose_prompt(question: str, lo: int, hi: int) -> str:
+
+def history_text(history: list[Turn]) -> str:
+    """The conversation so far, briefly: a follow-up ("and for a child?") names no subject."""
+    lines = []
+    for turn in history:
+        answer = " ".join(turn.answer.split())
+        lines.append(f"- Q: {turn.question}" + (f"\n  A: {answer[:HISTORY_ANSWER_CHARS]}" if answer else ""))
+    return "Earlier in this conversation:\n" + "\n".join(lines)
+
+
+def decompose_prompt(question: str, lo: int, hi: int, history: list[Turn] | None = None) -> str:
+    earlier = f"{history_text(history)}\n\nWrite subtasks that name the subject.\n\n" if history else ""
     return (
-        f"Split this request into {lo} to {hi} subtasks that different experts could work on. "
+        f"{earlier}Split this request into {lo} to {hi} subtasks that different experts could work on. "
         "Each subtask is one short instruction. If a subtask needs the result of another, list that "
         f"subtask's id in depends_on.\n\nRequest: {question}"
     )
 
 
 def draft_prompt(task: DraftInput) -> str:
-    parts = [f"Question: {task.question}"]
+    parts = [history_text(task.history)] if task.history else []
+    parts.append(f"Question: {task.question}")
     if task.subtask.strip() != task.question.strip():
         parts.append(f"Your part: {task.subtask}")
     if task.context:
@@ -95,7 +110,9 @@ class LLMWorker:
     async def decompose(self, inp: DecomposeInput, task: TaskRequest) -> tuple[Plan, Usage]:
         messages = [
             self._system(),
-            ChatMessage(role="user", content=decompose_prompt(inp.question, inp.subtasks_min, inp.subtasks_max)),
+            ChatMessage(
+                role="user", content=decompose_prompt(inp.question, inp.subtasks_min, inp.subtasks_max, inp.history)
+            ),
         ]
         plan, usage, attempts = await complete_json(
             self.backend,

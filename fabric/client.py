@@ -60,10 +60,10 @@ async def submit_and_follow(
     submit = JobSubmit(
         job_id=job_id or new_job_id(),
         question=question,
+        conversation_id=conversation_id,
         options=options or JobOptions(),
         budget=budget or Budget(),
         policies=policies or [],
-        conversation_id=conversation_id,
     )
     result: asyncio.Future[JobResult] = asyncio.get_running_loop().create_future()
     alive = asyncio.Event()

@@ -252,6 +252,7 @@ class LocalFederation:
         job_id: str | None = None,
         on_event: Callable[[JobEvent], None] | None = None,
         timeout: float = 900.0,
+        conversation_id: str | None = None,
     ) -> JobResult:
         bus = await self.client()
         return await submit_and_follow(
@@ -263,6 +264,7 @@ class LocalFederation:
             policies=policies,
             on_event=on_event,
             timeout=timeout,
+            conversation_id=conversation_id,
         )
 
     async def stop(self) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, field_validator, model_serializer
 
 from fabric.errors import ProtocolError
 
@@ -56,7 +56,31 @@ class Plan(BaseModel):
     subtasks: list[ProposedSubtask] = Field(min_length=1, max_length=6)
 
 
-class DecomposeInput(BaseModel):
+class Turn(BaseModel):
+    """An earlier question of the job's conversation and (a summary of) its answer."""
+
+    question: str
+    answer: str = ""
+
+
+class WithHistory(BaseModel):
+    """An input that may carry the conversation's earlier turns. Sent only when there are some:
+    agents built before conversations (their models forbid unknown fields) still validate the
+    inputs of every job that continues no conversation."""
+
+    history: list[Turn] = Field(
+        default_factory=list, description="earlier turns of the conversation, oldest first (a follow-up's subject)"
+    )
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_history(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("history"):
+            data.pop("history", None)
+        return data
+
+
+class DecomposeInput(WithHistory):
     model_config = ConfigDict(extra="forbid")
 
     question: str
@@ -69,7 +93,7 @@ class PeerAnswer(BaseModel):
     answer: str
 
 
-class DraftInput(BaseModel):
+class DraftInput(WithHistory):
     model_config = ConfigDict(extra="forbid")
 
     question: str

@@ -269,11 +269,13 @@ def test_typed_results_keep_the_json_shape_and_clusters_report_their_usage(mosqu
     settings = fed_settings(mosquitto, tmp_path, assign_floor=0.0)  # full teams: clusters that refine
     factory = backend_factory(done_from_round=2)
 
+    submit_id = f"typed-{uuid.uuid4().hex[:6]}"
+
     async def main() -> tuple[JobResult, JobRunner, int]:
         async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=embedder) as fed:
             assert fed.orchestrator is not None
             submit = JobSubmit(
-                job_id=f"typed-{uuid.uuid4().hex[:6]}",
+                job_id=submit_id,
                 question="My father has sudden chest pain. What should we do?",
                 options=JobOptions(max_proposers=1, agents_per_node=3, refine_rounds=2),
             )
@@ -292,7 +294,8 @@ def test_typed_results_keep_the_json_shape_and_clusters_report_their_usage(mosqu
     result, runner, refine_calls = run(main())
     assert result.status == "completed", result.failure_reason
     data = result.model_dump(mode="json")
-    assert set(data) == OLD_SHAPE["top"]
+    assert set(data) == OLD_SHAPE["top"] | {"conversation_id"}  # added by issue 21 (the job's conversation)
+    assert data["conversation_id"] == submit_id  # a job that continues none starts one under its own id
     assert set(data["dag"]) == OLD_SHAPE["dag"] and all(set(n) == OLD_SHAPE["dag_node"] for n in data["dag"]["nodes"])
     assert all(isinstance(e, list) and len(e) == 2 for e in data["dag"]["edges"])
     assert all(set(m) == OLD_SHAPE["match"] for ms in data["assignments"].values() for m in ms)

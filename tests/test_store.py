@@ -18,7 +18,16 @@ from pathlib import Path
 import pytest
 
 from fabric.messages import JobEvent, JobResult, JobSubmit
-from fabric.orchestrator.store import GROUP_COMMIT_S, ORPHANED, FencedOut, JobStore, open_store, shown_state
+from fabric.orchestrator.store import (
+    ANSWER_SUMMARY_CHARS,
+    GROUP_COMMIT_S,
+    ORPHANED,
+    ConversationTurn,
+    FencedOut,
+    JobStore,
+    open_store,
+    shown_state,
+)
 from fabric.settings import Settings
 from tests.pg_cluster import PostgresCluster, postgres  # noqa: F401 - the session fixture
 
@@ -35,9 +44,12 @@ def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store
         target = cluster.new_database(f"t_{uuid.uuid4().hex[:10]}")
     opened: list[JobStore] = []
 
-    def factory(lease_s: float | None = None) -> JobStore:
+    def factory(lease_s: float | None = None, **settings_kw: object) -> JobStore:
         settings = Settings(
-            data_dir=tmp_path, store_url=None if request.param == "sqlite" else target, lease_s=lease_s or 10.0
+            data_dir=tmp_path,
+            store_url=None if request.param == "sqlite" else target,
+            lease_s=lease_s or 10.0,
+            **settings_kw,  # type: ignore[arg-type]
         )
         store = open_store(settings, leases=lease_s is not None)
         opened.append(store)
@@ -78,6 +90,43 @@ def test_admit_once_and_read_back(make_store: StoreFactory) -> None:
     assert store.unfinished() == []
     assert [r["job_id"] for r in store.list(state="completed")] == ["j1"]
     assert store.get("nope") is None
+
+
+def test_conversation_turns_survive_a_reopen_and_idle_ones_are_forgotten(make_store: StoreFactory) -> None:
+    store = make_store(conversation_retention_s=3600.0)
+    now = time.time()
+
+    def turn(job_id: str, at: float, answer: str = "an answer") -> ConversationTurn:
+        return ConversationTurn(
+            job_id=job_id, question=f"question {job_id}", answer=answer, agents=["gp"], policies=["hipaa"], at=at
+        )
+
+    store.add_turn("c1", turn("j1", now - 20, answer="x" * 1000))
+    store.add_turn("c1", turn("j2", now - 10))
+    store.add_turn("c1", turn("j3", now - 5))
+    store.add_turn("c-idle", turn("j0", now - 7200))  # idle longer than the retention
+    got = store.turns("c1")
+    assert [t.job_id for t in got] == ["j1", "j2", "j3"]
+    assert len(got[0].answer) == ANSWER_SUMMARY_CHARS and got[0].agents == ["gp"] and got[0].question == "question j1"
+    assert got[0].policies == ["hipaa"]
+    assert [t.job_id for t in store.turns("c1", limit=2)] == ["j2", "j3"]  # the recent ones
+    assert [t.job_id for t in store.turns("c1", limit=2, before="j3")] == ["j1", "j2"]  # a resumed j3 sees no later
+    assert store.turns("c1", limit=0) == [] and store.turns("unknown") == []
+    assert store.turns("c-idle") == []  # past its retention: gone for readers before it is pruned
+    store.close()
+
+    # another store on the same database (an orchestrator restarted, or a replica): the turns are
+    # there; the idle conversation is pruned when it opens
+    reopened = make_store(conversation_retention_s=3600.0)
+    assert [t.job_id for t in reopened.turns("c1")] == ["j1", "j2", "j3"]
+    assert reopened.prune_conversations() == 0  # pruned at open already
+    keep_all = make_store(conversation_retention_s=1e9)
+    assert keep_all.turns("c-idle") == []
+    # a job continuing a conversation is listed under it; a job starting one under its own id
+    assert reopened.admit(JobSubmit(job_id="j4", question="and for a child?", conversation_id="c1"), owner="o")
+    assert reopened.admit(submit("j5"), owner="o")
+    rows = {r["job_id"]: r["conversation_id"] for r in reopened.list()}
+    assert rows == {"j4": "c1", "j5": "j5"}
 
 
 def test_group_commit_in_one_loop_turn_and_reopen(make_store: StoreFactory) -> None:

@@ -146,6 +146,16 @@ def test_console_in_chromium(mosquitto, tmp_path, embedder) -> None:
                 await page.screenshot(path=str(shots / "console-job.png"))  # the first screen, for the README
                 job_url = page.url
 
+                # a follow-up from the job's page continues its conversation: the new job shows the thread
+                await page.fill("#followup textarea[name=question]", "and what if it comes back tomorrow?")
+                await page.click("#followup button[type=submit]")
+                await page.wait_for_function(f"location.href !== {job_url!r}", timeout=LIVE_TIMEOUT_MS)
+                await playwright_api.expect(state).to_have_text("completed", timeout=120_000)
+                thread = page.locator("[data-testid=thread] li")
+                await playwright_api.expect(thread).to_have_count(2)
+                await playwright_api.expect(thread.first).to_contain_text("sudden chest pain")
+                await playwright_api.expect(thread.nth(1)).to_have_class("here")
+
                 # the job list shows it; an unknown job id shows its message
                 await page.goto(f"{base}/#/jobs")
                 await playwright_api.expect(page.locator("#jobs tbody tr[data-job]").first).to_contain_text("completed")

@@ -380,10 +380,23 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps([{k: v for k, v in r.items() if k != "result"} for r in rows], indent=2))
         return 0
-    for r in rows:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
-        print(f"{r['job_id']:<32} {r['state']:<10} {when}  {r['question'][:60]}")
+    for conversation, jobs in group_by_conversation(rows):
+        if len(jobs) > 1:  # a conversation's turns together, oldest first, under its id
+            print(f"conversation {conversation} ({len(jobs)} turns):")
+        for r in jobs:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"]))
+            indent = "  " if len(jobs) > 1 else ""
+            print(f"{indent}{r['job_id']:<{32 - len(indent)}} {r['state']:<10} {when}  {r['question'][:60]}")
     return 0
+
+
+def group_by_conversation(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Jobs (newest first) grouped by conversation: the conversation with the newest job first,
+    each conversation's jobs oldest first (the order its turns were asked in)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(str(r.get("conversation_id") or r["job_id"]), []).append(r)
+    return [(c, sorted(jobs, key=lambda r: r["created_at"])) for c, jobs in groups.items()]
 
 
 def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
@@ -399,6 +412,7 @@ def cmd_job_show(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(row | {"events": [e.model_dump() for e in events]}, indent=2, default=str))
         return 0
     print(f"job {row['job_id']}: {shown_state(row)} ({row['phase']})\nquestion: {row['question']}")
+    print(f"conversation: {row['conversation_id']}")
     result = JobResult.model_validate(row["result"]) if row["result"] else None
     if result is not None and result.dag.nodes:
         print(draw_dag(result.dag, result.rounds))

@@ -30,7 +30,9 @@
   gets the same hint appended. JSON-RPC is also answered at `/`, where clients that take the
   server's base URL for the endpoint post.
 
-The A2A task id maps to the FoA job id `a2a-{task id}`, so a cancel needs no lookup table.
+The A2A task id maps to the FoA job id `a2a-{task id}`, so a cancel needs no lookup table; the
+`contextId` maps to the conversation `a2a-ctx-{contextId}`, so a follow-up sent with the same
+context is routed and drafted with the earlier turns.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -93,6 +96,14 @@ ASK = AgentSkill(
 
 def job_id_for(task_id: str) -> str:
     return f"a2a-{task_id}"
+
+
+def conversation_for(context_id: str) -> str:
+    """An A2A context is one FoA conversation: messages sent with the same `contextId` are its
+    turns (a follow-up is routed and drafted with the earlier ones). Long ids are hashed to fit."""
+    if len(context_id) > 100:
+        context_id = hashlib.sha256(context_id.encode()).hexdigest()[:32]
+    return f"a2a-ctx-{context_id}"
 
 
 def federation_skills(agents: list[dict[str, Any]], limit: int = 20) -> list[AgentSkill]:
@@ -221,17 +232,25 @@ class FederationExecutor(AgentExecutor):
         if problem:
             await updater.reject(message=say(problem))
             return
-        await self._run(question, job_id, request, updater, say)
+        await self._run(question, job_id, request, updater, say, conversation_for(context_id))
 
     async def _run(
-        self, question: str, job_id: str, request: JobRequest, updater: TaskUpdater, say: Callable[[str], Message]
+        self,
+        question: str,
+        job_id: str,
+        request: JobRequest,
+        updater: TaskUpdater,
+        say: Callable[[str], Message],
+        conversation_id: str,
     ) -> None:
         """Run the job with progress and heartbeats; end the task in its final state. This runs
         in the SDK's ActiveTask, not in the HTTP request, so it outlives a returned send."""
         progress = Progress(updater, self.heartbeat_s)
         beat = asyncio.get_running_loop().create_task(progress.beat())
         try:
-            result = await self.link.run_job(question, job_id, request, progress.on_event)
+            result = await self.link.run_job(
+                question, job_id, request, progress.on_event, conversation_id=conversation_id
+            )
         except asyncio.CancelledError:
             progress.abandon(beat)
             with contextlib.suppress(Exception):

@@ -74,8 +74,14 @@ class FederationLink:
             self.bus = None
 
     async def run_job(
-        self, question: str, job_id: str, request: JobRequest, on_event: Callable[[JobEvent], None] | None = None
+        self,
+        question: str,
+        job_id: str,
+        request: JobRequest,
+        on_event: Callable[[JobEvent], None] | None = None,
+        conversation_id: str | None = None,
     ) -> JobResult:
+        """`conversation_id`: the conversation the job continues (None: it starts one, named in the result)."""
         bus = await self.connect()
         timeout = (request.deadline_s + 30.0) if request.deadline_s else 900.0
         return await submit_and_follow(
@@ -86,6 +92,7 @@ class FederationLink:
             policies=request.policies,
             on_event=on_event,
             timeout=timeout,
+            conversation_id=conversation_id,
         )
 
     async def cancel(self, job_id: str, reason: str) -> None:
@@ -106,6 +113,7 @@ def job_summary(result: JobResult) -> dict[str, Any]:
     """The parts of a result a remote caller needs besides the answer."""
     return {
         "job_id": result.job_id,
+        "conversation_id": result.conversation_id,
         "status": result.status,
         "failure_reason": result.failure_reason,
         "dag": result.dag.model_dump(mode="json"),

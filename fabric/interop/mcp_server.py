@@ -1,11 +1,13 @@
 """`foa mcp serve`: the federation as an MCP server (official `mcp` SDK), over stdio or, with
 `--http PORT`, streamable HTTP at /mcp. Tools:
 
-- `ask(question, budget_tokens?, deadline_s?, policies?)` runs one job; each job event is a
-  progress notification (decomposed, assigned, drafted, round k, synthesised). Result: answer,
-  job id, status, DAG summary, assignments, usage. A failed job is an `isError` result with the
-  reason. Cancelling the MCP request (notifications/cancelled, or the host giving up) cancels the
-  job (fabric.client.cancel_job).
+- `ask(question, budget_tokens?, deadline_s?, policies?, conversation?)` runs one job; each job
+  event is a progress notification (decomposed, assigned, drafted, round k, synthesised). Result:
+  answer, job id, conversation id, status, DAG summary, assignments, usage. A follow-up question
+  passes the `conversation_id` of an earlier result as `conversation`: its earlier turns then
+  reach routing, planning and drafting ("and for a child?" keeps its subject). A failed job is
+  an `isError` result with the reason. Cancelling the MCP request (notifications/cancelled, or
+  the host giving up) cancels the job (fabric.client.cancel_job).
 - `route(task, top_k?, policies?, max_cost?)` asks the router, like `foa route`: the ranked
   agents with every α factor, expected cost and latency, or the abstention and its threshold.
 - `agents()` lists the live agents (as `foa agents --json`).
@@ -42,6 +44,8 @@ INSTRUCTIONS = (
 #: failures of the federation behind the server (no broker, no router, a failed job); their
 #: messages say what to do, so they reach the caller as ToolError (MCPServer hides other messages)
 UNREACHABLE = (FoAError, BusError, JobFailed, RuntimeError)
+#: JobSubmit.conversation_id's bound
+MAX_CONVERSATION_ID = 128
 
 
 class BadArguments(ToolError):
@@ -59,11 +63,20 @@ def build_server(link: FederationLink) -> MCPServer:
         budget_tokens: int | None = None,
         deadline_s: float | None = None,
         policies: list[str] | None = None,
+        conversation: str | None = None,
     ) -> dict[str, Any]:
         """Answer a question with the federation. budget_tokens caps the job's tokens, deadline_s its
-        wall-clock time; policies are clearances every agent used must hold (e.g. ["hipaa"])."""
+        wall-clock time; policies are clearances every agent used must hold (e.g. ["hipaa"]).
+        conversation: for a follow-up question, the conversation_id of an earlier answer (each
+        answer names its conversation_id; omit it to start a new conversation)."""
         if not question.strip():
             raise BadArguments("question is empty: give the question to answer")
+        conversation = (conversation or "").strip() or None
+        if conversation is not None and len(conversation) > MAX_CONVERSATION_ID:
+            raise BadArguments(
+                f"conversation is {len(conversation)} characters (at most {MAX_CONVERSATION_ID}): pass the "
+                "conversation_id an earlier answer returned, or omit it to start a new conversation"
+            )
         try:
             request = JobRequest.parse(
                 {"budget_tokens": budget_tokens, "deadline_s": deadline_s, "policies": policies or []}
@@ -80,7 +93,7 @@ def build_server(link: FederationLink) -> MCPServer:
             pending.append(loop.create_task(ctx.report_progress(step[0], None, progress_text(event))))
 
         try:
-            result = await link.run_job(question, job_id, request, on_event)
+            result = await link.run_job(question, job_id, request, on_event, conversation_id=conversation)
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.shield(link.cancel(job_id, "MCP request canceled"))

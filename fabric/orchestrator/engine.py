@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
-from fabric.dispatch import Answer
+from fabric.dispatch import Answer, TaskError
 from fabric.envelope import child_traceparent, trace_id_of
 from fabric.errors import FoAError
 from fabric.messages import (
@@ -48,6 +48,7 @@ from fabric.orchestrator.consensus import (
     refine_cluster,
     summarise_rounds,
 )
+from fabric.orchestrator.conversation import agent_history, history_refused, prefer_context, routing_text
 from fabric.orchestrator.critical_path import CriticalPath
 from fabric.orchestrator.dag import Dag, DagNode, clean_plan, merge_proposals
 from fabric.orchestrator.direct import PlanMode, route_directly
@@ -55,7 +56,7 @@ from fabric.orchestrator.exactness import carry_exact, is_exact_agent
 from fabric.orchestrator.floor import FloorCut, apply_floor, floor_of
 from fabric.orchestrator.plan_check import check_plans
 from fabric.orchestrator.reputation import ReputationBook
-from fabric.orchestrator.store import JobStore
+from fabric.orchestrator.store import ANSWER_SUMMARY_CHARS, ConversationTurn, JobStore, conversation_of
 from fabric.orchestrator.synthesis import INSTRUCTIONS, predecessor_context, synthesis_results, synthesise
 from fabric.settings import Settings
 from fabric.tasks import (
@@ -72,6 +73,7 @@ from fabric.tasks import (
     RefineOutput,
     SynthesiseInput,
     TaskKind,
+    WithHistory,
 )
 from fabric.vcv import VCV
 
@@ -141,9 +143,18 @@ class JobRunner:
         *,
         traceparent: str | None = None,
         fresh: bool = False,
+        history: Sequence[ConversationTurn] = (),
     ) -> None:
-        """`fresh`: just admitted, so there is nothing to resume (skips two store reads)."""
+        """`fresh`: just admitted, so there is nothing to resume (skips two store reads).
+        `history`: the earlier turns of the job's conversation (conversation.py), oldest first."""
         self.job = submit
+        self.conversation_id = conversation_of(submit)
+        self.history = list(history)
+        # a conversation's clearances carry over: an agent that gets its earlier turns must hold them
+        self.policies = sorted(set(submit.policies).union(*(t.policies for t in self.history)))
+        # routing may see the conversation's subject (decided in decompose(), conversation.py); the
+        # question shown, planned and drafted stays the user's
+        self.routing_text = submit.question
         # one trace per job: every task sent for it carries a child span of the submitter's trace
         self.traceparent = child_traceparent(traceparent)
         self.ports = ports
@@ -160,6 +171,7 @@ class JobRunner:
         self.plan_mode: PlanMode = opts.plan or settings.plan
         saved = {} if fresh else store.checkpoints(submit.job_id)
         self.saved = saved
+        self.routing_text = str(saved.get("routing_text", self.routing_text))
         self.budget = BudgetTracker(
             submit.budget,
             started_at=saved.get("started_at"),
@@ -223,6 +235,7 @@ class JobRunner:
             job_id=job.job_id,
             status="completed",
             answer=answer,
+            conversation_id=self.conversation_id,
             dag=dag.summary(),
             assignments=assignments,
             clusters={n: [c.members for c in r.clusters.values()] for n, r in node_results.items()},
@@ -237,6 +250,7 @@ class JobRunner:
         return JobResult(
             job_id=self.job.job_id,
             status=status,
+            conversation_id=self.conversation_id,
             failure_reason=reason,
             dag=self.dag.summary() if self.dag is not None else DagSummary(),
             usage=JobUsage.of(self.budget.used, failures=self._failures),
@@ -262,17 +276,7 @@ class JobRunner:
                 {"dag": dag.summary().model_dump(mode="json")},
             )
             return dag
-        route = await self.path.waiting(
-            "router",
-            self.ports.route(
-                RouteQuery(
-                    text=job.question,
-                    top_k=max(self.settings.compat_top_k, self.max_proposers * 2),
-                    policies=job.policies,
-                    abstain=False,
-                )
-            ),
-        )
+        route = await self._route_question()
         # plan only when needed: a question one agent clearly fits goes to it verbatim (direct.py)
         if route_directly(self.plan_mode, route.matches, threshold=route.threshold, margin=self.settings.direct_margin):
             return await self._direct(route)
@@ -294,7 +298,10 @@ class JobRunner:
             },
         )
         payload = DecomposeInput(
-            question=job.question, subtasks_min=self.settings.subtasks_min, subtasks_max=self.subtasks_max
+            question=job.question,
+            subtasks_min=self.settings.subtasks_min,
+            subtasks_max=self.subtasks_max,
+            history=agent_history(self.history),
         )
 
         async def propose(match: Match) -> tuple[str, Plan] | None:
@@ -308,7 +315,11 @@ class JobRunner:
         proposals = [p for p in await gather_all([propose(m) for m in proposers]) if p]
         # every subtask must be an instruction about the question (plan_check.py)
         proposals, dropped = check_plans(
-            job.question, proposals, self._embed, similarity_floor=self.settings.plan_similarity_floor
+            self.routing_text,
+            proposals,
+            self._embed,
+            similarity_floor=self.settings.plan_similarity_floor,
+            verbatim=job.question,
         )
         if dropped:
             await self.emit(
@@ -336,6 +347,43 @@ class JobRunner:
             {"dag": dag.summary().model_dump(mode="json"), "proposals": len(proposals)},
         )
         return dag
+
+    async def _route_question(self) -> RouteResponse:
+        """Route the question; a follow-up also with its conversation's subject in front, keeping
+        that when it fits clearly better (conversation.py). Both queries go out together."""
+        job = self.job
+
+        def query(text: str) -> RouteQuery:
+            top_k = max(self.settings.compat_top_k, self.max_proposers * 2)
+            return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False)
+
+        if not self.history:
+            return await self.path.waiting("router", self.ports.route(query(job.question)))
+        framed_text = routing_text(job.question, self.history)
+        alone, framed = await self.path.waiting(
+            "router", asyncio.gather(self.ports.route(query(job.question)), self.ports.route(query(framed_text)))
+        )
+        use = prefer_context(alone, framed)
+        self.routing_text = framed_text if use else job.question
+        self.store.checkpoint(job.job_id, "routing_text", self.routing_text)
+        best = {k: (r.matches[0].agent_id, round(r.matches[0].score, 4)) if r.matches else None
+                for k, r in (("alone", alone), ("with_context", framed))}  # fmt: skip
+        await self.emit(
+            "conversation",
+            f"follow-up in conversation {self.conversation_id} ({len(self.history)} earlier turn(s)): routed "
+            + (f"with its subject, as {framed_text[:100]!r}" if use else "on its own (it names its subject)")
+            + f"; best alone {best['alone']}, with context {best['with_context']}"
+            + (f"; policies of the conversation: {self.policies}" if self.policies != sorted(job.policies) else ""),
+            {
+                "conversation_id": self.conversation_id,
+                "policies": self.policies,
+                "turns": [t.job_id for t in self.history],
+                "with_context": use,
+                "routing_text": self.routing_text,
+                "best": best,
+            },
+        )
+        return framed if use else alone
 
     async def _direct(self, route: RouteResponse) -> Dag:
         """The one-node plan with the question verbatim, for the agent that fits it as a whole."""
@@ -376,8 +424,8 @@ class JobRunner:
                         subtasks=[
                             SubtaskQuery(
                                 subtask_id=n.node_id,
-                                text=n.text,
-                                policies=job.policies,
+                                text=self._route_text(n.text),
+                                policies=self.policies,
                                 min_agents=1,
                                 max_agents=self.agents_per_node,
                                 max_cost=per_node_cost,
@@ -391,7 +439,7 @@ class JobRunner:
             assignments, cuts = self._floor(response)
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
             if missing:
-                raise NodeFailed(f"no capable agent for subtasks {missing} under policies {job.policies}")
+                raise NodeFailed(f"no capable agent for subtasks {missing} under policies {self.policies}")
             unfit = [n for n, c in cuts.items() if c.unfit]
             if unfit:  # reported, not silently given to the least-bad agent
                 await self._unfit(dag, unfit, cuts, assignments, response.threshold)
@@ -447,9 +495,9 @@ class JobRunner:
     def _random_assignment(self, dag: Dag) -> dict[str, list[Match]]:
         """The paper's random-assignment baseline: policy-eligible agents drawn uniformly."""
         rng = random.Random(self.job.job_id)
-        eligible = [v for v in self.ports.live_agents() if set(self.job.policies) <= set(v.policies)]
+        eligible = [v for v in self.ports.live_agents() if set(self.policies) <= set(v.policies)]
         if not eligible:
-            raise NodeFailed(f"no live agent holds policies {self.job.policies}")
+            raise NodeFailed(f"no live agent holds policies {self.policies}")
         return {
             n.node_id: [
                 Match(agent_id=v.agent_id, version=v.version, score=0.0, factors={"random": 1.0})
@@ -500,7 +548,13 @@ class JobRunner:
         node = dag.node(node_id)
         job = self.job
         context = predecessor_context(dag, node_id, answers)
-        draft_in = DraftInput(question=job.question, subtask=node.text, context=context, max_tokens=self.max_tokens)
+        draft_in = DraftInput(
+            question=job.question,
+            subtask=node.text,
+            context=context,
+            max_tokens=self.max_tokens,
+            history=agent_history(self.history),
+        )
 
         # phase 2: first drafts, in parallel (fewer drafters when the budget is short: a node
         # needs one draft, the others are optional)
@@ -660,7 +714,13 @@ class JobRunner:
         route = await self.path.waiting(
             "router",
             self.ports.route(
-                RouteQuery(text=node.text, top_k=3, policies=self.job.policies, exclude=failed, abstain=False)
+                RouteQuery(
+                    text=self._route_text(node.text),
+                    top_k=3,
+                    policies=self.policies,
+                    exclude=failed,
+                    abstain=False,
+                )
             ),
         )
         if not route.matches:
@@ -721,7 +781,10 @@ class JobRunner:
 
                 async def call(system: str, user: str, max_tokens: int) -> tuple[str, Usage]:
                     payload = DraftInput(
-                        question=self.job.question, subtask=f"{system}\n\n{user}", max_tokens=max_tokens
+                        question=self.job.question,
+                        subtask=f"{system}\n\n{user}",
+                        max_tokens=max_tokens,
+                        history=agent_history(self.history),
                     )
                     res = await self._call(writer, DRAFT, payload, None)
                     return res.output.answer, self._charged(res)
@@ -747,7 +810,7 @@ class JobRunner:
                 RouteQuery(
                     text="merge several expert answers into one clear answer",
                     top_k=3,
-                    policies=self.job.policies,
+                    policies=self.policies,
                     abstain=False,
                 )
             ),
@@ -766,24 +829,40 @@ class JobRunner:
             raise NodeFailed(f"budget: {reason}")
         timeout = min(self.settings.node_timeout_s, max(1.0, self.budget.time_left))
         sent = time.perf_counter()
-        res = await self.path.waiting(
-            "calls",
-            self.ports.call(
-                agent_id,
-                kind,
-                payload,
-                job_id=self.job.job_id,
-                node_id=node_id,
-                timeout=timeout,
-                max_tokens=self.max_tokens,
-                traceparent=child_traceparent(self.traceparent),
-            ),
-        )
+
+        async def send(payload: InT) -> Answer[OutT]:
+            return await self.path.waiting(
+                "calls",
+                self.ports.call(
+                    agent_id,
+                    kind,
+                    payload,
+                    job_id=self.job.job_id,
+                    node_id=node_id,
+                    timeout=timeout,
+                    max_tokens=self.max_tokens,
+                    traceparent=child_traceparent(self.traceparent),
+                ),
+            )
+
+        try:
+            res = await send(payload)
+        except TaskError as exc:
+            if not (isinstance(payload, WithHistory) and payload.history and history_refused(exc)):
+                raise
+            # an agent built before conversations: its input model forbids the field; it gets the task without it
+            log.info("agent refused the conversation history; sent without it", extra={"agent_id": agent_id})
+            res = await send(payload.model_copy(update={"history": []}))
         self.path.call_done(time.perf_counter() - sent, res.result.latency_ms / 1000)
         self.budget.charge(self._charged(res))
         # lazy: only a resume reads it, and the round's event or the node's checkpoint commits it
         self.store.checkpoint(self.job.job_id, "usage", self.budget.used.model_dump(), lazy=True)
         return res
+
+    def _route_text(self, text: str) -> str:
+        """A node's routing text: in a follow-up routed with its conversation's subject, with it in
+        front (the one-node plan is the follow-up verbatim; a weak planner's subtasks may omit it)."""
+        return routing_text(text, self.history) if self.routing_text != self.job.question else text
 
     def _embed(self, texts: Sequence[str]) -> np.ndarray:
         with self.path.doing("embed"):
@@ -853,6 +932,20 @@ class JobRunner:
         for key, value in self.path.breakdown().items():  # this run's, added to earlier runs' of a resumed job
             result.timings[key] = round(result.timings.get(key, 0.0) + value, 6)
         result.timings["total"] = round(time.time() - self.budget.started_at, 3)
+        result.conversation_id = self.conversation_id
+        if result.status == "completed":  # the turn lands before the result: a follow-up sent on it finds it
+            agents = dict.fromkeys(m.agent_id for ms in result.assignments.values() for m in ms)
+            self.store.add_turn(
+                self.conversation_id,
+                ConversationTurn(
+                    job_id=self.job.job_id,
+                    question=self.job.question,
+                    answer=result.answer[:ANSWER_SUMMARY_CHARS],
+                    agents=list(agents),
+                    policies=self.policies,
+                    at=time.time(),
+                ),
+            )
         self.store.finish(result)
         await self.emit(
             "done",

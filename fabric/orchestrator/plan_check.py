@@ -82,14 +82,18 @@ def check_plans(
     embed: EmbedFn,
     *,
     similarity_floor: float,
+    verbatim: str | None = None,
 ) -> tuple[list[tuple[str, Plan]], list[DroppedSubtask]]:
     """The proposals with unusable subtasks removed (a proposal left empty is removed), and what
-    was dropped. Dependencies on a dropped subtask are dropped with it (the edge, not the node)."""
+    was dropped. Dependencies on a dropped subtask are dropped with it (the edge, not the node).
+    `question` is what subtasks are compared with (a follow-up's routing text, with its
+    conversation's subject); `verbatim`, the user's own question, is never a fragment either."""
+    own = {" ".join(t.split()) for t in (question, verbatim) if t}
     dropped: list[DroppedSubtask] = []
     candidates: list[tuple[int, int]] = []  # (proposal, subtask) that passed the text check
     for p, (proposer, plan) in enumerate(proposals):
         for s, sub in enumerate(plan.subtasks):
-            reason = None if sub.text == " ".join(question.split()) else degenerate_reason(sub.text)
+            reason = None if sub.text in own else degenerate_reason(sub.text)
             if reason is None:
                 candidates.append((p, s))
             else:

@@ -47,7 +47,7 @@ from fabric.orchestrator.budget import BudgetError, check_feasible
 from fabric.orchestrator.engine import JobRunner
 from fabric.orchestrator.leases import LeaseKeeper
 from fabric.orchestrator.reputation import ReputationBook
-from fabric.orchestrator.store import FencedOut, JobStore, open_store
+from fabric.orchestrator.store import ConversationTurn, FencedOut, JobStore, conversation_of, open_store
 from fabric.registry import Registry
 from fabric.security import orchestrator_key, sign_outcome
 from fabric.settings import Settings
@@ -267,10 +267,18 @@ class OrchestratorService:
     async def _reject(
         self, msg: Incoming, submit: JobSubmit, reason: str, status: Literal["failed", "canceled"] = "failed"
     ) -> None:
+        conversation = conversation_of(submit)
         if status == "canceled":
-            result = JobResult(job_id=submit.job_id, status="canceled", failure_reason=reason)
+            result = JobResult(
+                job_id=submit.job_id, status="canceled", failure_reason=reason, conversation_id=conversation
+            )
         else:
-            result = JobResult(job_id=submit.job_id, status="failed", failure_reason=f"rejected: {reason}")
+            result = JobResult(
+                job_id=submit.job_id,
+                status="failed",
+                failure_reason=f"rejected: {reason}",
+                conversation_id=conversation,
+            )
         if self.store.admit(submit, owner=self.bus.client_id):
             self.store.finish(result)
         await self._publish_result(result)
@@ -316,7 +324,14 @@ class OrchestratorService:
         if submit.job_id in self.running:
             return
         runner = JobRunner(
-            submit, self.ports, self.settings, self.store, self.reputation, traceparent=traceparent, fresh=fresh
+            submit,
+            self.ports,
+            self.settings,
+            self.store,
+            self.reputation,
+            traceparent=traceparent,
+            fresh=fresh,
+            history=self._history(submit),
         )
         cancel = self._cancel_for(submit.job_id)
         if cancel is not None:  # canceled while it waited (e.g. before a resume): run() ends it at once
@@ -326,6 +341,19 @@ class OrchestratorService:
         task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
         self.running[submit.job_id] = task
         self.runners[submit.job_id] = runner
+
+    def _history(self, submit: JobSubmit) -> list[ConversationTurn]:
+        """The recent turns of the conversation a job continues (from the store: a conversation
+        outlives the orchestrator that served its earlier turns)."""
+        if not submit.conversation_id or self.settings.conversation_turns == 0:
+            return []
+        try:
+            return self.store.turns(
+                submit.conversation_id, limit=self.settings.conversation_turns, before=submit.job_id
+            )
+        except Exception:  # noqa: BLE001 - the job still runs, without its context
+            log.exception("could not read the conversation", extra={"job_id": submit.job_id})
+            return []
 
     def _abandon(self, job_id: str) -> None:
         """Another replica took this job over (our lease expired while we were paused or cut off)."""

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import BaseModel, Field
+
 from fabric.errors import FoAError
 from fabric.messages import JobEvent, JobResult, JobSubmit
 from fabric.settings import Settings
@@ -80,6 +82,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     value TEXT NOT NULL,
     PRIMARY KEY (job_id, key)
 );
+CREATE TABLE IF NOT EXISTS turns (
+    conversation_id TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    question TEXT NOT NULL,
+    answer TEXT NOT NULL,          -- a summary: the first ANSWER_SUMMARY_CHARS of the answer
+    agents TEXT NOT NULL,          -- JSON list of the agents that drafted it
+    policies TEXT NOT NULL DEFAULT '[]',  -- JSON list: the clearances its job ran under
+    PRIMARY KEY (conversation_id, job_id)
+);
+CREATE INDEX IF NOT EXISTS turns_at ON turns(at);
 """
 
 #: columns added after the first release: an older SQLite file gains them on open
@@ -89,6 +102,9 @@ LEASE_COLUMNS = {
     "lease_acquired_at": "REAL NOT NULL DEFAULT 0",
     "takeovers": "INTEGER NOT NULL DEFAULT 0",
 }
+
+#: a turn keeps this much of its answer: enough for a follow-up's context, small enough for every prompt
+ANSWER_SUMMARY_CHARS = 300
 
 TERMINAL = ("completed", "failed", "canceled")
 #: what `foa jobs` shows for an unfinished job whose lease expired: no orchestrator runs it now
@@ -106,6 +122,25 @@ JOB_COLUMNS = (
 )
 
 log = logging.getLogger("foa.orchestrator")
+
+
+class ConversationTurn(BaseModel):
+    """One answered job of a conversation, as its follow-ups see it."""
+
+    job_id: str
+    question: str
+    answer: str = Field(description=f"a summary: the answer's first {ANSWER_SUMMARY_CHARS} characters")
+    agents: builtins.list[str] = Field(default_factory=builtins.list, description="the agents that drafted it")
+    policies: builtins.list[str] = Field(
+        default_factory=builtins.list, description="the clearances its job ran under (a follow-up inherits them)"
+    )
+    at: float
+
+
+def conversation_of(submit: JobSubmit) -> str:
+    """A job's conversation: the one it continues, else a new one named after the job (no state
+    to keep: a resumed or re-delivered job lands in the same conversation)."""
+    return submit.conversation_id or submit.job_id
 
 
 class FencedOut(FoAError):
@@ -129,6 +164,11 @@ class Store(Protocol):
     def next_seq(self, job_id: str) -> int: ...
     def checkpoint(self, job_id: str, key: str, value: Any, *, lazy: bool = False) -> None: ...
     def checkpoints(self, job_id: str) -> dict[str, Any]: ...
+    def add_turn(self, conversation_id: str, turn: ConversationTurn) -> None: ...
+    def turns(
+        self, conversation_id: str, limit: int | None = None, *, before: str | None = None
+    ) -> builtins.list[ConversationTurn]: ...
+    def prune_conversations(self) -> int: ...
     def acquire(self, job_id: str, owner: str) -> int | None: ...
     def renew(self, owner: str) -> builtins.list[str]: ...
     def release(self, job_id: str) -> None: ...
@@ -146,8 +186,13 @@ class JobStore:
     _lock_rows = ""
     _db: Any
 
-    def __init__(self, path: Path | str, *, lease_s: float | None = None) -> None:
-        """`lease_s`: when set, `admit` takes a lease for its owner and the store fences writes."""
+    def __init__(
+        self, path: Path | str, *, lease_s: float | None = None, conversation_retention_s: float | None = None
+    ) -> None:
+        """`lease_s`: when set, `admit` takes a lease for its owner and the store fences writes.
+        `conversation_retention_s`: conversations idle longer are forgotten (None: kept)."""
+        self.retention_s = conversation_retention_s
+        self._pruned_at = 0.0
         self.path = Path(path) if not str(path).startswith("postgres") else Path(".")
         self.lease_s = lease_s
         self.on_fenced: Callable[[str], None] | None = None
@@ -162,6 +207,7 @@ class JobStore:
         #: seconds spent committing, cumulative: a job's critical-path breakdown reads it (critical_path.py)
         self.busy_s = 0.0
         self._connect(path)
+        self.prune_conversations()
 
     # ---- dialect hooks ----------------------------------------------------------------------
 
@@ -390,6 +436,7 @@ class JobStore:
         return {
             "job_id": row[0],
             "question": submit.get("question", ""),
+            "conversation_id": submit.get("conversation_id") or row[0],
             "state": row[2],
             # a lease that ran out on an unfinished job: its orchestrator is gone (or cut off) and
             # no replica has taken it over yet (`foa jobs` shows it as ORPHANED). Jobs of a store
@@ -518,13 +565,80 @@ class JobStore:
         rows = self._exec("SELECT key, value FROM checkpoints WHERE job_id=?", (job_id,)).fetchall()
         return {k: json.loads(v) for k, v in rows}
 
+    # ---- conversations ----------------------------------------------------------------------
+
+    def add_turn(self, conversation_id: str, turn: ConversationTurn) -> None:
+        """Record an answered job as a turn of its conversation (again: replaced). Commits at
+        once: the next question of the conversation may arrive right after the answer."""
+        self._exec(
+            "INSERT INTO turns(conversation_id, job_id, at, question, answer, agents, policies) "
+            "VALUES (?,?,?,?,?,?,?) ON CONFLICT (conversation_id, job_id) DO UPDATE SET at=excluded.at, "
+            "question=excluded.question, answer=excluded.answer, agents=excluded.agents, policies=excluded.policies",
+            (
+                conversation_id,
+                turn.job_id,
+                turn.at,
+                turn.question,
+                turn.answer[:ANSWER_SUMMARY_CHARS],
+                json.dumps(turn.agents),
+                json.dumps(turn.policies),
+            ),
+        )
+        if self.retention_s and time.time() - self._pruned_at > min(3600.0, self.retention_s / 10):
+            self.prune_conversations()
+
+    def turns(
+        self, conversation_id: str, limit: int | None = None, *, before: str | None = None
+    ) -> builtins.list[ConversationTurn]:
+        """The conversation's turns, oldest first: the last `limit` of them, those before job
+        `before` when it is one of them (a resumed job does not see itself or later turns). An
+        idle conversation past its retention has none, pruned or not yet."""
+        rows = self._exec(
+            "SELECT job_id, at, question, answer, agents, policies FROM turns WHERE conversation_id=? "
+            "ORDER BY at, job_id",
+            (conversation_id,),
+        ).fetchall()
+        turns = [
+            ConversationTurn(
+                job_id=r[0],
+                at=float(r[1]),
+                question=r[2],
+                answer=r[3],
+                agents=json.loads(r[4]),
+                policies=json.loads(r[5]),
+            )
+            for r in rows
+        ]
+        if turns and self.retention_s and turns[-1].at < time.time() - self.retention_s:
+            return []
+        cut = next((i for i, t in enumerate(turns) if t.job_id == before), None)
+        if cut is not None:
+            turns = turns[:cut]
+        return turns[-limit:] if limit else ([] if limit == 0 else turns)
+
+    def prune_conversations(self) -> int:
+        """Forget the turns of conversations idle longer than the retention; how many were
+        deleted. One statement on the index of `at`, run at open and at most every retention/10 (an hour at
+        most) as turns are added."""
+        self._pruned_at = time.time()
+        if not self.retention_s:
+            return 0
+        cutoff = time.time() - self.retention_s
+        cur = self._exec(
+            "DELETE FROM turns WHERE conversation_id IN (SELECT conversation_id FROM turns WHERE at < ?) "
+            "AND conversation_id NOT IN (SELECT conversation_id FROM turns WHERE at >= ?)",
+            (cutoff, cutoff),
+        )
+        return max(0, int(cur.rowcount or 0))
+
 
 def open_store(settings: Settings, *, leases: bool = True) -> JobStore:
     """The store `settings` name: PostgreSQL at FOA_STORE_URL, else SQLite in the data dir.
     `leases=False` for readers (`foa jobs`) that never own a job."""
     lease_s = settings.lease_s if leases else None
+    retention = settings.conversation_retention_s
     if settings.store_url:
         from fabric.orchestrator.store_postgres import PostgresJobStore
 
-        return PostgresJobStore(settings.store_url, lease_s=lease_s)
-    return JobStore(settings.job_store_path, lease_s=lease_s)
+        return PostgresJobStore(settings.store_url, lease_s=lease_s, conversation_retention_s=retention)
+    return JobStore(settings.job_store_path, lease_s=lease_s, conversation_retention_s=retention)

@@ -55,6 +55,17 @@ SCHEMA_PG = [
         value TEXT NOT NULL,
         PRIMARY KEY (job_id, key)
     )""",
+    """CREATE TABLE IF NOT EXISTS turns (
+        conversation_id TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        question TEXT NOT NULL,
+        answer TEXT NOT NULL,
+        agents TEXT NOT NULL,
+        policies TEXT NOT NULL DEFAULT '[]',
+        PRIMARY KEY (conversation_id, job_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS turns_at ON turns(at)",
 ]
 
 #: any constant: replicas starting together create the schema one after the other

@@ -401,7 +401,7 @@ class Console:
             raise ConsoleError(404, f"no job {job_id!r}: this console has not seen it and the broker holds no "
                                     "result for it (results expire); check the id, or `foa job show` where the "
                                     "orchestrator runs")
-        return record.detail()
+        return self.jobs.detail(record)
 
     async def _retained_result(self, job_id: str) -> JobRecord | None:
         bus = self._need_bus()
@@ -439,6 +439,8 @@ class Console:
         job_id = new_job_id()
         record = self.jobs.touch(job_id)
         record.question = request.question
+        if request.conversation_id:  # the thread shows it before the submission comes back from the broker
+            record.submit = {"job_id": job_id, "conversation_id": request.conversation_id}
         self.events.publish("job", record.summary().model_dump())
         self._spawn(self._follow(bus, job_id, request, options, budget), f"ui-job-{job_id}")
         return job_id
@@ -448,7 +450,7 @@ class Console:
         arrive through the console's own subscriptions)."""
         try:
             await submit_and_follow(bus, request.question, job_id=job_id, options=options, budget=budget,
-                                    policies=request.policies)
+                                    policies=request.policies, conversation_id=request.conversation_id)
         except (JobFailed, BusError) as exc:
             record = self.jobs.touch(job_id)
             if record.result is None:

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from fabric.ui.models import JobDetail, JobState, JobSummary, NodeView, TimelineItem
+from fabric.ui.models import JobDetail, JobState, JobSummary, NodeView, ThreadTurn, TimelineItem
 
 #: the end states of a job, as a JobResult's status or a `done` event's data says them
 FINISHED: dict[str, JobState] = {"completed": "completed", "failed": "failed", "canceled": "canceled"}
@@ -31,6 +31,21 @@ class JobRecord:
     updated_at: float = field(default_factory=time.time)
     error: str | None = None
     cancel_requested: bool = False
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The conversation the job continues (its submission) or started (its result names it)."""
+        found = (self.result or {}).get("conversation_id") or (self.submit or {}).get("conversation_id")
+        return str(found) if found else None
+
+    def turn(self) -> ThreadTurn:
+        return ThreadTurn(
+            job_id=self.job_id,
+            state=self.state,
+            question=self.question,
+            answer=str((self.result or {}).get("answer") or "")[:300],
+            created_at=self.created_at,
+        )
 
     def ordered_events(self) -> list[dict[str, Any]]:
         return [self.events[k] for k in sorted(self.events)]
@@ -63,6 +78,7 @@ class JobRecord:
             events=len(events),
             error=self.error,
             cancel_requested=self.cancel_requested,
+            conversation_id=self.conversation_id,
         )
 
     def detail(self) -> JobDetail:
@@ -116,6 +132,17 @@ class JobBook:
 
     def summaries(self) -> list[JobSummary]:
         return [r.summary() for r in reversed(self.jobs.values())]
+
+    def detail(self, record: JobRecord) -> JobDetail:
+        """A job's page, with its conversation's thread: the jobs of its conversation this console
+        has seen, in the order they were asked (a job alone in its conversation has no thread)."""
+        detail = record.detail()
+        conversation = record.conversation_id
+        if conversation is not None:
+            turns = [r for r in self.jobs.values() if r.conversation_id == conversation]
+            if len(turns) > 1:
+                detail.thread = [r.turn() for r in sorted(turns, key=lambda r: r.created_at)]
+        return detail
 
 
 # ---- the job page, derived from events and result ----------------------------------------------

@@ -102,6 +102,17 @@ class JobSummary(BaseModel):
     events: int = 0
     error: str | None = None
     cancel_requested: bool = False
+    conversation_id: str | None = Field(default=None, description="the conversation this job is a turn of")
+
+
+class ThreadTurn(BaseModel):
+    """One job of a conversation, as its thread on a job page shows it."""
+
+    job_id: str
+    state: JobState
+    question: str | None
+    answer: str = Field(default="", description="the answer's first 300 characters")
+    created_at: float
 
 
 class NodeView(BaseModel):
@@ -143,6 +154,9 @@ class JobDetail(BaseModel):
     timings: dict[str, float] = Field(default_factory=dict)
     timeline: list[TimelineItem] = Field(default_factory=list)
     result: dict[str, Any] | None = Field(default=None, description="the JobResult JSON once it arrived")
+    thread: list[ThreadTurn] = Field(
+        default_factory=list, description="the job's conversation as this console saw it: its turns, oldest first"
+    )
 
 
 class SubmitRequest(BaseModel):
@@ -154,6 +168,9 @@ class SubmitRequest(BaseModel):
     max_cost: float | None = Field(default=None, ge=0)
     deadline_s: float | None = Field(default=None, gt=0)
     options: dict[str, Any] = Field(default_factory=dict, description="JobOptions JSON overrides")
+    conversation_id: str | None = Field(
+        default=None, max_length=128, description="continue this conversation (a follow-up from a job's page)"
+    )
 
 
 class Submitted(BaseModel):

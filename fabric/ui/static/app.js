@@ -327,18 +327,36 @@ async function refreshJobNow() {
   const canCancel = state.health?.allow_submit && !finished;
   box.innerHTML = `<h2>Job ${esc(s.job_id)} <span class="badge ${esc(s.state)}" data-testid="jobstate">${esc(s.state)}</span>
       ${canCancel ? `<button class="danger" id="cancel">${s.cancel_requested ? "Cancel sent" : "Cancel"}</button>` : ""}</h2>
-    <p>${esc(s.question || "(question not seen by this console)")}</p>
+    <p>${esc(s.question || "(question not seen by this console)")}</p>${threadBlock(d)}
     ${s.error ? errorBox(s.error) : ""}${d.failure_reason ? errorBox(`${s.state}: ${d.failure_reason}`) : ""}
     <div class="muted">phase ${esc(s.phase || "–")} · ${s.events} events · ${s.tokens} tokens · cost ${num(s.cost, 4)}</div>
     <h3>DAG</h3>${d.plan_note ? `<p class="muted" data-testid="plan-note">${esc(d.plan_note)}</p>` : ""}${d.nodes.length || !finished ? dagSvg(d) : "<p class='muted'>none: the job ended before it had a plan</p>"}
     <h3>Nodes</h3><div class="cards">${d.nodes.map(nodeCard).join("") || `<p class='muted'>${finished ? "none" : "no plan yet"}</p>`}</div>
     <h3>Synthesis</h3>${d.answer ? `<div class="card" data-testid="answer"><div class="muted">${esc(d.synthesis.mode || d.usage.synth_mode || "")}</div><pre>${esc(d.answer)}</pre></div>` : `<p class='muted'>${finished ? "none" : "not yet"}</p>`}
+    ${state.health?.allow_submit && finished ? `<form class="grid" id="followup"><label class="wide">follow-up in this conversation<textarea name="question" placeholder="and for a child?"></textarea></label><div><button type="submit">Ask</button></div></form><div id="followuperror"></div>` : ""}
     <h3>Usage and timings</h3>${usageBlock(d)}${timelineSvg(d)}`;
+  const follow = document.getElementById("followup");
+  if (follow) follow.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const body = { question: follow.question.value, conversation_id: s.conversation_id || s.job_id };
+    try {
+      const res = await api("/api/jobs", { method: "POST", body: JSON.stringify(body) });
+      location.hash = `#/jobs/${encodeURIComponent(res.job_id)}`;
+    } catch (err) { document.getElementById("followuperror").innerHTML = errorBox(err.message); }
+  });
   const btn = document.getElementById("cancel");
   if (btn) btn.addEventListener("click", async () => {
     try { await api(`/api/jobs/${encodeURIComponent(s.job_id)}/cancel`, { method: "POST" }); refreshJob(); }
     catch (err) { box.insertAdjacentHTML("afterbegin", errorBox(err.message)); }
   });
+}
+function threadBlock(d) {
+  if (!d.thread || d.thread.length < 2) return "";
+  const here = d.summary.job_id;
+  return `<h3>Conversation <span class="muted">${esc(d.summary.conversation_id || "")}</span></h3>
+    <ol class="thread" data-testid="thread">${d.thread.map((t) => `<li class="${t.job_id === here ? "here" : ""}">
+      <a href="#/jobs/${encodeURIComponent(t.job_id)}">${esc(t.question || t.job_id)}</a> <span class="badge ${esc(t.state)}">${esc(t.state)}</span>
+      ${t.answer ? `<div class="muted">${esc(t.answer)}</div>` : ""}</li>`).join("")}</ol>`;
 }
 function layers(d) {
   const depth = new Map(), byId = new Map(d.nodes.map((n) => [n.node_id, n]));
