@@ -41,7 +41,14 @@ from router.learning import LearningConfig
 
 ASSIGNED = 3
 NOISE = 0.1
-GRID = [(k, w, p) for k in (1, 8, 32) for w in (0.5, 0.8, 1.0) for p in (1.0, 2.0, 4.0)]
+#: (reservoir, local evidence θ, weight, prior): a centroid, or the 8 latest kept subtasks with
+#: global or local evidence
+GRID = [(k, theta, w, p) for k, theta in ((1, 0.0), (8, 0.0), (8, 0.6), (8, 0.75))
+        for w in (0.5, 0.8, 1.0) for p in (0.5, 1.0, 2.0, 4.0)]
+
+
+def name(k: int, theta: float, weight: float, prior: float) -> str:
+    return f"k{k}_local{theta}_w{weight}_p{prior}"
 
 
 def key(fn: dict[str, Any]) -> tuple[str, str]:
@@ -130,23 +137,24 @@ def main() -> int:
         fed, questions, qvecs = stream(DEV, embedder, args.seed)
         static = summary(replay(fed, questions, qvecs, learn=False, config=config))
         grid: dict[str, dict[str, float]] = {}
-        for k, weight, prior in GRID:
-            cfg = LearningConfig(weight=weight, prior=prior, reservoir=k)
+        for k, theta, weight, prior in GRID:
+            cfg = LearningConfig(weight=weight, prior=prior, reservoir=k, local=theta)
             clean = summary(replay(fed, questions, qvecs, learn=True, config=cfg, seed=args.seed))
             noisy = summary(replay(fed, questions, qvecs, learn=True, config=cfg, noise=NOISE, seed=args.seed))
-            grid[f"k{k}_w{weight}_p{prior}"] = row = {
+            grid[name(k, theta, weight, prior)] = row = {
                 "gain": round(clean["served_hit1_last20"] - static["served_hit1_last20"], 4),
                 "noisy_vs_static": round(noisy["hit1"] - static["hit1"], 4),
             }
-            progress(f"dev reservoir {k} weight {weight} prior {prior}: {row}")
+            progress(f"dev {name(k, theta, weight, prior)}: {row}")
         # the largest gain on already-served agents whose noisy stream is no worse than static overall
-        safe = [c for c in GRID if grid[f"k{c[0]}_w{c[1]}_p{c[2]}"]["noisy_vs_static"] >= 0] or GRID
-        best = max(safe, key=lambda c: grid[f"k{c[0]}_w{c[1]}_p{c[2]}"]["gain"])
-        config = LearningConfig(weight=best[1], prior=best[2], reservoir=best[0])
+        safe = [c for c in GRID if grid[name(*c)]["noisy_vs_static"] >= 0] or GRID
+        best = max(safe, key=lambda c: (grid[name(*c)]["gain"], grid[name(*c)]["noisy_vs_static"]))
+        config = LearningConfig(reservoir=best[0], local=best[1], weight=best[2], prior=best[3])
         result["fit"] = {"on": "dev stream: max learning_gain with noisy hit@1 >= static", "grid": grid,
-                         "chosen": {"reservoir": best[0], "weight": best[1], "prior": best[2]}}
+                         "chosen": {"reservoir": best[0], "local": best[1], "weight": best[2], "prior": best[3]}}
         result["dev"] = evaluate(fed, questions, qvecs, config, args.seed)
-    result["config"] = {"reservoir": config.reservoir, "weight": config.weight, "prior": config.prior,
+    result["config"] = {"reservoir": config.reservoir, "local": config.local, "weight": config.weight,
+                        "prior": config.prior,
                         "decay": config.decay,
                         "unlearn": config.unlearn, "max_per_minute": config.max_per_minute}
     fed, questions, qvecs = stream(LIVE, embedder, args.seed)

@@ -42,6 +42,10 @@ class LearningConfig:
     max_per_minute: int = 30  # outcomes one agent takes per minute
     # 1 = one decayed centroid per agent; K > 1 = the K latest kept subtasks, scored by the best
     reservoir: int = 1
+    # > 0 (with a reservoir): the evidence is local, Σ over the kept subtasks of
+    # clip((cos − local) / (1 − local), 0, 1), scaled down by unlearning: a near-duplicate of a
+    # subtask the agent was kept for counts fully, an unrelated one not at all
+    local: float = 0.0
 
 
 @dataclass
@@ -139,8 +143,14 @@ class LearnedViews:
         sel = np.flatnonzero(slots >= 0)
         if len(sel):
             s = slots[sel]
-            cos[sel] = (self.pool[s] @ np.asarray(qvec, dtype=np.float32)).max(axis=1)
+            each = self.pool[s] @ np.asarray(qvec, dtype=np.float32)  # (agents, K)
+            cos[sel] = each.max(axis=1)
             support[sel] = self.support[s]
+            theta = self.config.local
+            if theta > 0 and self.k > 1:
+                filled = np.maximum((np.abs(self.pool[s]).sum(axis=2) > 0).sum(axis=1), 1)
+                kernel = np.clip((each - theta) / (1.0 - theta), 0.0, 1.0).sum(axis=1)
+                support[sel] = kernel * np.minimum(1.0, self.support[s] / filled)
         return cos, support
 
     def lift(self, sim: np.ndarray, cos: np.ndarray, support: np.ndarray) -> np.ndarray:
