@@ -81,6 +81,10 @@ FEATURES: dict[str, FeatureFn] = {
     "sim": lambda t: float(t.factors.get("sim", 0.0)),
     "lexical": lambda t: float(t.factors.get("lexical", 1.0)),
     "spec": lambda t: float(t.factors.get("spec", 1.0)),
+    # available to a model, not in the default one (not measured yet; the probes a router
+    # calibrates on carry no outcomes, so a learned feature fitted on them would get weight 0)
+    "view": lambda t: float(t.factors.get("view", 0.0)),
+    "learned_support": lambda t: float(t.factors.get("learned_support", 0.0)),
 }
 # the features that move with the best α, as functions of (best, second): `alpha_flip` varies
 # only these (every other feature is computed once per query)
