@@ -15,7 +15,7 @@ A layer within ~2 µs of zero is zero within the noise. How each layer is obtain
 - publish: `Bus.publish` on a transport that sends nowhere, minus `to_json` (counted in encode).
 - decode: the JSON parse alone (`pydantic_core.from_json`, the parser pydantic runs inside).
 - validate: what the bus calls to turn bytes into a typed envelope (request: `decode_any` in
-  the inbox subscription; result: what the reply subscription decodes, then `typed` in
+  the inbox subscription; result: `decode_known` in the reply subscription, then `typed` in
   `Bus.request`), minus decode.
 - receive: `Bus._on_message` with the same subscription filter but a plain no-op handler,
   minus the decoding it calls (topic matching, de-dup bookkeeping, ack, `Incoming`).
@@ -65,7 +65,7 @@ from benchmarks.bus_rtt import _nodelay, raw_pair
 from fabric import topics
 from fabric.broker import Mosquitto
 from fabric.bus import BrokerAddress, Bus, Incoming
-from fabric.envelope import Envelope, decode, decode_any, make, new_id, new_traceparent, typed
+from fabric.envelope import Envelope, decode_any, decode_known, make, new_id, new_traceparent, typed
 from fabric.messages import TaskRequest, TaskResult, Usage
 from fabric.settings import Settings
 from fabric.tasks import DraftInput
@@ -218,8 +218,11 @@ async def bus_layers(n: int) -> dict[str, dict[str, float]]:
     rq["decode"] = us_per(n, lambda: [pydantic_core.from_json(b) for b in req_bytes])
     rs["decode"] = us_per(n, lambda: [pydantic_core.from_json(b) for b in res_bytes])
     prep_req = us_per(n, lambda: [decode_any(b, kinds) for b in req_bytes])
-    prep_res = us_per(n, lambda: [decode(b) for b in res_bytes])
-    raws = [decode(b) for b in res_bytes]
+    requester = await null_bus(CLIENT)
+    replies = requester._reply_types  # the reply topic's typed kinds, as request(expect=TaskResult) records them
+    replies[TaskResult.KIND] = TaskResult
+    prep_res = us_per(n, lambda: [decode_known(b, replies) for b in res_bytes])
+    raws = [decode_known(b, replies) for b in res_bytes]
     typed_res = us_per(n, lambda: [typed(r, TaskResult) for r in raws])
     rq["validate"] = prep_req - rq["decode"]
     rs["validate"] = prep_res + typed_res - rs["decode"]
@@ -232,7 +235,9 @@ async def bus_layers(n: int) -> dict[str, dict[str, float]]:
 
     plain = await null_bus("bench-plain")
     await plain.subscribe(INBOX, noop, body_types=TaskRequest)
-    await plain.subscribe(REPLIES + "/plain", noop, body_types=None)  # the reply topic's twin
+    await plain.subscribe(REPLIES + "/plain", noop, body_types=None)  # the reply topic's twin:
+    for sub in plain._exact[REPLIES + "/plain"]:
+        sub.known = replies  # decoded as the reply topic is
     plain_res = [MemoryMessage(REPLIES + "/plain", m.payload, 1, False, m.mid) for m in res_msgs]
     e1_req = us_per(n, functools.partial(deliver, plain, req_msgs))
     e1_res = us_per(n, functools.partial(deliver, plain, plain_res))
@@ -252,7 +257,6 @@ async def bus_layers(n: int) -> dict[str, dict[str, float]]:
             await asyncio.sleep(0)
 
     rq["dispatch"] = await aus_per(n, deliver_tasks) - e1_req
-    requester = await null_bus(CLIENT)
     loop = asyncio.get_running_loop()
     for e in reqs:  # the requests these results answer are waiting, as in Bus.request
         requester._pending_requests[e.id] = loop.create_future()
