@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import socket
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +41,12 @@ def _nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
-    """Two paho clients on their own network threads, a QoS 1 ping and a QoS 1 pong."""
+@contextlib.contextmanager
+def raw_pair(
+    addr: BrokerAddress, ping_payload: bytes, pong_payload: bytes | None = None
+) -> Iterator[Callable[[], None]]:
+    """Two bare paho clients on their own network threads; yields `ping()`: a QoS 1 ping and the
+    QoS 1 pong back (`pong_payload`, else the ping's bytes), raising if the pong is lost."""
     got = threading.Event()
 
     def make(cid: str) -> mqtt.Client:
@@ -53,26 +59,38 @@ def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
     server, client = make("raw-server"), make("raw-client")
 
     def pong(c: mqtt.Client, u: Any, m: mqtt.MQTTMessage) -> None:
-        c.publish("bench/raw/pong", m.payload, qos=1)
+        c.publish("bench/raw/pong", pong_payload or m.payload, qos=1)
 
     server.on_message = pong
     client.on_message = lambda c, u, m: got.set()
     server.subscribe("bench/raw/ping", qos=1)
     client.subscribe("bench/raw/pong", qos=1)
     time.sleep(0.3)
-    payload = TaskRequest(task_id="x", task_kind="ping", agent_id="a").model_dump_json().encode()
-    out = []
-    for i in range(n + warmup):
+
+    def ping() -> None:
         got.clear()
-        t = time.perf_counter()
-        client.publish("bench/raw/ping", payload, qos=1)
+        client.publish("bench/raw/ping", ping_payload, qos=1)
         if not got.wait(5):
             raise RuntimeError("raw paho ping lost")
-        if i >= warmup:
-            out.append((time.perf_counter() - t) * 1000)
-    for c in (server, client):
-        c.loop_stop()
-        c.disconnect()
+
+    try:
+        yield ping
+    finally:
+        for c in (server, client):
+            c.loop_stop()
+            c.disconnect()
+
+
+def raw_paho(addr: BrokerAddress, n: int, warmup: int) -> list[float]:
+    """Two paho clients on their own network threads, a QoS 1 ping and a QoS 1 pong."""
+    payload = TaskRequest(task_id="x", task_kind="ping", agent_id="a").model_dump_json().encode()
+    out = []
+    with raw_pair(addr, payload) as ping:
+        for i in range(n + warmup):
+            t = time.perf_counter()
+            ping()
+            if i >= warmup:
+                out.append((time.perf_counter() - t) * 1000)
     return out
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric import topics
-from fabric.envelope import Body, Envelope, MessageError, decode, decode_any, make, typed
+from fabric.envelope import Body, Envelope, MessageError, decode, decode_any, decode_known, make, typed
 from fabric.messages import ErrorReply
 from fabric.settings import Settings
 from fabric.transports import transport_for
@@ -93,6 +93,7 @@ class _Subscription:
     durable: bool
     accept_empty: bool
     inline: bool  # a plain function: called from the read loop, no task
+    known: dict[str, type[Body]] | None = None  # kinds decoded typed in one pass (the reply topic's)
 
 
 @dataclass
@@ -165,6 +166,9 @@ class Bus:
         self._exact: dict[str, list[_Subscription]] = {}
         self._wild: list[tuple[tuple[str, ...], _Subscription]] = []
         self._pending_requests: dict[str, asyncio.Future[Incoming]] = {}
+        # the kinds this client's requests expect back: its replies of these kinds are validated in
+        # one pass from the bytes, not as an untyped envelope and then the body again in request()
+        self._reply_types: dict[str, type[Body]] = {}
         self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self._closing = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -199,6 +203,8 @@ class Bus:
         )
         await self.transport.connect(options, _Events(self), timeout or self.settings.request_timeout_s)
         await self.subscribe(self.reply_topic, self._on_reply, body_types=None, qos=1)
+        for sub in self._exact.get(self.reply_topic, []):
+            sub.known = self._reply_types
 
     async def close(self, *, clean: bool = True) -> None:
         """Disconnect. `clean=True` sends DISCONNECT (no last-will) and ends the broker session, so
@@ -413,7 +419,12 @@ class Bus:
             self._reject("empty", topic, "empty payload")
             return None
         try:
-            env = decode_any(payload, sub.body_types) if sub.body_types else decode(payload)
+            if sub.body_types:
+                env = decode_any(payload, sub.body_types)
+            elif sub.known is not None:
+                env = decode_known(payload, sub.known)
+            else:
+                env = decode(payload)
         except MessageError as exc:
             self._reject("malformed", topic, str(exc))
             return None
@@ -480,6 +491,9 @@ class Bus:
     ) -> Envelope[Any]:
         """Send `body` to `topic` and wait for the reply on this client's reply topic."""
         assert self._loop is not None
+        types = {expect.KIND: expect} if isinstance(expect, type) else expect
+        if types:
+            self._reply_types.update(types)
         env = make(body, reply_to=self.reply_topic, sender=self.client_id, job_id=job_id, traceparent=traceparent)
         env.correlation_id = env.id
         fut: asyncio.Future[Incoming] = self._loop.create_future()
@@ -508,9 +522,8 @@ class Bus:
         if reply.kind == ErrorReply.KIND:
             err = ErrorReply.model_validate(reply.body)
             raise RemoteError(err.code, err.message)
-        if expect is None:
-            return reply
-        types = {expect.KIND: expect} if isinstance(expect, type) else expect
+        if types is None:  # the body as a dict, as documented, even of a kind another request typed
+            return reply if isinstance(reply.body, dict) else decode(incoming.payload)
         body_type = types.get(reply.kind)
         if body_type is None:
             raise BusError(f"unexpected reply kind {reply.kind!r} to {body.KIND}")

@@ -12,9 +12,9 @@ import pytest
 
 from fabric import topics
 from fabric.broker import Mosquitto
-from fabric.bus import Bus, BusError, Incoming, PayloadTooLarge, RequestTimeout
+from fabric.bus import Bus, BusError, Incoming, PayloadTooLarge, RemoteError, RequestTimeout
 from fabric.envelope import make
-from fabric.messages import AgentStatus, TaskRequest, TaskResult
+from fabric.messages import AgentStatus, ErrorReply, TaskRequest, TaskResult
 from fabric.settings import Settings
 from tests.conftest import make_settings
 from tests.fabric_helpers import body, envelope, eventually
@@ -125,6 +125,35 @@ def test_duplicate_envelopes_are_dropped(memory_settings: Settings) -> None:
             await eventually(lambda: len(got) == 2)
             await asyncio.sleep(0.2)
             assert len(got) == 2 and dst.stats.duplicates == 2
+
+    asyncio.run(main())
+
+
+def test_replies_are_typed_as_expected_and_untyped_without_expect(memory_settings: Settings) -> None:
+    """A client's replies of a kind it asked for are validated in one pass; a request without
+    `expect` still gets the body as a dict, and an error reply still raises."""
+
+    async def main() -> None:
+        async with Bus(memory_settings, "srv") as srv, Bus(memory_settings, "cli") as cli:
+
+            async def serve(msg: Incoming) -> None:
+                task = body(msg)
+                if task.task_kind == "fail":
+                    await srv.reply(envelope(msg), ErrorReply(code="unsupported", message="no such kind"))
+                else:
+                    await srv.reply(envelope(msg), TaskResult(task_id=task.task_id, agent_id="x", output={"n": 1}))
+
+            await srv.subscribe(topics.agent_tasks("x"), serve, body_types=TaskRequest)
+            ask = topics.agent_tasks("x")
+            typed_reply = await cli.request(
+                ask, TaskRequest(task_id="t1", task_kind="k", agent_id="x"), expect=TaskResult
+            )
+            assert isinstance(typed_reply.body, TaskResult) and typed_reply.body.output == {"n": 1}
+            plain = await cli.request(ask, TaskRequest(task_id="t2", task_kind="k", agent_id="x"))
+            assert plain.kind == "task_result" and plain.body["task_id"] == "t2"
+            with pytest.raises(RemoteError, match="unsupported: no such kind"):
+                await cli.request(ask, TaskRequest(task_id="t3", task_kind="fail", agent_id="x"), expect=TaskResult)
+            assert cli.stats.rejected_total == 0
 
     asyncio.run(main())
 

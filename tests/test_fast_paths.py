@@ -8,6 +8,7 @@ turn (never long) — each against the real thing.
 from __future__ import annotations
 
 import asyncio
+import json
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -21,8 +22,8 @@ from paho.mqtt.properties import MQTTException, Properties
 from fabric import topics
 from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher
-from fabric.envelope import MessageError, decode_any, make
-from fabric.messages import AgentStatus, JobEvent, JobResult, JobSubmit, Reputation
+from fabric.envelope import Body, MessageError, decode_any, decode_known, kind_of, make, typed
+from fabric.messages import AgentStatus, ErrorReply, JobEvent, JobResult, JobSubmit, Reputation, TaskResult
 from fabric.orchestrator.store import GROUP_COMMIT_S, JobStore
 from fabric.transports import paho_speedups
 from fabric.transports.paho import PahoTransport, PublishProperties, install_paho_speedups
@@ -80,6 +81,28 @@ def test_one_pass_decoding_agrees_with_two_stage_and_still_explains_errors() -> 
     bad_body = env.to_json().replace(b'"online"', b'"sleepy"')
     with pytest.raises(MessageError, match="status"):
         decode_any(bad_body, {AgentStatus.KIND: AgentStatus})
+
+
+def test_replies_of_an_expected_kind_decode_in_one_pass_and_others_as_before() -> None:
+    known: dict[str, type[Body]] = {TaskResult.KIND: TaskResult}
+    env = make(TaskResult(task_id="t", agent_id="a", output={"x": 1}), correlation_id="c1")
+    payload = env.to_json()
+    assert kind_of(payload) == "task_result"
+    fast = decode_known(payload, known)
+    assert isinstance(fast.body, TaskResult) and fast == decode_any(payload, known)
+    assert typed(fast, TaskResult) is fast  # Bus.request's typing has nothing left to do
+    # another layout (a foreign encoder's key order and spacing) is not sniffed: two-stage, same result
+    data = json.loads(payload)
+    foreign = json.dumps({"body": data.pop("body"), **data}, indent=1).encode()
+    slow = decode_known(foreign, known)
+    assert kind_of(foreign) is None and isinstance(slow.body, dict) and typed(slow, TaskResult) == fast
+    # kinds nobody waits for stay untyped, as from decode()
+    error = decode_known(make(ErrorReply(code="busy", message="later")).to_json(), known)
+    assert error.kind == "error" and error.body == {"code": "busy", "message": "later"}
+    # a bad body of a known kind still arrives; typing it says what is wrong
+    bad = decode_known(payload.replace(b'"ok":true', b'"ok":"perhaps"'), known)
+    with pytest.raises(MessageError, match="invalid task_result body: ok"):
+        typed(bad, TaskResult)
 
 
 def test_inline_handlers_run_in_order_and_unawaited_publishes_leave_no_state(mosquitto, tmp_path) -> None:
