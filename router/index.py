@@ -609,7 +609,7 @@ class CapabilityIndex:
 
     def learn(self, outcome: NodeOutcome, now: float | None = None) -> list[str]:
         """Fold a node outcome into the learned views (router/learning.py); the agents it moved."""
-        changed = self.learned.observe(outcome, now)
+        changed = self.learned.observe(outcome, now, known=self.rows)
         for agent_id in changed:
             row, slot = self.rows.get(agent_id), self.learned.slot(agent_id)
             if row is not None and slot is not None:

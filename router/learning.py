@@ -1,29 +1,37 @@
 """Learned views: what each agent has been seen to do well, from the orchestrators' node outcomes.
 
-An agent's description says what it claims; the subtasks it answered well say what it does.
-For every agent whose answer a completed job kept, the router folds the subtask's embedding into
-a decayed centroid (its learned view) and counts the evidence (its support). α's similarity
-moves toward the learned view's cosine by at most `weight · n / (n + prior)` of the gap
+An agent's description says what it claims; the subtasks it answered well say what it does
+(Tool2Vec's point: tools described by the queries they served route better). For every agent
+whose answer a completed job kept, the router keeps the subtask's embedding: the 8 latest per
+agent (a reservoir; `reservoir=1` is a decayed centroid instead). For a task, ℓ is the best
+cosine between it and those subtasks, and the evidence n is how many of them are nearer to the
+task than the agent's own description is (each counted by how much nearer, scaled down by
+unlearning). α's similarity moves toward ℓ by `weight · n / (n + prior)` of the gap
 (router/scoring.py `learned_lift`), so:
 
-- evidence is needed: one outcome (n = 1, prior 4) moves sim by at most a tenth of the gap;
+- evidence is needed, and it must be about this task: subtasks the agent was kept for that are
+  no closer to the task than its description add nothing; one near-identical one gives at most
+  weight · 1/(1 + 0.5) = 2/3 of the gap;
 - it only lifts: a learned view never lowers an agent below what its description earns;
-- it is bounded: sim moves at most `weight` of the way to the learned cosine, never past it;
+- it is bounded: sim moves at most `weight` of the way to ℓ, never past it;
 - it is paced: an agent takes at most `max_per_minute` outcomes a minute (the rest are counted
   and dropped), so a burst of forged or replayed outcomes cannot move it far;
 - it can be unlearned: an agent assigned but not kept loses support in proportion to how close
   the subtask was to its learned view (wrong feedback decays instead of accumulating).
 
 State is keyed by agent id, not index row: an agent that leaves and comes back keeps what it
-learned, and an outcome may arrive before the agent's VCV. It is saved with the index snapshot.
+learned. Only agents the router knows get a learned view (an outcome naming unknown ids cannot
+grow the state without bound). It is saved with the index snapshot.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Container
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -32,20 +40,26 @@ from fabric.messages import NodeOutcome
 
 @dataclass
 class LearningConfig:
-    """Chosen with benchmarks/routing_learning.py (see its docstring for the runs)."""
+    """Chosen on BFCL's dev stream by `benchmarks/routing_learning.py --fit` (docs/architecture.md
+    §8 has the runs): the 8 latest kept subtasks, evidence = those nearer to the task than the
+    agent's description, weight 1, prior 0.5."""
 
-    weight: float = 0.5  # the most of the gap to the learned cosine that sim may close
-    prior: float = 4.0  # support at which an agent gets half of `weight`
+    weight: float = 1.0  # the most of the gap to the learned cosine that sim may close
+    prior: float = 0.5  # evidence at which an agent gets half of `weight`
     decay: float = 0.97  # per outcome: old evidence's share of the centroid and the support
     max_support: float = 50.0  # evidence saturates: old habits can still be unlearned
     unlearn: float = 0.5  # an assigned agent not kept loses this share of support · cos(subtask, view)
     max_per_minute: int = 30  # outcomes one agent takes per minute
     # 1 = one decayed centroid per agent; K > 1 = the K latest kept subtasks, scored by the best
-    reservoir: int = 1
-    # > 0 (with a reservoir): the evidence is local, Σ over the kept subtasks of
-    # clip((cos − local) / (1 − local), 0, 1), scaled down by unlearning: a near-duplicate of a
-    # subtask the agent was kept for counts fully, an unrelated one not at all
-    local: float = 0.0
+    reservoir: int = 8
+    # what counts as evidence n for a task (with a reservoir; a centroid always counts outcomes):
+    # "count" = every outcome kept (decayed); "near" = Σ over the kept subtasks of
+    # clip((cos − near) / (1 − near), 0, 1); "nearer" = the same with the agent's own similarity
+    # before learning as the floor (only kept subtasks closer to the task than its description
+    # count). "near"/"nearer" are scaled down by unlearning; a near-duplicate of a kept subtask
+    # counts fully, an unrelated one not at all, so one wrong outcome lifts little elsewhere
+    evidence: Literal["count", "near", "nearer"] = "nearer"
+    near: float = 0.75
 
 
 @dataclass
@@ -97,8 +111,10 @@ class LearnedViews:
         recent.append(now)
         return True
 
-    def observe(self, outcome: NodeOutcome, now: float | None = None) -> list[str]:
-        """Fold one node outcome in; returns the agents whose learned view changed."""
+    def observe(self, outcome: NodeOutcome, now: float | None = None,
+                known: Container[str] | None = None) -> list[str]:
+        """Fold one node outcome in; returns the agents whose learned view changed. `known`: the
+        agent ids that may get a learned view (the index's agents)."""
         if not outcome.completed:
             self.stats.not_completed += 1
             return []
@@ -111,7 +127,7 @@ class LearnedViews:
         now = time.monotonic() if now is None else now
         cfg = self.config
         changed = []
-        kept = set(outcome.kept)
+        kept = {a for a in outcome.kept if known is None or a in known}
         for agent_id in kept:
             if not self._paced(agent_id, now):
                 continue
@@ -136,8 +152,10 @@ class LearnedViews:
         self.stats.applied += 1
         return changed
 
-    def similarity(self, slots: np.ndarray, qvec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(cosine to the learned view, support) for slots (-1 = none: 0 and 0)."""
+    def similarity(self, slots: np.ndarray, qvec: np.ndarray,
+                   sim: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(cosine to the learned view, support) for slots (-1 = none: 0 and 0); `sim`: the
+        agents' similarity before learning (the floor of the relative local evidence)."""
         cos = np.zeros(len(slots), dtype=np.float32)
         support = np.zeros(len(slots), dtype=np.float32)
         sel = np.flatnonzero(slots >= 0)
@@ -146,10 +164,14 @@ class LearnedViews:
             each = self.pool[s] @ np.asarray(qvec, dtype=np.float32)  # (agents, K)
             cos[sel] = each.max(axis=1)
             support[sel] = self.support[s]
-            theta = self.config.local
-            if theta > 0 and self.k > 1:
+            cfg = self.config
+            if cfg.evidence != "count" and self.k > 1:
                 filled = np.maximum((np.abs(self.pool[s]).sum(axis=2) > 0).sum(axis=1), 1)
-                kernel = np.clip((each - theta) / (1.0 - theta), 0.0, 1.0).sum(axis=1)
+                if cfg.evidence == "nearer" and sim is not None:
+                    floor = np.clip(sim[sel], 0.0, 0.99)[:, None]
+                else:
+                    floor = np.full((len(sel), 1), min(cfg.near, 0.99), dtype=np.float32)
+                kernel = np.clip((each - floor) / (1.0 - floor), 0.0, 1.0).sum(axis=1)
                 support[sel] = kernel * np.minimum(1.0, self.support[s] / filled)
         return cos, support
 

@@ -178,7 +178,7 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     if len(ctx.exclude_rows):
         eligible &= ~np.isin(rows, ctx.exclude_rows)
     fused, view = view_similarity(index, rows, ctx.qvec, sims)
-    learned, support = index.learned.similarity(t.learned[rows].astype(np.int64) - 1, ctx.qvec)
+    learned, support = index.learned.similarity(t.learned[rows].astype(np.int64) - 1, ctx.qvec, fused)
     lift = index.learned.lift(fused, learned, support)
     sim = np.clip(fused + lift, 0.0, 1.0)
     lex = index.lexical.scores(ctx.lexical, rows)

@@ -81,6 +81,10 @@ def test_a_learned_view_moves_with_evidence_is_bounded_paced_and_unlearned(embed
     assert index.learned.stats.rate_limited == limited + 3
     assert index.learned.of("recipes") is not None
 
+    # an agent the router does not know gets no learned view (the state cannot grow without bound)
+    assert index.learn(outcome(embedder, SIMILAR[0], ["ghost"]), now=150.0) == []
+    assert index.learned.of("ghost") is None
+
     # a job that did not complete teaches nothing
     assert index.learn(outcome(embedder, SIMILAR[0], ["poetry"], completed=False), now=200.0) == []
     assert index.learned.of("poetry") is None
@@ -95,13 +99,26 @@ def test_a_learned_view_cannot_lift_a_vague_agent_over_a_well_described_one_with
     index = build(embedder)
     vec = embedder.embed([TASK])[0]
     engine = RouterEngine(index)
-    first = engine.route(RouteQuery(text=TASK, top_k=5, abstain=False), vec).response.matches
+
+    def route() -> list:
+        return engine.route(RouteQuery(text=TASK, top_k=5, abstain=False), vec).response.matches
+
+    first = route()
     assert first[0].agent_id in ("travel", "clinic")
     other = "poetry"  # nothing about travel or health in its description
-    index.learn(outcome(embedder, TASK, [other]), now=0.0)  # one outcome of exactly this task
-    after = engine.route(RouteQuery(text=TASK, top_k=5, abstain=False), vec).response.matches
+    # evidence about other tasks is (almost) no evidence for this one: the ranking stands
+    for i, text in enumerate(["Write a haiku about the sea", "A limerick about a cat", "A sonnet on autumn"]):
+        index.learn(outcome(embedder, text, [other]), now=float(i))
+    after = route()
     assert after[0].agent_id == first[0].agent_id
-    assert next(m for m in after if m.agent_id == other).factors["learned_lift"] > 0
+    assert next(m for m in after if m.agent_id == other).factors["learned_lift"] < 0.02
+    # one outcome of exactly this task is evidence: a lift, bounded by weight · n/(n + prior) of the gap
+    index.learn(outcome(embedder, TASK, [other]), now=10.0)
+    poetry = next(m for m in route() if m.agent_id == other).factors
+    cfg = index.learned.config
+    n = poetry["learned_support"]
+    assert 0.9 < n < 1.1  # the exact task counts fully; the haiku barely
+    assert 0 < poetry["learned_lift"] <= cfg.weight * n / (n + cfg.prior) * (1.0 - poetry["description"]) + 1e-5
 
 
 def test_learned_views_survive_a_snapshot_and_an_agent_leaving_and_coming_back(embedder, tmp_path: Path) -> None:
