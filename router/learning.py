@@ -37,6 +37,12 @@ import numpy as np
 
 from fabric.messages import NodeOutcome
 
+SCALE = 127.0  # int8 storage of unit vectors, as the router's views and spec embeddings
+
+
+def quantise(vec: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(vec) * SCALE), -127, 127).astype(np.int8)
+
 
 @dataclass
 class LearningConfig:
@@ -81,7 +87,7 @@ class LearnedViews:
     _recent: dict[str, collections.deque[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pool = np.zeros((0, self.k, self.dim), dtype=np.float32)
+        self.pool = np.zeros((0, self.k, self.dim), dtype=np.int8)  # unit vectors × SCALE, like the views
         self.support = np.zeros(0, dtype=np.float32)
 
     @property
@@ -94,10 +100,10 @@ class LearnedViews:
             slot = self.slots[agent_id] = len(self.slots)
             if slot >= len(self.pool):
                 cap = max(64, 2 * len(self.pool))
-                pool, support = np.zeros((cap, self.k, self.dim), np.float32), np.zeros(cap, np.float32)
+                pool, support = np.zeros((cap, self.k, self.dim), np.int8), np.zeros(cap, np.float32)
                 pool[: len(self.pool)], support[: len(self.support)] = self.pool, self.support
                 self.pool, self.support = pool, support
-            self.pool[slot] = 0.0
+            self.pool[slot] = 0
             self.support[slot] = 0.0
         return slot
 
@@ -135,18 +141,18 @@ class LearnedViews:
             assert slot is not None
             n = float(self.support[slot]) * cfg.decay
             if self.k == 1:
-                centroid = n * self.pool[slot, 0] + vec
-                self.pool[slot, 0] = centroid / max(float(np.linalg.norm(centroid)), 1e-9)
+                centroid = n * self.vectors(slot)[0] + vec
+                self.pool[slot, 0] = quantise(centroid / max(float(np.linalg.norm(centroid)), 1e-9))
             else:  # the newest replaces the oldest
                 self.pool[slot] = np.roll(self.pool[slot], 1, axis=0)
-                self.pool[slot, 0] = vec
+                self.pool[slot, 0] = quantise(vec)
             self.support[slot] = min(n + 1.0, cfg.max_support)
             changed.append(agent_id)
         for agent_id in set(outcome.assigned) - kept:
             slot = self.slot(agent_id)
             if slot is None or not self._paced(agent_id, now):
                 continue
-            closeness = max(0.0, float((self.pool[slot] @ vec).max()))
+            closeness = max(0.0, float((self.vectors(slot) @ vec).max()))
             self.support[slot] *= 1.0 - cfg.unlearn * closeness
             changed.append(agent_id)
         self.stats.applied += 1
@@ -161,7 +167,7 @@ class LearnedViews:
         sel = np.flatnonzero(slots >= 0)
         if len(sel):
             s = slots[sel]
-            each = self.pool[s] @ np.asarray(qvec, dtype=np.float32)  # (agents, K)
+            each = (self.pool[s].astype(np.float32) @ np.asarray(qvec, dtype=np.float32)) / SCALE  # (agents, K)
             cos[sel] = each.max(axis=1)
             support[sel] = self.support[s]
             cfg = self.config
@@ -183,7 +189,11 @@ class LearnedViews:
 
     def of(self, agent_id: str) -> tuple[np.ndarray, float] | None:
         slot = self.slots.get(agent_id)
-        return None if slot is None else (self.pool[slot, 0].copy(), float(self.support[slot]))
+        return None if slot is None else (self.vectors(slot)[0], float(self.support[slot]))
+
+    def vectors(self, slot: int) -> np.ndarray:
+        """The slot's kept subtasks as float vectors (K, dim); empty entries are zero."""
+        return np.asarray(self.pool[slot].astype(np.float32) / SCALE)
 
     # ---- snapshot -------------------------------------------------------------------------
 
@@ -206,6 +216,7 @@ class LearnedViews:
             raise ValueError(f"learned views in {folder}: {pool.shape} for {len(ids)} agents of dimension {dim}")
         views = cls(dim, replace(config, reservoir=pool.shape[1]))  # as saved
         views.slots = {agent_id: i for i, agent_id in enumerate(ids)}
-        views.pool = np.array(pool, dtype=np.float32)
+        views.pool = np.array(pool, dtype=np.int8) if pool.dtype == np.int8 else np.stack(
+            [quantise(v) for v in pool.reshape(-1, dim)]).reshape(pool.shape)
         views.support = np.array(np.load(folder / "learned_support.npy"), dtype=np.float32)
         return views

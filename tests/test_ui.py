@@ -157,6 +157,10 @@ def test_route_playground_factors_gates_and_bad_input(mosquitto, tmp_path, embed
 
             off_topic = await until(calibrated, 30, "the router's self-calibrated abstention threshold")
             assert off_topic["abstained"] is True and off_topic["matches"] == [] and off_topic["threshold"] > 0
+            # the router's status: where its abstention came from, what it learned
+            status = (await http.get("/api/router")).json()
+            assert status["agents"] == len(SPECS) and status["abstention"]["kind"] == "model"
+            assert status["abstention"]["provenance"]["source"] and status["learning"]["agents"] >= 0
 
             empty = await http.post("/api/route", json={"text": "   "})
             assert empty.status_code == 422 and "the task is empty" in empty.json()["detail"]

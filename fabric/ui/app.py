@@ -88,6 +88,10 @@ def create_app(
     async def capability_map() -> CapabilityMap:
         return console.capability_map()
 
+    @app.get("/api/router")
+    async def router_status() -> dict[str, Any]:
+        return await console.router_status()
+
     @app.post("/api/route")
     async def route(request: RouteRequest) -> RouteView:
         return await console.route(request)

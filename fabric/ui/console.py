@@ -314,6 +314,17 @@ class Console:
 
     # ---- routing --------------------------------------------------------------------------
 
+    async def router_status(self) -> dict[str, Any]:
+        """One router replica's status (the abstention in force and its provenance, learning)."""
+        client = RouterClient(self._need_bus(), timeout=self.settings.request_timeout_s)
+        try:
+            status = await client.status()
+        except BusError as exc:  # RemoteError, RequestTimeout (no router)
+            raise ConsoleError(
+                502, f"the router could not answer: {exc}; is `foa router` (or `foa up`) running?"
+            ) from None
+        return status.model_dump(mode="json")
+
     async def route(self, request: RouteRequest) -> RouteView:
         """The router's ranking, plus the agents its gates removed: a second, ungated query names
         the agents that would have ranked, and their VCVs and matches say which gate each failed."""
