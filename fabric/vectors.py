@@ -124,6 +124,16 @@ Vector = Annotated[
 ]
 
 
+#: unit vectors stored as int8 (the router's spec embeddings, example views and learned views):
+#: component × 127, a quarter of float32's bytes
+INT8_SCALE = 127.0
+
+
+def to_int8(vec: np.ndarray) -> np.ndarray:
+    """Unit vector(s) as int8 at INT8_SCALE (any shape; clipped, rounded)."""
+    return np.clip(np.rint(np.asarray(vec) * INT8_SCALE), -127, 127).astype(np.int8)
+
+
 def l2_normalise(vec: np.ndarray) -> np.ndarray:
     vec = np.asarray(vec, dtype=np.float32)
     norm = float(np.linalg.norm(vec))

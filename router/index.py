@@ -52,6 +52,7 @@ from fabric.broker import die_with_parent
 from fabric.errors import ProtocolError
 from fabric.messages import NodeOutcome
 from fabric.vcv import VCV
+from fabric.vectors import INT8_SCALE, to_int8
 from router.learning import LearnedViews, LearningConfig
 from router.lexical import CompactionPlan, LexicalIndex, agent_text
 
@@ -59,7 +60,7 @@ SNAPSHOT_VERSION = 2  # 2: ids as a NUL-joined blob, pending (unflushed) vectors
 FREE = -2  # shard column: row is free
 PENDING = -1  # shard column: row's vector is in the upsert buffer
 MAX_POLICIES = 64
-SPEC_SCALE = 127.0
+SPEC_SCALE = INT8_SCALE
 #: vectors per locked add_items call of a background flush while queries wait for the shard:
 #: a query waits one chunk at most (~1 ms at 100k agents on 2 cores); the chunk doubles (up to
 #: 32x) while no query waits, since each add_items call starts its threads anew
@@ -215,7 +216,7 @@ class AgentTable:
     def set_views(self, row: int, views: np.ndarray) -> None:
         """An agent's views (float, unit rows) as int8: in place when they fit the old slot."""
         n = len(views)
-        q = np.clip(np.rint(views * SPEC_SCALE), -127, 127).astype(np.int8)
+        q = to_int8(views)
         if 0 < n <= int(self.view_len[row]):
             start = int(self.view_start[row])
         else:
@@ -546,7 +547,7 @@ class CapabilityIndex:
         t.context[row] = r.context_window
         t.concurrency[row] = r.max_concurrency
         t.vec_hash[row] = np.uint64(vhash)
-        t.spec[row] = np.clip(np.rint(vcv.spec_array() * SPEC_SCALE), -127, 127).astype(np.int8)
+        t.spec[row] = to_int8(vcv.spec_array())
         t.bloom[row] = np.frombuffer(bloom, dtype=np.uint8)
         t.set_skills(row, self._skill_ids(vcv.skills))
         t.set_views(row, vcv.views_array())

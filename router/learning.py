@@ -36,12 +36,7 @@ from typing import Literal
 import numpy as np
 
 from fabric.messages import NodeOutcome
-
-SCALE = 127.0  # int8 storage of unit vectors, as the router's views and spec embeddings
-
-
-def quantise(vec: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(np.asarray(vec) * SCALE), -127, 127).astype(np.int8)
+from fabric.vectors import INT8_SCALE, to_int8
 
 
 @dataclass
@@ -83,12 +78,14 @@ class LearnedViews:
     slots: dict[str, int] = field(default_factory=dict)
     pool: np.ndarray = field(init=False)
     support: np.ndarray = field(init=False)
+    filled: np.ndarray = field(init=False)  # kept subtasks stored per slot (≤ k)
     stats: LearnStats = field(default_factory=LearnStats)
     _recent: dict[str, collections.deque[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.pool = np.zeros((0, self.k, self.dim), dtype=np.int8)  # unit vectors × SCALE, like the views
+        self.pool = np.zeros((0, self.k, self.dim), dtype=np.int8)  # to_int8, like the views
         self.support = np.zeros(0, dtype=np.float32)
+        self.filled = np.zeros(0, dtype=np.int16)
 
     @property
     def k(self) -> int:
@@ -101,10 +98,13 @@ class LearnedViews:
             if slot >= len(self.pool):
                 cap = max(64, 2 * len(self.pool))
                 pool, support = np.zeros((cap, self.k, self.dim), np.int8), np.zeros(cap, np.float32)
+                filled = np.zeros(cap, np.int16)
                 pool[: len(self.pool)], support[: len(self.support)] = self.pool, self.support
-                self.pool, self.support = pool, support
+                filled[: len(self.filled)] = self.filled
+                self.pool, self.support, self.filled = pool, support, filled
             self.pool[slot] = 0
             self.support[slot] = 0.0
+            self.filled[slot] = 0
         return slot
 
     def _paced(self, agent_id: str, now: float) -> bool:
@@ -142,10 +142,11 @@ class LearnedViews:
             n = float(self.support[slot]) * cfg.decay
             if self.k == 1:
                 centroid = n * self.vectors(slot)[0] + vec
-                self.pool[slot, 0] = quantise(centroid / max(float(np.linalg.norm(centroid)), 1e-9))
+                self.pool[slot, 0] = to_int8(centroid / max(float(np.linalg.norm(centroid)), 1e-9))
             else:  # the newest replaces the oldest
                 self.pool[slot] = np.roll(self.pool[slot], 1, axis=0)
-                self.pool[slot, 0] = quantise(vec)
+                self.pool[slot, 0] = to_int8(vec)
+            self.filled[slot] = min(int(self.filled[slot]) + 1, self.k)
             self.support[slot] = min(n + 1.0, cfg.max_support)
             changed.append(agent_id)
         for agent_id in set(outcome.assigned) - kept:
@@ -167,12 +168,12 @@ class LearnedViews:
         sel = np.flatnonzero(slots >= 0)
         if len(sel):
             s = slots[sel]
-            each = (self.pool[s].astype(np.float32) @ np.asarray(qvec, dtype=np.float32)) / SCALE  # (agents, K)
+            each = (self.pool[s].astype(np.float32) @ np.asarray(qvec, dtype=np.float32)) / INT8_SCALE  # (agents, K)
             cos[sel] = each.max(axis=1)
             support[sel] = self.support[s]
             cfg = self.config
             if cfg.evidence != "count" and self.k > 1:
-                filled = np.maximum((np.abs(self.pool[s]).sum(axis=2) > 0).sum(axis=1), 1)
+                filled = np.maximum(self.filled[s], 1)
                 if cfg.evidence == "nearer" and sim is not None:
                     floor = np.clip(sim[sel], 0.0, 0.99)[:, None]
                 else:
@@ -193,7 +194,7 @@ class LearnedViews:
 
     def vectors(self, slot: int) -> np.ndarray:
         """The slot's kept subtasks as float vectors (K, dim); empty entries are zero."""
-        return np.asarray(self.pool[slot].astype(np.float32) / SCALE)
+        return np.asarray(self.pool[slot].astype(np.float32) / INT8_SCALE)
 
     # ---- snapshot -------------------------------------------------------------------------
 
@@ -216,7 +217,9 @@ class LearnedViews:
             raise ValueError(f"learned views in {folder}: {pool.shape} for {len(ids)} agents of dimension {dim}")
         views = cls(dim, replace(config, reservoir=pool.shape[1]))  # as saved
         views.slots = {agent_id: i for i, agent_id in enumerate(ids)}
-        views.pool = np.array(pool, dtype=np.int8) if pool.dtype == np.int8 else np.stack(
-            [quantise(v) for v in pool.reshape(-1, dim)]).reshape(pool.shape)
+        if pool.dtype != np.int8:
+            raise ValueError(f"learned views in {folder}: {pool.dtype}, expected int8")
+        views.pool = np.array(pool)
+        views.filled = (np.abs(pool.astype(np.int16)).sum(axis=2) > 0).sum(axis=1).astype(np.int16)  # as stored
         views.support = np.array(np.load(folder / "learned_support.npy"), dtype=np.float32)
         return views
