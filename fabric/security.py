@@ -18,6 +18,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -169,9 +170,34 @@ def sign_vcv(vcv: VCV, private_key: Ed25519PrivateKey) -> VCV:
     The public key is set first because it is part of the signed bytes: a signature cannot
     be moved to another key.
     """
-    keyed = vcv.model_copy(update={"public_key": public_key_b64(private_key), "signature": None})
+    return _signed(vcv, private_key)
+
+
+Signed = TypeVar("Signed", VCV, NodeOutcome)
+MISMATCH = "does not match its signature"
+
+
+def _signed(obj: Signed, private_key: Ed25519PrivateKey, **fields: str) -> Signed:
+    """`obj` with `fields`, the public key and a signature over `signing_bytes()` (which cover
+    the key and the fields, so a signature cannot be moved to another key or signer)."""
+    keyed = obj.model_copy(update={**fields, "public_key": public_key_b64(private_key), "signature": None})
     signature = private_key.sign(keyed.signing_bytes())
     return keyed.model_copy(update={"signature": base64.b64encode(signature).decode()})
+
+
+def _signature_problem(public_key: str, signature: str, data: bytes) -> str | None:
+    """None when `signature` (base64) over `data` verifies with `public_key` (base64 raw), else
+    why: an undecodable key or signature, or MISMATCH."""
+    try:
+        key = public_key_from_b64(public_key)
+        raw = base64.b64decode(signature, validate=True)
+    except (KeyFileError, binascii.Error, ValueError) as exc:
+        return str(exc)
+    try:
+        key.verify(raw, data)
+    except InvalidSignature:
+        return MISMATCH
+    return None
 
 
 def verify_signature(vcv: VCV) -> str | None:
@@ -179,16 +205,10 @@ def verify_signature(vcv: VCV) -> str | None:
     if not vcv.signature or not vcv.public_key:
         missing = "public key" if vcv.signature else "signature"
         return f"{UNSIGNED}: VCV of {vcv.agent_id!r} has no {missing}"
-    try:
-        key = public_key_from_b64(vcv.public_key)
-        signature = base64.b64decode(vcv.signature, validate=True)
-    except (KeyFileError, binascii.Error, ValueError) as exc:
-        return f"{BAD_SIGNATURE}: VCV of {vcv.agent_id!r}: {exc}"
-    try:
-        key.verify(signature, vcv.signing_bytes())
-    except InvalidSignature:
-        return f"{BAD_SIGNATURE}: VCV of {vcv.agent_id!r} v{vcv.version} does not match its signature"
-    return None
+    problem = _signature_problem(vcv.public_key, vcv.signature, vcv.signing_bytes())
+    if problem == MISMATCH:
+        return f"{BAD_SIGNATURE}: VCV of {vcv.agent_id!r} v{vcv.version} {MISMATCH}"
+    return None if problem is None else f"{BAD_SIGNATURE}: VCV of {vcv.agent_id!r}: {problem}"
 
 
 @dataclass
@@ -315,9 +335,7 @@ class VcvGate:
 
 def sign_outcome(outcome: NodeOutcome, private_key: Ed25519PrivateKey, signer: str = ORCHESTRATOR_KEY) -> NodeOutcome:
     """A copy of `outcome` signed like a VCV: the signer's name and public key are signed too."""
-    keyed = outcome.model_copy(update={"signer": signer, "public_key": public_key_b64(private_key), "signature": None})
-    signature = private_key.sign(keyed.signing_bytes())
-    return keyed.model_copy(update={"signature": base64.b64encode(signature).decode()})
+    return _signed(outcome, private_key, signer=signer)
 
 
 def verify_outcome(outcome: NodeOutcome, store: TrustStore | None) -> str | None:
@@ -336,11 +354,8 @@ def verify_outcome(outcome: NodeOutcome, store: TrustStore | None) -> str | None
             return f"{UNKNOWN_AGENT}: {what} is signed by {outcome.signer!r}, not the trusted {ORCHESTRATOR_KEY!r} key"
         if store.keys[ORCHESTRATOR_KEY] != outcome.public_key:
             return f"{KEY_MISMATCH}: {what} is signed by a key that is not the orchestrators' trusted key"
-    try:
-        key = public_key_from_b64(outcome.public_key)
-        key.verify(base64.b64decode(outcome.signature, validate=True), outcome.signing_bytes())
-    except (KeyFileError, binascii.Error, ValueError, InvalidSignature):
-        return f"{BAD_SIGNATURE}: {what} does not match its signature"
+    if _signature_problem(outcome.public_key, outcome.signature, outcome.signing_bytes()) is not None:
+        return f"{BAD_SIGNATURE}: {what} {MISMATCH}"
     return None
 
 
