@@ -9,6 +9,8 @@ task than the agent's own description is (each counted by how much nearer, scale
 unlearning). α's similarity moves toward ℓ by `weight · n / (n + prior)` of the gap
 (router/scoring.py `learned_lift`), so:
 
+- evidence must be a preference: an outcome where every assigned agent was kept (one agent, one
+  cluster) teaches nothing, or the router would learn its own choices back;
 - evidence is needed, and it must be about this task: subtasks the agent was kept for that are
   no closer to the task than its description add nothing; one near-identical one gives at most
   weight · 1/(1 + 0.5) = 2/3 of the gap;
@@ -68,6 +70,7 @@ class LearnStats:
     applied: int = 0
     rate_limited: int = 0
     not_completed: int = 0
+    uncontested: int = 0  # every assigned agent was kept (one agent, one cluster): no preference shown
     rejected: int = 0  # wrong dimension, not unit length, ...
 
 
@@ -123,6 +126,13 @@ class LearnedViews:
         agent ids that may get a learned view (the index's agents)."""
         if not outcome.completed:
             self.stats.not_completed += 1
+            return []
+        if not set(outcome.assigned) - set(outcome.kept):
+            # kept is evidence only against someone not kept: a node with one agent, or one cluster
+            # of all its agents, keeps whoever was assigned, and learning from it would only
+            # reinforce the router's own choice (seen in use: the same question asked five times
+            # went direct to one agent on its own learned view)
+            self.stats.uncontested += 1
             return []
         vec = np.asarray(outcome.vector, dtype=np.float32)
         norm = float(np.linalg.norm(vec)) if vec.shape == (self.dim,) else 0.0

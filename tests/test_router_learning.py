@@ -43,9 +43,10 @@ def build(embedder, learning: LearningConfig | None = None) -> CapabilityIndex:
 
 def outcome(embedder, text: str, kept: list[str], assigned: list[str] | None = None,
             completed: bool = True) -> NodeOutcome:
+    """`kept` beat a rival by default ("math", assigned and not kept): a preference was shown."""
     vec = embedder.embed([text])[0]
     return NodeOutcome(job_id="job-1", node_id="s1", subtask=text, vector=vec, kept=kept,
-                       assigned=assigned or kept, completed=completed)
+                       assigned=assigned or [*kept, "math"], completed=completed)
 
 
 def sim_of(index: CapabilityIndex, embedder, agent_id: str) -> dict[str, float]:
@@ -84,6 +85,10 @@ def test_a_learned_view_moves_with_evidence_is_bounded_paced_and_unlearned(embed
     # an agent the router does not know gets no learned view (the state cannot grow without bound)
     assert index.learn(outcome(embedder, SIMILAR[0], ["ghost"]), now=150.0) == []
     assert index.learned.of("ghost") is None
+
+    # an outcome where every assigned agent was kept (one agent, one cluster) shows no preference
+    assert index.learn(outcome(embedder, SIMILAR[0], ["poetry"], assigned=["poetry"]), now=160.0) == []
+    assert index.learned.of("poetry") is None and index.learned.stats.uncontested == 1
 
     # a job that did not complete teaches nothing
     assert index.learn(outcome(embedder, SIMILAR[0], ["poetry"], completed=False), now=200.0) == []
@@ -141,7 +146,9 @@ def test_learned_views_survive_a_snapshot_and_an_agent_leaving_and_coming_back(e
 
 
 def test_jobs_publish_outcomes_that_routers_learn_from_and_keep_across_a_restart(mosquitto, tmp_path, embedder) -> None:
-    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, assign_floor=0.0)
+    # two drafters a node, each in its own cluster (similarity cut 0.99): one is kept over the
+    # other, a preference the router can learn from (a single cluster keeps everyone: no lesson)
+    settings = make_settings(mosquitto.url, tmp_path, request_timeout_s=10.0, assign_floor=0.0, cluster_threshold=0.99)
 
     async def main() -> None:
         async with LocalFederation(settings, SPECS, backend_factory=backend_factory(), embedder=embedder) as fed:
@@ -158,6 +165,7 @@ def test_jobs_publish_outcomes_that_routers_learn_from_and_keep_across_a_restart
             assert learned and learned <= kept
             status = router.status()["learning"]
             assert status["agents"] == len(learned) and status["applied"] >= len(result.dag.nodes)
+            assert status["uncontested"] == 0  # every node had a rival cluster
             # the factor shows in a routed answer
             text = result.dag.nodes[0].text
             res = router.engine.route(RouteQuery(text=text, top_k=5, abstain=False), embedder.embed([text])[0])
