@@ -8,6 +8,8 @@ and deadline requirements on a share of them.
 
 Measured per run (one process, queries on one thread, index build on all cores):
   p50_ms / p99_ms        a full routed query (RouterEngine.route: search, gates, α, merge)
+  selective_p50_ms/_p99  the same for queries whose skill only ~0.2% of agents (another topic's)
+                         have: the search among the passing agents (RouterEngine._filtered)
   recall_at_10           overlap of its top 10 with the exact α top 10 by brute force
   brute_force_p50_ms     that brute force (α over every agent) per query
   upserts_per_s          N upserts of new agents, end to end until the last is in a graph: the
@@ -152,6 +154,17 @@ class Population:
         return out
 
 
+    def selective_queries(self, count: int) -> list[tuple[RouteQuery, np.ndarray]]:
+        """Queries that require a skill only agents of another topic have (~0.2% of agents):
+        the router must look past the nearest agents, among the few that pass."""
+        out = []
+        for q, vec in self.queries(count):
+            c = int(self.rng.integers(0, self.clusters))
+            skill = f"s{self.rng.choice(self.topic_skills[c])}"
+            out.append((q.model_copy(update={"skills": [skill], "policies": [], "max_cost": None}), vec))
+        return out
+
+
 def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
@@ -257,6 +270,8 @@ def main() -> int:
     ap.add_argument("--agents", type=int, default=10_000)
     ap.add_argument("--queries", type=int, default=1000, help="timed queries")
     ap.add_argument("--recall-queries", type=int, default=200, help="queries checked against brute force")
+    ap.add_argument("--selective-queries", type=int, default=200,
+                    help="queries requiring a skill only agents of another topic have (timed apart)")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--scheme", choices=["hash", "centroid"], default="hash")
     ap.add_argument("--probe", type=int, default=2)
@@ -350,6 +365,15 @@ def main() -> int:
         lat.append(time.perf_counter() - t0)
         fetched.append(out.fetched)
     progress(f"routed {args.queries}: p50 {percentile_ms(lat, 50):.3f} ms p99 {percentile_ms(lat, 99):.3f} ms")
+    selective_lat, selective_found = [], []
+    for q, qvec in pop.selective_queries(args.selective_queries):
+        t0 = time.perf_counter()
+        out = engine.route(q, qvec)
+        selective_lat.append(time.perf_counter() - t0)
+        selective_found.append(len(out.response.matches))
+    if selective_lat:
+        progress(f"selective skill queries: p50 {percentile_ms(selective_lat, 50):.3f} ms "
+                 f"p99 {percentile_ms(selective_lat, 99):.3f} ms")
 
     rows_all = np.array([index.rows[f"agent-{i}"] for i in range(args.agents)], dtype=np.int64)
     caps_by_row = np.zeros_like(all_caps)
@@ -397,6 +421,9 @@ def main() -> int:
         "p50_ms": percentile_ms(lat, 50),
         "p99_ms": percentile_ms(lat, 99),
         "recall_at_10": float(np.mean(recalls)),
+        "selective_p50_ms": percentile_ms(selective_lat, 50) if selective_lat else None,
+        "selective_p99_ms": percentile_ms(selective_lat, 99) if selective_lat else None,
+        "selective_matches_mean": float(np.mean(selective_found)) if selective_found else None,
         "brute_force_p50_ms": percentile_ms(bf_lat, 50),
         "brute_force_dot_p50_ms": percentile_ms(dot_lat, 50),
         "upserts_per_s": args.agents / upsert_s,

@@ -38,6 +38,17 @@ REPUTATION_MAX = REPUTATION_BASE + REPUTATION_SPAN
 COST_SCALE = 1.0  # currency units: without a budget, a task costing this halves the cost factor
 LATENCY_SCALE_MS = 60_000.0  # without a deadline, a task taking a minute halves the latency factor
 GATES = ("policy", "skills", "budget", "deadline")
+#: a cost or latency "at the limit" passes: the columns are float32 (~7 significant digits), so a
+#: cost equal to max_cost in the VCV's own float64 arithmetic can come out a hair above it here
+#: (0.002 per 1k -> 0.0020000001), and a cost of 1e-17 is no cost at all. Found by hypothesis
+#: (tests/test_router_scoring.py): an agent costing 1.2e-17 per 1k refused under max_cost 0
+LIMIT_RTOL = 1e-6
+LIMIT_ATOL = 1e-9
+
+
+def within(values: np.ndarray, limit: float) -> np.ndarray:
+    """values ≤ limit, up to float32's precision (LIMIT_RTOL, LIMIT_ATOL)."""
+    return np.asarray(values <= limit + LIMIT_RTOL * abs(limit) + LIMIT_ATOL, dtype=bool)
 
 
 @dataclass
@@ -190,8 +201,8 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     skills_ok = skills_gate(index, rows, ctx.skills)
     cost = (ctx.input_tokens * t.cost_in[rows] + ctx.output_tokens * t.cost_out[rows]) / 1000.0
     latency = t.latency_ms[rows] + 1000.0 * ctx.output_tokens / t.tokens_per_s[rows]
-    budget_ok = np.ones(len(rows), bool) if ctx.max_cost is None else cost <= ctx.max_cost
-    deadline_ok = np.ones(len(rows), bool) if ctx.deadline_ms is None else latency <= ctx.deadline_ms
+    budget_ok = np.ones(len(rows), bool) if ctx.max_cost is None else within(cost, ctx.max_cost)
+    deadline_ok = np.ones(len(rows), bool) if ctx.deadline_ms is None else within(latency, ctx.deadline_ms)
     cost_scale = max(ctx.max_cost, 1e-9) if ctx.max_cost else COST_SCALE
     lat_scale = max(ctx.deadline_ms, 1e-6) if ctx.deadline_ms else LATENCY_SCALE_MS
     f_cost = 1.0 / (1.0 + cost / cost_scale)
@@ -237,9 +248,10 @@ def gate_mask(index: CapabilityIndex, ctx: QueryContext) -> np.ndarray:
     mask = np.uint64(ctx.policy_mask)
     ok &= (t.policy[:n] & mask) == mask
     if ctx.max_cost is not None:
-        ok &= (ctx.input_tokens * t.cost_in[:n] + ctx.output_tokens * t.cost_out[:n]) / 1000.0 <= ctx.max_cost
+        ok &= within((ctx.input_tokens * t.cost_in[:n] + ctx.output_tokens * t.cost_out[:n]) / 1000.0, ctx.max_cost)
     if ctx.deadline_ms is not None:
-        ok &= t.latency_ms[:n] + 1000.0 * ctx.output_tokens / np.maximum(t.tokens_per_s[:n], 1e-9) <= ctx.deadline_ms
+        latency = t.latency_ms[:n] + 1000.0 * ctx.output_tokens / np.maximum(t.tokens_per_s[:n], 1e-9)
+        ok &= within(latency, ctx.deadline_ms)
     if ctx.skills:
         rows = np.flatnonzero(ok)
         ok[rows] = skills_gate(index, rows, ctx.skills)
