@@ -104,6 +104,12 @@ class RouteQuery(Body):
     output_tokens: int = Field(default=300, ge=0, description="expected answer size")
     exclude: list[str] = Field(default_factory=list)
     abstain: bool = Field(default=True, description="answer 'no capable agent' below the calibrated threshold")
+    vector: Vector | None = Field(
+        default=None,
+        description="`text` embedded (unit length) by a sender that has it: a router of the same "
+        "`embedding_model` routes by it instead of embedding `text` again (issue 22: ~4.5 ms of CPU)",
+    )
+    embedding_model: str = Field(default="", description="the model `vector` comes from")
 
     @field_validator("text")
     @classmethod
@@ -152,6 +158,7 @@ class SubtaskQuery(BaseModel):
     max_agents: int = Field(default=1, ge=1)
     max_cost: float | None = None
     deadline_ms: float | None = None
+    vector: Vector | None = Field(default=None, description="`text` embedded, as RouteQuery.vector")
 
 
 class AssignQuery(Body):
@@ -160,6 +167,7 @@ class AssignQuery(Body):
     subtasks: list[SubtaskQuery] = Field(min_length=1)
     candidates_per_subtask: int = Field(default=10, ge=1, le=200)
     exclude: list[str] = Field(default_factory=list)
+    embedding_model: str = Field(default="", description="the model the subtasks' vectors come from")
 
 
 class AssignResponse(Body):

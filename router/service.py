@@ -55,6 +55,7 @@ from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
+from fabric.vectors import as_array, check_unit
 from router.abstention import AbstentionModel, Top, fit
 from router.calibration import OFF_TOPIC, relevant_probes
 from router.engine import RouterEngine, assign
@@ -83,6 +84,7 @@ class RouterCounters:
     audits: int = 0
     outcomes: int = 0
     rejected_outcomes: int = 0
+    by_vector: int = 0  # query texts routed by the vector that came with them (not embedded here)
 
 
 def calibration_path(settings: Settings) -> Path:
@@ -408,9 +410,17 @@ class RouterService:
                 message=f"unknown policy flag(s) {unknown}: not a known flag ({', '.join(sorted(KNOWN_POLICIES))}) "
                 "and not advertised by any live agent",
             )
+        try:
+            if isinstance(query, RouteQuery):
+                vecs = await self._vectors([query.text], [query.vector], query.embedding_model)
+            else:
+                vecs = await self._vectors(
+                    [s.text for s in query.subtasks], [s.vector for s in query.subtasks], query.embedding_model
+                )
+        except ValueError as exc:
+            return ErrorReply(code="bad_request", message=str(exc))
         if isinstance(query, RouteQuery):
-            vec = (await self.batcher.embed([query.text]))[0]
-            outcome = self.engine.route(query, vec, query_id=env.id)
+            outcome = self.engine.route(query, vecs[0], query_id=env.id)
             for event in outcome.audits:
                 await self.bus.publish(topics.POLICY_ENFORCEMENT, event, wait=False)
             self.counters.audits += len(outcome.audits)
@@ -418,8 +428,30 @@ class RouterService:
         empty = [s.subtask_id for s in query.subtasks if not s.text.strip()]
         if empty:
             return ErrorReply(code="bad_request", message=f"subtasks {empty} have empty text")
-        vecs = await self.batcher.embed([s.text for s in query.subtasks])
         return assign(self.engine, query, vecs)
+
+    async def _vectors(self, texts: list[str], given: list[Any], model: str) -> np.ndarray:
+        """The query texts' vectors: those the sender embedded with this router's model as they
+        came (an orchestrator embeds the question for its plan check anyway: issue 22 measured
+        the router's second embedding at ~4.5 ms of CPU per query, and a thread hop on the
+        query's critical path), the others embedded here. A vector of another model is ignored
+        (its text is embedded); one of this model with the wrong size or length is refused."""
+        if model != self.embedder.model_name:
+            given = [None] * len(texts)
+        missing = [i for i, v in enumerate(given) if v is None]
+        out = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
+        for i, vec in enumerate(given):
+            if vec is None:
+                continue
+            arr = as_array(vec)
+            if arr.shape != (self.embedder.dim,):
+                raise ValueError(f"query vector has {arr.size} dimensions, {model} has {self.embedder.dim}")
+            check_unit(arr, "query vector")
+            out[i] = arr
+        if missing:
+            out[missing] = await self.batcher.embed([texts[i] for i in missing])
+        self.counters.by_vector += len(texts) - len(missing)
+        return out
 
     # ---- calibration ----------------------------------------------------------------------
 

@@ -265,3 +265,68 @@ def test_cli_route_json_against_running_router(settings: Settings, embedder) -> 
         assert done.returncode != 0 and "FOA_BROKER_URL" in done.stderr
 
     asyncio.run(main())
+
+
+def test_queries_route_by_the_vector_they_carry(memory_settings: Settings, embedder) -> None:
+    """A query that carries its text's vector (as the orchestrator sends) is routed by it, with the
+    answer the router gives when it embeds the text itself; a vector of another model is ignored
+    and the text embedded; one of this model with the wrong size or length is refused."""
+    settings = memory_settings
+
+    async def main() -> None:
+        async with (
+            Bus(settings, "test-agents3", persistent=False) as agents,
+            Bus(settings, "test-router3", persistent=False) as rbus,
+            Bus(settings, "test-client3", persistent=False) as cbus,
+        ):
+            ids = [f"vec-{a}" for a in AGENTS]
+            for agent_id, text in AGENTS.items():
+                await agents.publish(
+                    topics.agent_vcv(f"vec-{agent_id}"), make_vcv(embedder, f"vec-{agent_id}", text), retain=True
+                )
+            service = RouterService(settings, rbus, embedder, settle_s=0.1, auto_calibrate=False)
+            await service.start()
+            client = RouterClient(cbus, timeout=5.0)
+            model = embedder.model_name
+            text = "my ECG shows arrhythmia"
+            vec = embedder.embed([text])[0]
+            try:
+                await wait_for(lambda: len(service.index) == len(AGENTS))
+                plain = await client.route(RouteQuery(text=text, top_k=3, abstain=False))
+                assert service.counters.by_vector == 0
+                carried = await client.route(
+                    RouteQuery(text=text, top_k=3, abstain=False, vector=vec, embedding_model=model)
+                )
+                assert service.counters.by_vector == 1
+                assert [m.agent_id for m in carried.matches] == [m.agent_id for m in plain.matches]
+                assert [m.score for m in carried.matches] == pytest.approx([m.score for m in plain.matches])
+
+                other = await client.route(
+                    RouteQuery(text=text, top_k=3, abstain=False, vector=-vec, embedding_model="other-model")
+                )
+                assert service.counters.by_vector == 1  # ignored: the text was embedded
+                assert [m.agent_id for m in other.matches] == [m.agent_id for m in plain.matches]
+
+                for bad, words in ((vec[:10], "dimensions"), (vec * 2, "not L2-normalised")):
+                    with pytest.raises(RemoteError) as err:
+                        await client.route(RouteQuery(text=text, abstain=False, vector=bad, embedding_model=model))
+                    assert err.value.code == "bad_request" and words in str(err.value), str(err.value)
+
+                subtasks = ["write python code for a data pipeline", "translate the report to German"]
+                svecs = embedder.embed(subtasks)
+                resp = await client.assign(
+                    AssignQuery(
+                        subtasks=[
+                            SubtaskQuery(subtask_id="s1", text=subtasks[0], vector=svecs[0]),
+                            SubtaskQuery(subtask_id="s2", text=subtasks[1]),  # no vector: embedded here
+                        ],
+                        embedding_model=model,
+                    )
+                )
+                assert service.counters.by_vector == 2
+                assert resp.assignments["s2"][0].agent_id == "vec-translate"
+            finally:
+                await service.stop()
+                await clear_retained(agents, ids)
+
+    asyncio.run(main())

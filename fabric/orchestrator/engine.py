@@ -76,6 +76,7 @@ from fabric.tasks import (
     WithHistory,
 )
 from fabric.vcv import VCV
+from fabric.vectors import FloatVector
 
 log = logging.getLogger("foa.orchestrator")
 T = TypeVar("T")
@@ -354,8 +355,11 @@ class JobRunner:
         job = self.job
 
         def query(text: str) -> RouteQuery:
+            # embedded here, not by the router: the plan check embeds the question anyway (the
+            # cache answers it then), so the job's one embedding of it serves both
             top_k = max(self.settings.compat_top_k, self.max_proposers * 2)
-            return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False)
+            vector = FloatVector.of(self._embed([text])[0])
+            return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False, vector=vector)
 
         if not self.history:
             return await self.path.waiting("router", self.ports.route(query(job.question)))
@@ -417,6 +421,8 @@ class JobRunner:
         if job.options.routing == "random":
             assignments = self._random_assignment(dag)
         else:
+            texts = [self._route_text(n.text) for n in dag.nodes]
+            vecs = self._embed(texts)  # merging the proposals embedded them: the cache answers
             response = await self.path.waiting(
                 "router",
                 self.ports.assign(
@@ -424,13 +430,14 @@ class JobRunner:
                         subtasks=[
                             SubtaskQuery(
                                 subtask_id=n.node_id,
-                                text=self._route_text(n.text),
+                                text=text,
                                 policies=self.policies,
                                 min_agents=1,
                                 max_agents=self.agents_per_node,
                                 max_cost=per_node_cost,
+                                vector=FloatVector.of(vec),
                             )
-                            for n in dag.nodes
+                            for n, text, vec in zip(dag.nodes, texts, vecs, strict=True)
                         ],
                         candidates_per_subtask=max(10, self.agents_per_node * 3),
                     )

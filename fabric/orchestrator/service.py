@@ -76,9 +76,13 @@ class BusPorts:
         self._outcome_key = orchestrator_key(settings)
 
     async def route(self, query: RouteQuery) -> RouteResponse:
+        if query.vector is not None and not query.embedding_model:  # the job embedded it with ours
+            query.embedding_model = self.embedder.model_name
         return (await self._ask_router(query, RouteResponse)).body
 
     async def assign(self, query: AssignQuery) -> AssignResponse:
+        if not query.embedding_model and any(s.vector is not None for s in query.subtasks):
+            query.embedding_model = self.embedder.model_name
         return (await self._ask_router(query, AssignResponse)).body
 
     async def _ask_router(self, query: RouteQuery | AssignQuery, expect: type[Any], attempts: int = 3) -> Any:
