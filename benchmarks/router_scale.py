@@ -25,6 +25,8 @@ Measured per run (one process, queries on one thread, index build on all cores):
                          restore reads that snapshot
   flush_loop_stall_ms    the same during a service flush (flush_in_background) of fresh upserts,
                          with queries answered meanwhile (flush_query_p99_ms)
+  gc_during_stalls       the collector's runs in those two windows and the longest, after the
+                         heap is frozen as the service freezes it (--no-gc-freeze: not frozen)
 
 Usage: benchmarks/router_scale.py --agents 100000 --json [--scheme hash|centroid] [--shards 4]
 """
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -49,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import emit, percentile_ms, progress
 from fabric.bloom import BloomFilter
+from fabric.heap import freeze_startup_heap
 from fabric.messages import RouteQuery
 from fabric.vcv import VCV, Resources
 from router.engine import RouterEngine
@@ -187,30 +191,50 @@ def restore_child(path: str) -> None:
 
 
 class Ticker:
-    """Worst lateness of a 1 ms asyncio sleep: how long the event loop was blocked."""
+    """Worst lateness of a 1 ms asyncio sleep: how long the event loop was blocked; and the
+    collector's runs meanwhile (how many, the longest), to tell a GC pause from the rest."""
 
     def __init__(self) -> None:
         self.worst = 0.0
         self.running = True
+        self.gc_runs = 0
+        self.gc_worst = 0.0
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_runs += 1
+            self.gc_worst = max(self.gc_worst, time.perf_counter() - self._gc_start)
+
+    def reset(self) -> None:
+        self.worst = self.gc_worst = 0.0
+        self.gc_runs = 0
 
     async def run(self) -> None:
-        while self.running:
-            t0 = time.perf_counter()
-            await asyncio.sleep(0.001)
-            self.worst = max(self.worst, time.perf_counter() - t0 - 0.001)
+        gc.callbacks.append(self._on_gc)
+        try:
+            while self.running:
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.001)
+                self.worst = max(self.worst, time.perf_counter() - t0 - 0.001)
+        finally:
+            gc.callbacks.remove(self._on_gc)
 
 
 async def service_snapshot(index: CapabilityIndex, path: Path) -> dict[str, float]:
     ticker = Ticker()
     task = asyncio.create_task(ticker.run())
     await asyncio.sleep(0.05)
-    ticker.worst = 0.0
+    ticker.reset()
     t0 = time.perf_counter()
     await snapshot_in_background(index, path, asyncio.Lock())
     wall = time.perf_counter() - t0
     ticker.running = False
     await task
-    return {"stall_ms": ticker.worst * 1000, "wall_s": wall, "fork_ms": index.last_fork_s * 1000}
+    return {"stall_ms": ticker.worst * 1000, "wall_s": wall, "fork_ms": index.last_fork_s * 1000,
+            "gc_runs": ticker.gc_runs, "gc_worst_ms": ticker.gc_worst * 1000}
 
 
 async def service_flush(index: CapabilityIndex, pop: Population, queries: list[tuple[RouteQuery, np.ndarray]],
@@ -228,7 +252,7 @@ async def service_flush(index: CapabilityIndex, pop: Population, queries: list[t
         ticker = Ticker()
         task = asyncio.create_task(ticker.run())
         await asyncio.sleep(0.05)
-        ticker.worst = 0.0
+        ticker.reset()
         flush = asyncio.create_task(flush_in_background(index, asyncio.Lock()))
         lat: list[float] = []
         while not flush.done():
@@ -243,6 +267,7 @@ async def service_flush(index: CapabilityIndex, pop: Population, queries: list[t
         await task
         if phase == "stall":
             out["stall_ms"] = ticker.worst * 1000
+            out["gc_runs"], out["gc_worst_ms"] = ticker.gc_runs, ticker.gc_worst * 1000
         else:
             out["query_p99_ms"] = percentile_ms(lat, 99)
             out["queries"] = len(lat)
@@ -290,6 +315,8 @@ def main() -> int:
     ap.add_argument("--malloc-hugetlb", action="store_true",
                     help="re-exec with GLIBC_TUNABLES=glibc.malloc.hugetlb=1 (measured: a faster fork, but slower "
                          "restores and worse stalls around the snapshot here)")
+    ap.add_argument("--no-gc-freeze", action="store_true",
+                    help="leave the heap unfrozen before the snapshot and flush phases (the service freezes it)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--restore-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -397,6 +424,8 @@ def main() -> int:
     progress(f"recall@10 {np.mean(recalls):.4f} over {len(recalls)} queries")
 
     del caps_by_row, all_caps  # ground truth only: the service's process has no such 3 GB (at 1M) to fork
+    if not args.no_gc_freeze:  # as a router does once it is up (fabric/service.py, fabric/heap.py)
+        freeze_startup_heap()
     with tempfile.TemporaryDirectory(dir=args.snapshot_dir) as tmp:
         snap = Path(args.keep_snapshot) if args.keep_snapshot else Path(tmp) / "index"
         t0 = time.perf_counter()
@@ -436,6 +465,9 @@ def main() -> int:
         "snapshot_background_s": bg["wall_s"],
         "snapshot_fork_ms": bg["fork_ms"],
         "flush_loop_stall_ms": flush_stall["stall_ms"],
+        "gc_during_stalls": {"snapshot_runs": bg["gc_runs"], "snapshot_worst_ms": bg["gc_worst_ms"],
+                             "flush_runs": flush_stall["gc_runs"], "flush_worst_ms": flush_stall["gc_worst_ms"]},
+        "heap_frozen": not args.no_gc_freeze,
         "flush_query_p99_ms": flush_stall["query_p99_ms"],
         "flush_agents": flush_stall["n"],
         "snapshot_bytes_per_agent": disk / args.agents,
