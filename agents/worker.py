@@ -60,9 +60,27 @@ def decompose_prompt(question: str, lo: int, hi: int, history: list[Turn] | None
     )
 
 
+def history_messages(history: list[Turn]) -> list[ChatMessage]:
+    """The conversation so far as the chat turns it was, each earlier answer briefly. Why turns
+    and not a block of text in the draft prompt: asked three follow-ups ("and for a baby of 3
+    months?"), the embedded SmolLM2-135M copied an inline "Earlier in this conversation: - Q: ...
+    A: ..." block back as its answer all three times; given the same turns as chat messages it
+    answered two of them (issue 21's closing note). Roles alternate even for a turn whose answer
+    was empty: strict chat templates refuse two user messages in a row."""
+    out: list[ChatMessage] = []
+    for turn in history:
+        answer = " ".join(turn.answer.split())[:HISTORY_ANSWER_CHARS] or "(no answer recorded)"
+        out += [ChatMessage(role="user", content=turn.question), ChatMessage(role="assistant", content=answer)]
+    return out
+
+
+def draft_messages(system: ChatMessage, task: DraftInput) -> list[ChatMessage]:
+    """A draft's chat: the agent's spec, the conversation's earlier turns, then this task."""
+    return [system, *history_messages(task.history), ChatMessage(role="user", content=draft_prompt(task))]
+
+
 def draft_prompt(task: DraftInput) -> str:
-    parts = [history_text(task.history)] if task.history else []
-    parts.append(f"Question: {task.question}")
+    parts = [f"Question: {task.question}"]
     if task.subtask.strip() != task.question.strip():
         parts.append(f"Your part: {task.subtask}")
     if task.context:
@@ -126,7 +144,7 @@ class LLMWorker:
         return plan, self._cost(usage)
 
     async def draft(self, inp: DraftInput, task: TaskRequest) -> tuple[DraftOutput, Usage]:
-        messages = [self._system(), ChatMessage(role="user", content=draft_prompt(inp))]
+        messages = draft_messages(self._system(), inp)
         try:
             out = await self.backend.complete(
                 messages, max_tokens=self._max_tokens(task, inp.max_tokens), temperature=self.spec.llm.temperature

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from agents.server import Route
 from agents.spec import AgentSpec
-from agents.worker import LLMWorker, decompose_prompt, draft_prompt
+from agents.worker import LLMWorker, decompose_prompt, draft_messages
 from fabric.federation import LocalFederation
 from fabric.interop.a2a_server import conversation_for
 from fabric.llm.base import ChatMessage
@@ -135,7 +135,8 @@ def test_a_follow_up_without_its_subject_reaches_the_same_specialty_across_an_or
     assert all(inp.history == [] for _, inp in recorded_drafts if inp.question == FIRST)
     other_drafts = [inp for _, inp in recorded_drafts if inp.question == OTHER_SUBJECT]
     assert other_drafts and [t.question for t in other_drafts[0].history] == [FIRST, FOLLOW_UP]
-    assert "Earlier in this conversation" in draft_prompt(follow_drafts[0]) and FIRST in draft_prompt(follow_drafts[0])
+    chat = draft_messages(ChatMessage(role="system", content="spec"), follow_drafts[0])
+    assert [m.role for m in chat] == ["system", "user", "assistant", "user"] and chat[1].content == FIRST
 
     store = open_store(settings, leases=False)
     try:
@@ -286,9 +287,16 @@ def test_an_agent_built_before_conversations_still_drafts_follow_ups(mosquitto, 
 
 def test_history_reaches_the_prompts_and_is_left_out_of_inputs_without_it() -> None:
     history = [Turn(question=FIRST, answer="Rest and fluids; see a doctor above 40 C. " * 20)]
-    prompt = draft_prompt(DraftInput(question=FOLLOW_UP, subtask=FOLLOW_UP, history=history))
-    assert prompt.index(FIRST) < prompt.index(f"Question: {FOLLOW_UP}")
-    assert len(prompt) < 400  # the earlier answer briefly, not in full
+    chat = draft_messages(ChatMessage(role="system", content="spec"), DraftInput(question=FOLLOW_UP, subtask=FOLLOW_UP,
+                                                                                 history=history))
+    # the earlier turn as the chat turns it was (an inline block was copied back by the 135M model)
+    assert [(m.role, m.content == FIRST) for m in chat[:3]] == [("system", False), ("user", True), ("assistant", False)]
+    assert len(chat[2].content) <= 200  # the earlier answer briefly, not in full
+    last = chat[-1]
+    assert last.role == "user" and last.content.startswith(f"Question: {FOLLOW_UP}") and FIRST not in last.content
+    no_answer = draft_messages(ChatMessage(role="system", content="spec"),
+                               DraftInput(question=FOLLOW_UP, subtask=FOLLOW_UP, history=[Turn(question=FIRST)]))
+    assert [m.role for m in no_answer] == ["system", "user", "assistant", "user"]  # roles still alternate
     plan_prompt = decompose_prompt(FOLLOW_UP, 2, 4, history)
     assert FIRST in plan_prompt and "name the subject" in plan_prompt
     assert FIRST not in decompose_prompt(FOLLOW_UP, 2, 4)
