@@ -51,6 +51,17 @@ def within(values: np.ndarray, limit: float) -> np.ndarray:
     return np.asarray(values <= limit + LIMIT_RTOL * abs(limit) + LIMIT_ATOL, dtype=bool)
 
 
+def expected_cost(t: AgentTable, rows: np.ndarray, ctx: QueryContext) -> np.ndarray:
+    """The task's cost at each row's prices (one formula for α's factor and the gates)."""
+    return np.asarray((ctx.input_tokens * t.cost_in[rows] + ctx.output_tokens * t.cost_out[rows]) / 1000.0)
+
+
+def expected_latency(t: AgentTable, rows: np.ndarray, ctx: QueryContext) -> np.ndarray:
+    """The task's latency at each row's speed (a free row's 0 tokens/s reads as very slow, not
+    as a division by zero: `gate_mask` reads rows before it knows they are live)."""
+    return np.asarray(t.latency_ms[rows] + 1000.0 * ctx.output_tokens / np.maximum(t.tokens_per_s[rows], 1e-9))
+
+
 @dataclass
 class QueryContext:
     """One routed (sub)task, resolved against the index's vocabularies."""
@@ -199,8 +210,8 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     if ctx.unknown_policies:
         policy_ok[:] = False
     skills_ok = skills_gate(index, rows, ctx.skills)
-    cost = (ctx.input_tokens * t.cost_in[rows] + ctx.output_tokens * t.cost_out[rows]) / 1000.0
-    latency = t.latency_ms[rows] + 1000.0 * ctx.output_tokens / t.tokens_per_s[rows]
+    cost = expected_cost(t, rows, ctx)
+    latency = expected_latency(t, rows, ctx)
     budget_ok = np.ones(len(rows), bool) if ctx.max_cost is None else within(cost, ctx.max_cost)
     deadline_ok = np.ones(len(rows), bool) if ctx.deadline_ms is None else within(latency, ctx.deadline_ms)
     cost_scale = max(ctx.max_cost, 1e-9) if ctx.max_cost else COST_SCALE
@@ -259,11 +270,9 @@ def gate_mask(index: CapabilityIndex, ctx: QueryContext) -> np.ndarray:
     mask = np.uint64(ctx.policy_mask)
     keep &= (t.policy[rows] & mask) == mask
     if ctx.max_cost is not None:
-        keep &= within((ctx.input_tokens * t.cost_in[rows] + ctx.output_tokens * t.cost_out[rows]) / 1000.0,
-                       ctx.max_cost)
+        keep &= within(expected_cost(t, rows, ctx), ctx.max_cost)
     if ctx.deadline_ms is not None:
-        latency = t.latency_ms[rows] + 1000.0 * ctx.output_tokens / np.maximum(t.tokens_per_s[rows], 1e-9)
-        keep &= within(latency, ctx.deadline_ms)
+        keep &= within(expected_latency(t, rows, ctx), ctx.deadline_ms)
     rows = rows[keep]
     if len(ctx.exclude_rows):
         rows = rows[~np.isin(rows, ctx.exclude_rows)]
