@@ -27,7 +27,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +55,7 @@ from fabric.metrics import Metrics
 from fabric.service import ServiceRuntime
 from fabric.settings import Settings
 from fabric.vcv import KNOWN_POLICIES, VCV
-from fabric.vectors import as_array, check_unit
+from fabric.vectors import Vector, as_array, check_unit
 from router.abstention import AbstentionModel, Top, fit
 from router.calibration import OFF_TOPIC, relevant_probes
 from router.engine import RouterEngine, assign
@@ -410,6 +410,10 @@ class RouterService:
                 message=f"unknown policy flag(s) {unknown}: not a known flag ({', '.join(sorted(KNOWN_POLICIES))}) "
                 "and not advertised by any live agent",
             )
+        if isinstance(query, AssignQuery):  # refused before any of it is embedded
+            empty = [s.subtask_id for s in query.subtasks if not s.text.strip()]
+            if empty:
+                return ErrorReply(code="bad_request", message=f"subtasks {empty} have empty text")
         try:
             if isinstance(query, RouteQuery):
                 vecs = await self._vectors([query.text], [query.vector], query.embedding_model)
@@ -425,19 +429,16 @@ class RouterService:
                 await self.bus.publish(topics.POLICY_ENFORCEMENT, event, wait=False)
             self.counters.audits += len(outcome.audits)
             return outcome.response
-        empty = [s.subtask_id for s in query.subtasks if not s.text.strip()]
-        if empty:
-            return ErrorReply(code="bad_request", message=f"subtasks {empty} have empty text")
         return assign(self.engine, query, vecs)
 
-    async def _vectors(self, texts: list[str], given: list[Any], model: str) -> np.ndarray:
+    async def _vectors(self, texts: list[str], given: Sequence[Vector | None], model: str) -> np.ndarray:
         """The query texts' vectors: those the sender embedded with this router's model as they
         came (an orchestrator embeds the question for its plan check anyway: issue 22 measured
         the router's second embedding at ~4.5 ms of CPU per query, and a thread hop on the
         query's critical path), the others embedded here. A vector of another model is ignored
         (its text is embedded); one of this model with the wrong size or length is refused."""
         if model != self.embedder.model_name:
-            given = [None] * len(texts)
+            given = [None] * len(texts)  # another model's space: its vectors mean nothing here
         missing = [i for i, v in enumerate(given) if v is None]
         out = np.empty((len(texts), self.embedder.dim), dtype=np.float32)
         for i, vec in enumerate(given):

@@ -325,6 +325,19 @@ def test_queries_route_by_the_vector_they_carry(memory_settings: Settings, embed
                 )
                 assert service.counters.by_vector == 2
                 assert resp.assignments["s2"][0].agent_id == "vec-translate"
+                # a subtask with no text is refused before any vector of the query is read or embedded
+                with pytest.raises(RemoteError) as err:
+                    await client.assign(
+                        AssignQuery(
+                            subtasks=[
+                                SubtaskQuery(subtask_id="s1", text=subtasks[0], vector=svecs[0]),
+                                SubtaskQuery(subtask_id="s3", text="  "),
+                            ],
+                            embedding_model=model,
+                        )
+                    )
+                assert err.value.code == "bad_request" and "empty text" in str(err.value), str(err.value)
+                assert service.counters.by_vector == 2
             finally:
                 await service.stop()
                 await clear_retained(agents, ids)
