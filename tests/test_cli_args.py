@@ -117,3 +117,13 @@ def test_foa_broker_url_wins_over_federation_json(mosquitto: Mosquitto, tmp_path
     proc = foa("status", "--json", "--wait", "0.3", cwd=tmp_path, FOA_BROKER_URL=mosquitto.url)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["broker"] == mosquitto.url.split("@")[-1]
+
+
+def test_foa_up_names_foa_broker_url_when_its_broker_is_not_there(tmp_path: Path) -> None:
+    """With FOA_BROKER_URL exported, `foa up` joins that broker: when it is not there, the error
+    says which variable sent it there and what to do (a URL left over from another shell)."""
+    proc = foa("up", "--port", "0", cwd=tmp_path, FOA_BROKER_URL="mqtt://127.0.0.1:1")
+    assert proc.returncode == 2, proc.stderr
+    assert "cannot reach MQTT broker at mqtt://127.0.0.1:1" in proc.stderr, proc.stderr
+    assert "FOA_BROKER_URL=mqtt://127.0.0.1:1 is set" in proc.stderr and "unset FOA_BROKER_URL" in proc.stderr
+    assert "Traceback" not in proc.stderr

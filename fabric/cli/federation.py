@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,6 +18,7 @@ from fabric.cli.resolve import UsageError, at_least, require_text
 from fabric.errors import readable
 from fabric.messages import Budget, ClusterSummary, DagSummary, JobEvent, JobOptions, JobResult
 from fabric.settings import Settings
+from fabric.transports.base import BusError
 
 #: `foa run` on the embedded CPU model: small enough to answer in well under 3 minutes on 2 cores
 EMBEDDED_PROFILE = {"max_proposers": 2, "subtasks_max": 3, "agents_per_node": 2, "max_tokens_per_call": 128}
@@ -307,7 +309,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        async with LocalFederation(settings, specs, port_fallback=True) as fed:
+        async with _joining(settings), LocalFederation(settings, specs, port_fallback=True) as fed:
             assert fed.address is not None
             freeze_startup_heap()  # a long-running service from here on
             write_runtime(
@@ -336,6 +338,22 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     asyncio.run(main())
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _joining(settings: Settings) -> AsyncIterator[None]:
+    """`foa up` with FOA_BROKER_URL set joins that broker instead of starting one: a broker that is
+    not there must say so, or the user chases a port they never gave (seen in use: `--port 1885`
+    and a URL left exported from another shell)."""
+    try:
+        yield
+    except BusError as exc:
+        if not settings.broker_url:
+            raise
+        raise UsageError(
+            f"{exc} (FOA_BROKER_URL={settings.broker_url} is set, so `foa up` joins that broker instead of "
+            "starting its own: start that broker, or unset FOA_BROKER_URL)"
+        ) from exc
 
 
 def _pid() -> int:
