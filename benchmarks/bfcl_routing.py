@@ -1,9 +1,12 @@
 """Routing quality on BFCL (Berkeley Function Calling Leaderboard) data, which no one here wrote.
 
 Every function doc becomes an agent's VCV (description -> capability c, parameter names ->
-skills, "name: description + parameter descriptions" -> spec embedding e), every question a
-route query through the real router path (CapabilityIndex + RouterEngine: HNSW, α with the
-lexical and spec factors). A question is a hit at k when a gold function (possible_answer)
+skills, "name: description + parameter descriptions" -> spec embedding e, the views the MCP
+gateway gives a tool -> examples and their views), every question a route query through the real
+router path (CapabilityIndex + RouterEngine: HNSW, α with the view, lexical and spec factors).
+`earlier` routes the same questions over the same agents with earlier forms of α (`EARLIER`:
+without views; with views but BM25 without the examples' words), so before and after come from
+one run. A question is a hit at k when a gold function (possible_answer)
 is among the first k agents. Irrelevance questions must abstain. The baseline is plain cosine
 between question and description embeddings, in the same run, over the same agents.
 
@@ -125,9 +128,8 @@ class Federation:
         descs = [fn.get("description") or fn["name"] for fn in self.functions]
         self.desc_vecs = embedder.embed(descs)
         spec_vecs = embedder.embed([spec_text(fn) for fn in self.functions])
-        self.index = CapabilityIndex(
-            IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name, **(config or {}))
-        )
+        self.dim, self.model = embedder.dim, embedder.model_name
+        self.vcvs: list[VCV] = []
         view_texts = [tool_views(fn["name"], fn.get("description", ""), params_of(fn)) if views else []
                       for fn in self.functions]
         flat = embedder.embed([t for texts in view_texts for t in texts]) if views else np.zeros((0, 1))
@@ -143,32 +145,46 @@ class Federation:
                       skills=skills, skills_bloom=BloomFilter.of(skills).to_b64(), spec_embedding=e.tolist(),
                       embedding_model=embedder.model_name, examples=view_texts[i],
                       views=[v.tolist() for v in flat[starts[i]:starts[i + 1]]])
-            result = self.index.upsert(vcv)
-            if not result.accepted:
-                raise RuntimeError(f"{agent_id}: {result.reason}")
+            self.vcvs.append(vcv)
             self.name_of[agent_id] = fn["name"]
-        self.index.flush()
-        self.engine = RouterEngine(self.index)
+        self.config = config or {}
+        self.engine = self.engine_with()
+        self.index = self.engine.index
+
+    def engine_with(self, *, views: bool = True, **config: Any) -> RouterEngine:
+        """A router over the same agents with other IndexConfig fields (`views=False`: without
+        their views): earlier forms of α in the same run, on the same embeddings."""
+        index = CapabilityIndex(IndexConfig(dim=self.dim, embedding_model=self.model, **(self.config | config)))
+        for vcv in self.vcvs:
+            result = index.upsert(vcv if views else vcv.model_copy(update={"examples": [], "views": []}))
+            if not result.accepted:
+                raise RuntimeError(f"{vcv.agent_id}: {result.reason}")
+        index.flush()
+        return RouterEngine(index)
 
 
 def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, top: int = 10,
-             tops_out: list[Top] | None = None) -> dict[str, Any]:
-    """Ranks of the first gold function and the best score, for FoA α and the baseline
-    (`tops_out` collects each question's best candidates: the abstention model's input)."""
-    foa_rank, foa_top, base_rank, base_top = [], [], [], []
+             tops_out: list[Top] | None = None, others: dict[str, RouterEngine] | None = None) -> dict[str, Any]:
+    """Ranks of the first gold function and the best score, for FoA α, for each router in
+    `others` (earlier forms of α) and for the plain-cosine baseline (`tops_out` collects each
+    question's best candidates under FoA α: the abstention model's input)."""
+    engines = {"foa": fed.engine, **(others or {})}
+    ranks: dict[str, list[int | None]] = {name: [] for name in [*engines, "baseline"]}
+    best: dict[str, list[float]] = {name: [] for name in ranks}
     base_scores = qvecs @ fed.desc_vecs.T
     for q, vec, bs in zip(questions, qvecs, base_scores, strict=False):
-        res = fed.engine.route(RouteQuery(text=q["text"][:4000] or "?", top_k=top, abstain=False), vec).response
-        names = [fed.name_of[m.agent_id] for m in res.matches]
-        foa_rank.append(next((i for i, n in enumerate(names) if n in q["gold"]), None))
-        foa_top.append(res.matches[0].score if res.matches else 0.0)
-        if tops_out is not None:
-            tops_out.append(Top.of_matches(res.matches))
+        for name, engine in engines.items():
+            res = engine.route(RouteQuery(text=q["text"][:4000] or "?", top_k=top, abstain=False), vec).response
+            names = [fed.name_of[m.agent_id] for m in res.matches]
+            ranks[name].append(next((i for i, n in enumerate(names) if n in q["gold"]), None))
+            best[name].append(res.matches[0].score if res.matches else 0.0)
+            if tops_out is not None and name == "foa":
+                tops_out.append(Top.of_matches(res.matches))
         order = np.argsort(-bs)[:top]
         bnames = [fed.names[j] for j in order]
-        base_rank.append(next((i for i, n in enumerate(bnames) if n in q["gold"]), None))
-        base_top.append(float(bs[order[0]]))
-    return {"foa": (foa_rank, np.array(foa_top)), "baseline": (base_rank, np.array(base_top))}
+        ranks["baseline"].append(next((i for i, n in enumerate(bnames) if n in q["gold"]), None))
+        best["baseline"].append(float(bs[order[0]]))
+    return {name: (ranks[name], np.array(best[name])) for name in ranks}
 
 
 def ranking_metrics(ranks: list[int | None]) -> dict[str, float]:
@@ -308,16 +324,27 @@ def report(questions: list[dict[str, Any]], results: dict[str, Any], thresholds:
     return out
 
 
+#: earlier forms of FoA α, routed in the same run over the same agents and embeddings
+EARLIER = {
+    "without_views": {"views": False},  # one description vector per agent (the router before issue 20)
+    "without_lexical_examples": {"lexical_examples": False},  # views, but BM25 over name, description, skills
+}
+
+
+def earlier_forms(fed: Federation) -> dict[str, RouterEngine]:
+    return {name: fed.engine_with(**config) for name, config in EARLIER.items()}
+
+
 def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS,
         features: tuple[str, ...] = DEFAULT_FEATURES) -> dict[str, Any]:
     """The whole evaluation with one embedder: dev (top level) and, unless dev_only, held-out live."""
     t0 = time.perf_counter()
     dev_q = [q for s in DEV for q in load_split(s)]
-    dev = Federation(dev_q, embedder)
+    dev = Federation(dev_q, embedder, views=True)
     progress(f"[{embedder.backend}] dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
     dev_vecs = embedder.embed([q["text"] or "?" for q in dev_q])
     dev_tops: list[Top] = []
-    dev_res = evaluate(dev, dev_q, dev_vecs, tops_out=dev_tops)
+    dev_res = evaluate(dev, dev_q, dev_vecs, tops_out=dev_tops, others=earlier_forms(dev))
     dev_report = report(dev_q, dev_res, None, cross_fit=True)
     abstention, models = calibrated_abstention(dev_q, dev_tops, targets, features)
     result: dict[str, Any] = {
@@ -329,25 +356,27 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
         "questions": len(dev_q),
         "foa": dev_report["foa"],
         "baseline": dev_report["baseline"],
+        "earlier": {name: dev_report[name] for name in EARLIER},
         "scoring": {"lexical_weight": scoring.LEXICAL_WEIGHT, "kappa": lexical.KAPPA, "model": embedder.model_name},
         "backend": embedder.backend,
         "abstention": abstention,
     }
     if not dev_only:
         live_q = [q for s in LIVE for q in load_split(s)]
-        live = Federation(live_q, embedder)
+        live = Federation(live_q, embedder, views=True)
         progress(
             f"[{embedder.backend}] live federation (held out): {len(live.functions)} agents, {len(live_q)} questions"
         )
         live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
         live_tops: list[Top] = []
-        live_res = evaluate(live, live_q, live_vecs, tops_out=live_tops)
+        live_res = evaluate(live, live_q, live_vecs, tops_out=live_tops, others=earlier_forms(live))
         live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
         result["held_out_live"] = {
             "agents": len(live.functions),
             "questions": len(live_q),
             "foa": live_report["foa"],
             "baseline": live_report["baseline"],
+            "earlier": {name: live_report[name] for name in EARLIER},
             "abstention": held_out_abstention(live_q, live_tops, models, dev_report["thresholds"]["foa"]),
         }
     result["seconds"] = time.perf_counter() - t0

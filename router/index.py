@@ -96,6 +96,9 @@ class IndexConfig:
     # views re-score only this many candidates, the best by their description's cosine (the view
     # gather is most of a query's cost: 576 candidates × 8 views made p99 6.2 ms at 100k agents)
     view_candidates: int = 64
+    # the words of an agent's examples that its name, description and skills lack join its BM25
+    # document, once each (router/lexical.py agent_text; False: the lexical factor before them)
+    lexical_examples: bool = True
 
 
 class IndexError_(ProtocolError):
@@ -553,7 +556,8 @@ class CapabilityIndex:
         t.set_views(row, vcv.views_array())
         slot = self.learned.slot(vcv.agent_id)
         t.learned[row] = 0 if slot is None else slot + 1
-        self.lexical.set_row(row, agent_text(vcv.name, vcv.description, vcv.skills))
+        examples = vcv.examples if self.config.lexical_examples else ()
+        self.lexical.set_row(row, agent_text(vcv.name, vcv.description, vcv.skills, examples))
         if new_vector:
             if int(t.shard[row]) != FREE:
                 self._unindex(row)

@@ -99,3 +99,43 @@ def test_a_new_version_with_fewer_views_reuses_its_slot(embedder) -> None:
     used = index.table.view_used
     index.upsert(with_views(embedder, vcv.model_copy(update={"version": 2}), ["x y z"]))
     assert index.table.view_used == used and int(index.table.view_len[index.rows["fx"]]) == 1
+
+
+def test_the_words_of_an_agents_examples_count_in_its_lexical_factor(embedder) -> None:
+    """Two agents described alike: the one whose example names the task's terms ("IBAN", a word
+    its description lacks) gets the higher lexical factor; without examples in BM25 (the earlier
+    form, `lexical_examples=False`) both get the same. A new version without the example loses it."""
+    question = "Check whether this IBAN is valid: DE89370400440532013000"
+
+    def lexical(index: CapabilityIndex) -> dict[str, float]:
+        res = RouterEngine(index).route(RouteQuery(text=question, top_k=2, abstain=False),
+                                        embedder.embed([question])[0]).response
+        return {m.agent_id: m.factors["lexical"] for m in res.matches}
+
+    def federation(**config) -> CapabilityIndex:
+        index = index_of(embedder, **config)
+        index.upsert(with_views(embedder, make_vcv(embedder, "bank", "Finance helper for businesses"),
+                                ["validate an IBAN account number"]))
+        index.upsert(with_views(embedder, make_vcv(embedder, "tax", "Finance helper for businesses"),
+                                ["file my income tax return"]))
+        index.flush()
+        return index
+
+    index = federation()
+    with_words = lexical(index)
+    assert with_words["bank"] > with_words["tax"]
+    without = lexical(federation(lexical_examples=False))
+    assert without["bank"] == pytest.approx(without["tax"]) and without["bank"] < with_words["bank"]
+
+    index.upsert(with_views(embedder, make_vcv(embedder, "bank", "Finance helper for businesses", version=2),
+                            ["file my income tax return"]))
+    index.flush()
+    assert lexical(index)["bank"] == pytest.approx(lexical(index)["tax"])
+
+
+def test_an_agents_bm25_document_takes_each_new_word_of_its_examples_once() -> None:
+    from router.lexical import agent_text
+
+    text = agent_text("math.hypot", "Calculate the Euclidean norm", ["x", "y"],
+                      ["math hypot: x, the hypotenuse", "hypotenuses of right triangles", "norm"])
+    assert text == "math hypot Calculate the Euclidean norm x y hypotenuse right triangles"
