@@ -14,7 +14,8 @@ Development splits (the only ones used to choose weights): simple_python, multip
 parallel_multiple, irrelevance -> one federation of their functions. Held out: live_simple,
 live_multiple, live_parallel, live_parallel_multiple, live_irrelevance (+ live_relevance,
 which must not abstain) -> a second federation of the live functions, routed with the
-threshold calibrated on the dev questions.
+threshold calibrated on the dev questions. NESTFUL's requests over their splits' APIs are a second
+held-out suite (`held_out_nestful`: ranking only; a hit is any API the request's sequence calls).
 
 Abstention threshold: calibrated (router/calibration.py, max F1) on dev questions with 2-fold
 cross-fitting, so the dev abstention numbers are out-of-sample too; the live numbers use the
@@ -110,6 +111,23 @@ def params_of(fn: dict[str, Any]) -> dict[str, Any]:
 def spec_text(fn: dict[str, Any]) -> str:
     parts = [f"{k}: {v.get('description', '')}" if isinstance(v, dict) else k for k, v in params_of(fn).items()]
     return f"{fn['name']}: {fn.get('description', '')} " + "; ".join(parts)
+
+
+def nestful_questions() -> list[dict[str, Any]]:
+    """NESTFUL's requests as BFCL-shaped questions over their split's APIs (held out: gold = every
+    API a request's sequence calls)."""
+    from benchmarks.eval.nestful_data import DEFAULT_SPLITS
+    from benchmarks.eval.nestful_data import load_split as load_nestful
+
+    out = []
+    for split in DEFAULT_SPLITS:
+        dags, catalog = load_nestful(split)
+        funcs = [{"name": a.name, "description": a.agent_description(),
+                  "parameters": {"properties": {i: {} for i in a.inputs}}} for a in catalog.values()]
+        for d in dags:
+            out.append({"id": d.sample_id, "split": f"nestful/{split}", "text": d.request, "functions": funcs,
+                        "gold": d.api_names, "steps": len(d.calls)})
+    return out
 
 
 class Federation:
@@ -379,8 +397,22 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
             "earlier": {name: live_report[name] for name in EARLIER},
             "abstention": held_out_abstention(live_q, live_tops, models, dev_report["thresholds"]["foa"]),
         }
+        result["held_out_nestful"] = nestful_block(embedder)
     result["seconds"] = time.perf_counter() - t0
     return result
+
+
+def nestful_block(embedder: Embedder) -> dict[str, Any]:
+    """Top-1/top-5 on NESTFUL's requests (another tool catalogue, never tuned on): does a gain
+    on BFCL carry over?"""
+    questions = nestful_questions()
+    fed = Federation(questions, embedder, views=True)
+    progress(f"[{embedder.backend}] NESTFUL (held out): {len(fed.functions)} agents, {len(questions)} questions")
+    vecs = embedder.embed([q["text"][:2000] or "?" for q in questions])
+    res = evaluate(fed, questions, vecs, others=earlier_forms(fed))
+    return {"agents": len(fed.functions), "questions": len(questions),
+            "foa": ranking_metrics(res["foa"][0]), "baseline": ranking_metrics(res["baseline"][0]),
+            "earlier": {name: ranking_metrics(res[name][0]) for name in EARLIER}}
 
 
 def deltas(first: dict[str, Any], other: dict[str, Any]) -> dict[str, float]:

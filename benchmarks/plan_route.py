@@ -34,9 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import emit
 from benchmarks.assign_floor import dev_routes, route_suite
-from benchmarks.bfcl_routing import load_split
-from benchmarks.eval.nestful_data import DEFAULT_SPLITS
-from benchmarks.eval.nestful_data import load_split as load_nestful
+from benchmarks.bfcl_routing import load_split, nestful_questions
 from fabric.embeddings import shared_embedder
 from fabric.messages import Match
 from fabric.orchestrator.direct import clear_winner
@@ -53,18 +51,6 @@ def shares(questions: list[dict[str, Any]], ranked: list[list[tuple[str, float]]
     hits = [bool(r) and r[0][0] in q["gold"] for q, r, d in zip(questions, ranked, direct, strict=True) if d]
     return {"direct": float(np.mean(direct)) if direct else 0.0,
             "direct_hit": float(np.mean(hits)) if hits else 0.0, "questions": len(questions)}
-
-
-def nestful_questions() -> list[dict[str, Any]]:
-    out = []
-    for split in DEFAULT_SPLITS:
-        dags, catalog = load_nestful(split)
-        funcs = [{"name": a.name, "description": a.agent_description(),
-                  "parameters": {"properties": {i: {} for i in a.inputs}}} for a in catalog.values()]
-        for d in dags:
-            out.append({"id": d.sample_id, "split": f"nestful/{split}", "text": d.request, "functions": funcs,
-                        "gold": d.api_names, "steps": len(d.calls)})
-    return out
 
 
 def main() -> int:

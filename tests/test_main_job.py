@@ -21,7 +21,14 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
     specs.mkdir()
     for name in ("general-practitioner", "emergency-physician", "cardiologist", "summariser"):
         shutil.copy(SPECS / f"{name}.yaml", specs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {"FOA_DATA_DIR": str(tmp_path / "data")}
+    # the assignment floor at 0.5, not 0.8: for a planned node such as "Assess the chest pain and
+    # sweating for a possible heart attack" the emergency physician's α is 0.81 of the
+    # cardiologist's, so a sampled plan leaning a little further to cardiology left one agent at
+    # 0.8 (seen once, in a full test run); 0.5 still leaves the summariser out (α ~0)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {
+        "FOA_DATA_DIR": str(tmp_path / "data"),
+        "FOA_ASSIGN_FLOOR": "0.5",
+    }
     proc = subprocess.run(
         [
             sys.executable,
@@ -52,7 +59,7 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
     assert out["status"] == "completed" and len(out["answer"].split()) >= 5
     assert 1 <= len(out["dag"]["nodes"]) <= 2 and "edges" in out["dag"]
     agents = {m["agent_id"] for ms in out["assignments"].values() for m in ms}
-    assert len(agents) >= 2  # several agents answered, not one
+    assert len(agents) >= 2, (out["dag"], out["assignments"])  # several agents answered, not one
     assert out["usage"]["tokens"] > 0 and out["usage"]["calls"] >= 3
     # live progress went to stderr while the job ran
     for phase in ("decompose", "assign", "draft", "done"):
