@@ -9,7 +9,9 @@ would send it: the top 3 routed agents were assigned and the gold agent is the o
 well"). One simulated second passes per question (the per-agent pacing sees a steady stream).
 
 Conditions, in the same run: `static` (no outcomes: today's router), `learning`, and
-`learning_noisy` (10% of outcomes name a wrong agent as kept: a non-gold agent of the top 5).
+`learning_noisy` (10% of outcomes name a wrong agent as kept: a non-gold agent of the top 5);
+`learning_vectors_only` and its noisy twin learn without learned words (the learned view's
+vectors only, `LearningConfig.words = 0`: the router before learned words).
 Reported: hit@1 over the first and the last 20% of the stream, overall and on the questions
 whose gold agent was already kept earlier in the stream (only there can learning help), with
 that share. `learning_gain` = last-20% hit@1 on already-served gold agents, learning − static.
@@ -26,6 +28,7 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -130,12 +133,18 @@ def stream(splits: list[str], embedder: Any, seed: int) -> tuple[Federation, lis
 def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, config: LearningConfig,
              seed: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, learn, noise in (("static", False, 0.0), ("learning", True, 0.0), ("learning_noisy", True, NOISE)):
+    vectors_only = replace(config, words=0)
+    for name, learn, noise, cfg in (("static", False, 0.0, config), ("learning", True, 0.0, config),
+                                    ("learning_noisy", True, NOISE, config),
+                                    ("learning_vectors_only", True, 0.0, vectors_only),
+                                    ("learning_vectors_only_noisy", True, NOISE, vectors_only)):
         started = time.perf_counter()
-        out[name] = summary(replay(fed, questions, qvecs, learn=learn, config=config, noise=noise, seed=seed))
+        out[name] = summary(replay(fed, questions, qvecs, learn=learn, config=cfg, noise=noise, seed=seed))
         progress(f"{name}: {out[name]} ({time.perf_counter() - started:.0f} s)")
-    out["learning_gain"] = round(out["learning"]["served_hit1_last20"] - out["static"]["served_hit1_last20"], 4)
-    out["noisy_vs_static"] = round(out["learning_noisy"]["hit1"] - out["static"]["hit1"], 4)
+    for suffix in ("", "_vectors_only"):
+        learned = out[f"learning{suffix}"]["served_hit1_last20"]
+        out[f"learning_gain{suffix}"] = round(learned - out["static"]["served_hit1_last20"], 4)
+        out[f"noisy_vs_static{suffix}"] = round(out[f"learning{suffix}_noisy"]["hit1"] - out["static"]["hit1"], 4)
     return out
 
 
@@ -175,7 +184,7 @@ def main() -> int:
         result["dev"] = evaluate(fed, questions, qvecs, config, args.seed)
     result["config"] = {"reservoir": config.reservoir, "evidence": config.evidence, "near": config.near,
                         "weight": config.weight, "prior": config.prior,
-                        "decay": config.decay,
+                        "decay": config.decay, "words": config.words,
                         "unlearn": config.unlearn, "max_per_minute": config.max_per_minute}
     fed, questions, qvecs = stream(LIVE, embedder, args.seed)
     result["live"] = evaluate(fed, questions, qvecs, config, args.seed)

@@ -53,7 +53,7 @@ from fabric.errors import ProtocolError
 from fabric.messages import NodeOutcome
 from fabric.vcv import VCV
 from fabric.vectors import INT8_SCALE, to_int8
-from router.learning import LearnedViews, LearningConfig
+from router.learning import WORDS_MAX, LearnedViews, LearningConfig
 from router.lexical import CompactionPlan, LexicalIndex, agent_text
 
 SNAPSHOT_VERSION = 2  # 2: ids as a NUL-joined blob, pending (unflushed) vectors saved
@@ -558,6 +558,8 @@ class CapabilityIndex:
         t.learned[row] = 0 if slot is None else slot + 1
         examples = vcv.examples if self.config.lexical_examples else ()
         self.lexical.set_row(row, agent_text(vcv.name, vcv.description, vcv.skills, examples))
+        if slot is not None:  # a new version, or an agent back: its learned words against its new text
+            self._learned_words(vcv.agent_id, row, slot)
         if new_vector:
             if int(t.shard[row]) != FREE:
                 self._unindex(row)
@@ -619,7 +621,15 @@ class CapabilityIndex:
             row, slot = self.rows.get(agent_id), self.learned.slot(agent_id)
             if row is not None and slot is not None:
                 self.table.learned[row] = slot + 1
+                if agent_id in outcome.kept:
+                    self._learned_words(agent_id, row, slot)
         return changed
+
+    def _learned_words(self, agent_id: str, row: int, slot: int) -> None:
+        """The learned words the agent's own BM25 document lacks, as lexical token ids."""
+        own = {token for token, _ in self.lexical.row_items(row)}
+        words = [w for w in self.learned.words_of(agent_id) if w not in own][:WORDS_MAX]
+        self.learned.set_word_ids(slot, [self.lexical.token_id(w) for w in words])
 
     def version_of(self, agent_id: str) -> int | None:
         row = self.rows.get(agent_id)

@@ -21,6 +21,13 @@ unlearning). α's similarity moves toward ℓ by `weight · n / (n + prior)` of 
 - it can be unlearned: an agent assigned but not kept loses support in proportion to how close
   the subtask was to its learned view (wrong feedback decays instead of accumulating).
 
+Learned words: the words of those kept subtasks that the agent's own BM25 document lacks
+(router/lexical.py) count in its lexical factor too, at most `WORDS_MAX`, newest first, and leave
+with them. A small embedder misses exactly what a served query names ("IMAX", "Reggae", a
+product's name): the description never said it, the users did. They are gated like the vectors:
+their BM25 is scaled by the same confidence n/(n + prior), so they count only for a task near
+what the agent was kept for (`router/scoring.py`, factor `learned_words`).
+
 State is keyed by agent id, not index row: an agent that leaves and comes back keeps what it
 learned. Only agents the router knows get a learned view (an outcome naming unknown ids cannot
 grow the state without bound). It is saved with the index snapshot.
@@ -29,6 +36,7 @@ grow the state without bound). It is saved with the index snapshot.
 from __future__ import annotations
 
 import collections
+import json
 import time
 from collections.abc import Container
 from dataclasses import dataclass, field, replace
@@ -39,6 +47,10 @@ import numpy as np
 
 from fabric.messages import NodeOutcome
 from fabric.vectors import INT8_SCALE, to_int8
+from router.lexical import tokenize
+
+#: learned words per agent that count (256 bytes a learned agent)
+WORDS_MAX = 64
 
 
 @dataclass
@@ -63,6 +75,9 @@ class LearningConfig:
     # counts fully, an unrelated one not at all, so one wrong outcome lifts little elsewhere
     evidence: Literal["count", "near", "nearer"] = "nearer"
     near: float = 0.75
+    # learned words: the first `words` distinct words of each kept subtask in the reservoir count in
+    # the agent's lexical factor, gated by the evidence (0 = vectors only); they leave with it
+    words: int = 32
 
 
 @dataclass
@@ -83,12 +98,17 @@ class LearnedViews:
     support: np.ndarray = field(init=False)
     filled: np.ndarray = field(init=False)  # kept subtasks stored per slot (≤ k)
     stats: LearnStats = field(default_factory=LearnStats)
+    # per agent, the words of its kept subtasks (newest first, as many as the reservoir holds);
+    # per slot, the lexical token ids of those its BM25 document lacks (router/index.py sets them)
+    texts: dict[str, collections.deque[tuple[str, ...]]] = field(default_factory=dict)
+    word_ids: np.ndarray = field(init=False)
     _recent: dict[str, collections.deque[float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pool = np.zeros((0, self.k, self.dim), dtype=np.int8)  # to_int8, like the views
         self.support = np.zeros(0, dtype=np.float32)
         self.filled = np.zeros(0, dtype=np.int16)
+        self.word_ids = np.full((0, WORDS_MAX), -1, dtype=np.int32)
 
     @property
     def k(self) -> int:
@@ -102,12 +122,15 @@ class LearnedViews:
                 cap = max(64, 2 * len(self.pool))
                 pool, support = np.zeros((cap, self.k, self.dim), np.int8), np.zeros(cap, np.float32)
                 filled = np.zeros(cap, np.int16)
+                word_ids = np.full((cap, WORDS_MAX), -1, np.int32)
                 pool[: len(self.pool)], support[: len(self.support)] = self.pool, self.support
                 filled[: len(self.filled)] = self.filled
-                self.pool, self.support, self.filled = pool, support, filled
+                word_ids[: len(self.word_ids)] = self.word_ids
+                self.pool, self.support, self.filled, self.word_ids = pool, support, filled, word_ids
             self.pool[slot] = 0
             self.support[slot] = 0.0
             self.filled[slot] = 0
+            self.word_ids[slot] = -1
         return slot
 
     def _paced(self, agent_id: str, now: float) -> bool:
@@ -158,6 +181,9 @@ class LearnedViews:
                 self.pool[slot, 0] = to_int8(vec)
             self.filled[slot] = min(int(self.filled[slot]) + 1, self.k)
             self.support[slot] = min(n + 1.0, cfg.max_support)
+            if cfg.words:
+                texts = self.texts.setdefault(agent_id, collections.deque(maxlen=self.k))
+                texts.appendleft(tuple(dict.fromkeys(tokenize(outcome.subtask)))[: cfg.words])
             changed.append(agent_id)
         for agent_id in set(outcome.assigned) - kept:
             slot = self.slot(agent_id)
@@ -198,6 +224,14 @@ class LearnedViews:
         confidence = support / (support + cfg.prior)
         return np.asarray(cfg.weight * confidence * np.maximum(0.0, cos - sim), dtype=np.float32)
 
+    def words_of(self, agent_id: str) -> list[str]:
+        """The agent's learned words, newest subtask first, each once."""
+        return list(dict.fromkeys(w for text in self.texts.get(agent_id, ()) for w in text))
+
+    def set_word_ids(self, slot: int, ids: list[int]) -> None:
+        self.word_ids[slot] = -1
+        self.word_ids[slot, : min(len(ids), WORDS_MAX)] = ids[:WORDS_MAX]
+
     def of(self, agent_id: str) -> tuple[np.ndarray, float] | None:
         slot = self.slots.get(agent_id)
         return None if slot is None else (self.vectors(slot)[0], float(self.support[slot]))
@@ -214,6 +248,9 @@ class LearnedViews:
         np.save(folder / "learned_ids.npy", np.frombuffer("\0".join(ids).encode(), dtype=np.uint8), allow_pickle=False)
         np.save(folder / "learned_pool.npy", self.pool[:n], allow_pickle=False)
         np.save(folder / "learned_support.npy", self.support[:n], allow_pickle=False)
+        np.save(folder / "learned_word_ids.npy", self.word_ids[:n], allow_pickle=False)
+        (folder / "learned_words.json").write_text(json.dumps({a: [list(t) for t in texts]
+                                                                for a, texts in self.texts.items()}))
 
     @classmethod
     def load(cls, folder: Path, dim: int, config: LearningConfig | None = None) -> LearnedViews:
@@ -232,4 +269,10 @@ class LearnedViews:
         views.pool = np.array(pool)
         views.filled = (np.abs(pool.astype(np.int16)).sum(axis=2) > 0).sum(axis=1).astype(np.int16)  # as stored
         views.support = np.array(np.load(folder / "learned_support.npy"), dtype=np.float32)
+        views.word_ids = np.full((len(ids), WORDS_MAX), -1, dtype=np.int32)
+        if (folder / "learned_words.json").exists():  # a snapshot older than learned words has none
+            views.texts = {a: collections.deque(map(tuple, texts), maxlen=views.k)
+                           for a, texts in json.loads((folder / "learned_words.json").read_text()).items()}
+            word_ids = np.load(folder / "learned_word_ids.npy")
+            views.word_ids[:, : word_ids.shape[1]] = word_ids[:, :WORDS_MAX]
         return views

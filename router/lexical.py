@@ -85,6 +85,11 @@ def agent_text(name: str, description: str, skills: Iterable[str], examples: Ite
     return " ".join([base, *extra])
 
 
+def saturate(raw: np.ndarray) -> np.ndarray:
+    """Raw BM25 to [0, 1): s / (s + KAPPA)."""
+    return np.asarray(raw / (raw + KAPPA), dtype=np.float32)
+
+
 def _flat(starts: np.ndarray, lens: np.ndarray, owner: np.ndarray | None = None) -> np.ndarray:
     """Pool positions of the concatenated ranges [starts[i], starts[i] + lens[i])."""
     if owner is None:
@@ -124,6 +129,7 @@ class LexicalIndex:
         self.docs = 0
         self.total_len = 0.0
         self._touched: set[int] | None = None  # rows (re)set or cleared while a compaction builds
+        self.tokens: list[str] = []  # by id: learning rewrites a row from its tokens
 
     # ---- maintenance ----------------------------------------------------------------------
 
@@ -136,11 +142,12 @@ class LexicalIndex:
                 new[: len(old)] = old
                 setattr(self, name, new)
 
-    def _token_id(self, token: str) -> int:
+    def token_id(self, token: str) -> int:
         tid = self.vocab.get(token)
         if tid is None:
             tid = len(self.vocab)
             self.vocab[token] = tid
+            self.tokens.append(token)
             if tid >= len(self.df):
                 df = np.zeros(2 * len(self.df), dtype=np.int32)
                 df[: len(self.df)] = self.df
@@ -150,7 +157,16 @@ class LexicalIndex:
     def set_row(self, row: int, text: str) -> None:
         """(Re)index a row; call clear_row first if it held another document."""
         counts = Counter(tokenize(text))
-        items = counts.most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items())
+        self.set_items(row, counts.most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items()))
+
+    def row_items(self, row: int) -> list[tuple[str, int]]:
+        """The row's (token, count) pairs, as stored."""
+        s, n = int(self.start[row]), int(self.length[row])
+        ids, counts = self.pool_ids[s : s + n].tolist(), self.pool_tf[s : s + n].tolist()
+        return [(self.tokens[i], c) for i, c in zip(ids, counts, strict=True)]
+
+    def set_items(self, row: int, items: list[tuple[str, int]]) -> None:
+        """(Re)index a row from (token, count) pairs, at most MAX_TOKENS of them."""
         n = len(items)
         if self.pool_used + n > len(self.pool_ids):
             grow = max(self.pool_used + n, 2 * len(self.pool_ids))
@@ -159,7 +175,7 @@ class LexicalIndex:
                 new = np.zeros(grow, dtype=old.dtype)
                 new[: self.pool_used] = old[: self.pool_used]
                 setattr(self, name, new)
-        ids = [self._token_id(t) for t, _ in items]
+        ids = [self.token_id(t) for t, _ in items]
         s = self.pool_used
         self.pool_ids[s : s + n] = ids
         self.pool_tf[s : s + n] = [min(c, 255) for _, c in items]
@@ -262,6 +278,22 @@ class LexicalIndex:
 
     def scores(self, q: LexicalQuery, rows: np.ndarray) -> np.ndarray:
         """Saturated BM25 in [0, 1] of each row for the query."""
+        return saturate(self.raw_scores(q, rows))
+
+    def extra_scores(self, q: LexicalQuery, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """Raw BM25 that words outside the rows' documents would add, each counted once at the row's
+        own length (`words`: token ids per row, -1 = none; router/learning.py's learned words)."""
+        out = np.zeros(len(rows), dtype=np.float32)
+        if len(q.ids) == 0 or len(rows) == 0 or q.weight is None:
+            return out
+        ids = np.where((words >= 0) & (words < len(q.weight)), words, 0)
+        idf = np.where(words >= 0, q.weight[ids], 0.0).sum(axis=1)
+        avgdl = self.total_len / max(self.docs, 1) or 1.0
+        norm = (K1 + 1) / (1 + K1 * (1 - B + B * self.doclen[rows] / avgdl))
+        return np.asarray(idf * norm, dtype=np.float32)
+
+    def raw_scores(self, q: LexicalQuery, rows: np.ndarray) -> np.ndarray:
+        """BM25 of each row for the query, before saturation."""
         out = np.zeros(len(rows), dtype=np.float32)
         if len(q.ids) == 0 or len(rows) == 0:
             return out
@@ -287,8 +319,7 @@ class LexicalIndex:
         avgdl = self.total_len / max(self.docs, 1) or 1.0
         dl = self.doclen[rows][owner[hit]]
         contrib = idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * dl / avgdl))
-        raw = np.bincount(owner[hit], weights=contrib, minlength=len(rows)).astype(np.float32)
-        return raw / (raw + KAPPA)
+        return np.bincount(owner[hit], weights=contrib, minlength=len(rows)).astype(np.float32)
 
     # ---- snapshot -------------------------------------------------------------------------
 
@@ -317,6 +348,7 @@ class LexicalIndex:
         lex.pool_used = len(lex.pool_ids)
         vocab: list[str] = list(meta["vocab"])  # type: ignore[call-overload]  # meta is the JSON we wrote
         lex.vocab = {t: i for i, t in enumerate(vocab)}
+        lex.tokens = vocab
         lex.df = np.zeros(max(1024, 2 * len(vocab)), dtype=np.int32)
         lex.df[: len(vocab)] = arrays["lex_df"]
         lex.docs = int(meta["docs"])  # type: ignore[call-overload]  # meta is the JSON we wrote

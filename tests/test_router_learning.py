@@ -180,3 +180,49 @@ def test_jobs_publish_outcomes_that_routers_learn_from_and_keep_across_a_restart
             np.testing.assert_allclose(got[0], vec, atol=1e-6)
 
     asyncio.run(main())
+
+
+def test_learned_words_count_near_what_the_agent_was_kept_for_and_survive_a_restart(embedder, tmp_path: Path) -> None:
+    """The words users asked a kept agent for ("IMAX") raise its lexical factor for the next task
+    near those subtasks that names them; the rival that lost gets none, and no agent gets any
+    without a learned view's evidence. They survive a snapshot and a new version of the agent,
+    and forgetting the learning removes them."""
+    index = CapabilityIndex(IndexConfig(dim=embedder.dim, embedding_model=embedder.model_name))
+    cinema = make_vcv(embedder, "cinema", "Search for movies by location, genre and show type")
+    index.upsert(cinema)
+    index.upsert(make_vcv(embedder, "showtimes", "Retrieve the showtimes of a movie at a location"))
+    index.flush()
+    task = "Is there an IMAX screening near Hayward tonight?"
+
+    def factors(ix: CapabilityIndex, text: str = task) -> dict[str, dict[str, float]]:
+        res = RouterEngine(ix).route(RouteQuery(text=text, top_k=2, abstain=False), embedder.embed([text])[0])
+        return {m.agent_id: m.factors for m in res.response.matches}
+
+    before = factors(index)
+    assert before["cinema"]["learned_words"] == 0.0
+    for i, text in enumerate(["Find an IMAX screening of Dune", "Any IMAX 3D films this weekend?"]):
+        index.learn(outcome(embedder, text, ["cinema"], assigned=["cinema", "showtimes"]), now=float(i))
+    assert "imax" in index.learned.words_of("cinema") and "showtimes" not in index.learned.texts
+    after = factors(index)
+    assert after["cinema"]["learned_words"] > 0 and after["cinema"]["learned_support"] > 0
+    assert after["cinema"]["lexical"] == pytest.approx(before["cinema"]["lexical"] + after["cinema"]["learned_words"])
+    assert after["showtimes"]["learned_words"] == 0.0
+    for factor in factors(index, "Which tax forms do I file for IMAX stock dividends?").values():
+        assert factor["learned_words"] == 0.0 or factor["learned_support"] > 0
+
+    index.snapshot(tmp_path / "snap")
+    restored = CapabilityIndex.restore(tmp_path / "snap")
+    assert factors(restored)["cinema"]["lexical"] == pytest.approx(after["cinema"]["lexical"])
+    restored.upsert(cinema.model_copy(update={"version": 2}))  # a new version keeps what it learned
+    restored.flush()
+    assert factors(restored)["cinema"]["lexical"] == pytest.approx(after["cinema"]["lexical"])
+
+    index.forget_learning()
+    assert factors(index)["cinema"]["lexical"] == pytest.approx(before["cinema"]["lexical"])
+
+
+def test_foa_route_says_what_outcomes_added_to_a_match() -> None:
+    from fabric.cli.routing import learned_note
+
+    assert learned_note({"learned_lift": 0.1, "learned_words": 0.02}) == "  learned: sim +0.100, lexical +0.020"
+    assert learned_note({"learned_lift": 0.0, "learned_words": 0.0, "sim": 0.5}) == ""

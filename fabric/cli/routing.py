@@ -95,11 +95,18 @@ async def _route_once(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{rank:>2}. {m.agent_id} v{m.version}  score {m.score:.4f}  "
               f"sim {f.get('sim', 0):.3f} lexical {f.get('lexical', 0):.3f} resources {f.get('resources', 0):.3f} "
               f"spec {f.get('spec', 0):.3f} reputation {f.get('reputation', 0):.2f}  "
-              f"cost {m.expected_cost:.4g} latency {m.expected_latency_ms:.0f} ms")
+              f"cost {m.expected_cost:.4g} latency {m.expected_latency_ms:.0f} ms"
+              + learned_note(f))
     thr = "none" if response.threshold is None else f"{response.threshold:.3f}"
     print(f"({response.candidates_considered} candidates re-scored, {response.blocked} blocked by gates, "
           f"abstention threshold {thr})")
     return 0
+
+
+def learned_note(factors: dict[str, float]) -> str:
+    """What outcomes added to this match (router/learning.py), when they added anything."""
+    lift, words = factors.get("learned_lift", 0.0), factors.get("learned_words", 0.0)
+    return f"  learned: sim +{lift:.3f}, lexical +{words:.3f}" if lift > 0 or words > 0 else ""
 
 
 async def _status(args: argparse.Namespace, settings: Settings) -> int:

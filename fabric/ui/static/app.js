@@ -399,7 +399,7 @@ function dagSvg(d) {
     ${edges}${nodes}</svg>`;
 }
 function nodeCard(n) {
-  const shown = ["sim", "learned_lift", "lexical", "spec", "resources", "reputation"];
+  const shown = ["sim", "learned_lift", "lexical", "learned_words", "spec", "resources", "reputation"];
   const assigned = n.assigned.map((m) => `<div title="${esc(JSON.stringify(m.factors || {}))}"><b>${esc(m.agent_id)}</b> α ${num(m.score, 3)}
     <span class="muted">${shown.filter((k) => m.factors && k in m.factors).map((k) => `${k} ${num(m.factors[k], 2)}`).join(" · ")}</span></div>`).join("");
   const leftOut = (n.left_out || []).map((o) => `<div class="muted" data-testid="left-out"><b>${esc(o.agent_id)}</b> left out: α ${num(o.score, 3)} &lt; floor ${num(o.floor, 3)}</div>`).join("");
