@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import inspect
 import logging
 import time
@@ -361,7 +362,9 @@ class Bus:
             self.transport.ack(msg)
         if not matched:
             return
-        pending: list[Awaitable[None]] = []
+        # handler calls to make, not coroutines yet: a task cancelled before it starts (the loop
+        # closing) never runs its body, and coroutines made for it would never be awaited
+        pending: list[Callable[[], Awaitable[None]]] = []
         for sub in matched:
             incoming = self._prepare(sub, msg.topic, msg.payload, bool(msg.retain))
             if incoming is None:
@@ -371,7 +374,7 @@ class Bus:
                 if later is not None:
                     pending.append(later)
             else:
-                pending.append(self._call(sub.handler, incoming))
+                pending.append(functools.partial(self._call, sub.handler, incoming))
         if durable:
             if pending:
                 self._spawn(self._run_then_ack(pending, msg))
@@ -379,7 +382,7 @@ class Bus:
                 self.transport.ack(msg)
         else:
             for job in pending:
-                self._spawn(job)
+                self._spawn(job())
 
     def _park(self, msg: Message) -> None:
         self._early.append((time.monotonic(), msg))
@@ -438,7 +441,7 @@ class Bus:
                 self._seen.popitem(last=False)
         return Incoming(topic, payload, retain, env)
 
-    def _call_inline(self, handler: Handler, incoming: Incoming) -> Awaitable[None] | None:
+    def _call_inline(self, handler: Handler, incoming: Incoming) -> Callable[[], Awaitable[None]] | None:
         """Run a plain-function handler now; an awaitable it returns is finished in a task."""
         try:
             result = handler(incoming)
@@ -447,7 +450,7 @@ class Bus:
             log.exception("handler failed", extra={"client_id": self.client_id, "topic": incoming.topic})
             return None
         if inspect.isawaitable(result):
-            return self._call(lambda _: result, incoming)
+            return functools.partial(self._call, lambda _: result, incoming)
         self.stats.delivered += 1
         return None
 
@@ -463,11 +466,11 @@ class Bus:
             self.stats.handler_errors += 1
             log.exception("handler failed", extra={"client_id": self.client_id, "topic": incoming.topic})
 
-    async def _run_then_ack(self, jobs: list[Awaitable[None]], msg: Message) -> None:
+    async def _run_then_ack(self, jobs: list[Callable[[], Awaitable[None]]], msg: Message) -> None:
         if len(jobs) == 1:
-            await jobs[0]
+            await jobs[0]()
         else:
-            await asyncio.gather(*jobs)
+            await asyncio.gather(*(job() for job in jobs))
         if self.transport.connected:
             self.transport.ack(msg)
 
