@@ -203,7 +203,8 @@ def learned_words(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, s
     ungated, in the same run): ungated words gained on held-out live (learning gain 0.116 vs 0.075,
     noisy +0.043 vs +0.029 over static) but lost on dev, where the constants are chosen (overall
     hit@1 0.806 vs 0.825 vectors only, and 10% wrong feedback 0.024 below static). Gated, live:
-    gain 0.1005, noisy +0.036 over static; dev (`--fit` re-chose a fixed cosine floor): gain 0.077
+    gain 0.1005, noisy +0.036 over static (`--seed 1/2/3`: 0.090 / 0.065 / 0.098 vs 0.065 / 0.090 /
+    0.059 vectors only); dev (`--fit` re-chose a fixed cosine floor): gain 0.077
     vs 0.066 vectors only, noisy +0.004."""
     out = np.zeros(len(rows), dtype=np.float32)
     sel = np.flatnonzero((slots >= 0) & (support > 0))
