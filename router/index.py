@@ -627,7 +627,7 @@ class CapabilityIndex:
 
     def _learned_words(self, agent_id: str, row: int, slot: int) -> None:
         """The learned words the agent's own BM25 document lacks, as lexical token ids."""
-        own = {token for token, _ in self.lexical.row_items(row)}
+        own = self.lexical.row_tokens(row)
         words = [w for w in self.learned.words_of(agent_id) if w not in own][:WORDS_MAX]
         self.learned.set_word_ids(slot, [self.lexical.token_id(w) for w in words])
 

@@ -129,7 +129,7 @@ class LexicalIndex:
         self.docs = 0
         self.total_len = 0.0
         self._touched: set[int] | None = None  # rows (re)set or cleared while a compaction builds
-        self.tokens: list[str] = []  # by id: learning rewrites a row from its tokens
+        self.tokens: list[str] = []  # by id: learned words are checked against a row's tokens
 
     # ---- maintenance ----------------------------------------------------------------------
 
@@ -157,16 +157,7 @@ class LexicalIndex:
     def set_row(self, row: int, text: str) -> None:
         """(Re)index a row; call clear_row first if it held another document."""
         counts = Counter(tokenize(text))
-        self.set_items(row, counts.most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items()))
-
-    def row_items(self, row: int) -> list[tuple[str, int]]:
-        """The row's (token, count) pairs, as stored."""
-        s, n = int(self.start[row]), int(self.length[row])
-        ids, counts = self.pool_ids[s : s + n].tolist(), self.pool_tf[s : s + n].tolist()
-        return [(self.tokens[i], c) for i, c in zip(ids, counts, strict=True)]
-
-    def set_items(self, row: int, items: list[tuple[str, int]]) -> None:
-        """(Re)index a row from (token, count) pairs, at most MAX_TOKENS of them."""
+        items = counts.most_common(MAX_TOKENS) if len(counts) > MAX_TOKENS else list(counts.items())
         n = len(items)
         if self.pool_used + n > len(self.pool_ids):
             grow = max(self.pool_used + n, 2 * len(self.pool_ids))
@@ -189,6 +180,11 @@ class LexicalIndex:
         self.df[ids] += 1  # ids are unique within a row
         self.docs += 1
         self.total_len += dl
+
+    def row_tokens(self, row: int) -> set[str]:
+        """The row's tokens, as stored."""
+        s, n = int(self.start[row]), int(self.length[row])
+        return {self.tokens[i] for i in self.pool_ids[s : s + n].tolist()}
 
     def clear_row(self, row: int) -> None:
         n = int(self.length[row])
@@ -276,21 +272,20 @@ class LexicalIndex:
         weight[arr] = idf
         return LexicalQuery(arr, idf, weight)
 
-    def scores(self, q: LexicalQuery, rows: np.ndarray) -> np.ndarray:
-        """Saturated BM25 in [0, 1] of each row for the query."""
-        return saturate(self.raw_scores(q, rows))
-
     def extra_scores(self, q: LexicalQuery, rows: np.ndarray, words: np.ndarray) -> np.ndarray:
         """Raw BM25 that words outside the rows' documents would add, each counted once at the row's
         own length (`words`: token ids per row, -1 = none; router/learning.py's learned words)."""
         out = np.zeros(len(rows), dtype=np.float32)
         if len(q.ids) == 0 or len(rows) == 0 or q.weight is None:
             return out
-        ids = np.where((words >= 0) & (words < len(q.weight)), words, 0)
-        idf = np.where(words >= 0, q.weight[ids], 0.0).sum(axis=1)
+        known = (words >= 0) & (words < len(q.weight))  # a word newer than the query is not in it
+        idf = np.where(known, q.weight[np.where(known, words, 0)], 0.0).sum(axis=1)
+        return np.asarray(self._bm25(idf, np.float32(1.0), self.doclen[rows]), dtype=np.float32)
+
+    def _bm25(self, idf: np.ndarray, tf: np.ndarray | np.float32, dl: np.ndarray) -> np.ndarray:
+        """One term's BM25 in a document of length dl."""
         avgdl = self.total_len / max(self.docs, 1) or 1.0
-        norm = (K1 + 1) / (1 + K1 * (1 - B + B * self.doclen[rows] / avgdl))
-        return np.asarray(idf * norm, dtype=np.float32)
+        return np.asarray(idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * dl / avgdl)))
 
     def raw_scores(self, q: LexicalQuery, rows: np.ndarray) -> np.ndarray:
         """BM25 of each row for the query, before saturation."""
@@ -316,9 +311,7 @@ class LexicalIndex:
         if not hit.any():
             return out
         tf = self.pool_tf[flat[hit]].astype(np.float32)
-        avgdl = self.total_len / max(self.docs, 1) or 1.0
-        dl = self.doclen[rows][owner[hit]]
-        contrib = idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * dl / avgdl))
+        contrib = self._bm25(idf, tf, self.doclen[rows][owner[hit]])
         return np.bincount(owner[hit], weights=contrib, minlength=len(rows)).astype(np.float32)
 
     # ---- snapshot -------------------------------------------------------------------------

@@ -229,8 +229,9 @@ def score(index: CapabilityIndex, ctx: QueryContext, rows: np.ndarray, sims: np.
     sim = np.clip(fused + lift, 0.0, 1.0)
     raw = index.lexical.raw_scores(ctx.lexical, rows)
     words = learned_words(index, ctx, rows, slots, support)
-    lexical = (1.0 - LEXICAL_WEIGHT) + LEXICAL_WEIGHT * saturate(raw + words)
-    words_part = LEXICAL_WEIGHT * (saturate(raw + words) - saturate(raw))
+    lex = saturate(raw + words)
+    lexical = (1.0 - LEXICAL_WEIGHT) + LEXICAL_WEIGHT * lex
+    words_part = LEXICAL_WEIGHT * (lex - saturate(raw)) if words.any() else np.zeros_like(lex)
     mask = np.uint64(ctx.policy_mask)
     policy_ok = (t.policy[rows] & mask) == mask
     if ctx.unknown_policies:

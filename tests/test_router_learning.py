@@ -226,3 +226,20 @@ def test_foa_route_says_what_outcomes_added_to_a_match() -> None:
 
     assert learned_note({"learned_lift": 0.1, "learned_words": 0.02}) == "  learned: sim +0.100, lexical +0.020"
     assert learned_note({"learned_lift": 0.0, "learned_words": 0.0, "sim": 0.5}) == ""
+
+
+def test_a_learned_word_newer_than_the_query_adds_nothing_to_it() -> None:
+    """A learned word whose token id came after the query was built (the vocabulary grew past the
+    query's idf table) is not in the query: it adds no BM25, and borrows no other token's weight."""
+    from router.lexical import LexicalIndex
+
+    lex = LexicalIndex(capacity=4)
+    lex.set_row(0, "alpha beta")
+    query = lex.query("alpha")
+    assert query.weight is not None
+    newest = [lex.token_id(f"word{i}") for i in range(2 * len(query.weight))][-1]
+    assert newest >= len(query.weight)
+    words = np.array([[newest, -1]], dtype=np.int32)
+    assert lex.extra_scores(query, np.array([0]), words)[0] == 0.0
+    known = np.array([[lex.vocab["alpha"], -1]], dtype=np.int32)
+    assert lex.extra_scores(query, np.array([0]), known)[0] > 0.0
