@@ -39,6 +39,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -1061,9 +1062,14 @@ def _filtered_all(shard: hnswlib.Index, q: np.ndarray, k: int, filt: Any) -> tup
 _MADV_COLLAPSE = 25  # Linux >= 6.1
 _HUGE = 1 << 21
 _COLLAPSE_STEP = 16 * _HUGE
+#: mappings smaller than this stay in 4 KB pages (measured, not a fix: see `collapse_huge_pages`)
+COLLAPSE_MIN_BYTES = 2 * _HUGE
 
 
-def collapse_huge_pages() -> int:
+def collapse_huge_pages(
+    *, min_bytes: int = COLLAPSE_MIN_BYTES, step: int = _COLLAPSE_STEP,
+    on_call: Callable[[float, float, int], None] | None = None,
+) -> int:
     """Rewrite this process's large anonymous mappings (the hnswlib graphs, the heap) as 2 MB pages.
 
     Why: `snapshot_in_child` forks, and fork copies one page-table entry per 4 KB page: measured
@@ -1072,7 +1078,16 @@ def collapse_huge_pages() -> int:
     without the GIL: run it in a worker thread). Not MADV_HUGEPAGE: with it, later page faults
     in the graphs compact memory while holding the mm lock, and the event loop's own mmap()
     waited behind them (1M agents: a 60 ms loop stall during a flush). Returns MB scanned; 0
-    where the platform cannot (then fork is just slower)."""
+    where the platform cannot (then fork is just slower).
+
+    The loop stall of a background snapshot is this, not the fork (`benchmarks/snapshot_stall.py
+    --no-queries`, 100k agents with 8 views, three runs: 32.5, 55.8, 37.1 ms while collapsing, 8-13 ms
+    for fork and write): one 16-page call takes 7-11 ms at the median and up to 375 ms, and the loop
+    waits when it touches memory being collapsed (each stall over 10 ms overlapped one call of
+    160-200 ms, in mappings of 20-106 MB). Not fixed: collapsing only mappings of 64 MB or more
+    (`min_bytes`) stalled 5.8 ms once, but router_scale.py then measured 38.5 ms (fork 20.8 ms); 256 MB
+    or more: no stall, fork 33.8 ms. With a routed query every tick, 7.9 and 8.6 ms (4 and 64 MB).
+    `on_call(start, end, mapping_bytes)` sees every madvise call (perf_counter times)."""
     if not sys.platform.startswith("linux"):
         return 0
     try:
@@ -1094,13 +1109,16 @@ def collapse_huge_pages() -> int:
             continue  # file-backed, stack, vdso
         lo, hi = (int(x, 16) for x in parts[0].split("-"))
         lo, hi = (lo + _HUGE - 1) & ~(_HUGE - 1), hi & ~(_HUGE - 1)
-        if hi - lo < 2 * _HUGE:
+        if hi - lo < max(2 * _HUGE, min_bytes):
             continue
         scanned += hi - lo
-        for at in range(lo, hi, _COLLAPSE_STEP):
+        for at in range(lo, hi, step):
             # best effort (fails on busy ranges, or before Linux 6.1), in slices with a pause:
             # the event loop's own page faults wait while the kernel rewrites the page tables
-            madvise(at, min(_COLLAPSE_STEP, hi - at), _MADV_COLLAPSE)
+            t0 = time.perf_counter()
+            madvise(at, min(step, hi - at), _MADV_COLLAPSE)
+            if on_call is not None:
+                on_call(t0, time.perf_counter(), hi - lo)
             time.sleep(0.001)
     return scanned >> 20
 
