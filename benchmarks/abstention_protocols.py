@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from benchmarks._common import emit, progress
-from benchmarks.bfcl_routing import DEV, IRRELEVANT, LIVE, Federation, load_split
+from benchmarks.bfcl_routing import DEV, IRRELEVANT, LIVE, Federation, abstain_scores, load_split
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.messages import RouteQuery
 from router.abstention import DEFAULT_FEATURES, Top, fit
@@ -84,15 +84,6 @@ def leave_gold_out(splits: list[str], embedder: Embedder, twin: float, seed: int
     return tops, negative, shape
 
 
-def scores(abstain: np.ndarray, negative: np.ndarray) -> dict[str, float]:
-    tp = float((abstain & negative).sum())
-    p = tp / abstain.sum() if abstain.sum() else 0.0
-    r = tp / negative.sum() if negative.sum() else 0.0
-    return {"abstain_precision": round(p, 4), "abstain_recall": round(r, 4),
-            "abstain_f1": round(2 * p * r / (p + r), 4) if p + r else 0.0,
-            "false_refusal_rate": round(float((abstain & ~negative).sum() / max((~negative).sum(), 1)), 4)}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
@@ -117,7 +108,8 @@ def main() -> int:
         model = fit([t for t, n in zip(dev_tops, dev_neg, strict=True) if not n],
                     [t for t, n in zip(dev_tops, dev_neg, strict=True) if n], target_false_accept=target)
         live = np.array([model.abstains(t) for t in live_tops], dtype=bool)
-        block["by_target"][str(target)] = {"dev_cross_fitted": scores(cross, dev_neg), "live": scores(live, live_neg)}
+        block["by_target"][str(target)] = {"dev_cross_fitted": abstain_scores(cross, dev_neg),
+                                          "live": abstain_scores(live, live_neg)}
     result["leave_gold_out"] = block
     emit(result, args.json)
     return 0
