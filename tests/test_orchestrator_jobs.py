@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 import uuid
@@ -233,6 +234,46 @@ def test_a_restarted_orchestrator_resumes_the_job(memory_broker, tmp_path, embed
     assert result.status == "completed", result.failure_reason
     assert extra_decomposes == 0  # the plan came from the checkpoint
     assert counts["completed"] == 1 and len(result.dag.nodes) == 4
+
+
+def test_a_job_taken_again_while_its_fenced_runner_unwinds_runs_once(memory_broker, tmp_path, embedder) -> None:
+    """Fenced out of a job, then taking it again before the old runner has unwound (another
+    replica took it and let its lease lapse): the new runner starts after the old one, never
+    beside it, and under the new lease (the old one's exit leaves it alone). Before, the two ran
+    together and the second wrote unfenced: two completed results in tests/test_chaos.py."""
+    settings = fed_settings(memory_broker, tmp_path)
+    factory = backend_factory(latency_s=0.3)
+
+    async def main() -> tuple[JobResult, dict[str, object], int]:
+        async with LocalFederation(settings, SPECS, backend_factory=factory, embedder=embedder) as fed:
+            orch = fed.orchestrator
+            assert orch is not None
+            await fed.client()
+            job = asyncio.create_task(
+                fed.run_job("Chest pain: what to do?", JobOptions(max_proposers=2, refine_rounds=1), job_id="twice")
+            )
+            await eventually(lambda: orch.store.token("twice") == 1 and "twice" in orch.running, timeout=30, what="job")
+            old = orch.running["twice"]
+            with sqlite3.connect(settings.job_store_path) as other:  # another replica took it, then lapsed
+                other.execute(
+                    "UPDATE jobs SET lease_token=lease_token+1, owner='other', lease_expires=? WHERE job_id='twice'",
+                    (time.time() - 1,),
+                )
+            orch.store.renew(orch.bus.client_id)  # this replica learns it lost the job: abandons it
+            assert "twice" in orch.abandoned and not old.done()
+            assert orch.leases.claim() == ["twice"]  # and takes it again at once (token 3)
+            assert "twice" not in orch.running  # not beside the old runner, which has not unwound yet
+            await asyncio.wait([old])
+            await eventually(lambda: "twice" in orch.running, timeout=5, what="the new runner")
+            assert orch.store.token("twice") == 3  # the old runner's exit left the new lease alone
+            result = await asyncio.wait_for(job, 120)
+            row = JobStore(settings.job_store_path).get("twice")
+            assert row is not None
+            return result, row, orch.completed
+
+    result, row, completed = run(main())
+    assert result.status == "completed", result.failure_reason
+    assert (row["state"], row["lease_token"], completed) == ("completed", 3, 1)
 
 
 # ---- typed results ---------------------------------------------------------------------------

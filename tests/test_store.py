@@ -174,6 +174,31 @@ def test_lease_blocks_others_until_it_expires(make_store: StoreFactory) -> None:
     assert a.held() == {}
 
 
+def test_a_stale_runner_cannot_end_a_newer_lease(make_store: StoreFactory) -> None:
+    """A replica fenced out of a job and then taking it again holds a new token: the old
+    runner's exit (`release` with the token it started with) must not end the new lease, and
+    a result needs the lease (unfenced writes of a job held nowhere were the chaos test's
+    duplicate)."""
+    a, b = make_store(lease_s=0.5), make_store(lease_s=0.5)
+    assert a.admit(submit("r1"), owner="A")
+    first = a.token("r1")
+    time.sleep(0.7)
+    assert b.acquire("r1", "B") == 2  # B takes it over, then stops renewing
+    assert a.renew("A") == ["r1"] and a.token("r1") is None
+    time.sleep(0.7)
+    assert a.acquire("r1", "A") == 3  # A takes it again
+    a.release("r1", first)  # the old runner unwinds: the new lease stays
+    assert a.token("r1") == 3 and b.acquire("r1", "B") is None
+    a.release("r1", 3)  # the new runner is cancelled: now it is free at once
+    assert a.token("r1") is None and b.acquire("r1", "B") == 4
+    with pytest.raises(FencedOut):  # A holds nothing: no result of A's lands
+        a.finish(JobResult(job_id="r1", status="completed", answer="A's answer"))
+    assert b.result("r1") is None
+    b.finish(JobResult(job_id="r1", status="completed", answer="B's answer"))
+    result = a.result("r1")
+    assert result is not None and result.answer == "B's answer"
+
+
 def test_fenced_replica_cannot_write(make_store: StoreFactory) -> None:
     a, b = make_store(lease_s=0.5), make_store(lease_s=10.0)
     fenced: list[str] = []

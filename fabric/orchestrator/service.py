@@ -207,6 +207,8 @@ class OrchestratorService:
         self.ports = BusPorts(bus, self.registry, embedder, settings)
         self.running: dict[str, asyncio.Task[JobResult]] = {}
         self.runners: dict[str, JobRunner] = {}
+        # jobs taken over by another replica whose task is still unwinding (see `_abandon`)
+        self.abandoned: dict[str, asyncio.Task[JobResult]] = {}
         self.completed = 0
         self.failed = 0
         self.canceled = 0
@@ -327,6 +329,12 @@ class OrchestratorService:
     def _start_job(self, submit: JobSubmit, traceparent: str | None = None, fresh: bool = False) -> None:
         if submit.job_id in self.running:
             return
+        unwinding = self.abandoned.get(submit.job_id)
+        if unwinding is not None and not unwinding.done():
+            # this replica took the job again while its fenced-out runner still unwinds: one
+            # runner per job in a process, so the new one starts when the old one has ended
+            unwinding.add_done_callback(lambda _: self._start_job(submit, traceparent, fresh))
+            return
         runner = JobRunner(
             submit,
             self.ports,
@@ -342,7 +350,8 @@ class OrchestratorService:
             runner.cancel(cancel)
         if self.metrics is not None:
             self.metrics.job_state("running")
-        task = asyncio.create_task(self._run(runner), name=f"job-{submit.job_id}")
+        token = self.store.token(submit.job_id)  # the lease this runner writes under
+        task = asyncio.create_task(self._run(runner, token), name=f"job-{submit.job_id}")
         self.running[submit.job_id] = task
         self.runners[submit.job_id] = runner
 
@@ -360,12 +369,16 @@ class OrchestratorService:
             return []
 
     def _abandon(self, job_id: str) -> None:
-        """Another replica took this job over (our lease expired while we were paused or cut off)."""
+        """Another replica took this job over (our lease expired while we were paused or cut off).
+        The task is cancelled; until it has unwound it stays in `abandoned`, so that taking the
+        job again later starts a new runner after it, not beside it."""
         task = self.running.pop(job_id, None)
-        if task is not None:
+        self.runners.pop(job_id, None)
+        if task is not None and not task.done():
+            self.abandoned[job_id] = task
             task.cancel()
 
-    async def _run(self, runner: JobRunner) -> JobResult:
+    async def _run(self, runner: JobRunner, token: int | None) -> JobResult:
         try:
             try:
                 result = await runner.run()
@@ -384,9 +397,15 @@ class OrchestratorService:
             await self._publish_result(result)
             return result
         finally:
-            self.running.pop(runner.job.job_id, None)
-            self.runners.pop(runner.job.job_id, None)
-            self.store.release(runner.job.job_id)  # unfinished (cancelled): free for another replica now
+            job_id, task = runner.job.job_id, asyncio.current_task()
+            # only this runner's entries: a newer runner of the same job may be registered by now
+            if self.running.get(job_id) is task:
+                del self.running[job_id]
+            if self.runners.get(job_id) is runner:
+                del self.runners[job_id]
+            if self.abandoned.get(job_id) is task:
+                del self.abandoned[job_id]
+            self.store.release(job_id, token)  # unfinished (cancelled): free for another replica now
 
     async def _publish_result(self, result: JobResult) -> None:
         await self.bus.publish(
@@ -397,8 +416,8 @@ class OrchestratorService:
         )
 
     async def drain(self) -> None:
-        if self.running:
-            await asyncio.gather(*self.running.values(), return_exceptions=True)
+        if self.running or self.abandoned:
+            await asyncio.gather(*self.running.values(), *self.abandoned.values(), return_exceptions=True)
 
 
 async def run_orchestrator(

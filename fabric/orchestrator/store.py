@@ -171,7 +171,8 @@ class Store(Protocol):
     def prune_conversations(self) -> int: ...
     def acquire(self, job_id: str, owner: str) -> int | None: ...
     def renew(self, owner: str) -> builtins.list[str]: ...
-    def release(self, job_id: str) -> None: ...
+    def release(self, job_id: str, token: int | None) -> None: ...
+    def token(self, job_id: str) -> int | None: ...
     def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]: ...
     def held(self) -> dict[str, int]: ...
     def flush(self, final: tuple[str, tuple[Any, ...]] | None = None) -> None: ...
@@ -317,6 +318,8 @@ class JobStore:
                 if self._held or self._lost:
                     touched = [e[0] for e in events] + [k[0] for k in checkpoints] + list(states)
                     fenced = self._fenced_jobs([*touched, *([final_job] if final_job else [])])
+                if final_job and self.lease_s and final_job not in self._held:
+                    fenced.add(final_job)  # a result needs the lease: never held, released or lost here
                 rows = []
                 for (job_id, key), value in checkpoints.items():
                     if job_id in fenced:
@@ -502,13 +505,16 @@ class JobStore:
         self._fence(set(lost))  # logged, and reported to on_fenced
         return lost
 
-    def release(self, job_id: str) -> None:
+    def release(self, job_id: str, token: int | None) -> None:
         """Give up `job_id` (its task was cancelled: a shutdown, not a crash): its lease ends now,
         so another replica takes it over at its next scan instead of after `lease_s`. A no-op for
-        a finished or fenced job (no longer held)."""
-        token = self._held.pop(job_id, None)
-        if token is None:
+        a finished or fenced job (no longer held), and unless `token`, the one its runner started
+        with, is still the one held: the exit of a runner that was fenced out must not end the
+        lease this replica took again since (its next runner then wrote unfenced, and another
+        replica took the job as well: two completed results in `tests/test_chaos.py`)."""
+        if token is None or self._held.get(job_id) != token:
             return
+        del self._held[job_id]
         try:
             self._exec(
                 "UPDATE jobs SET lease_expires=? WHERE job_id=? AND lease_token=?", (time.time() - 1, job_id, token)
@@ -518,6 +524,10 @@ class JobStore:
 
     def held(self) -> dict[str, int]:
         return dict(self._held)
+
+    def token(self, job_id: str) -> int | None:
+        """The fencing token held here for `job_id` (None: not held, or leases are off)."""
+        return self._held.get(job_id)
 
     def claimable(self, owner: str, limit: int = 100) -> builtins.list[str]:
         """Unfinished jobs this owner may acquire: lease expired, or already its own but not
