@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -208,6 +209,27 @@ def test_reputation_scores_are_coalesced_to_the_latest(memory_settings, embedder
             await ports.publish_reputation(Reputation(agent_id="busy", score=0.9, jobs=51))
             await ports.close()  # shutting down publishes what is pending
             await eventually(lambda: got[-1] == 0.9)
+
+    asyncio.run(main())
+
+
+def test_orchestrator_embeds_ahead_in_shared_batches_and_then_reads_the_cache(memory_settings, embedder) -> None:
+    """Nodes that embed at once share model calls off the loop; the synchronous `embed` that
+    clustering and merging call afterwards runs no model."""
+    from fabric.orchestrator.service import BusPorts
+    from fabric.registry import Registry
+
+    async def main() -> None:
+        async with Bus(memory_settings, "embed-ahead", persistent=False) as bus:
+            ports = BusPorts(bus, Registry(), embedder, memory_settings)
+            nodes = [[f"draft {n}.{d} about embedding ahead {os.urandom(4).hex()}" for d in range(3)] for n in range(6)]
+            vecs = await asyncio.gather(*(ports.embed_ahead(texts) for texts in nodes))
+            assert [v.shape for v in vecs] == [(3, embedder.dim)] * 6
+            assert ports.batcher.batches < len(nodes)  # six nodes, fewer model calls
+            encoded = embedder.encoded
+            again = ports.embed([t for texts in nodes for t in texts])
+            assert embedder.encoded == encoded  # the cache answered
+            np.testing.assert_allclose(again, np.vstack(vecs), rtol=1e-6)
 
     asyncio.run(main())
 

@@ -84,7 +84,10 @@ async def refine_cluster(
     on_round: Callable[[RoundRecord], Awaitable[None] | None] | None = None,
     max_tokens: int | None = None,
     exact: Collection[str] = (),
+    embed_ahead: Callable[[list[str]], Awaitable[None]] | None = None,
 ) -> ClusterOutcome:
+    """`embed_ahead`: embeds the final answers off the event loop before `representative` asks
+    `embed` for them (the orchestrator's cache then answers)."""
     answers = {m: drafts[m][0] for m in members if m in drafts}
     facts = {m: answers[m] for m in exact if m in answers}  # exact members: their answers never change
     confidence = {m: drafts[m][1] for m in answers}
@@ -144,6 +147,8 @@ async def refine_cluster(
 
     eligible = eligible_answers(answers, facts)
     weights = {a: confidence.get(a, 0.5) * reputation(a) for a in eligible}
+    if embed_ahead is not None and len(eligible) > 1:
+        await embed_ahead(list(eligible.values()))
     rep = representative(eligible, weights, embed)
     return ClusterOutcome(
         cluster_id=cluster_id,

@@ -40,9 +40,9 @@ from typing import Final, Literal, TypeVar
 T = TypeVar("T")
 
 Work = Literal["embed", "cluster"]
-Wait = Literal["calls", "router", "publish"]
+Wait = Literal["calls", "router", "publish", "embed"]
 #: the waits in the order they win a slice when several are in flight
-WAITS: Final[tuple[Wait, ...]] = ("calls", "router", "publish")
+WAITS: Final[tuple[Wait, ...]] = ("calls", "router", "publish", "embed")
 #: every kind reported, in the order of the module docstring
 KINDS: Final[tuple[str, ...]] = ("embed", "cluster", "store", "publish", "router", "agents", "broker", "engine")
 PATH_PREFIX: Final = "path."

@@ -26,7 +26,7 @@ import numpy as np
 from fabric import topics
 from fabric.bus import Bus, Incoming, RequestTimeout
 from fabric.dispatch import Answer, dispatch_task
-from fabric.embeddings import Embedder
+from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import make
 from fabric.messages import (
     AssignQuery,
@@ -70,6 +70,7 @@ class BusPorts:
         self.bus = bus
         self.registry = registry
         self.embedder = embedder
+        self.batcher = EmbedBatcher(embedder)
         self.settings = settings
         self._reputation_pending: dict[str, Reputation] = {}
         self._reputation_flusher: asyncio.Task[None] | None = None
@@ -124,6 +125,11 @@ class BusPorts:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embedder.embed(list(texts))
+
+    async def embed_ahead(self, texts: Sequence[str]) -> np.ndarray:
+        """Off the event loop, in one model call with what concurrent jobs and nodes embed at the
+        same time; the embedder's cache keeps the vectors for `embed`."""
+        return await self.batcher.embed(texts)
 
     def vcv(self, agent_id: str) -> VCV | None:
         entry = self.registry.get(agent_id)
