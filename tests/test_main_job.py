@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,43 @@ def test_foa_run_answers_with_several_agents(tmp_path: Path) -> None:
         timeout=60,
     )
     assert shown.returncode == 0 and "DAG:" in shown.stdout and out["job_id"] in shown.stdout
+
+
+@pytest.mark.slow
+def test_foa_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    """`kill` (SIGTERM) on a running `foa run` does what Ctrl-C does: the federation it started
+    (embedded broker, agents, job store) closes, nothing of its process group is left running,
+    and it exits 143 saying why. Before, it died at once and left its mosquitto to init."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FOA_")} | {"FOA_DATA_DIR": str(tmp_path / "data")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fabric.cli", "run", "What should I do about a mild headache?", "--max-tokens", "64"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: what is left of it after it exits can be seen
+    )
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith("federation up"):
+                break
+        assert any(s.startswith("federation up") for s in seen), "".join(seen)[-3000:]
+        time.sleep(1.0)  # the job is running
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 143, err[-3000:]
+    assert "foa: stopped (SIGTERM)" in err
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):  # the embedded broker and every other child are gone
+        os.killpg(proc.pid, 0)

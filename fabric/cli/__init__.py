@@ -8,9 +8,12 @@ Modules import their heavy dependencies inside the handler, so `foa --help` stay
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import signal
 import sys
+from collections.abc import Iterator
 
 from pydantic import ValidationError
 
@@ -64,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
         settings.log_format = args.log_format
     setup_logging(settings, level=logging.DEBUG if args.verbose else None)
     install_paho_speedups()  # every service a subcommand starts talks MQTT through paho
+    terminated: list[bool] = []
     try:
-        prepare(args, settings)  # arguments, then the broker: before anything starts
-        return int(args.func(args, settings) or 0)
+        with sigterm_as_sigint(terminated):
+            prepare(args, settings)  # arguments, then the broker: before anything starts
+            return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:
+        if terminated:
+            print("foa: stopped (SIGTERM)", file=sys.stderr)
+            return 143
         return 130
     except UsageError as exc:
         print(f"foa: error: {exc}", file=sys.stderr)
@@ -77,6 +85,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"foa: error: {exc}", file=sys.stderr)
         return 1
+
+
+@contextlib.contextmanager
+def sigterm_as_sigint(came: list[bool]) -> Iterator[None]:
+    """SIGTERM (`kill`, `timeout`, a supervisor) does what Ctrl-C does: asyncio cancels the main
+    task, so `async with` blocks close what they started (a `foa run`'s embedded broker, agents
+    and job store) and the command exits 143. Without it a terminated `foa run` died at once and
+    left its mosquitto for init to reap. Services that handle SIGTERM themselves (`foa up`,
+    `foa router`, ...) replace this handler while their loop runs. `came` records that it came."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        came.append(True)
+        signal.raise_signal(signal.SIGINT)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread (an embedding program): leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
