@@ -35,16 +35,17 @@ from benchmarks.eval.dag_metrics import gold_call_text
 from benchmarks.eval.nestful_data import DEFAULT_SPLITS
 from benchmarks.eval.nestful_data import load_split as load_nestful
 from fabric.embeddings import shared_embedder
-from fabric.orchestrator.plan_check import check_plans, degenerate_reason
+from fabric.orchestrator.plan_check import altered_copy_reason, check_plans, degenerate_reason
 
 FLOORS = (-0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2)
 
 
 def suite_sims(plans: list[tuple[str, list[str]]], embed: Any, rng: random.Random) -> dict[str, Any]:
     """Each plan's steps against its own question and against another plan's question."""
-    own, other, degenerate = [], [], 0
+    own, other, degenerate, altered = [], [], 0, 0
     for i, (question, steps) in enumerate(plans):
         degenerate += sum(degenerate_reason(s) is not None for s in steps)
+        altered += sum(altered_copy_reason(s, question) is not None for s in steps)
         j = rng.randrange(len(plans) - 1)
         stranger = plans[j if j < i else j + 1][0]
         vecs = embed([question, stranger, *steps])
@@ -54,6 +55,7 @@ def suite_sims(plans: list[tuple[str, list[str]]], embed: Any, rng: random.Rando
     return {
         "steps": len(a),
         "degenerate": degenerate,
+        "altered_copy": altered,  # gold steps the altered-copy check would drop
         "gold_similarity": {"p1": float(np.percentile(a, 1)), "p2": float(np.percentile(a, 2)),
                             "p5": float(np.percentile(a, 5)), "median": float(np.median(a))},
         "other_question_similarity": {"median": float(np.median(b)), "p95": float(np.percentile(b, 95))},

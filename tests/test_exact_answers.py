@@ -25,7 +25,7 @@ from fabric.orchestrator.consensus import pick_node_answer, refine_cluster
 from fabric.orchestrator.direct import clear_winner, route_directly
 from fabric.orchestrator.exactness import carry_exact, eligible_answers
 from fabric.orchestrator.floor import apply_floor
-from fabric.orchestrator.plan_check import check_plans, degenerate_reason
+from fabric.orchestrator.plan_check import altered_copy_reason, check_plans, degenerate_reason
 from fabric.settings import Settings
 from fabric.tasks import DraftInput, DraftOutput, Plan, ProposedSubtask, RefineInput, RefineOutput
 from fabric.vcv import Resources
@@ -58,6 +58,18 @@ def test_degenerate_subtasks_are_named_with_their_reason() -> None:
     assert "statement" in (degenerate_reason("This is a great idea. I'm excited about it") or "")
     assert degenerate_reason("Check whether the rash is a sign of meningitis") is None
     assert degenerate_reason("Is this rash an emergency?") is None  # a question is an instruction too
+
+
+def test_a_copy_of_the_question_with_other_values_is_not_a_subtask(embedder) -> None:
+    question = "What weekday is 2025-12-25?"
+    assert "2025-12-26 instead of 2025-12-25" in (altered_copy_reason("What weekday is 2025-12-26?", question) or "")
+    assert altered_copy_reason("Which weekday is 2025-12-25?", question) is None  # same values
+    assert altered_copy_reason("Count the days from 2025-01-01 to 2026-01-01", question) is None  # its own words
+    assert altered_copy_reason("Multiply 1234 by 5000", "Calculate 1234 * 5678") is None  # a step, not a copy
+    proposals = [("planner", plan("What weekday is 2025-12-26?", "Find the weekday of 2025-12-25 in the calendar"))]
+    kept, dropped = check_plans(question, proposals, embedder.embed, similarity_floor=Settings().plan_similarity_floor)
+    assert [s.text for _, p in kept for s in p.subtasks] == ["Find the weekday of 2025-12-25 in the calendar"]
+    assert [d.text for d in dropped] == ["What weekday is 2025-12-26?"] and "values changed" in dropped[0].reason
 
 
 def test_plan_check_drops_garbage_and_off_question_subtasks_and_keeps_real_ones(embedder) -> None:

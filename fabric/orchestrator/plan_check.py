@@ -12,6 +12,11 @@ it. Three checks, cheapest first:
   "This is a great idea", "Hi Dr. Alvarez, ..."), which the 135M planner writes often and no
   gold step does (0 of NESTFUL's 797 gold steps, 0 of HealthBench's 4,106 positive rubric
   criteria; `benchmarks/plan_check.py`);
+- **an altered copy**: the question in its own words with its values changed ("What weekday
+  is 2025-12-26?" for "What weekday is 2025-12-25?", seen in a `foa run` of that question): a
+  subtask that shares `COPY_WORDS` of its distinct words and of the question's, and whose
+  numbers, dates or amounts differ from the question's. MiniLM puts it next to the question (cosine ~0.95), so
+  no similarity floor can tell; it answers a question nobody asked;
 - **off-question**: cosine between the subtask and the question below `similarity_floor`
   (FOA_PLAN_SIMILARITY_FLOOR, -0.05). Measured with `benchmarks/plan_check.py --json`: NESTFUL's
   gold steps sit far above any floor (1st percentile 0.145), but HealthBench's positive rubric
@@ -50,6 +55,10 @@ CHAT_OPENERS = frozenset(
     "yes no ok okay sure".split()
 )
 _FIRST = re.compile(r"[A-Za-z']+")
+#: a literal value: a token with a digit ("2025-12-25", "1234", "3.5", "10am")
+_VALUE = re.compile(r"[\w.:/-]*\d[\w.:/-]*")
+#: a subtask and a question that share this much of each one's distinct words are one text
+COPY_WORDS = 0.8
 
 
 class DroppedSubtask(BaseModel):
@@ -76,6 +85,28 @@ def degenerate_reason(text: str) -> str | None:
     return None
 
 
+_ENUMERATOR = re.compile(r"^\s*\d+[.)]\s+")  # "1. Act as ...": a list's numbering is not a value
+
+
+def _values(text: str) -> set[str]:
+    return {v.strip(".:/-") for v in _VALUE.findall(_ENUMERATOR.sub("", text.lower()))}
+
+
+def altered_copy_reason(text: str, question: str) -> str | None:
+    """Why `text` is the question with its values changed (None: it is not). A subtask may
+    bring values of its own (a step of a calculation); only one that also repeats the question's
+    words and leaves out some of its values is a different instance of the same question."""
+    values, asked = _values(text), _values(question)
+    new, missing = values - asked, asked - values
+    if not new or not missing:
+        return None
+    words, asked_words = ({w.lower() for w in _WORD.findall(t)} for t in (text, question))
+    shared = len(words & asked_words)
+    if not words or shared < COPY_WORDS * len(words) or shared < COPY_WORDS * len(asked_words):
+        return None  # not the question's wording, or only a part of it (a step of a longer request)
+    return f"the question with its values changed ({', '.join(sorted(new))} instead of {', '.join(sorted(missing))})"
+
+
 def check_plans(
     question: str,
     proposals: Sequence[tuple[str, Plan]],
@@ -89,11 +120,12 @@ def check_plans(
     `question` is what subtasks are compared with (a follow-up's routing text, with its
     conversation's subject); `verbatim`, the user's own question, is never a fragment either."""
     own = {" ".join(t.split()) for t in (question, verbatim) if t}
+    asked = " ".join(own)  # the values and words of the question and of the user's own text
     dropped: list[DroppedSubtask] = []
     candidates: list[tuple[int, int]] = []  # (proposal, subtask) that passed the text check
     for p, (proposer, plan) in enumerate(proposals):
         for s, sub in enumerate(plan.subtasks):
-            reason = None if sub.text in own else degenerate_reason(sub.text)
+            reason = None if sub.text in own else degenerate_reason(sub.text) or altered_copy_reason(sub.text, asked)
             if reason is None:
                 candidates.append((p, s))
             else:
