@@ -385,6 +385,11 @@ class JobResult(Body):
         default_factory=dict, description="node -> cluster -> refinement"
     )
     usage: JobUsage = Field(default_factory=JobUsage)
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="what the reader of the answer must know: a subtask no agent fits above the abstention "
+        "threshold was answered by the best agent there is (its part of the answer is a guess)",
+    )
     timings: dict[str, float] = Field(
         default_factory=dict,
         description="seconds per phase (decompose, assign, execute, synthesise) and `total`; `path.<kind>`: the "

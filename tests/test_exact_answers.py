@@ -8,6 +8,8 @@ broker, router, orchestrator and job store, where the LLM behind each agent is a
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,7 @@ import pytest
 
 from agents.sdk import Agent, TaskFailed
 from agents.spec import AgentSpec
+from fabric.cli.federation import print_result
 from fabric.federation import LocalFederation
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
@@ -254,6 +257,31 @@ def test_a_subtask_nobody_fits_leaves_the_plan(memory_broker, tmp_path: Path, em
     assert "dropped from the plan" in unfit.message
     assert [n.text for n in result.dag.nodes] == [subtasks[0]]
     assert "What should I do?" not in result.answer
+    assert result.warnings == []  # dropped, not guessed: nothing to warn about
+
+
+def test_a_plan_nobody_fits_is_answered_with_a_warning(memory_broker, tmp_path: Path, embedder) -> None:
+    """When every subtask is below the abstention threshold the job still runs (the best agent
+    there is answers), and the result, not only the events, says that the answer is a guess:
+    `foa run` printed a poorly matching agent's answer with nothing to tell it apart."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    subtasks = ("What should I do?",)
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        return ScriptedLLM(garbage_planner(spec.id, subtasks), name=f"scripted-{spec.id}")
+
+    result, events = run_job(settings, PEDIATRIC, factory, embedder, FEVER,
+                             JobOptions(plan="always", max_proposers=1, agents_per_node=2, refine_rounds=0))
+    assert result.status == "completed", result.failure_reason
+    unfit = next(e for e in events if e.phase == "unfit")
+    assert "answered by the best agent there is" in unfit.message
+    assert [n.text for n in result.dag.nodes] == ["What should I do?"]
+    assert len(result.warnings) == 1 and "'What should I do?'" in result.warnings[0]
+    assert "guess" in result.warnings[0] and "abstention threshold" in result.warnings[0]
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        print_result(result, as_json=False)  # what `foa run` prints
+    assert f"warning: {result.warnings[0]}" in err.getvalue()
 
 
 def test_fillers_below_the_floor_are_left_out_and_reported(memory_broker, tmp_path: Path, embedder) -> None:

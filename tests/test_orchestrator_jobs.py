@@ -335,7 +335,9 @@ def test_typed_results_keep_the_json_shape_and_clusters_report_their_usage(mosqu
     result, runner, refine_calls = run(main())
     assert result.status == "completed", result.failure_reason
     data = result.model_dump(mode="json")
-    assert set(data) == OLD_SHAPE["top"] | {"conversation_id"}  # added by issue 21 (the job's conversation)
+    # added since: the job's conversation (issue 21), warnings about the answer (a guessed subtask)
+    assert set(data) == OLD_SHAPE["top"] | {"conversation_id", "warnings"}
+    assert data["warnings"] == []  # every node had agents that fit
     assert data["conversation_id"] == submit_id  # a job that continues none starts one under its own id
     assert set(data["dag"]) == OLD_SHAPE["dag"] and all(set(n) == OLD_SHAPE["dag_node"] for n in data["dag"]["nodes"])
     assert all(isinstance(e, list) and len(e) == 2 for e in data["dag"]["edges"])

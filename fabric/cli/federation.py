@@ -211,6 +211,7 @@ RESULT_FIELDS = (
     "clusters",
     "rounds",
     "usage",
+    "warnings",
     "timings",
 )
 
@@ -229,6 +230,8 @@ def print_result(result: JobResult, as_json: bool, conversation: str | None = No
             print(draw_dag(result.dag, result.rounds), file=sys.stderr)
         if result.status == "completed":
             print(result.answer)
+            for warning in result.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
         else:
             print(f"job {result.job_id} {result.status}: {result.failure_reason}", file=sys.stderr)
         print(

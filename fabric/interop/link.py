@@ -119,4 +119,5 @@ def job_summary(result: JobResult) -> dict[str, Any]:
         "dag": result.dag.model_dump(mode="json"),
         "assignments": {n: [m.agent_id for m in ms] for n, ms in result.assignments.items()},
         "usage": result.usage.model_dump(mode="json", exclude={"failures"}),
+        "warnings": result.warnings,  # a guessed part of the answer (JobResult.warnings)
     }

@@ -184,6 +184,7 @@ class JobRunner:
         self._contributions: list[tuple[str, str, str]] = []  # (agent, node, final answer)
         self._vectors: dict[str, np.ndarray] = {}  # text -> embedding, this run (node outcomes reuse them)
         self._failures: list[str] = []
+        self.warnings: list[str] = list(saved.get("warnings", []))  # JobResult.warnings (a resumed job keeps them)
         self._drafts: dict[str, dict[str, tuple[str, float]]] = {}  # node -> agent -> (draft, confidence)
         self._exact: dict[str, dict[str, str]] = {}  # node -> agent -> its exact draft (exactness.py)
         self._pending_nodes: set[str] = set()  # nodes whose drafting has not started
@@ -243,6 +244,7 @@ class JobRunner:
             clusters={n: [c.members for c in r.clusters.values()] for n, r in node_results.items()},
             rounds={n: r.clusters for n, r in node_results.items()},
             usage=JobUsage.of(self.budget.used, synth_mode=synth_mode, failures=self._failures),
+            warnings=self.warnings,
             timings=self.timings,
         )
         return await self._finish(result)
@@ -487,6 +489,13 @@ class JobRunner:
                 assignments.pop(n, None)
                 cuts.pop(n, None)
             self.store.checkpoint(self.job.job_id, "dag", dag.model_dump())
+        else:  # the user reads the answer, not the events: the result says it is a guess
+            for n in unfit:
+                self.warnings.append(
+                    f"no agent fits {n} ({dag.node(n).text[:80]!r}) above the abstention threshold "
+                    f"({threshold or 0:.3g}; best {best[n]}): its answer is that agent's guess"
+                )
+            self.store.checkpoint(self.job.job_id, "warnings", self.warnings)
         await self.emit(
             "unfit",
             f"no agent fits {unfit} above the abstention threshold ({threshold or 0:.3g}; best: {best}): "
