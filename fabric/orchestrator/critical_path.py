@@ -4,7 +4,7 @@ A job's time is cut wherever what it does changes (a round trip starts or ends, 
 starts or ends); each slice goes to exactly one kind, so the kinds sum to the job's wall time from
 `run()` to its result, never more. When things overlap (one node's drafts in flight while another
 node clusters), on-loop work wins over waiting (the loop is busy with it; the wait hides behind
-it), and among waits, agent calls win over router queries over publishes. The store's commits run
+it), and among waits, agent calls win over router queries over publishes over embeddings. The store's commits run
 as loop callbacks between the job's steps, so the store reports its own commit time and each slice
 gives that part to `store`. Cost: a `perf_counter()` and a dict update per cut, about 100 cuts a
 job (a 4-node, 3-agent, k = 3 job): well under 0.1 ms.
@@ -12,7 +12,9 @@ job (a 4-node, 3-agent, k = 3 job): well under 0.1 ms.
 The kinds, reported in `JobResult.timings` as `path.<kind>` (seconds):
 
 - `embed`: the orchestrator embedding texts (merging proposals, clustering drafts, choosing a
-  cluster's representative, scoring reputations); the embedder's cache answers repeats;
+  cluster's representative, scoring reputations): mostly a wait (the model runs in a worker
+  thread, batched with other nodes' and jobs' texts; a wait like the others, lowest in rank),
+  then on-loop reads of the embedder's cache;
 - `cluster`: similarity scoring and clustering of a node's agents (numpy/scipy), merging plans;
 - `store`: job store commits (with several jobs at once the commits are shared, and so is this);
 - `publish`: events, channel messages and reputations handed to the broker (serialisation, socket);
