@@ -241,11 +241,9 @@ def test_a_garbage_plan_falls_back_to_the_question_and_reaches_the_specialists(
     assert detail.dropped[0]["text"] == GARBAGE and "dropped 1 proposed subtask" in detail.plan_note
 
 
-def test_a_subtask_nobody_fits_leaves_the_plan(memory_broker, tmp_path: Path, embedder) -> None:
-    """The 135M plan for chest pain had "What should I do?" as a node: no agent fits it, and the
-    least-bad one (mental health) answered it. Now it is reported and dropped."""
+def planned_fever_job(subtasks: Sequence[str], memory_broker, tmp_path: Path, embedder) -> tuple[JobResult, JobEvent]:
+    """FEVER planned as `subtasks` by every proposer: the completed result and its `unfit` event."""
     settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
-    subtasks = ("Decide whether the rash and fever need emergency care", "What should I do?")
 
     def factory(spec: AgentSpec) -> ScriptedLLM:
         return ScriptedLLM(garbage_planner(spec.id, subtasks), name=f"scripted-{spec.id}")
@@ -253,7 +251,14 @@ def test_a_subtask_nobody_fits_leaves_the_plan(memory_broker, tmp_path: Path, em
     result, events = run_job(settings, PEDIATRIC, factory, embedder, FEVER,
                              JobOptions(plan="always", max_proposers=1, agents_per_node=2, refine_rounds=0))
     assert result.status == "completed", result.failure_reason
-    unfit = next(e for e in events if e.phase == "unfit")
+    return result, next(e for e in events if e.phase == "unfit")
+
+
+def test_a_subtask_nobody_fits_leaves_the_plan(memory_broker, tmp_path: Path, embedder) -> None:
+    """The 135M plan for chest pain had "What should I do?" as a node: no agent fits it, and the
+    least-bad one (mental health) answered it. Now it is reported and dropped."""
+    subtasks = ("Decide whether the rash and fever need emergency care", "What should I do?")
+    result, unfit = planned_fever_job(subtasks, memory_broker, tmp_path, embedder)
     assert "dropped from the plan" in unfit.message
     assert [n.text for n in result.dag.nodes] == [subtasks[0]]
     assert "What should I do?" not in result.answer
@@ -264,16 +269,7 @@ def test_a_plan_nobody_fits_is_answered_with_a_warning(memory_broker, tmp_path: 
     """When every subtask is below the abstention threshold the job still runs (the best agent
     there is answers), and the result, not only the events, says that the answer is a guess:
     `foa run` printed a poorly matching agent's answer with nothing to tell it apart."""
-    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
-    subtasks = ("What should I do?",)
-
-    def factory(spec: AgentSpec) -> ScriptedLLM:
-        return ScriptedLLM(garbage_planner(spec.id, subtasks), name=f"scripted-{spec.id}")
-
-    result, events = run_job(settings, PEDIATRIC, factory, embedder, FEVER,
-                             JobOptions(plan="always", max_proposers=1, agents_per_node=2, refine_rounds=0))
-    assert result.status == "completed", result.failure_reason
-    unfit = next(e for e in events if e.phase == "unfit")
+    result, unfit = planned_fever_job(("What should I do?",), memory_broker, tmp_path, embedder)
     assert "answered by the best agent there is" in unfit.message
     assert [n.text for n in result.dag.nodes] == ["What should I do?"]
     assert len(result.warnings) == 1 and "'What should I do?'" in result.warnings[0]

@@ -15,8 +15,8 @@ it. Three checks, cheapest first:
 - **an altered copy**: the question in its own words with its values changed ("What weekday
   is 2025-12-26?" for "What weekday is 2025-12-25?", seen in a `foa run` of that question): a
   subtask that shares `COPY_WORDS` of its distinct words and of the question's, and whose
-  numbers, dates or amounts differ from the question's. MiniLM puts it next to the question (cosine ~0.95), so
-  no similarity floor can tell; it answers a question nobody asked;
+  numbers, dates or amounts differ from the question's. MiniLM puts it next to the question
+  (cosine ~0.95), so no similarity floor can tell; it answers a question nobody asked;
 - **off-question**: cosine between the subtask and the question below `similarity_floor`
   (FOA_PLAN_SIMILARITY_FLOOR, -0.05). Measured with `benchmarks/plan_check.py --json`: NESTFUL's
   gold steps sit far above any floor (1st percentile 0.145), but HealthBench's positive rubric
@@ -71,9 +71,13 @@ class DroppedSubtask(BaseModel):
     similarity: float | None = None
 
 
+def _words(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
 def degenerate_reason(text: str) -> str | None:
     """Why `text` is not an instruction at all (None: it may be one)."""
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = _words(text)
     if len(words) < MIN_WORDS:
         return f"a fragment, not an instruction ({len(words)} word(s) of text)"
     echoed = sum(w in PROMPT_WORDS for w in words)
@@ -100,7 +104,7 @@ def altered_copy_reason(text: str, question: str) -> str | None:
     new, missing = values - asked, asked - values
     if not new or not missing:
         return None
-    words, asked_words = ({w.lower() for w in _WORD.findall(t)} for t in (text, question))
+    words, asked_words = set(_words(text)), set(_words(question))
     shared = len(words & asked_words)
     if not words or shared < COPY_WORDS * len(words) or shared < COPY_WORDS * len(asked_words):
         return None  # not the question's wording, or only a part of it (a step of a longer request)
