@@ -60,6 +60,13 @@ def argument_writer(messages: Sequence[ChatMessage], schema: dict[str, Any] | No
     raise AssertionError(f"unexpected schema {schema}")
 
 
+def example_gateway(fed: LocalFederation, settings: Any, embedder: Any, backend: Any, retries: int = 2) -> MCPGateway:
+    """The example MCP server (a stdio subprocess) as the agent `tools`, arguments by `backend`."""
+    config = MCPConfig(stdio=STDIO, argument_retries=retries)
+    spec = GatewaySpec(id="tools", mcp=config)
+    return MCPGateway(config, settings, spec=spec, backend=backend, broker=fed.address, embedder=embedder)
+
+
 def task(text: str) -> TaskRequest:
     return TaskRequest(
         task_id=f"t-{time.monotonic_ns()}",
@@ -75,16 +82,7 @@ def test_an_mcp_server_joins_and_a_job_returns_the_tools_exact_result(mosquitto,
 
     async def main() -> None:
         async with LocalFederation(settings, [], embedder=embedder) as fed:
-            config = MCPConfig(stdio=STDIO)
-            spec = GatewaySpec(id="tools", mcp=config)
-            gateway = MCPGateway(
-                config,
-                settings,
-                spec=spec,
-                backend=ScriptedLLM(argument_writer),
-                broker=fed.address,
-                embedder=embedder,
-            )
+            gateway = example_gateway(fed, settings, embedder, ScriptedLLM(argument_writer))
             await gateway.start()
             try:
                 vcv = gateway.agents["tools"].vcv
@@ -129,15 +127,7 @@ def test_a_time_zone_tool_gets_the_zone_not_the_subtask_and_its_errors_are_re_as
 
     async def main() -> None:
         async with LocalFederation(settings, [], embedder=embedder) as fed:
-            config = MCPConfig(stdio=STDIO, argument_retries=2)
-            gateway = MCPGateway(
-                config,
-                settings,
-                spec=GatewaySpec(id="tools", mcp=config),
-                backend=misspeller,
-                broker=fed.address,
-                embedder=embedder,
-            )
+            gateway = example_gateway(fed, settings, embedder, misspeller)
             await gateway.start()
             try:
                 question = "What is the current time in Asia/Tokyo?"
@@ -178,16 +168,7 @@ def test_tool_errors_and_arguments_that_never_fit_are_failures_with_the_message(
 
     async def main() -> None:
         async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
-            config = MCPConfig(stdio=STDIO, argument_retries=2)
-            spec = GatewaySpec(id="tools", mcp=config)
-            gateway = MCPGateway(
-                config,
-                settings,
-                spec=spec,
-                backend=ScriptedLLM(argument_writer),
-                broker=fed.address,
-                embedder=embedder,
-            )
+            gateway = example_gateway(fed, settings, embedder, ScriptedLLM(argument_writer))
             await gateway.start()
             try:
                 with pytest.raises(
@@ -218,6 +199,40 @@ def test_tool_errors_and_arguments_that_never_fit_are_failures_with_the_message(
                 assert out["arguments"] == {"weight_kg": 12, "mg_per_kg": 15} and out["exact"] is True
                 ok, _ = await gateway.draft(task("2024-12-25"), ["weekday"])  # the server still serves
                 assert ok["answer"] == "2024-12-25 is a Wednesday"
+            finally:
+                await gateway.stop()
+
+    asyncio.run(main())
+
+
+def test_a_call_that_would_drop_a_value_the_task_names_is_not_made(mosquitto, tmp_path, embedder) -> None:
+    """The user trial's wrong exact answer: "What weekday is 2025-12-25?" went to a current-time
+    tool, which answered today's time. A tool none of whose parameters can hold the date is not
+    called at all; one that can gets the LLM re-asked, told which value its arguments left out."""
+    settings = make_settings(mosquitto.url, tmp_path)
+
+    def forgets_the_date(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        told = "the task names 2024-03-01" in messages[-1].content
+        return json.dumps({"date": "2024-03-01" if told else "2024-01-01", "days": 10})
+
+    async def main() -> None:
+        async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
+            writer = ScriptedLLM(forgets_the_date)
+            gateway = example_gateway(fed, settings, embedder, writer, retries=1)
+            await gateway.start()
+            try:
+                calls = gateway.calls
+                with pytest.raises(
+                    TaskFailed, match=r"current_time cannot take 2025-12-25 \(its parameters: timezone\)"
+                ):
+                    await gateway.draft(task("What weekday is 2025-12-25 in Tokyo?"), ["current_time"])
+                assert gateway.calls == calls and writer.call_count == 0  # no call, no LLM
+                out, usage = await gateway.draft(task("What date is 10 days after 2024-03-01?"), ["add_days"])
+                assert out["answer"] == "2024-03-11" and out["arguments"] == {"date": "2024-03-01", "days": 10}
+                assert gateway.calls == calls + 1 and usage.calls == 2  # the forgetful draft was never sent
+                assert "the task names 2024-03-01, which none of these arguments carries" in (
+                    writer.calls[-1].messages[-1].content
+                )
             finally:
                 await gateway.stop()
 

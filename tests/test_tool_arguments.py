@@ -21,7 +21,16 @@ from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool
 from agents.sdk import TaskFailed
 from fabric.interop.mcp_gateway import MCPGateway, fill_arguments
 from fabric.interop.specs import MCPConfig
-from fabric.interop.tool_arguments import extract, find_expressions, is_arithmetic, is_free_text, trim_run_on
+from fabric.interop.tool_arguments import (
+    extract,
+    find_expressions,
+    is_arithmetic,
+    is_free_text,
+    parameters_taking,
+    task_values,
+    trim_run_on,
+    values_not_carried,
+)
 from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
 from fabric.messages import TaskRequest
@@ -144,7 +153,8 @@ def test_a_clock_time_the_description_spells_hh_mm() -> None:
         "type": "object",
         "properties": {
             "source_timezone": {
-                "type": "string", "description": "Source IANA timezone name (e.g., 'America/New_York')"
+                "type": "string",
+                "description": "Source IANA timezone name (e.g., 'America/New_York')",
             },
             "time": {"type": "string", "description": "Time to convert in 24-hour format (HH:MM)"},
             "target_timezone": {"type": "string", "description": "Target IANA timezone name (e.g., 'Asia/Tokyo')"},
@@ -328,3 +338,42 @@ def test_the_jobs_question_names_what_the_subtask_leaves_open() -> None:
     count = tool("count_bags", obj(bags={"type": "integer"}))
     with pytest.raises(TaskFailed, match="no LLM to write bags"):
         asyncio.run(fill_arguments(count, "How many bags?", None, 2, question=question))
+
+
+@pytest.mark.parametrize(
+    ("text", "arguments", "dropped"),
+    [
+        ("What weekday is 2025-12-25?", {"timezone": "UTC"}, ["2025-12-25"]),
+        ("What weekday is 2025-12-25?", {"text": "What weekday is 2025-12-25?"}, []),
+        # the same value, written as the tool wants it
+        ("Convert 3pm in New York to Tokyo time", {"time": "15:00", "source_timezone": "America/New_York"}, []),
+        ("Book from May 12, 2022 for 3 days", {"start_date": "05-12-2022", "days": 3}, []),
+        ("Tax of 5% on $150,000", {"rate": 0.05, "amount": 150000}, []),
+        ("A population of 8.5 million", {"population": 8500000}, []),
+        ("At 112.0740 W", {"longitude": -112.074}, []),
+        ("At 6:30 PM", {"hours": 6, "minutes": 30}, []),
+        ("cash_flows=[200,300,400,500]", {"cash_flows": [200, 300, 400, 500]}, []),
+        ("Update 'name':'John Doe' for user 43523", {"user_id": 43523, "info": {"name": "John Doe"}}, []),
+        # a number that names a shape or a unit is no value; quoted names may be left to defaults
+        ("Accelerating at 4 m/s^2 over a 2x2 grid", {"acceleration": 4}, []),
+        ("Find the view 'EmployeeView' in schema 'HR'", {"view": "EmployeeView"}, []),
+        # what a call drops is named as the text writes it
+        ("The weather in Paris for the next 5 days from 2024-03-01", {"city": "Paris"}, ["5", "2024-03-01"]),
+        ("Fetch https://example.org/a and mail ops@example.org", {"url": "https://example.org/a"}, ["ops@example.org"]),
+    ],
+)
+def test_a_call_must_carry_the_values_the_task_names(text: str, arguments: dict[str, Any], dropped: list[str]) -> None:
+    assert [v.raw for v in values_not_carried(text, arguments)] == dropped
+
+
+def test_a_value_no_parameter_can_take_is_known_before_any_call() -> None:
+    (date,) = task_values("What weekday is 2025-12-25?")
+    assert date.kind == "date" and date.value == "2025-12-25"
+    assert parameters_taking(TIMEZONE, date) == []  # a zone cannot hold a date
+    hh_mm = {"type": "string", "description": "Time in 24-hour format (HH:MM)"}
+    clock = obj(source_timezone={"type": "string"}, time=hh_mm)
+    assert parameters_taking(clock, date) == []
+    assert parameters_taking(obj(date={"type": "string", "format": "date"}), date) == ["date"]
+    assert parameters_taking(obj(note={"type": "string"}), date) == ["note"]  # any plain string can
+    (number,) = task_values("in 10 days")
+    assert parameters_taking(obj(days={"type": "integer"}, zone={"type": "string", "enum": ["a"]}), number) == ["days"]

@@ -22,7 +22,11 @@ The merged arguments are validated against the tool's schema and re-asked with t
 error fed back, up to `argument_retries` times. A tool that answers `isError` (or refuses the
 call as invalid params) most often got a wrong argument: its message goes back to the LLM,
 which rewrites the arguments, up to `argument_retries` times; then the task fails with the
-tool's own message. The answer is the result's text plus its structured content, marked exact.
+tool's own message. Before any call, the arguments must carry every value the subtask names (a
+date, time, URL, e-mail or number: `values_not_carried`); a call that drops one would answer
+another question exactly, so it goes back to the LLM like a refusal, or fails at once when no
+parameter of the tool could take the value ("What weekday is 2025-12-25?" to a current-time
+tool). The answer is the result's text plus its structured content, marked exact.
 """
 
 from __future__ import annotations
@@ -51,7 +55,15 @@ from agents.spec import AgentSpec
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpec, MCPConfig, slug
-from fabric.interop.tool_arguments import extract, extract_named, is_free_text, primary_type, trim_run_on
+from fabric.interop.tool_arguments import (
+    extract,
+    extract_named,
+    is_free_text,
+    parameters_taking,
+    primary_type,
+    trim_run_on,
+    values_not_carried,
+)
 from fabric.llm.base import ChatMessage, LLMBackend, LLMError
 from fabric.llm.structured import JSONExtractError, extract_json
 from fabric.messages import TaskRequest, Usage
@@ -632,16 +644,18 @@ class MCPGateway:
         usage = usage + filled.usage
         attempt = 0
         while True:
-            try:
-                result = await self.call(tool, filled.arguments, task.deadline_at)
-            except ArgumentsRefused as exc:
-                refusal = str(exc)
-            else:
-                answer, structured = result_answer(result)
-                if not result.is_error:
-                    break
-                self.failures += 1
-                refusal = answer or "no message"
+            refusal = self._dropped_values(tool, inp.subtask, filled)
+            if refusal is None:
+                try:
+                    result = await self.call(tool, filled.arguments, task.deadline_at)
+                except ArgumentsRefused as exc:
+                    refusal = str(exc)
+                else:
+                    answer, structured = result_answer(result)
+                    if not result.is_error:
+                        break
+                    self.failures += 1
+                    refusal = answer or "no message"
             attempt += 1
             if filled.whole_text or self.backend is None or attempt > self.config.argument_retries:
                 tries = f" (after {attempt} calls)" if attempt > 1 else ""
@@ -652,6 +666,25 @@ class MCPGateway:
         output = DraftOutput(answer=answer, confidence=0.9, exact=True).model_dump()
         output.update({"tool": tool.name, "arguments": filled.arguments, "structured": structured})
         return output, usage
+
+    def _dropped_values(self, tool: Tool, subtask: str, filled: FilledArguments) -> str | None:
+        """Why the call would answer another question, or None: the subtask names a value (a
+        date, time, URL, e-mail, number) that no argument carries. With no parameter that could
+        take it, no rewrite can help and the draft fails now, naming the value, so the node never
+        shows the tool's exact answer to some other question."""
+        if filled.whole_text:
+            return None
+        dropped = values_not_carried(subtask, filled.arguments)
+        if not dropped:
+            return None
+        named = ", ".join(v.raw for v in dropped)
+        if not any(parameters_taking(tool.input_schema, v) for v in dropped):
+            params = ", ".join(props_of(tool)) or "none"
+            raise TaskFailed(
+                f"the tool {tool.name} cannot take {named} (its parameters: {params}): "
+                f"its result would not be about what the task asks"
+            )
+        return f"the task names {named}, which none of these arguments carries"
 
     async def refine(self, task: TaskRequest) -> dict[str, Any]:
         """A tool's result is a fact, not an opinion: it stands, and the agent votes done."""

@@ -43,6 +43,7 @@ from __future__ import annotations
 import ast
 import datetime as dt
 import functools
+import math
 import re
 import zoneinfo
 from collections.abc import Iterable
@@ -651,3 +652,128 @@ def trim_run_on(value: str, text: str) -> str:
         return value
     whole = re.search(rf"(?<!\w){re.escape(grounded.lower())}(?!\w)", lower)
     return grounded if whole else value
+
+
+# ---- checking that a call is about the task ---------------------------------------------------
+
+#: a number that is part of a name or a unit, not a value: "m/s^2", "2x2", "type 2"
+_NOT_A_VALUE = re.compile(r"\^\s*$|\b[Tt]ype\s*$")
+
+
+@dataclass(frozen=True)
+class TaskValue:
+    raw: str  # as the text writes it
+    value: Any  # normalised: ISO date, "HH:MM:SS", a number
+    kind: str  # date, date-time, time, uri, email, number
+
+
+_VALUE_FINDERS = {
+    "date-time": find_date_times,
+    "date": find_dates,
+    "time": find_times,
+    "uri": find_urls,
+    "email": find_emails,
+}
+#: the parameter kinds (`_kind`) that can hold a value of each kind; any string can hold any value
+_HOLDERS = {
+    "date-time": {"date-time"},
+    "date": {"date", "date-time"},
+    "time": {"time", "hh_mm", "date-time", "integer", "number"},
+    "uri": {"uri"},
+    "email": {"email"},
+    "number": {"integer", "number", "expression", "date", "date-time", "time", "hh_mm"},
+}
+
+
+def task_values(text: str) -> list[TaskValue]:
+    """The literal values a task names: dates, times, URLs, e-mails, and the numbers written in
+    digits outside those and outside quotes. Quoted spans are not values here: on BFCL's gold
+    calls they are names a call may leave to a default ('HR' as a schema) in 20-26% of the Java
+    and JavaScript questions. Number words ("two") are left out: as often phrasing ("the two
+    zones") as a value."""
+    values: list[tuple[int, TaskValue]] = []
+    taken = [(s.start, s.end) for s in find_quoted(text)]
+    for kind, finder in _VALUE_FINDERS.items():
+        for span in finder(text):
+            if not _overlaps(span.start, span.end, taken):
+                taken.append((span.start, span.end))
+                values.append((span.start, TaskValue(text[span.start : span.end], span.value, kind)))
+    for m in _NUMBER.finditer(text):
+        start, end = m.start(1), m.end(1)
+        if _overlaps(start, end, taken) or _NOT_A_VALUE.search(text[max(0, start - 6) : start]):
+            continue
+        if re.match(r"\s*x\s*\d", text[end : end + 4]):  # "2x2": a shape
+            continue
+        values.append((start, TaskValue(m.group(1), _number_value(m.group(1)), "number")))
+    return [v for _start, v in sorted(values, key=lambda pair: pair[0])]
+
+
+def parameters_taking(schema: dict[str, Any] | None, value: TaskValue) -> list[str]:
+    """The tool's parameters that could hold the value (by `_kind`): none means no call of this
+    tool can be about it."""
+    props: dict[str, Any] = (schema or {}).get("properties") or {}
+    out = []
+    for name, spec in props.items():
+        kind = _kind(name, _options(spec) if isinstance(spec, dict) else {})
+        if kind in ("string", "other") or kind in _HOLDERS[value.kind]:
+            out.append(name)
+    return out
+
+
+def _leaves(value: Any) -> Iterable[Any]:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield str(k)  # a key carries a value too: {'math': 90} for "'math':90"
+            yield from _leaves(v)
+    elif isinstance(value, list | tuple):
+        for v in value:
+            yield from _leaves(v)
+    else:
+        yield value
+
+
+def _same_number(a: float, b: float) -> bool:
+    """Equal up to sign and a power of ten: "5%" as 0.05, "8.5 million" as 8500000, "50 mH" as
+    0.05, "112.07 W" as -112.07."""
+    a, b = abs(a), abs(b)
+    if a == 0 or b == 0:
+        return a == b
+    ratio = math.log10(b / a)
+    return abs(ratio - round(ratio)) < 1e-9 and abs(ratio) <= 9
+
+
+def _carried(task_value: TaskValue, strings: list[str], numbers: list[float]) -> bool:
+    raw, value = task_value.raw, task_value.value
+    needles = {raw.lower(), str(value).lower()}
+    if any(n in s for s in strings for n in needles):
+        return True
+    digits = numbers + [float(d) for s in strings for d in re.findall(r"\d+(?:\.\d+)?", s)]
+    if isinstance(value, int | float):
+        parts = raw.split(",")  # "200,300,400,500" is a list more often than 200 billion
+        return any(_same_number(float(value), n) for n in digits) or (
+            len(parts) > 1 and all(float(p) in digits for p in parts if p.strip().isdigit())
+        )
+    if isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}.*", value):
+        # a date written another way ("05-12-2022", "16/03/2024"), or a day the task counts from
+        # ("today is 2023-04-25", the call asks for 2023-04-27): its year and month are there
+        year, month = int(value[:4]), int(value[5:7])
+        return year in digits and month in digits
+    if isinstance(value, str) and re.fullmatch(r"\d{2}:\d{2}:\d{2}", value):
+        hour, minute = int(value[:2]), int(value[3:5])  # "6:30 PM" as hours=6, minutes=30
+        return any(d % 12 == hour % 12 for d in digits) and (minute == 0 or minute in digits)
+    return False
+
+
+def values_not_carried(text: str, arguments: dict[str, Any]) -> list[TaskValue]:
+    """The task's literal values (`task_values`) that no argument carries, as the text writes
+    them. A call that drops a value the task names answers another question: "What weekday is
+    2025-12-25?" sent to `get_current_time(timezone)` returns today's time, exactly and wrongly.
+
+    Lenient on purpose, since a false alarm refuses a good call: a value counts as carried when
+    any argument contains it as the text writes it or normalised, a number also up to sign and a
+    power of ten, a date by its year and month, a time by its hour and minute. Measured on
+    BFCL's gold calls with `benchmarks/value_coverage.py`."""
+    leaves = [v for v in _leaves(arguments) if v is not None and not isinstance(v, bool)]
+    strings = [str(v).lower() for v in leaves if not isinstance(v, int | float)]
+    numbers = [float(v) for v in leaves if isinstance(v, int | float)]
+    return [v for v in task_values(text) if not _carried(v, strings, numbers)]
