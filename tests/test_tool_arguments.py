@@ -377,3 +377,19 @@ def test_a_value_no_parameter_can_take_is_known_before_any_call() -> None:
     assert parameters_taking(obj(note={"type": "string"}), date) == ["note"]  # any plain string can
     (number,) = task_values("in 10 days")
     assert parameters_taking(obj(days={"type": "integer"}, zone={"type": "string", "enum": ["a"]}), number) == ["days"]
+
+
+def test_the_tool_picked_is_one_that_can_take_the_tasks_values(tmp_path: Path) -> None:
+    """mcp-server-time's two tools: "3pm" rules out the one whose only parameter is a zone, with
+    no embedding needed; a task no tool can carry leaves the choice to similarity as before."""
+    gateway = MCPGateway(MCPConfig(stdio="unused"), make_settings("mqtt://127.0.0.1:1883", tmp_path))
+    hh_mm = {"type": "string", "description": "Time to convert in 24-hour format (HH:MM)"}
+    convert = obj(source_timezone={"type": "string"}, time=hh_mm, target_timezone={"type": "string"})
+    gateway.tools = {
+        "get_current_time": tool("get_current_time", TIMEZONE),
+        "convert_time": tool("convert_time", convert),
+    }
+    chosen, usage = asyncio.run(gateway.pick_tool("Convert 3pm New York time to Tokyo time", None))
+    assert chosen.name == "convert_time" and usage.calls == 0
+    only, _ = asyncio.run(gateway.pick_tool("Convert 3pm New York time to Tokyo time", ["get_current_time"]))
+    assert only.name == "get_current_time"  # the one allowed tool stays; the draft then names what it cannot take

@@ -10,7 +10,8 @@ names (per tool: that tool's description and name). A `tools/list_changed` notif
 new VCV version; per-tool agents of removed tools leave, new tools join.
 
 A draft: the tool is picked by embedding similarity between the subtask and the tools'
-descriptions; when the best two are within `tie_margin`, the agent's LLM decides between them.
+descriptions, among those whose parameters can take every value the subtask names where any
+can; when the best two are within `tie_margin`, the agent's LLM decides between them.
 Arguments (`fill_arguments`): a tool whose only parameter is free text (query, text, question,
 ...) gets the subtask itself, with no LLM; otherwise what the schema makes checkable is read from
 the subtask first (`fabric/interop/tool_arguments.py`: enum values, bounded numbers, booleans,
@@ -61,6 +62,7 @@ from fabric.interop.tool_arguments import (
     is_free_text,
     parameters_taking,
     primary_type,
+    task_values,
     trim_run_on,
     values_not_carried,
 )
@@ -569,6 +571,11 @@ class MCPGateway:
         names = [n for n in (allowed or list(self.tools)) if n in self.tools]
         if not names:
             raise TaskFailed(f"the MCP server {self.server_name} no longer lists the tool(s) {allowed}")
+        # only tools that can take every value the task names, where some can ("3pm" rules
+        # out a current-time tool with one time-zone parameter, not a converter)
+        values = task_values(text)
+        able = [n for n in names if all(parameters_taking(self.tools[n].input_schema, v) for v in values)]
+        names = able or names
         if len(names) == 1:
             return self.tools[names[0]], Usage()
         embedder = self._embedder_now()
