@@ -59,8 +59,13 @@ def _from_kelvin(value: float, unit: str) -> float:
     return {"c": value - 273.15, "f": (value - 273.15) * 9 / 5 + 32, "k": value}[unit]
 
 
+#: the units as an enum in the tool's schema: a client (the FoA gateway's argument reader, an
+#: LLM under a grammar) sees what the tool accepts before it calls
+Unit = Literal["kg", "g", "mg", "lb", "oz", "m", "cm", "mm", "in", "ft", "l", "ml", "c", "f", "k"]
+
+
 @server.tool()
-def convert_units(value: float, from_unit: str, to_unit: str) -> float:
+def convert_units(value: float, from_unit: Unit, to_unit: Unit) -> float:
     """Convert a quantity between units of mass (kg, g, mg, lb, oz), length (m, cm, mm, in, ft),
     volume (l, ml) or temperature (c, f, k). Returns the converted value rounded to 6 digits."""
     src, dst = from_unit.strip().lower(), to_unit.strip().lower()

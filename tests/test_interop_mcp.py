@@ -206,19 +206,17 @@ def test_tool_errors_and_arguments_that_never_fit_are_failures_with_the_message(
 
 
 def test_a_call_that_would_drop_a_value_the_task_names_is_not_made(mosquitto, tmp_path, embedder) -> None:
-    """The user trial's wrong exact answer: "What weekday is 2025-12-25?" went to a current-time
-    tool, which answered today's time. A tool none of whose parameters can hold the date is not
-    called at all; one that can gets the LLM re-asked, told which value its arguments left out."""
+    """The user trials' wrong exact answers. "What weekday is 2025-12-25?" went to a current-time
+    tool, which answered today's time: a tool none of whose parameters can hold the date is not
+    called at all. "What date is 45 days after 2025-01-10?" went to weekday(text), which answered
+    "2025-01-10 is a Friday": a tool whose own parameters the task fills now goes first. (The
+    re-ask of an LLM that left a value out: test_tool_arguments.py.)"""
     settings = make_settings(mosquitto.url, tmp_path)
-
-    def forgets_the_date(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
-        told = "the task names 2024-03-01" in messages[-1].content
-        return json.dumps({"date": "2024-03-01" if told else "2024-01-01", "days": 10})
 
     async def main() -> None:
         async with LocalFederation(settings, [], embedder=embedder, with_orchestrator=False, with_router=False) as fed:
-            writer = ScriptedLLM(forgets_the_date)
-            gateway = example_gateway(fed, settings, embedder, writer, retries=1)
+            writer = ScriptedLLM(lambda messages, schema: json.dumps({"timezone": "Asia/Tokyo"}))
+            gateway = example_gateway(fed, settings, embedder, writer)
             await gateway.start()
             try:
                 calls = gateway.calls
@@ -227,12 +225,12 @@ def test_a_call_that_would_drop_a_value_the_task_names_is_not_made(mosquitto, tm
                 ):
                     await gateway.draft(task("What weekday is 2025-12-25 in Tokyo?"), ["current_time"])
                 assert gateway.calls == calls and writer.call_count == 0  # no call, no LLM
-                out, usage = await gateway.draft(task("What date is 10 days after 2024-03-01?"), ["add_days"])
-                assert out["answer"] == "2024-03-11" and out["arguments"] == {"date": "2024-03-01", "days": 10}
-                assert gateway.calls == calls + 1 and usage.calls == 2  # the forgetful draft was never sent
-                assert "the task names 2024-03-01, which none of these arguments carries" in (
-                    writer.calls[-1].messages[-1].content
-                )
+                # any tool: weekday(text) is nearest by similarity (0.51 vs 0.42 for add_days)
+                out, usage = await gateway.draft(task("What date is 45 days after 2025-01-10?"), None)
+                assert out["tool"] == "add_days" and out["arguments"] == {"date": "2025-01-10", "days": 45}
+                assert out["answer"] == "2025-02-24" and usage.calls == 0 and gateway.calls == calls + 1
+                out, _ = await gateway.draft(task("What weekday is 2025-12-25?"), None)
+                assert out["tool"] == "weekday" and out["answer"] == "2025-12-25 is a Thursday"
             finally:
                 await gateway.stop()
 

@@ -24,6 +24,7 @@ from fabric.interop.specs import MCPConfig
 from fabric.interop.tool_arguments import (
     extract,
     find_expressions,
+    fits_in_typed_parameters,
     is_arithmetic,
     is_free_text,
     parameters_taking,
@@ -393,3 +394,50 @@ def test_the_tool_picked_is_one_that_can_take_the_tasks_values(tmp_path: Path) -
     assert chosen.name == "convert_time" and usage.calls == 0
     only, _ = asyncio.run(gateway.pick_tool("Convert 3pm New York time to Tokyo time", ["get_current_time"]))
     assert only.name == "get_current_time"  # the one allowed tool stays; the draft then names what it cannot take
+
+
+def test_a_tool_fits_when_the_tasks_values_fill_its_own_parameters() -> None:
+    add_days = obj(date={"type": "string", "title": "Date"}, days={"type": "integer"})
+    weekday = obj(text={"type": "string"})
+    assert fits_in_typed_parameters(add_days, "What date is 45 days after 2025-01-10?")
+    assert not fits_in_typed_parameters(weekday, "What date is 45 days after 2025-01-10?")  # the whole text
+    assert not fits_in_typed_parameters(add_days, "What weekday is 2025-12-25?")  # days: nothing to fill it
+    assert not fits_in_typed_parameters(add_days, "What date is it in 45 days?")  # no date for `date`
+    assert not fits_in_typed_parameters(add_days, "What date is it?")  # no values at all
+
+
+class RecordingSession:
+    """Stands in for an MCP client session: records what is sent, answers with the arguments."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+
+    async def call_tool(self, name: str, args: dict[str, Any], read_timeout_seconds: float = 0) -> CallToolResult:
+        self.sent.append(args)
+        return CallToolResult(content=[TextContent(type="text", text=json.dumps(args))])
+
+
+def test_arguments_that_leave_out_a_value_go_back_to_the_llm_before_any_call(tmp_path: Path) -> None:
+    def forgets_the_date(messages: Sequence[ChatMessage], schema: dict[str, Any] | None) -> str:
+        told = "the task names 2024-03-01, which none of these arguments carries" in messages[-1].content
+        return json.dumps({"city": "Paris", "when": "2024-03-01" if told else "today"})
+
+    gateway = MCPGateway(
+        MCPConfig(stdio="unused", argument_retries=1),
+        make_settings("mqtt://127.0.0.1:1883", tmp_path),
+        backend=ScriptedLLM(forgets_the_date),
+    )
+    session = RecordingSession()
+    gateway.tools = {"weather": tool("weather", obj(city={"type": "string"}, when={"type": "string"}))}
+    gateway._client = session  # type: ignore[assignment]
+    text = "Weather in Paris on 2024-03-01"
+    request = TaskRequest(
+        task_id="t-1",
+        task_kind="draft",
+        agent_id="tools",
+        input={"question": text, "subtask": text},
+        deadline_at=time.time() + 30,
+    )
+    out, usage = asyncio.run(gateway.draft(request, None))
+    assert session.sent == [{"city": "Paris", "when": "2024-03-01"}]  # "today" was never sent
+    assert out["arguments"] == {"city": "Paris", "when": "2024-03-01"} and usage.calls == 2

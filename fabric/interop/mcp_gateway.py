@@ -59,6 +59,7 @@ from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpe
 from fabric.interop.tool_arguments import (
     extract,
     extract_named,
+    fits_in_typed_parameters,
     is_free_text,
     parameters_taking,
     primary_type,
@@ -102,6 +103,12 @@ def single_string_parameter(tool: Tool) -> str | None:
         return None
     name, schema = next(iter(props.items()))
     return name if isinstance(schema, dict) and schema.get("type") == "string" else None
+
+
+def whole_text_parameter(tool: Tool) -> str | None:
+    """The parameter that gets the subtask itself: the tool's one parameter, when it is free text."""
+    only = single_string_parameter(tool)
+    return only if only is not None and is_free_text(only, props_of(tool)[only]) else None
 
 
 def result_answer(result: CallToolResult) -> tuple[str, Any]:
@@ -181,8 +188,8 @@ async def fill_arguments(
     props: dict[str, Any] = schema.get("properties") or {}
     if not props:
         return FilledArguments({})
-    only = single_string_parameter(tool)
-    if only is not None and refused is None and is_free_text(only, props[only]):
+    only = whole_text_parameter(tool)
+    if only is not None and refused is None:
         return FilledArguments({only: text}, extracted=[only], whole_text=True)
     required = set(schema.get("required") or [])
     if refused is None:
@@ -582,6 +589,13 @@ class MCPGateway:
         hit = embedder.cached([text])  # a repeated subtask (retries, refine rounds) costs no model call
         query = np.asarray((hit if hit is not None else await asyncio.to_thread(embedder.embed, [text]))[0])
         ranked = sorted(names, key=lambda n: -float(query @ self._tool_vecs[n]))
+        if whole_text_parameter(self.tools[ranked[0]]) is not None:
+            # a tool that takes the whole text "carries" every value without using them: a tool
+            # whose own parameters the task fills goes first (`fits_in_typed_parameters`; on
+            # BFCL's multiple and live_multiple questions this never changes the choice)
+            typed = [n for n in ranked if fits_in_typed_parameters(self.tools[n].input_schema, text)]
+            if typed:
+                return self.tools[typed[0]], Usage()
         best, second = ranked[0], ranked[1]
         gap = float(query @ self._tool_vecs[best]) - float(query @ self._tool_vecs[second])
         if gap >= self.config.tie_margin or self.backend is None:
