@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -31,6 +31,11 @@ class AgentSpec(BaseModel):
     tags: list[str] = Field(default_factory=list)
     examples: list[str] = Field(
         default_factory=list, description="tasks this agent serves, in a user's words: each becomes a routing view"
+    )
+    tools: list[Literal["arithmetic"]] = Field(
+        default_factory=list,
+        description="built-in exact tools the worker answers with, before its LLM, when a subtask is exactly "
+        "theirs (arithmetic: agents/arithmetic.py)",
     )
     # an agent that is a remote A2A agent or MCP server, joined through a gateway (fabric/interop/specs.py)
     a2a: dict[str, Any] | None = None

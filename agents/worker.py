@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 
+from agents.arithmetic import pure_arithmetic
 from agents.sdk import Agent
 from agents.server import ServesTasks, TaskFailed, TaskServer
 from agents.spec import AgentSpec
@@ -144,6 +145,8 @@ class LLMWorker:
         return plan, self._cost(usage)
 
     async def draft(self, inp: DraftInput, task: TaskRequest) -> tuple[DraftOutput, Usage]:
+        if "arithmetic" in self.spec.tools and (exact := pure_arithmetic(inp.subtask)) is not None:
+            return DraftOutput(answer=exact, confidence=1.0, exact=True), Usage()
         messages = draft_messages(self._system(), inp)
         try:
             out = await self.backend.complete(

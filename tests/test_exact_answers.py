@@ -17,8 +17,9 @@ from typing import Any
 
 import pytest
 
+from agents.arithmetic import pure_arithmetic
 from agents.sdk import Agent, TaskFailed
-from agents.spec import AgentSpec
+from agents.spec import AgentSpec, default_specs_dir, load_specs
 from fabric.cli.federation import print_result
 from fabric.federation import LocalFederation
 from fabric.llm.base import ChatMessage
@@ -423,3 +424,53 @@ def test_foa_run_mixed_weekday_goes_direct_to_the_tool(tmp_path: Path) -> None:
     assert [m["agent_id"] for m in out["assignments"]["n1"]] == ["clinical-tools"]
     assert "direct: clinical-tools fits the whole question" in proc.stderr
     assert "propose a plan" not in proc.stderr  # no planner was asked
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("Calculate 1234 * 5678", "1234 * 5678 = 7006652"),
+        ("What is 2^10?", "2^10 = 1024"),
+        ("what is (3 + 4) * 5", "(3 + 4) * 5 = 35"),
+        ("How much is 1,234 x 3?", "1,234 x 3 = 3702"),
+        ("What is 2.5 * 4?", "2.5 * 4 = 10"),
+        ("10 / 4", "10 / 4 = 2.5"),
+        ("10 / 3", "10 / 3 ≈ 3.33333333333"),
+        ("-3 - -2", "-3 - -2 = -1"),
+        # a value, not a request for one: the LLM answers
+        ("Compute 7 ÷ 0", None),
+        ("2 ** 100000", None),  # bounded: no input makes it slow
+        ("What is 17% of 250?", None),
+        ("What is 2024-03-01?", None),
+        ("Find the area of a triangle with base 10 and height 5", None),
+        ("If I have 3 apples and buy 2*4 more, how many do I have?", None),
+        ("Solve 3x + 2 = 5", None),
+        ("Calculate 2 + 2 and 3 + 3", None),
+        ("What is 5?", None),
+    ],
+)
+def test_plain_arithmetic_is_answered_exactly_and_nothing_else_is(text: str, answer: str | None) -> None:
+    assert pure_arithmetic(text) == answer
+
+
+def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
+    memory_broker, tmp_path: Path, embedder
+) -> None:
+    """A user trial: "Calculate 1234 * 5678" reached the mathematician (routing was right) and the
+    embedded model answered "1234 * 5678 = 091,128". The shipped spec lists `tools: [arithmetic]`;
+    its LLM here is a scripted one that gets sums wrong, to show it is never asked for the answer."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    backends: dict[str, ScriptedLLM] = {}
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        backends[spec.id] = ScriptedLLM(lambda messages, schema: "1234 * 5678 = 091,128", name=f"scripted-{spec.id}")
+        return backends[spec.id]
+
+    specs = load_specs(default_specs_dir())
+    assert next(s for s in specs if s.id == "mathematician").tools == ["arithmetic"]
+    result, _ = run_job(settings, specs, factory, embedder, "Calculate 1234 * 5678", JobOptions())
+    assert result.status == "completed", result.failure_reason
+    assert result.assignments["n1"][0].agent_id == "mathematician"
+    assert "1234 * 5678 = 7006652" in result.answer and "091,128" not in result.answer
+    asked = [call.messages[-1].content for call in backends["mathematician"].calls]
+    assert not [prompt for prompt in asked if "Answer your part" in prompt]  # proposals only, no draft
