@@ -35,6 +35,9 @@ FRACTIONS = (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 TEAM = 3
 
 
+Routes = list[list[tuple[str, float]]]  # per question: (agent, α), best first
+
+
 def routed(fed: Federation, questions: list[dict[str, Any]], vecs: np.ndarray) -> list[list[tuple[str, float]]]:
     out = []
     for q, v in zip(questions, vecs, strict=True):
@@ -49,11 +52,16 @@ def threshold_of(questions: list[dict[str, Any]], ranked: list[list[tuple[str, f
     return calibrate(tops[~irr], tops[irr]).threshold
 
 
-def route_suite(name: str, questions: list[dict[str, Any]], embedder: Any) -> list[list[tuple[str, float]]]:
-    """Every question routed over the federation of its suite's functions."""
+def federation_routes(name: str, questions: list[dict[str, Any]], embedder: Any) -> tuple[Federation, Routes]:
+    """The federation of a suite's functions, and every question routed over it."""
     fed = Federation(questions, embedder)
     progress(f"{name}: {len(fed.functions)} agents, {len(questions)} questions")
-    return routed(fed, questions, embedder.embed([q["text"][:2000] or "?" for q in questions]))
+    return fed, routed(fed, questions, embedder.embed([q["text"][:2000] or "?" for q in questions]))
+
+
+def route_suite(name: str, questions: list[dict[str, Any]], embedder: Any) -> Routes:
+    """Every question routed over the federation of its suite's functions."""
+    return federation_routes(name, questions, embedder)[1]
 
 
 def dev_routes(embedder: Any) -> tuple[list[dict[str, Any]], list[list[tuple[str, float]]], float]:

@@ -26,7 +26,7 @@ from fabric.llm.base import ChatMessage
 from fabric.llm.scripted import ScriptedLLM
 from fabric.messages import JobEvent, JobOptions, JobResult, Match, Usage
 from fabric.orchestrator.consensus import pick_node_answer, refine_cluster
-from fabric.orchestrator.direct import clear_winner, route_directly
+from fabric.orchestrator.direct import clear_winner, question_parts, route_directly
 from fabric.orchestrator.exactness import carry_exact, eligible_answers
 from fabric.orchestrator.floor import apply_floor
 from fabric.orchestrator.plan_check import altered_copy_reason, check_plans, degenerate_reason
@@ -453,6 +453,23 @@ def test_plain_arithmetic_is_answered_exactly_and_nothing_else_is(text: str, ans
     assert pure_arithmetic(text) == answer
 
 
+@pytest.mark.parametrize(
+    ("question", "parts"),
+    [
+        (
+            "Translate 'good morning' into French, and calculate 12 * 12.",
+            ["Translate 'good morning' into French", "calculate 12 * 12."],
+        ),
+        ("I have a fever. Should I take ibuprofen?", ["I have a fever.", "Should I take ibuprofen?"]),
+        ("What weekday is 2025-12-25?", ["What weekday is 2025-12-25?"]),
+        ("Chest pain and sweating: what should we do?", ["Chest pain and sweating: what should we do?"]),
+        ("Is it safe? Yes.", ["Is it safe? Yes."]),  # parts of fewer than three words are not parts
+    ],
+)
+def test_a_question_asking_several_things_has_parts(question: str, parts: list[str]) -> None:
+    assert question_parts(question) == parts
+
+
 def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
     memory_broker, tmp_path: Path, embedder
 ) -> None:
@@ -474,3 +491,30 @@ def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
     assert "1234 * 5678 = 7006652" in result.answer and "091,128" not in result.answer
     asked = [call.messages[-1].content for call in backends["mathematician"].calls]
     assert not [prompt for prompt in asked if "Answer your part" in prompt]  # proposals only, no draft
+
+
+def test_a_question_whose_parts_fit_different_agents_is_planned_by_its_parts(
+    memory_broker, tmp_path: Path, embedder
+) -> None:
+    """A user trial: "Translate 'good morning' into French, and calculate 12 * 12." went directly
+    to the translator (α 0.073, next 0.023), which answered half of it. Its second part fits the
+    mathematician, so each part is a node and each goes to its own agent (scripted LLMs: the
+    translator's writes a fixed line, the mathematician's gets sums wrong and is never asked)."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        line = "Bonjour." if spec.id == "translator" else "12 * 12 = 140"
+        return ScriptedLLM(lambda messages, schema: line, name=f"scripted-{spec.id}")
+
+    question = "Translate 'good morning' into French, and calculate 12 * 12."
+    result, events = run_job(settings, load_specs(default_specs_dir()), factory, embedder, question, JobOptions())
+    assert result.status == "completed", result.failure_reason
+    assert [n.text for n in result.dag.nodes] == ["Translate 'good morning' into French", "calculate 12 * 12."]
+    assert result.assignments["n1"][0].agent_id == "translator"
+    assert result.assignments["n2"][0].agent_id == "mathematician"
+    assert "Bonjour." in result.answer and "12 * 12 = 144" in result.answer and "140" not in result.answer
+    plan = next(e for e in events if e.phase == "decompose")
+    assert plan.data["parts"] is True and "fits mathematician" in plan.message
+    # --plan never keeps the old behaviour: the best agent gets the question whole
+    whole, _ = run_job(settings, load_specs(default_specs_dir()), factory, embedder, question, JobOptions(plan="never"))
+    assert [n.text for n in whole.dag.nodes] == [question]

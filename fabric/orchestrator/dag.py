@@ -91,6 +91,11 @@ class Dag(BaseModel):
         """The fallback plan: the whole question as one node."""
         return cls(nodes=[DagNode(node_id="n1", text=question, proposers=[], support=0)])
 
+    @classmethod
+    def of_parts(cls, parts: list[str]) -> Dag:
+        """The plan a compound question gives itself: one independent node per part."""
+        return cls(nodes=[DagNode(node_id=f"n{i}", text=t, proposers=[], support=0) for i, t in enumerate(parts, 1)])
+
 
 @dataclass
 class _Item:
