@@ -441,3 +441,12 @@ def test_arguments_that_leave_out_a_value_go_back_to_the_llm_before_any_call(tmp
     out, usage = asyncio.run(gateway.draft(request, None))
     assert session.sent == [{"city": "Paris", "when": "2024-03-01"}]  # "today" was never sent
     assert out["arguments"] == {"city": "Paris", "when": "2024-03-01"} and usage.calls == 2
+
+
+def test_the_unit_written_after_the_quantity_is_the_source() -> None:
+    units = {"type": "string", "enum": ["kg", "lb", "l", "ml", "ft", "cm"]}
+    convert = obj(value={"type": "number"}, from_unit=units, to_unit=units)
+    assert extract(convert, "How many ml is 2 l?") == ({"value": 2, "from_unit": "l", "to_unit": "ml"}, [])
+    assert extract(convert, "Convert 5 ft to cm") == ({"value": 5, "from_unit": "ft", "to_unit": "cm"}, [])
+    assert extract(convert, "Convert 70 kg to pounds") == ({"value": 70, "from_unit": "kg"}, ["to_unit"])
+    assert extract(convert, "Convert ml to l: 250") == ({"value": 250, "from_unit": "ml", "to_unit": "l"}, [])

@@ -531,6 +531,7 @@ def assign(
             if all(r < scores[(p, best)] for r in rivals):
                 done[p] = best
                 changed = True
+    _quantity_unit_is_the_source(params, spans, usable, text, done)
     open_params = [p for p in params if p not in done]
     open_spans = [s for s in spans if s not in done.values() and any(s in usable[p] for p in open_params)]
     for group in ([p for p in open_params if p in required], open_params):
@@ -539,6 +540,27 @@ def assign(
             done.update(zip(group, open_spans, strict=True))
             break
     return done
+
+
+_SOURCE_WORDS = frozenset({"from", "source", "src", "original"})
+_TARGET_WORDS = frozenset({"to", "target", "dest", "destination", "into"})
+
+
+def _quantity_unit_is_the_source(
+    params: list[str], spans: list[Span], usable: dict[str, list[Span]], text: str, done: dict[str, Span]
+) -> None:
+    """A from/to pair (`from_unit`, `to_unit`): the one value written right after a number is the
+    quantity's own, so the source. "How many ml is 2 l?" converts 2 l into ml; in text order it
+    went from ml to l (0.002, exact and wrong). Nothing changes when no value or several follow
+    a number."""
+    open_params = [p for p in params if p not in done]
+    source = [p for p in open_params if set(words_of(p)) & _SOURCE_WORDS]
+    target = [p for p in open_params if set(words_of(p)) & _TARGET_WORDS]
+    if len(source) != 1 or len(target) != 1:
+        return
+    quantities = [s for s in spans if s not in done.values() and re.search(r"\d\s*$", text[: s.start])]
+    if len(quantities) == 1 and quantities[0] in usable[source[0]]:
+        done[source[0]] = quantities[0]
 
 
 def _boolean(name: str, text: str) -> bool | None:
