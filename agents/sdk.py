@@ -34,6 +34,7 @@ from typing import Any, Literal
 from agents.server import HandlerResult, ServesTasks, Signer, TaskFailed, TaskHandler, TaskServer
 from agents.spec import AgentSpec
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bloom import BloomFilter
 from fabric.bus import BrokerAddress, Bus, Incoming, Will
 from fabric.embeddings import Embedder
@@ -210,7 +211,7 @@ class Agent(ServesTasks):
         await self.bus.subscribe(topic, on_vcv, body_types=VCV, accept_empty=True)
         try:
             # the broker sends a retained message right after SUBACK; none within a beat = none held
-            return await asyncio.wait_for(found, 0.3)
+            return await wait_within(found, 0.3)
         except TimeoutError:
             return None
         finally:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.envelope import Body, Envelope, MessageError, decode, decode_any, decode_known, make, typed
 from fabric.messages import ErrorReply
 from fabric.settings import Settings
@@ -264,7 +265,7 @@ class Bus:
         if ack is None:
             return
         try:
-            await asyncio.wait_for(ack, timeout or self.settings.request_timeout_s * 3)
+            await wait_within(ack, timeout or self.settings.request_timeout_s * 3)
         except TimeoutError:
             raise BusError(f"broker did not acknowledge publish to {topic}") from None
 

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Callable
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bus import BrokerAddress, Bus, BusError, Incoming
 from fabric.envelope import make
 from fabric.errors import FoAError
@@ -127,7 +128,7 @@ async def submit_and_follow(
                     f"`foa job show {submit.job_id}`, or follow it again with the same --job-id"
                 )
             try:
-                return await asyncio.wait_for(asyncio.shield(result), min(resend_every, left))
+                return await wait_within(asyncio.shield(result), min(resend_every, left))
             except TimeoutError:
                 continue
     finally:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bus import Bus, Incoming
 from fabric.messages import AgentStatus
 from fabric.vcv import VCV, newer
@@ -129,6 +130,6 @@ class Registry:
         while time.monotonic() < deadline:
             self.changed.clear()
             try:
-                await asyncio.wait_for(self.changed.wait(), quiet_s)
+                await wait_within(self.changed.wait(), quiet_s)
             except TimeoutError:
                 return

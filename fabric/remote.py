@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bus import BrokerAddress, Bus, BusError, Incoming
 from fabric.client import cancel_job, follow_federation, new_job_id
 from fabric.errors import ConfigError, readable
@@ -198,7 +199,7 @@ class Client:
         await bus.subscribe(topics.job_result(job_id), on_result, body_types=JobResult)
         try:
             await cancel_job(bus, job_id, reason)
-            return await asyncio.wait_for(ended, wait)
+            return await wait_within(ended, wait)
         except TimeoutError:
             return None
         finally:

@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING
 
+from fabric.aio import wait_within
 from fabric.embeddings import Embedder
 from fabric.heap import freeze_startup_heap
 from fabric.metrics import Metrics, metrics_for
@@ -189,7 +190,7 @@ class ServiceRuntime:
             try:
                 result = hook()
                 if inspect.isawaitable(result):
-                    await asyncio.wait_for(_awaited(result), self.drain_timeout_s)
+                    await wait_within(_awaited(result), self.drain_timeout_s)
             except TimeoutError:
                 log.warning("drain step timed out", extra={"service": self.name, "step": name})
             except Exception:  # one failed shutdown step must not skip the others

@@ -36,6 +36,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bus import Bus, Incoming
 from fabric.embeddings import EmbedBatcher, Embedder
 from fabric.envelope import Envelope
@@ -229,7 +230,7 @@ class RouterService:
     async def _flusher(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._flush_wanted.wait(), FLUSH_EVERY_S)
+                await wait_within(self._flush_wanted.wait(), FLUSH_EVERY_S)
             except TimeoutError:
                 pass
             self._flush_wanted.clear()

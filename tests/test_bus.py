@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.broker import Mosquitto
 from fabric.bus import Bus, BusError, Incoming, PayloadTooLarge, RemoteError, RequestTimeout
 from fabric.envelope import make
@@ -303,3 +306,30 @@ def test_a_durable_handler_cancelled_before_it_starts_leaves_no_coroutine_unawai
         asyncio.run(main())
         gc.collect()
     assert not [w for w in caught if "never awaited" in str(w.message)], [str(w.message) for w in caught]
+
+
+def test_a_cancellation_in_the_same_turn_as_the_result_is_not_lost() -> None:
+    """Python 3.11's `asyncio.wait_for` returns a future's result when the waiter is cancelled in
+    the same loop turn as the future completes, and the cancellation is gone (gh-86296). The
+    fabric waits with `wait_within`, which keeps it: a SIGTERM'd `foa run` must stop."""
+
+    async def race(wait: Any) -> str:
+        fut = asyncio.get_running_loop().create_future()
+        waiter = asyncio.create_task(wait(fut, 10))
+        await asyncio.sleep(0)  # the waiter is waiting
+        fut.set_result("result")
+        waiter.cancel()
+        try:
+            return str(await waiter)
+        except asyncio.CancelledError:
+            return "cancelled"
+
+    assert asyncio.run(race(wait_within)) == "cancelled"
+    if sys.version_info < (3, 12):  # the flaw this works around, so the test shows it is still needed
+        assert asyncio.run(race(asyncio.wait_for)) == "result"
+
+    async def times_out() -> None:
+        await wait_within(asyncio.sleep(10), 0.01)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(times_out())

@@ -60,6 +60,7 @@ from pydantic import ValidationError
 
 from agents.sdk import Agent, TaskFailed
 from agents.spec import AgentSpec
+from fabric.aio import wait_within
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder
 from fabric.interop.specs import A2A_DEFAULT_RESOURCES, A2AConfig, GatewayError, GatewaySpec, slug
@@ -436,7 +437,7 @@ class A2AGateway:
         limit = self.config.timeout_s if task.deadline_at is None else max(0.05, task.deadline_at - time.time())
         outcome = A2AOutcome()
         try:
-            await asyncio.wait_for(self._consume(self._client.send_message(request), outcome), limit)
+            await wait_within(self._consume(self._client.send_message(request), outcome), limit)
         except TimeoutError:
             await self._cancel_remote(outcome)
             raise TaskFailed(
@@ -467,7 +468,7 @@ class A2AGateway:
         if outcome.task_id is None or self._client is None:
             return
         try:
-            await asyncio.wait_for(self._client.cancel_task(CancelTaskRequest(id=outcome.task_id)), 5.0)
+            await wait_within(self._client.cancel_task(CancelTaskRequest(id=outcome.task_id)), 5.0)
         except Exception as exc:  # noqa: BLE001 - best effort: the FoA task fails either way
             log.warning("could not cancel A2A task %s: %s", outcome.task_id, exc, extra={"agent_id": self.agent_id})
 

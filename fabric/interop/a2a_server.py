@@ -77,6 +77,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from fabric.aio import wait_within
 from fabric.errors import ConfigError
 from fabric.interop.link import FederationLink, JobRequest, job_summary, progress_text
 from fabric.messages import JobEvent
@@ -181,7 +182,7 @@ class Progress:
             quiet_left = self.last + self.heartbeat_s - time.monotonic()
             if quiet_left > 0:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stop.wait(), quiet_left)
+                    await wait_within(self.stop.wait(), quiet_left)
                 continue
             await self.update(f"{self.phase}: working, {self.elapsed_s():.0f} s elapsed")
 

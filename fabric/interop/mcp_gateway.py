@@ -53,6 +53,7 @@ from mcp_types import INVALID_PARAMS, CallToolResult, TextContent, Tool, ToolLis
 from agents.host import AgentHost, HostedAgent
 from agents.sdk import TaskFailed
 from agents.spec import AgentSpec
+from fabric.aio import wait_within
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder, shared_embedder
 from fabric.interop.specs import MCP_DEFAULT_RESOURCES, GatewayError, GatewaySpec, MCPConfig, slug
@@ -408,7 +409,7 @@ class MCPGateway:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._holder = asyncio.create_task(self._hold(ready))
         try:
-            await asyncio.wait_for(asyncio.shield(ready), self.config.timeout_s)
+            await wait_within(asyncio.shield(ready), self.config.timeout_s)
         except TimeoutError:
             await self._drop_holder()
             raise GatewayError(
@@ -516,7 +517,7 @@ class MCPGateway:
             info = client.server_info
             self.server_name = (info.name if info else "") or "mcp-server"
             self.instructions = client.instructions or ""
-            tools = await asyncio.wait_for(self._list_tools(client), self.config.timeout_s)
+            tools = await wait_within(self._list_tools(client), self.config.timeout_s)
             if not tools:
                 raise GatewayError(f"the MCP server {self.where} lists no tools: there is nothing to route to")
             await self._absorb(tools)
@@ -642,7 +643,7 @@ class MCPGateway:
         )
         self.calls += 1
         try:
-            return await asyncio.wait_for(
+            return await wait_within(
                 self._client.call_tool(tool.name, args, read_timeout_seconds=limit), limit + 1.0
             )
         except MCPError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Literal, Protocol, TypeVar
 import numpy as np
 from pydantic import BaseModel, Field
 
+from fabric.aio import wait_within
 from fabric.dispatch import Answer, TaskError
 from fabric.envelope import child_traceparent, trace_id_of
 from fabric.errors import FoAError
@@ -601,7 +602,7 @@ class JobRunner:
             if node_id not in results:
                 answers = {n: r.answer for n, r in results.items()}
                 try:
-                    results[node_id] = await asyncio.wait_for(
+                    results[node_id] = await wait_within(
                         self.run_node(dag, node_id, assignments[node_id], answers), self.settings.node_timeout_s
                     )
                 except TimeoutError:

@@ -40,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from fabric.aio import wait_within
 from fabric.transports.base import (
     BrokerAddress,
     BusError,
@@ -369,7 +370,7 @@ class MemoryTransport:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await wait_within(self._connected.wait(), timeout)
 
     async def connect(self, options: ConnectOptions, listener: TransportListener, timeout: float) -> None:
         self._loop, self._thread = asyncio.get_running_loop(), threading.get_ident()

@@ -25,6 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 from paho.mqtt.reasoncodes import ReasonCode
 
+from fabric.aio import wait_within
 from fabric.transports import paho_speedups
 from fabric.transports.base import (
     BrokerAddress,
@@ -121,7 +122,7 @@ class PahoTransport:
         return self._connected.is_set()
 
     async def wait_connected(self, timeout: float) -> None:
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        await wait_within(self._connected.wait(), timeout)
 
     async def connect(self, options: ConnectOptions, listener: TransportListener, timeout: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -182,7 +183,7 @@ class PahoTransport:
         except OSError as exc:
             raise BusError(f"cannot reach MQTT broker at {url}: {exc}") from exc
         try:
-            reason = await asyncio.wait_for(asyncio.shield(self._connect_result), timeout)
+            reason = await wait_within(asyncio.shield(self._connect_result), timeout)
         except TimeoutError:
             raise BusError(f"MQTT broker at {url} did not answer CONNECT within {timeout}s") from None
         if reason.is_failure:
@@ -439,7 +440,7 @@ class PahoTransport:
         fut: asyncio.Future[list[ReasonCode]] = self._loop.create_future()
         self._pending_subacks[mid] = fut
         try:
-            codes = await asyncio.wait_for(fut, timeout)
+            codes = await wait_within(fut, timeout)
         except TimeoutError:
             raise BusError(f"broker did not acknowledge subscription to {topic_filter}") from None
         failures = [c for c in codes if c.is_failure]

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from fabric import topics
+from fabric.aio import wait_within
 from fabric.bus import BrokerAddress, Bus, BusError, Incoming
 from fabric.client import JobFailed, cancel_job, new_job_id, submit_and_follow
 from fabric.errors import FoAError
@@ -427,7 +428,7 @@ class Console:
         await bus.subscribe(topic, on_result, body_types=JobResult, accept_empty=True)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(got.wait(), self.retained_lookup_s)
+                await wait_within(got.wait(), self.retained_lookup_s)
         finally:
             await bus.unsubscribe(topic)
         return self.jobs.get(job_id)
