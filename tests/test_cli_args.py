@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -127,3 +128,57 @@ def test_foa_up_names_foa_broker_url_when_its_broker_is_not_there(tmp_path: Path
     assert "cannot reach MQTT broker at mqtt://127.0.0.1:1" in proc.stderr, proc.stderr
     assert "FOA_BROKER_URL=mqtt://127.0.0.1:1 is set" in proc.stderr and "unset FOA_BROKER_URL" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+STUBBORN = """
+import asyncio, sys
+from fabric.cli import sigterm_as_sigint
+
+async def main(swallow):
+    print("ready", flush=True)
+    while True:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            if not swallow:
+                raise
+            swallow = False  # one cancellation lost (as a race in asyncio.wait_for loses it)
+
+came = []
+try:
+    with sigterm_as_sigint(came, grace_s=1.0):
+        asyncio.run(main(sys.argv[1] == "swallow"))
+except KeyboardInterrupt:
+    print("interrupted", len(came), flush=True)
+    sys.exit(143)
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "ignore_sigint", "at_most_s"),
+    [
+        ("swallow", False, 5.0),  # the first cancellation is lost: after the grace, KeyboardInterrupt
+        ("cancel", True, 0.9),  # started with SIGINT ignored (a script's background job): at once
+    ],
+)
+def test_sigterm_stops_a_program_that_loses_its_cancellation_or_ignores_sigint(
+    mode: str, ignore_sigint: bool, at_most_s: float
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STUBBORN, mode],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        took = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143 and "interrupted" in out
+    assert took < at_most_s, took

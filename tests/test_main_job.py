@@ -106,8 +106,15 @@ def test_foa_run_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
                 break
         assert any(s.startswith("federation up") for s in seen), "".join(seen)[-3000:]
         time.sleep(1.0)  # the job is running
+        dispositions = [x for x in Path(f"/proc/{proc.pid}/status").read_text().splitlines() if x.startswith("Sig")]
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            _, err = proc.communicate()
+            tail = "".join(seen) + err[-4000:]
+            raise AssertionError(f"still running 60 s after SIGTERM; {dispositions}\n{tail}") from None
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -11,8 +11,10 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 from pydantic import ValidationError
@@ -22,6 +24,9 @@ from fabric.errors import readable
 from fabric.logs import setup_logging
 from fabric.settings import Settings
 from fabric.transports.paho import install_paho_speedups
+
+#: how long a SIGTERM waits for the graceful stop before it interrupts where the program is
+SIGTERM_GRACE_S = 30.0
 
 #: subcommand modules, in help order
 MODULES = [
@@ -88,15 +93,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 @contextlib.contextmanager
-def sigterm_as_sigint(came: list[bool]) -> Iterator[None]:
+def sigterm_as_sigint(came: list[bool], grace_s: float = SIGTERM_GRACE_S) -> Iterator[None]:
     """SIGTERM (`kill`, `timeout`, a supervisor) does what Ctrl-C does: asyncio cancels the main
     task, so `async with` blocks close what they started (a `foa run`'s embedded broker, agents
     and job store) and the command exits 143. Without it a terminated `foa run` died at once and
     left its mosquitto for init to reap. Services that handle SIGTERM themselves (`foa up`,
-    `foa router`, ...) replace this handler while their loop runs. `came` records that it came."""
+    `foa router`, ...) replace this handler while their loop runs. `came` records that it came.
+
+    A second SIGTERM, or the first one still unanswered after `grace_s`, raises KeyboardInterrupt
+    where the program is (asyncio then cancels every task, so the same blocks still close). Why:
+    twice in full test runs a SIGTERM'd `foa run` went on with its job (once to the end, once past
+    60 s), so the cancellation was lost somewhere; and a program started with SIGINT ignored (a
+    background job of a shell script) never sees the SIGINT this raises."""
 
     def on_sigterm(signum: int, frame: object) -> None:
+        if came or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+            came.append(True)
+            raise KeyboardInterrupt
         came.append(True)
+        again = threading.Timer(grace_s, os.kill, (os.getpid(), signal.SIGTERM))
+        again.daemon = True
+        again.start()
         signal.raise_signal(signal.SIGINT)
 
     try:
