@@ -14,9 +14,9 @@ async def wait_within(aw: Awaitable[T], timeout: float | None) -> T:
 
     On 3.11, `wait_for` returns the result of a future that completes in the same loop turn as a
     cancellation of the task waiting on it, and the cancellation is lost (CPython gh-86296, fixed
-    in 3.12's rewrite on `asyncio.timeout`). Measured in `tests/test_bus.py`: a future resolved
-    and its waiter cancelled in one turn, `wait_for` returned 1, this raises CancelledError. A
-    `foa run` stopped by SIGTERM while its client connected ran its job to the end that way (a
-    full test run's `test_foa_run_stops_cleanly_on_sigterm`, once). Raises TimeoutError on time."""
+    in 3.12's rewrite on `asyncio.timeout`). Shown in `tests/test_bus.py`: a future resolved and
+    its waiter cancelled in one turn, `wait_for` returned the result, this raises CancelledError.
+    The fabric waits like this on CONNACKs, SUBACKs, acks and results, so a stop (Ctrl-C, SIGTERM,
+    a cancelled job) that lands as one arrives would be lost. Raises TimeoutError on time."""
     async with asyncio.timeout(timeout):
         return await aw

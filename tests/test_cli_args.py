@@ -169,7 +169,8 @@ def test_sigterm_stops_a_program_that_loses_its_cancellation_or_ignores_sigint(
         stdout=subprocess.PIPE,
         text=True,
         cwd=Path(__file__).resolve().parent.parent,
-        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignore_sigint else None,
+        # set either way: a test run started as a shell's background job inherits SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN if ignore_sigint else signal.SIG_DFL),
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"

@@ -100,11 +100,12 @@ def sigterm_as_sigint(came: list[bool], grace_s: float = SIGTERM_GRACE_S) -> Ite
     left its mosquitto for init to reap. Services that handle SIGTERM themselves (`foa up`,
     `foa router`, ...) replace this handler while their loop runs. `came` records that it came.
 
-    A second SIGTERM, or the first one still unanswered after `grace_s`, raises KeyboardInterrupt
-    where the program is (asyncio then cancels every task, so the same blocks still close). Why:
-    twice in full test runs a SIGTERM'd `foa run` went on with its job (once to the end, once past
-    60 s), so the cancellation was lost somewhere; and a program started with SIGINT ignored (a
-    background job of a shell script) never sees the SIGINT this raises."""
+    A program started with SIGINT ignored (a shell script's background job: `foa run ... &`) never
+    sees the SIGINT this raises, so there SIGTERM raises KeyboardInterrupt at once, where the
+    program is (asyncio then cancels every task, so the same blocks still close). Two full test
+    runs started as background jobs failed that way: the SIGTERM'd `foa run` went on with its job.
+    A second SIGTERM, or the first one still unanswered after `grace_s` (a cancellation lost on the
+    way), does the same."""
 
     def on_sigterm(signum: int, frame: object) -> None:
         if came or signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
