@@ -31,10 +31,6 @@ _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
 _EXPRESSION = re.compile(rf"[-+(\s]*(?:{_NUMBER})(?:[\s()]*(?:\*\*|//|[-+*/^×÷xX])[-+(\s]*(?:{_NUMBER})[\s)]*)+")
 
 
-class _TooLarge(ValueError):
-    pass
-
-
 def _value(node: ast.AST) -> Fraction:
     if isinstance(node, ast.Expression):
         return _value(node.body)
@@ -66,7 +62,7 @@ def _power(base: Fraction, exponent: Fraction) -> Fraction:
     n = int(exponent)
     size = max(len(str(abs(base.numerator))), len(str(base.denominator)))
     if abs(n) > MAX_EXPONENT or size * abs(n) > MAX_DIGITS:
-        raise _TooLarge(f"{n} as an exponent")
+        raise ValueError(f"{n} as an exponent is too large")
     return base**n
 
 

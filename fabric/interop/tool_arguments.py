@@ -246,13 +246,13 @@ def _number_value(raw: str) -> int | float:
     return int(number) if number.is_integer() and not re.search(r"[.eE]", raw) else number
 
 
-def find_numbers(text: str, taken: list[tuple[int, int]]) -> list[Span]:
+def find_numbers(text: str, taken: list[tuple[int, int]], *, words: bool = True) -> list[Span]:
     out = [
         Span(_number_value(m.group(1)), m.start(1), m.end(1))
         for m in _NUMBER.finditer(text)
         if not _overlaps(m.start(1), m.end(1), taken)
     ]
-    if out:  # words only where no digits are: "three sides of 5, 4 and 3 cm" has three values, not four
+    if out or not words:  # words only where no digits are: "three sides of 5, 4 and 3 cm" has three values
         return out
     for m in re.finditer(r"\b(" + "|".join(_WORD_NUMBERS) + r")\b", text, re.IGNORECASE):
         if not _overlaps(m.start(), m.end(), taken):
@@ -693,13 +693,8 @@ class TaskValue:
     kind: str  # date, date-time, time, uri, email, number
 
 
-_VALUE_FINDERS = {
-    "date-time": find_date_times,
-    "date": find_dates,
-    "time": find_times,
-    "uri": find_urls,
-    "email": find_emails,
-}
+#: the kinds of value a task names, the longest first (a date-time holds a date and a time)
+_VALUE_KINDS = ("date-time", "date", "time", "uri", "email")
 #: the parameter kinds (`_kind`) that can hold a value of each kind; any string can hold any value,
 #: integers a date split into parts (BFCL's `get_hosts_per_day(day, month, year)`)
 _HOLDERS = {
@@ -720,18 +715,16 @@ def task_values(text: str) -> list[TaskValue]:
     left out: as often phrasing ("the two zones") as a value."""
     values: list[tuple[int, TaskValue]] = []
     taken = [(s.start, s.end) for s in find_quoted(text)]
-    for kind, finder in _VALUE_FINDERS.items():
-        for span in finder(text):
+    for kind in _VALUE_KINDS:
+        for span in _FINDERS[kind](text):
             if not _overlaps(span.start, span.end, taken):
                 taken.append((span.start, span.end))
                 values.append((span.start, TaskValue(text[span.start : span.end], span.value, kind)))
-    for m in _NUMBER.finditer(text):
-        start, end = m.start(1), m.end(1)
-        if _overlaps(start, end, taken) or _NOT_A_VALUE.search(text[max(0, start - 6) : start]):
-            continue
-        if re.match(r"\s*x\s*\d", text[end : end + 4]):  # "2x2": a shape
-            continue
-        values.append((start, TaskValue(m.group(1), _number_value(m.group(1)), "number")))
+    for span in find_numbers(text, taken, words=False):
+        start, end = span.start, span.end
+        if _NOT_A_VALUE.search(text[max(0, start - 6) : start]) or re.match(r"\s*x\s*\d", text[end : end + 4]):
+            continue  # a unit's exponent, "type 2", or a "2x2" shape
+        values.append((start, TaskValue(text[start:end], span.value, "number")))
     return [v for _start, v in sorted(values, key=lambda pair: pair[0])]
 
 

@@ -371,11 +371,7 @@ class JobRunner:
         if len(parts) < 2 or not route.matches:
             return parts, []
         await self._embed_ahead(parts)
-        vecs = self._embed(parts)
-        queries = [
-            RouteQuery(text=part, top_k=1, policies=self.policies, abstain=False, vector=FloatVector.of(vec))
-            for part, vec in zip(parts, vecs, strict=True)
-        ]
+        queries = [self._vector_query(part, 1) for part in parts]
         answers = await self.path.waiting("router", asyncio.gather(*(self.ports.route(q) for q in queries)))
         best, floor = route.matches[0].agent_id, route.threshold or 0.0
         return parts, [
@@ -404,17 +400,19 @@ class JobRunner:
         )
         return dag
 
+    def _vector_query(self, text: str, top_k: int) -> RouteQuery:
+        """A route query carrying the text's vector, embedded here, not by the router: the plan
+        check embeds the question anyway (the cache answers it then), so one embedding serves both."""
+        vector = FloatVector.of(self._embed([text])[0])
+        return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False, vector=vector)
+
     async def _route_question(self) -> RouteResponse:
         """Route the question; a follow-up also with its conversation's subject in front, keeping
         that when it fits clearly better (conversation.py). Both queries go out together."""
         job = self.job
 
         def query(text: str) -> RouteQuery:
-            # embedded here, not by the router: the plan check embeds the question anyway (the
-            # cache answers it then), so the job's one embedding of it serves both
-            top_k = max(self.settings.compat_top_k, self.max_proposers * 2)
-            vector = FloatVector.of(self._embed([text])[0])
-            return RouteQuery(text=text, top_k=top_k, policies=self.policies, abstain=False, vector=vector)
+            return self._vector_query(text, max(self.settings.compat_top_k, self.max_proposers * 2))
 
         framed_text = routing_text(job.question, self.history) if self.history else job.question
         await self._embed_ahead([job.question, framed_text])
