@@ -182,10 +182,12 @@ class Federation:
 
 
 def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray, top: int = 10,
-             tops_out: list[Top] | None = None, others: dict[str, RouterEngine] | None = None) -> dict[str, Any]:
+             tops_out: list[Top] | None = None, others: dict[str, RouterEngine] | None = None,
+             first_out: list[str | None] | None = None) -> dict[str, Any]:
     """Ranks of the first gold function and the best score, for FoA α, for each router in
     `others` (earlier forms of α) and for the plain-cosine baseline (`tops_out` collects each
-    question's best candidates under FoA α: the abstention model's input)."""
+    question's best candidates under FoA α: the abstention model's input; `first_out` the name
+    of the function FoA α ranks first)."""
     engines = {"foa": fed.engine, **(others or {})}
     ranks: dict[str, list[int | None]] = {name: [] for name in [*engines, "baseline"]}
     best: dict[str, list[float]] = {name: [] for name in ranks}
@@ -198,11 +200,41 @@ def evaluate(fed: Federation, questions: list[dict[str, Any]], qvecs: np.ndarray
             best[name].append(res.matches[0].score if res.matches else 0.0)
             if tops_out is not None and name == "foa":
                 tops_out.append(Top.of_matches(res.matches))
+            if first_out is not None and name == "foa":
+                first_out.append(names[0] if names else None)
         order = np.argsort(-bs)[:top]
         bnames = [fed.names[j] for j in order]
         ranks["baseline"].append(next((i for i, n in enumerate(bnames) if n in q["gold"]), None))
         best["baseline"].append(float(bs[order[0]]))
     return {name: (ranks[name], np.array(best[name])) for name in ranks}
+
+
+def top1_misses(fed: Federation, questions: list[dict[str, Any]], ranks: list[int | None],
+                firsts: list[str | None]) -> dict[str, Any]:
+    """Where the answerable questions that miss at top-1 go first.
+
+    In a pooled federation a question's gold function often has twins from other questions
+    ("triangle.area" beside "calculate_triangle_area"): the question names no reason to prefer
+    one, and the label rewards only its own. `to_own_functions`: the first agent is another of the
+    question's own functions (a real confusion); `to_twin_at_{0.8,0.9}`: the first agent's
+    description has cosine ≥ that with a gold function's (most likely a twin); `rest`: neither."""
+    row = {name: i for i, name in enumerate(fed.names)}
+    own = to_twin_8 = to_twin_9 = misses = 0
+    for q, r, first in zip(questions, ranks, firsts, strict=True):
+        if not q["gold"] or r == 0 or first is None:
+            continue
+        misses += 1
+        if first in {fn["name"] for fn in q["functions"]}:
+            own += 1
+            continue
+        cos = max((float(fed.desc_vecs[row[first]] @ fed.desc_vecs[row[g]]) for g in q["gold"] if g in row),
+                  default=0.0)
+        to_twin_8 += cos >= 0.8
+        to_twin_9 += cos >= 0.9
+    answerable = sum(1 for q in questions if q["gold"])
+    return {"misses": misses, "share_of_answerable": round(misses / max(answerable, 1), 4),
+            "to_own_functions": own, "to_twin_at_0.8": to_twin_8, "to_twin_at_0.9": to_twin_9,
+            "rest": misses - own - to_twin_8}
 
 
 def ranking_metrics(ranks: list[int | None]) -> dict[str, float]:
@@ -362,7 +394,8 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
     progress(f"[{embedder.backend}] dev federation: {len(dev.functions)} agents, {len(dev_q)} questions")
     dev_vecs = embedder.embed([q["text"] or "?" for q in dev_q])
     dev_tops: list[Top] = []
-    dev_res = evaluate(dev, dev_q, dev_vecs, tops_out=dev_tops, others=earlier_forms(dev))
+    dev_firsts: list[str | None] = []
+    dev_res = evaluate(dev, dev_q, dev_vecs, tops_out=dev_tops, others=earlier_forms(dev), first_out=dev_firsts)
     dev_report = report(dev_q, dev_res, None, cross_fit=True)
     abstention, models = calibrated_abstention(dev_q, dev_tops, targets, features)
     result: dict[str, Any] = {
@@ -378,6 +411,7 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
         "scoring": {"lexical_weight": scoring.LEXICAL_WEIGHT, "kappa": lexical.KAPPA, "model": embedder.model_name},
         "backend": embedder.backend,
         "abstention": abstention,
+        "top1_misses": top1_misses(dev, dev_q, dev_res["foa"][0], dev_firsts),
     }
     if not dev_only:
         live_q = [q for s in LIVE for q in load_split(s)]
@@ -387,7 +421,9 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
         )
         live_vecs = embedder.embed([q["text"][:2000] or "?" for q in live_q])
         live_tops: list[Top] = []
-        live_res = evaluate(live, live_q, live_vecs, tops_out=live_tops, others=earlier_forms(live))
+        live_firsts: list[str | None] = []
+        live_res = evaluate(live, live_q, live_vecs, tops_out=live_tops, others=earlier_forms(live),
+                            first_out=live_firsts)
         live_report = report(live_q, live_res, dev_report["thresholds"], cross_fit=False)
         result["held_out_live"] = {
             "agents": len(live.functions),
@@ -396,6 +432,7 @@ def run(embedder: Embedder, dev_only: bool, targets: tuple[float, ...] = TARGETS
             "baseline": live_report["baseline"],
             "earlier": {name: live_report[name] for name in EARLIER},
             "abstention": held_out_abstention(live_q, live_tops, models, dev_report["thresholds"]["foa"]),
+            "top1_misses": top1_misses(live, live_q, live_res["foa"][0], live_firsts),
         }
         result["held_out_nestful"] = nestful_block(embedder)
     result["seconds"] = time.perf_counter() - t0

@@ -30,6 +30,11 @@ A layer within ~2 µs of zero is zero within the noise. How each layer is obtain
 - round trip: `Bus.request` -> agent-style durable handler -> `Bus.reply` -> typed result, end
   to end; `unattributed` is what the layers above leave out (the request's future and timer,
   loop turns).
+- reader: a burst of `--n` QoS 1 task requests from `mosquitto_pub -l` (another process) into a
+  subscribing bus; the thread CPU of the transport's socket reader per message (framing, paho's
+  parsing, the bus's dispatch, queueing the acks), with `BufferedClient`'s receive shortcuts
+  (`fast`: packets framed from its read buffer, messages straight to `on_message`) and with
+  paho's own methods in their place (`stock`), alternated.
 - raw paho, the floor: a bare pair of stock paho clients on the same mosquitto, a QoS 1 ping of
   the request's bytes answered by a QoS 1 pong of the result's, both driven by select() from one
   thread (`raw_paho`, the ratio's denominator), and `bus_rtt.py`'s pair on paho's network threads
@@ -46,6 +51,7 @@ import collections
 import functools
 import gc
 import select
+import subprocess
 import sys
 import tempfile
 import time
@@ -412,6 +418,62 @@ def with_broker_cpu(pid: int, n: int, run: Callable[[], float]) -> tuple[float, 
     return ours, (cpu_s(pid) - before) / n * 1e6
 
 
+#: BufferedClient's receive shortcuts, which `reader_run(fast=False)` swaps for paho's own methods
+READER_SHORTCUTS = ("_packet_read", "_handle_on_message")
+
+
+async def reader_run(address: BrokerAddress, payloads: list[bytes], *, fast: bool) -> float:
+    """µs of the transport reader's thread CPU per message of a QoS 1 burst from mosquitto_pub."""
+    cls = paho_speedups.BufferedClient
+    saved = {name: cls.__dict__[name] for name in READER_SHORTCUTS}
+    if not fast:
+        for name in READER_SHORTCUTS:
+            setattr(cls, name, getattr(mqtt.Client, name))
+    try:
+        settings = Settings(broker_url=address.url, log_level="WARNING")
+        async with Bus(settings, f"bench-reader-{new_id()[:8]}", persistent=False) as bus:
+            got = 0
+
+            def on(_: Incoming) -> None:
+                nonlocal got
+                got += 1
+
+            topic = f"{topics.ROOT}/bench/reader"
+            await bus.subscribe(topic, on, body_types=None)
+            transport = bus.transport
+            reader = transport._read  # type: ignore[attr-defined]
+            spent = 0.0
+
+            def timed() -> None:
+                nonlocal spent
+                t0 = time.thread_time()
+                reader()
+                spent += time.thread_time() - t0
+
+            loop = asyncio.get_running_loop()
+            sock = transport._sock  # type: ignore[attr-defined]
+            loop.remove_reader(sock)
+            loop.add_reader(sock, timed)
+            proc = await asyncio.create_subprocess_exec(
+                "mosquitto_pub", "-h", address.host, "-p", str(address.port), "-t", topic, "-q", "1", "-l",
+                stdin=subprocess.PIPE,
+            )  # fmt: skip
+            assert proc.stdin is not None
+            proc.stdin.write(b"\n".join(payloads) + b"\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+            await proc.wait()
+            deadline = time.monotonic() + 60
+            while got < len(payloads) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if got < len(payloads):
+                raise RuntimeError(f"reader run: {got} of {len(payloads)} messages arrived")
+            return spent * 1e6 / len(payloads)
+    finally:
+        for name, method in saved.items():
+            setattr(cls, name, method)
+
+
 def median(samples: list[float]) -> float:
     return float(np.median(samples))
 
@@ -460,6 +522,10 @@ def main() -> None:
                 samples[f"round_trip.{name}.fabric"].append(us)
                 if name == "mosquitto":
                     samples["broker.fabric_round_trip"].append(broker)
+            reader_payloads = [request_envelope(task).to_json() for _ in range(n)]  # new ids: none de-duplicated
+            for fast in (False, True) if i % 2 == 0 else (True, False):  # neither always first
+                us = asyncio.run(reader_run(mqtt_addr, reader_payloads, fast=fast))
+                samples[f"reader.{'fast' if fast else 'stock'}"].append(us)
             for floor, measure in (("raw_paho", raw_round_trips_one_thread), ("raw_paho_threads", raw_round_trips)):
                 us, broker = with_broker_cpu(pid, n, functools.partial(measure, mqtt_addr, n, sample_req, sample_res))
                 samples[f"round_trip.mosquitto.{floor}"].append(us)
@@ -491,6 +557,7 @@ def main() -> None:
         "payload_bytes": {"task_request": len(sample_req), "task_result": len(sample_res)},
         "layers": layers,
         "round_trip": round_trip,
+        "reader_us_per_message": {"stock": got["reader.stock"], "fast": got["reader.fast"]},
         "raw_paho_per_message": mq["raw_paho"] / 2,
         "broker_us": {k.removeprefix("broker."): v for k, v in got.items() if k.startswith("broker.")},
         "ratio_fabric_to_raw_paho": mq["fabric"] / mq["raw_paho"],

@@ -267,6 +267,10 @@ def test_one_loop_turn_of_publishes_is_one_write_and_a_full_socket_drains(mosqui
                 await pub.publish(f"{topics.ROOT}/burst/big", p, qos=0)
             await eventually(lambda: len(got) == 300, timeout=60)
             assert got == big
+            # whole packets in the read buffer were framed in place, split ones by paho's reader
+            received = sub.transport
+            assert isinstance(received, PahoTransport)
+            assert 0 < received.packets_framed_in_place() < 50 + 300
 
     asyncio.run(main())
 
@@ -399,10 +403,27 @@ def test_the_paho_internals_the_speedups_patch_are_where_they_were() -> None:
         "_sock_close": ["self"],
         "_packet_write": ["self"],
         "_packet_read": ["self"],
+        "_packet_handle": ["self"],
+        "_handle_on_message": ["self", "message"],
+        "_handle_pubackcomp": ["self", "cmd"],
+        "_do_on_publish": ["self", "mid", "reason_code", "properties"],
     }
     assert set(expected) == set(paho_speedups.BufferedClient.HOOKS)
     for name, params in expected.items():
         assert list(inspect.signature(getattr(mqtt.Client, name)).parameters) == params, name
     fresh = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     assert hasattr(fresh, "_sock") and hasattr(fresh, "_out_packet")
+    # the reader's state, which BufferedClient._packet_read fills for a packet framed from its buffer
+    assert all(hasattr(fresh, name) for name in paho_speedups.BufferedClient.STATE)
+    assert set(fresh._in_packet) == {
+        "command",
+        "have_remaining",
+        "remaining_count",
+        "remaining_mult",
+        "remaining_length",
+        "packet",
+        "to_process",
+        "pos",
+    }
+    assert hasattr(mqtt, "time_func") and hasattr(fresh._on_message_filtered._root, "_children")
     assert install_paho_speedups() and paho_speedups.BufferedClient(mqtt.CallbackAPIVersion.VERSION2).buffering

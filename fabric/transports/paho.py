@@ -335,6 +335,10 @@ class PahoTransport:
             return 0
         return client.buffered() + client.queued_bytes()
 
+    def packets_framed_in_place(self) -> int:
+        """Received packets framed straight from the read buffer (tests of the fast path)."""
+        return self._client.framed_in_place if self._client is not None else 0
+
     def pending_publishes(self) -> int:
         """QoS 1 publishes whose PUBACK someone still waits for."""
         return len(self._pending_acks)
