@@ -217,13 +217,15 @@ def top1_misses(fed: Federation, questions: list[dict[str, Any]], ranks: list[in
     ("triangle.area" beside "calculate_triangle_area"): the question names no reason to prefer
     one, and the label rewards only its own. `to_own_functions`: the first agent is another of the
     question's own functions (a real confusion); `to_twin_at_{0.8,0.9}`: the first agent's
-    description has cosine ≥ that with a gold function's (most likely a twin); `rest`: neither."""
+    description has cosine ≥ that with a gold function's (most likely a twin); `rest`: neither;
+    `not_in_top10`: misses with no gold function among the first 10 (of any of the above)."""
     row = {name: i for i, name in enumerate(fed.names)}
-    own = to_twin_8 = to_twin_9 = misses = 0
+    own = to_twin_8 = to_twin_9 = misses = outside = 0
     for q, r, first in zip(questions, ranks, firsts, strict=True):
         if not q["gold"] or r == 0 or first is None:
             continue
         misses += 1
+        outside += r is None
         if first in {fn["name"] for fn in q["functions"]}:
             own += 1
             continue
@@ -234,7 +236,7 @@ def top1_misses(fed: Federation, questions: list[dict[str, Any]], ranks: list[in
     answerable = sum(1 for q in questions if q["gold"])
     return {"misses": misses, "share_of_answerable": round(misses / max(answerable, 1), 4),
             "to_own_functions": own, "to_twin_at_0.8": to_twin_8, "to_twin_at_0.9": to_twin_9,
-            "rest": misses - own - to_twin_8}
+            "rest": misses - own - to_twin_8, "not_in_top10": outside}
 
 
 def ranking_metrics(ranks: list[int | None]) -> dict[str, float]:
