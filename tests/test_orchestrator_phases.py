@@ -117,6 +117,24 @@ def test_representative_is_the_majority_answer(embedder) -> None:
     assert representative(answers, {"a": 0.01, "b": 0.01, "c": 50.0}, embedder.embed) == "c"
 
 
+def test_representative_of_two_is_the_answer_that_stays_on_the_subject(embedder) -> None:
+    """Two members agree with each other equally: agreement cannot choose, the topic does (the
+    off-topic revision below is the embedded 135M model's, from a user trial of the main job)."""
+    question = "What should I do if my father has sudden chest pain and is sweating?"
+    subtask = "How to help a friend with chest pain."
+    drifted = (
+        "A nspell of kindness and compassion can be found in the world, where it is not only possible but also "
+        "justifiable. It's about making someone who has suffered loss feel more whole again."
+    )
+    on_topic = "Do not hesitate to seek medical help immediately: take him to the emergency room."
+    for first, second in ((drifted, on_topic), (on_topic, drifted)):
+        answers = {"physician": first, "cardiologist": second}
+        expected = "physician" if first is on_topic else "cardiologist"
+        assert representative(answers, {}, embedder.embed, [subtask, question]) == expected
+    # without topics, the tie goes to the first listed, whatever it says
+    assert representative({"physician": drifted, "cardiologist": on_topic}, {}, embedder.embed) == "physician"
+
+
 class ScriptedPeers:
     """Scripted stand-in agents for refinement logic: vote done from a given round on."""
 

@@ -57,8 +57,17 @@ def representative(
     answers: dict[str, str],
     weights: dict[str, float],
     embed: EmbedFn,
+    topics: Sequence[str] = (),
 ) -> str:
-    """The agent whose answer carries the most weighted agreement."""
+    """The agent whose answer carries the most weighted agreement, scaled by how near the answer
+    stays to `topics` (the subtask and the question: the nearer of the two, cosine, floor 0.05).
+
+    Why the topic: agreement alone cannot choose between two answers (a two-member channel's
+    support is the same for both, and the first listed won), and a small model's revision can
+    drift off the subject. A user trial's answer to "my father has sudden chest pain and is
+    sweating" kept "A nspell of kindness and compassion can be found in the world ..." over its
+    peer's "seek medical help immediately ..." (MiniLM cosine to the question −0.03 vs 0.54; an
+    on-topic answer 0.79)."""
     ids = list(answers)
     if len(ids) == 1:
         return ids[0]
@@ -66,6 +75,9 @@ def representative(
     sims = np.clip(vecs @ vecs.T, 0.0, 1.0)
     w = np.array([max(weights.get(i, 1.0), 1e-6) for i in ids])
     support = w * (sims @ w)
+    if topics:
+        relevance = (vecs @ embed(list(topics)).T).max(axis=1)
+        support = support * np.clip(relevance, 0.05, 1.0)
     return ids[int(np.argmax(support))]
 
 
@@ -147,9 +159,10 @@ async def refine_cluster(
 
     eligible = eligible_answers(answers, facts)
     weights = {a: confidence.get(a, 0.5) * reputation(a) for a in eligible}
+    topics = [t for t in (subtask, question) if t.strip()]
     if embed_ahead is not None and len(eligible) > 1:
-        await embed_ahead(list(eligible.values()))
-    rep = representative(eligible, weights, embed)
+        await embed_ahead([*eligible.values(), *topics])
+    rep = representative(eligible, weights, embed, topics)
     return ClusterOutcome(
         cluster_id=cluster_id,
         members=list(members),
