@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fabric.arithmetic import ARITHMETIC_SKILL
 from fabric.errors import ConfigError
 from fabric.llm.config import LLMConfig
 from fabric.topics import validate_id
@@ -35,7 +36,7 @@ class AgentSpec(BaseModel):
     tools: list[Literal["arithmetic"]] = Field(
         default_factory=list,
         description="built-in exact tools the worker answers with, before its LLM, when a subtask is exactly "
-        "theirs (arithmetic: agents/arithmetic.py)",
+        "theirs (arithmetic: fabric/arithmetic.py)",
     )
     # an agent that is a remote A2A agent or MCP server, joined through a gateway (fabric/interop/specs.py)
     a2a: dict[str, Any] | None = None
@@ -45,6 +46,9 @@ class AgentSpec(BaseModel):
     def _described(self) -> AgentSpec:
         if not self.description.strip() and self.a2a is None and self.mcp is None:
             raise ValueError("description is required (what the agent can do; it is embedded for routing)")
+        if "arithmetic" in self.tools and ARITHMETIC_SKILL not in self.skills:
+            # the orchestrator sends a question that is arithmetic to the agents with this skill
+            self.skills = [*self.skills, ARITHMETIC_SKILL]
         return self
 
     @field_validator("id")

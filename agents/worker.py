@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import logging
 
-from agents.arithmetic import pure_arithmetic
 from agents.sdk import Agent
 from agents.server import ServesTasks, TaskFailed, TaskServer
 from agents.spec import AgentSpec
+from fabric.arithmetic import pure_arithmetic
 from fabric.bus import BrokerAddress
 from fabric.embeddings import Embedder
 from fabric.llm import BackendPool, LLMBackend, LLMError, backend_for, complete_json

@@ -11,15 +11,15 @@ import asyncio
 import contextlib
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agents.arithmetic import pure_arithmetic
 from agents.sdk import Agent, TaskFailed
 from agents.spec import AgentSpec, default_specs_dir, load_specs
+from fabric.arithmetic import pure_arithmetic
 from fabric.cli.federation import print_result
 from fabric.federation import LocalFederation
 from fabric.llm.base import ChatMessage
@@ -440,7 +440,12 @@ def test_foa_run_mixed_weekday_goes_direct_to_the_tool(tmp_path: Path) -> None:
         # a value, not a request for one: the LLM answers
         ("Compute 7 ÷ 0", None),
         ("2 ** 100000", None),  # bounded: no input makes it slow
-        ("What is 17% of 250?", None),
+        ("What is 17% of 250?", "17% of 250 = 42.5"),
+        ("What is 15 percent of 1,240?", "15 percent of 1,240 = 186"),
+        ("what's 33% of 10", "33% of 10 = 3.3"),
+        ("What is 17% of 250 apples?", None),  # a unit: the LLM answers
+        ("Is 17% of 250 more than 40?", None),
+        ("What is 17% of 250 and 3% of 10?", None),
         ("What is 2024-03-01?", None),
         ("Find the area of a triangle with base 10 and height 5", None),
         ("If I have 3 apples and buy 2*4 more, how many do I have?", None),
@@ -470,6 +475,17 @@ def test_a_question_asking_several_things_has_parts(question: str, parts: list[s
     assert question_parts(question) == parts
 
 
+def answering(text: str) -> tuple[dict[str, ScriptedLLM], Callable[[AgentSpec], ScriptedLLM]]:
+    """Scripted LLMs (orchestration tests only) that answer `text` to everything, by agent id."""
+    backends: dict[str, ScriptedLLM] = {}
+
+    def factory(spec: AgentSpec) -> ScriptedLLM:
+        backends[spec.id] = ScriptedLLM(lambda messages, schema: text, name=f"scripted-{spec.id}")
+        return backends[spec.id]
+
+    return backends, factory
+
+
 def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
     memory_broker, tmp_path: Path, embedder
 ) -> None:
@@ -477,12 +493,7 @@ def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
     embedded model answered "1234 * 5678 = 091,128". The shipped spec lists `tools: [arithmetic]`;
     its LLM here is a scripted one that gets sums wrong, to show it is never asked for the answer."""
     settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
-    backends: dict[str, ScriptedLLM] = {}
-
-    def factory(spec: AgentSpec) -> ScriptedLLM:
-        backends[spec.id] = ScriptedLLM(lambda messages, schema: "1234 * 5678 = 091,128", name=f"scripted-{spec.id}")
-        return backends[spec.id]
-
+    backends, factory = answering("1234 * 5678 = 091,128")
     specs = load_specs(default_specs_dir())
     assert next(s for s in specs if s.id == "mathematician").tools == ["arithmetic"]
     result, _ = run_job(settings, specs, factory, embedder, "Calculate 1234 * 5678", JobOptions())
@@ -491,6 +502,44 @@ def test_the_shipped_mathematician_answers_arithmetic_exactly_without_its_llm(
     assert "1234 * 5678 = 7006652" in result.answer and "091,128" not in result.answer
     asked = [call.messages[-1].content for call in backends["mathematician"].calls]
     assert not [prompt for prompt in asked if "Answer your part" in prompt]  # proposals only, no draft
+
+
+@pytest.mark.parametrize(
+    ("question", "exact"), [("What is 240 * 0.15?", "240 * 0.15 = 36"), ("What is 15% of 240?", "15% of 240 = 36")]
+)
+def test_an_arithmetic_question_goes_to_the_arithmetic_skill_whatever_its_similarity(
+    memory_broker, tmp_path: Path, embedder, question: str, exact: str
+) -> None:
+    """A user trial: with the shipped agents "What is 240 * 0.15?" routed to the summariser first
+    (α 0.016, the mathematician 0.015), and "What is 15% of 240?" was planned as "The answer is:
+    17." and answered "17. You have to provide a response ...". A question that is arithmetic now
+    goes directly to the agents with the `arithmetic` skill (the shipped mathematician's tool gives
+    it). The LLMs are scripted to answer "17." to everything, to show none is asked."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    backends, factory = answering("The answer is: 17.")
+    specs = load_specs(default_specs_dir())
+    assert "arithmetic" in next(s for s in specs if s.id == "mathematician").skills
+    result, events = run_job(settings, specs, factory, embedder, question, JobOptions())
+    assert result.status == "completed", result.failure_reason
+    direct = next(e for e in events if e.phase == "decompose" and (e.data or {}).get("direct"))
+    assert direct.data["skills"] == ["arithmetic"] and [n.text for n in result.dag.nodes] == [question]
+    assert [m.agent_id for m in result.assignments["n1"]] == ["mathematician"]
+    assert exact in result.answer and "17." not in result.answer
+    assert not any(backend.calls for backend in backends.values())  # no planner, no draft, no LLM at all
+    assert any("the question is arithmetic" in e.message for e in events if e.phase == "decompose")
+
+
+def test_an_arithmetic_question_without_an_arithmetic_agent_is_routed_as_any_other(
+    memory_broker, tmp_path: Path, embedder
+) -> None:
+    """No agent has the skill: the question is routed by its meaning as before, not refused."""
+    settings = make_settings(memory_broker.url, tmp_path, request_timeout_s=10.0)
+    specs = [s for s in load_specs(default_specs_dir()) if "arithmetic" not in s.skills]
+    _, factory = answering("36")
+
+    result, events = run_job(settings, specs, factory, embedder, "What is 15% of 240?", JobOptions())
+    assert result.status == "completed", result.failure_reason
+    assert not any("the question is arithmetic" in e.message or "skills" in (e.data or {}) for e in events)
 
 
 def test_a_question_whose_parts_fit_different_agents_is_planned_by_its_parts(

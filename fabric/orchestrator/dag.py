@@ -30,6 +30,9 @@ class DagNode(BaseModel):
     depends_on: list[str] = Field(default_factory=list)
     proposers: list[str] = Field(default_factory=list)
     support: int = 1
+    skills: list[str] = Field(
+        default_factory=list, description="skills every agent of the node must have (a gate of its assignment)"
+    )
 
 
 class Dag(BaseModel):
@@ -87,9 +90,9 @@ class Dag(BaseModel):
         self._by_id.clear()
 
     @classmethod
-    def single(cls, question: str) -> Dag:
+    def single(cls, question: str, skills: list[str] | None = None) -> Dag:
         """The fallback plan: the whole question as one node."""
-        return cls(nodes=[DagNode(node_id="n1", text=question, proposers=[], support=0)])
+        return cls(nodes=[DagNode(node_id="n1", text=question, proposers=[], support=0, skills=skills or [])])
 
     @classmethod
     def of_parts(cls, parts: list[str]) -> Dag:

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from fabric.aio import wait_within
+from fabric.arithmetic import ARITHMETIC_SKILL, is_arithmetic
 from fabric.dispatch import Answer, TaskError
 from fabric.envelope import child_traceparent, trace_id_of
 from fabric.errors import FoAError
@@ -281,6 +282,8 @@ class JobRunner:
                 {"dag": dag.summary().model_dump(mode="json")},
             )
             return dag
+        if self.plan_mode != "always" and is_arithmetic(job.question) and (exact := await self._arithmetic_route()):
+            return await self._direct(exact, skills=[ARITHMETIC_SKILL])
         route = await self._route_question()
         # plan only when needed: a question one agent clearly fits goes to it verbatim (direct.py),
         # unless a part of it fits another agent ("..., and calculate 12 * 12")
@@ -443,18 +446,39 @@ class JobRunner:
         )
         return framed if use else alone
 
-    async def _direct(self, route: RouteResponse) -> Dag:
-        """The one-node plan with the question verbatim, for the agent that fits it as a whole."""
-        dag = Dag.single(self.job.question)
+    async def _arithmetic_route(self) -> RouteResponse | None:
+        """The question is one arithmetic expression (or a percentage of a number): the agents
+        with the `arithmetic` skill, if the federation has any (None: route as any question).
+
+        Why: MiniLM places a bare expression near nothing in particular. With the shipped agents,
+        "What is 240 * 0.15?" routed to the summariser first (α 0.016, the mathematician 0.015)
+        and "What is 15% of 240?" had no mathematician in its top 3; the plan then made "The
+        answer is: 17." its subtask. The skill is a gate, so the mathematician's exact tool gets
+        the question whatever its similarity."""
+        query = self._vector_query(self.job.question, self.max_proposers * 2)
+        query = query.model_copy(update={"skills": [ARITHMETIC_SKILL]})
+        route = await self.path.waiting("router", self.ports.route(query))
+        return route if route.matches else None
+
+    async def _direct(self, route: RouteResponse, skills: list[str] | None = None) -> Dag:
+        """The one-node plan with the question verbatim, for the agent that fits it as a whole
+        (`skills`: what the node's agents must have, when the question's form asked for them)."""
+        dag = Dag.single(self.job.question, skills)
         best = route.matches[0]
         second = route.matches[1].score if len(route.matches) > 1 else 0.0
         self.store.checkpoint(self.job.job_id, "dag", dag.model_dump())
-        why = "--plan never" if self.plan_mode == "never" else f"α {best.score:.3f}, next {second:.3f}"
+        if skills:
+            why = f"the question is arithmetic: an agent with skill {skills[0]!r}, α {best.score:.3f}"
+        elif self.plan_mode == "never":
+            why = "--plan never"
+        else:
+            why = f"α {best.score:.3f}, next {second:.3f}"
         await self.emit(
             "decompose",
             f"direct: {best.agent_id} fits the whole question ({why}); no plan",
             {
                 "direct": True,
+                **({"skills": skills} if skills else {}),
                 "agent_id": best.agent_id,
                 "score": round(best.score, 6),
                 "second": round(second, 6),
@@ -487,6 +511,7 @@ class JobRunner:
                                 subtask_id=n.node_id,
                                 text=text,
                                 policies=self.policies,
+                                skills=n.skills,
                                 min_agents=1,
                                 max_agents=self.agents_per_node,
                                 max_cost=per_node_cost,

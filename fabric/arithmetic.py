@@ -6,9 +6,11 @@ to the mathematician as it should be). A worker whose spec lists `tools: [arithm
 exact draft, and asks its LLM everything else.
 
 Nothing is guessed: the subtask must be one expression (digits, + - * / // ** ^ × ÷, "x"
-between numbers, parentheses, thousands commas) and request words only ("calculate", "what
-is", "how much is", ...). A word problem, a percentage, a unit, a variable or a function name
-leaves it to the LLM. The expression is parsed with `ast` and evaluated over `Fraction`s (exact;
+between numbers, parentheses, thousands commas), or one percentage of a number ("15% of 240",
+"15 percent of 240"), and request words only ("calculate", "what is", "how much is", ...). A
+word problem, a unit, a variable or a function name leaves it to the LLM. The orchestrator
+reads the same test on a question (`is_arithmetic`): such a question goes to an agent with the
+`arithmetic` skill. The expression is parsed with `ast` and evaluated over `Fraction`s (exact;
 no `eval`), with bounds on exponents and on the result's size, so no input can make it slow.
 """
 
@@ -19,6 +21,9 @@ import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
 
+#: the skill an agent declares to be sent questions that are arithmetic (a spec with `tools:
+#: [arithmetic]` has it: agents/spec.py)
+ARITHMETIC_SKILL = "arithmetic"
 #: words a request for a calculation may have besides the expression
 REQUEST_WORDS = frozenset(
     "calculate compute evaluate work out what what's whats is how much does do equal equals to the result "
@@ -28,6 +33,7 @@ MAX_DIGITS = 1000  # a result longer than this is left to the LLM (and to str()'
 MAX_EXPONENT = 10_000
 
 _NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+"
+_PERCENT_OF = re.compile(rf"(?<![\d.,])({_NUMBER})\s*(?:%|percent\b)\s*of\s+({_NUMBER})(?![\d.,]\d)", re.IGNORECASE)
 _EXPRESSION = re.compile(rf"[-+(\s]*(?:{_NUMBER})(?:[\s()]*(?:\*\*|//|[-+*/^×÷xX])[-+(\s]*(?:{_NUMBER})[\s)]*)+")
 
 
@@ -82,18 +88,46 @@ def _render(value: Fraction) -> str:
     return f"≈ {float(value):.12g}"
 
 
+def _only_request_words(text: str, start: int, end: int) -> bool:
+    """Whether `text` outside [start, end) is request words and punctuation only."""
+    rest = (text[:start] + " " + text[end:]).lower()
+    words = re.findall(r"[a-z']+", rest)
+    return all(w in REQUEST_WORDS for w in words) and not re.search(r"[^\sa-z'?.!:=,]", rest)
+
+
+def _number(written: str) -> Fraction:
+    return Fraction(written.replace(",", ""))
+
+
+def _percent_of(text: str) -> str | None:
+    """ "15% of 240 = 36" when `text` asks for one percentage of a number and nothing else."""
+    found = list(_PERCENT_OF.finditer(text))
+    if len(found) != 1 or not _only_request_words(text, found[0].start(), found[0].end()):
+        return None
+    match = found[0]
+    value = _number(match.group(1)) / 100 * _number(match.group(2))
+    written = " ".join(match.group(0).split())
+    rendered = _render(value)
+    return f"{written} {rendered}" if rendered.startswith("≈") else f"{written} = {rendered}"
+
+
+def is_arithmetic(text: str) -> bool:
+    """Whether `text` asks for nothing but a value `pure_arithmetic` computes exactly."""
+    return pure_arithmetic(text) is not None
+
+
 def pure_arithmetic(text: str) -> str | None:
     """ "EXPRESSION = VALUE" when `text` asks for nothing but the value of one arithmetic
-    expression; None otherwise (the caller asks its LLM)."""
+    expression or one percentage of a number; None otherwise (the caller asks its LLM)."""
+    if (percent := _percent_of(text)) is not None:
+        return percent
     found = [m for m in _EXPRESSION.finditer(text) if re.search(r"\d", m.group(0))]
     if len(found) != 1:
         return None
     match = found[0]
     if re.search(r"\d{4}-\d{1,2}-\d{1,2}", match.group(0)):
         return None  # a date, not a subtraction
-    rest = (text[: match.start()] + " " + text[match.end() :]).lower()
-    words = re.findall(r"[a-z']+", rest)
-    if any(w not in REQUEST_WORDS for w in words) or re.search(r"[^\sa-z'?.!:=,]", rest):
+    if not _only_request_words(text, match.start(), match.end()):
         return None
     written = " ".join(match.group(0).split())
     source = re.sub(r"(?<=\d),(?=\d{3})", "", written)
