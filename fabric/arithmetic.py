@@ -6,17 +6,19 @@ to the mathematician as it should be). A worker whose spec lists `tools: [arithm
 exact draft, and asks its LLM everything else.
 
 Nothing is guessed: the subtask must be one expression (digits, + - * / // ** ^ × ÷, "x"
-between numbers, parentheses, thousands commas), or one percentage of a number ("15% of 240",
-"15 percent of 240"), and request words only ("calculate", "what is", "how much is", ...). A
-word problem, a unit, a variable or a function name leaves it to the LLM. The orchestrator
-reads the same test on a question (`is_arithmetic`): such a question goes to an agent with the
-`arithmetic` skill. The expression is parsed with `ast` and evaluated over `Fraction`s (exact;
-no `eval`), with bounds on exponents and on the result's size, so no input can make it slow.
+between numbers, parentheses, thousands commas), one percentage of a number ("15% of 240", "15
+percent of 240") or the days between two ISO dates, with request words only around it
+("calculate", "what is", "how much is", ...). A word problem, a unit, a variable or a function
+name leaves it to the LLM. The orchestrator reads the same test on a question (`is_arithmetic`):
+such a question goes to an agent with the `arithmetic` skill. The expression is parsed with
+`ast` and evaluated over `Fraction`s (exact; no `eval`), with bounds on exponents and on the
+result's size, so no input can make it slow.
 """
 
 from __future__ import annotations
 
 import ast
+import datetime as dt
 import re
 from decimal import Decimal, localcontext
 from fractions import Fraction
@@ -111,6 +113,29 @@ def _percent_of(text: str) -> str | None:
     return f"{written} {rendered}" if rendered.startswith("≈") else f"{written} = {rendered}"
 
 
+_ISO_DATE = re.compile(r"(?<![\d-])(\d{4})-(\d{2})-(\d{2})(?![\d-])")
+#: besides request words, what a question for the days between two dates may say
+_DAYS_WORDS = frozenset("how many days are there between from to until till and number of it pass passed".split())
+
+
+def _days_between(text: str) -> str | None:
+    """ "from 2025-01-01 to 2025-03-01 = 59 days" when `text` asks for nothing but the number of
+    days between two ISO dates (a weekday, business days or a time of day: the LLM's)."""
+    found = list(_ISO_DATE.finditer(text))
+    if len(found) != 2 or "days" not in text.lower():
+        return None
+    rest = _ISO_DATE.sub(" ", text).lower()
+    words = re.findall(r"[a-z']+", rest)
+    if any(w not in REQUEST_WORDS and w not in _DAYS_WORDS for w in words) or re.search(r"[^\sa-z'?.!:,]", rest):
+        return None
+    try:
+        first, second = (dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in found)
+    except ValueError:  # 2025-02-30
+        return None
+    days = abs((second - first).days)
+    return f"from {found[0].group(0)} to {found[1].group(0)} = {days} day{'s' if days != 1 else ''}"
+
+
 def is_arithmetic(text: str) -> bool:
     """Whether `text` asks for nothing but a value `pure_arithmetic` computes exactly."""
     return pure_arithmetic(text) is not None
@@ -118,9 +143,12 @@ def is_arithmetic(text: str) -> bool:
 
 def pure_arithmetic(text: str) -> str | None:
     """ "EXPRESSION = VALUE" when `text` asks for nothing but the value of one arithmetic
-    expression or one percentage of a number; None otherwise (the caller asks its LLM)."""
+    expression, one percentage of a number or the days between two ISO dates; None otherwise
+    (the caller asks its LLM)."""
     if (percent := _percent_of(text)) is not None:
         return percent
+    if (days := _days_between(text)) is not None:
+        return days
     found = [m for m in _EXPRESSION.finditer(text) if re.search(r"\d", m.group(0))]
     if len(found) != 1:
         return None

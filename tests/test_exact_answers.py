@@ -446,6 +446,14 @@ def test_foa_run_mixed_weekday_goes_direct_to_the_tool(tmp_path: Path) -> None:
         ("What is 17% of 250 apples?", None),  # a unit: the LLM answers
         ("Is 17% of 250 more than 40?", None),
         ("What is 17% of 250 and 3% of 10?", None),
+        (
+            "How many days are there between 2025-01-01 and 2025-03-01?",
+            "from 2025-01-01 to 2025-03-01 = 59 days",
+        ),
+        ("days from 2024-03-01 to 2024-02-28", "from 2024-03-01 to 2024-02-28 = 2 days"),
+        ("How many business days are there between 2025-01-01 and 2025-03-01?", None),
+        ("How many days between 2025-02-30 and 2025-03-01?", None),  # no such date
+        ("What weekday is 2025-12-25?", None),
         ("What is 2024-03-01?", None),
         ("Find the area of a triangle with base 10 and height 5", None),
         ("If I have 3 apples and buy 2*4 more, how many do I have?", None),
