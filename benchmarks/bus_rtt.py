@@ -129,7 +129,8 @@ def main() -> None:
     if args.broker_url:
         addr = BrokerAddress.parse(args.broker_url)
     else:
-        broker = Mosquitto(data_dir=Path(tempfile.mkdtemp(prefix="foa-rtt-")), persistence=False).start()
+        data = Path(tempfile.mkdtemp(prefix="foa-rtt-"))
+        broker = Mosquitto(data_dir=data, persistence=False, die_with_parent=True).start()
         addr = broker.address
     try:
         # interleave the two so machine noise hits both alike

@@ -424,7 +424,7 @@ def main() -> None:
     result: dict[str, Any] = {"agents": args.agents}
     with tempfile.TemporaryDirectory(prefix="foa-load-") as tmp:
         work = Path(tmp)
-        broker = Mosquitto(data_dir=work / "broker", persistence=False).start()
+        broker = Mosquitto(data_dir=work / "broker", persistence=False, die_with_parent=True).start()
         children: list[Child] = []
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
                "FOA_BROKER_URL": broker.url, "FOA_LOG_LEVEL": "WARNING"}  # fmt: skip

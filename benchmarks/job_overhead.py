@@ -129,7 +129,7 @@ def main() -> None:
     args = ap.parse_args()
     install_paho_speedups()  # as the services do at start (the bus no longer installs them)
     with tempfile.TemporaryDirectory(prefix="foa-overhead-") as tmp:
-        broker = Mosquitto(data_dir=Path(tmp) / "broker", persistence=False).start()
+        broker = Mosquitto(data_dir=Path(tmp) / "broker", persistence=False, die_with_parent=True).start()
         try:
             # assign_floor 0: the measured shape keeps 3 agents a node (the floor, FOA_ASSIGN_FLOOR
             # 0.8 since issue 19, left the scripted nodes one agent each and no refinement: ~37 ms)

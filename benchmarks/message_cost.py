@@ -502,7 +502,9 @@ def main() -> None:
             for layer, us in measured.items():
                 samples[f"{case}.{layer}"].append(us)
 
-    mosquitto = Mosquitto(data_dir=Path(tempfile.mkdtemp(prefix="foa-msgcost-")), persistence=False).start()
+    mosquitto = Mosquitto(
+        data_dir=Path(tempfile.mkdtemp(prefix="foa-msgcost-")), persistence=False, die_with_parent=True
+    ).start()
     memory = MemoryBroker("bench-message-cost").start()
     assert mosquitto.pid is not None
     pid, mqtt_addr = mosquitto.pid, mosquitto.address

@@ -33,7 +33,7 @@ install_paho_speedups()  # as every service does at start: the tests run the pah
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mosquitto]:
     """The reference broker, started by the test setup (nothing else starts it). One per test
     module, so one module's retained VCVs never show up in another's registry."""
-    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"))
+    broker = Mosquitto(data_dir=tmp_path_factory.mktemp("mosquitto"), die_with_parent=True)  # a killed run leaves none
     broker.start()
     yield broker
     broker.stop()
