@@ -533,6 +533,7 @@ def test_an_arithmetic_question_goes_to_the_arithmetic_skill_whatever_its_simila
     assert direct.data["skills"] == ["arithmetic"] and [n.text for n in result.dag.nodes] == [question]
     assert [m.agent_id for m in result.assignments["n1"]] == ["mathematician"]
     assert exact in result.answer and "17." not in result.answer
+    assert not result.warnings  # the skill fits it, whatever α says: not "that agent's guess"
     assert not any(backend.calls for backend in backends.values())  # no planner, no draft, no LLM at all
     assert any("the question is arithmetic" in e.message for e in events if e.phase == "decompose")
 

@@ -447,8 +447,9 @@ class JobRunner:
         return framed if use else alone
 
     async def _arithmetic_route(self) -> RouteResponse | None:
-        """The question is one arithmetic expression (or a percentage of a number): the agents
-        with the `arithmetic` skill, if the federation has any (None: route as any question).
+        """The question is one arithmetic expression, a percentage of a number or the days between
+        two dates: the agents with the `arithmetic` skill, if the federation has any (None: route
+        as any question).
 
         Why: MiniLM places a bare expression near nothing in particular. With the shipped agents,
         "What is 240 * 0.15?" routed to the summariser first (α 0.016, the mathematician 0.015)
@@ -527,7 +528,10 @@ class JobRunner:
             missing = [n.node_id for n in dag.nodes if not assignments.get(n.node_id)]
             if missing:
                 raise NodeFailed(f"no capable agent for subtasks {missing} under policies {self.policies}")
-            unfit = [n for n, c in cuts.items() if c.unfit]
+            # a node whose skills the question's form asked for (an arithmetic question) fits its
+            # agents by that skill, whatever α says: its exact answer is no "guess"
+            gated = {n.node_id for n in dag.nodes if n.skills}
+            unfit = [n for n, c in cuts.items() if c.unfit and n not in gated]
             if unfit:  # reported, not silently given to the least-bad agent
                 await self._unfit(dag, unfit, cuts, assignments, response.threshold)
         self.store.checkpoint(
