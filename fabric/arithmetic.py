@@ -90,6 +90,12 @@ def _render(value: Fraction) -> str:
     return f"≈ {float(value):.12g}"
 
 
+def _stated(written: str, value: Fraction) -> str:
+    """ "WRITTEN = VALUE", or "WRITTEN ≈ VALUE" when the value does not terminate."""
+    rendered = _render(value)
+    return f"{written} {rendered}" if rendered.startswith("≈") else f"{written} = {rendered}"
+
+
 def _only_request_words(text: str, start: int, end: int) -> bool:
     """Whether `text` outside [start, end) is request words and punctuation only."""
     rest = (text[:start] + " " + text[end:]).lower()
@@ -108,14 +114,14 @@ def _percent_of(text: str) -> str | None:
         return None
     match = found[0]
     value = _number(match.group(1)) / 100 * _number(match.group(2))
-    written = " ".join(match.group(0).split())
-    rendered = _render(value)
-    return f"{written} {rendered}" if rendered.startswith("≈") else f"{written} = {rendered}"
+    return _stated(" ".join(match.group(0).split()), value)
 
 
 _ISO_DATE = re.compile(r"(?<![\d-])(\d{4})-(\d{2})-(\d{2})(?![\d-])")
-#: besides request words, what a question for the days between two dates may say
-_DAYS_WORDS = frozenset("how many days are there between from to until till and number of it pass passed".split())
+#: what a question for the days between two dates may say besides them: request words and these
+_DAYS_WORDS = REQUEST_WORDS | frozenset(
+    "how many days are there between from to until till and number of it pass passed".split()
+)
 
 
 def _days_between(text: str) -> str | None:
@@ -126,7 +132,7 @@ def _days_between(text: str) -> str | None:
         return None
     rest = _ISO_DATE.sub(" ", text).lower()
     words = re.findall(r"[a-z']+", rest)
-    if any(w not in REQUEST_WORDS and w not in _DAYS_WORDS for w in words) or re.search(r"[^\sa-z'?.!:,]", rest):
+    if any(w not in _DAYS_WORDS for w in words) or re.search(r"[^\sa-z'?.!:,]", rest):
         return None
     try:
         first, second = (dt.date(int(m.group(1)), int(m.group(2)), int(m.group(3))) for m in found)
@@ -167,5 +173,4 @@ def pure_arithmetic(text: str) -> str | None:
             return None
     except (SyntaxError, ValueError, ZeroDivisionError, OverflowError, RecursionError):
         return None
-    rendered = _render(value)
-    return f"{written} {rendered}" if rendered.startswith("≈") else f"{written} = {rendered}"
+    return _stated(written, value)
